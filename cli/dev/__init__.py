@@ -1,0 +1,1 @@
+"""The local stack: PostgreSQL, the Supabase bootstrap, PostgREST and a gateway, without Docker."""
