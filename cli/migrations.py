@@ -136,7 +136,7 @@ def connect(db_url: str) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(db_url, connect_timeout=10, autocommit=False)
     except psycopg.Error as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split()) or type(error).__name__
         raise UsageError(f"cannot connect to the database: {reason}") from None
     except Exception as error:  # malformed URLs raise plain exceptions from libpq's parser
         raise UsageError(f"cannot connect to the database: {error}") from None

@@ -1,0 +1,104 @@
+"""The local stack's PostgreSQL cluster: its data under the stack folder, listening on 127.0.0.1
+only, with `supabase_admin` as the superuser, as on a Supabase database."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail
+from cli.errors import UsageError
+
+SUPERUSER = "supabase_admin"
+DATABASE = "postgres"
+
+# Loopback only, no Unix socket (its path would depend on the folder and could be too long),
+# logical WAL so that a database feed can decode changes.
+SETTINGS = {
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",
+    "max_connections": "200",
+    "wal_level": "logical",
+    "shared_buffers": "256MB",
+    "log_min_messages": "warning",
+    "timezone": "'UTC'",
+}
+
+
+def server_binaries() -> Path:
+    """The folder holding initdb, pg_ctl and postgres (Debian keeps them off PATH)."""
+    candidates = [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    initdb = find_program(
+        "initdb",
+        extra=[folder / "initdb" for folder in candidates],
+        env_var="MYCELIUM_PG_INITDB",
+        install_hint="install the PostgreSQL 15 server (Debian: apt-get install postgresql-15), "
+        "or set MYCELIUM_PG_INITDB to its initdb",
+    )
+    return initdb.parent
+
+
+@dataclass(frozen=True)
+class Cluster:
+    data: Path
+    log: Path
+    port: int
+    run_as: RunAs
+
+    @property
+    def pg_ctl(self) -> Path:
+        return server_binaries() / "pg_ctl"
+
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").is_file()
+
+    def initialise(self, superuser_password: str) -> None:
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run_as.own(self.data)
+        password_file = self.data.parent / ".initdb-password"
+        password_file.write_text(superuser_password)
+        self.run_as.own(password_file)
+        try:
+            result = self.run_as.run(
+                [
+                    server_binaries() / "initdb",
+                    "-D", self.data,
+                    "-U", SUPERUSER,
+                    f"--pwfile={password_file}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ServiceFailed(f"initdb failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\n# mycelium dev\n")
+            for key, value in SETTINGS.items():
+                conf.write(f"{key} = {value}\n")
+            conf.write(f"port = {self.port}\n")
+        (self.data / "pg_hba.conf").write_text(
+            "# mycelium dev: password logins over loopback only\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+
+    def running(self) -> bool:
+        if not self.initialised():
+            return False
+        return self.run_as.run([self.pg_ctl, "status", "-D", self.data]).returncode == 0
+
+    def start(self) -> None:
+        if not self.initialised():
+            raise UsageError(f"no database cluster in {self.data}")
+        result = self.run_as.run(
+            [self.pg_ctl, "start", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", f"-p {self.port}"]
+        )
+        if result.returncode != 0:
+            raise ServiceFailed(f"PostgreSQL did not start on port {self.port}: {log_tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.running():
+            self.run_as.run([self.pg_ctl, "stop", "-D", self.data, "-m", "fast", "-w", "-t", "60"])

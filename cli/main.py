@@ -1,0 +1,32 @@
+"""`mycelium`: the operators' command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import sql_commands
+from cli.common import show_tracebacks
+from cli.dev import commands as dev_commands
+
+app = typer.Typer(
+    name="mycelium",
+    help="Operate Mycelium, the TFC credits and marketplace backend on self-hosted Supabase.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(sql_commands.app, name="sql")
+app.add_typer(dev_commands.app, name="dev")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Operate Mycelium, the TFC credits and marketplace backend on self-hosted Supabase."""
+    show_tracebacks.set(debug)
+
+
+if __name__ == "__main__":
+    app()
