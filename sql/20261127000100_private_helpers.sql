@@ -1,0 +1,118 @@
+-- Credits, part 1: the private schema and the helpers every credit function relies on.
+--
+-- `mycelium_private` is not exposed by PostgREST and API roles have no usage on it: internal
+-- tables and helpers live here. Security definer functions in `public` call into it with
+-- `search_path = ''`, so every name is schema-qualified.
+
+create schema if not exists mycelium_private;
+revoke all on schema mycelium_private from public;
+revoke all on schema mycelium_private from anon, authenticated, service_role;
+
+-- Functions get EXECUTE for PUBLIC by default: not in this schema.
+alter default privileges in schema mycelium_private revoke execute on functions from public;
+
+-- ---------------------------------------------------------------------------------------
+-- Errors: one stable machine-readable reason and a fitting HTTP status through PostgREST.
+-- SQLSTATE 'PGRST' lets the function choose the status; the JSON message becomes the body,
+-- so the body's `code` is the reason (insufficient_credits, invalid_amount, ...).
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.fail(reason text, message text, status integer default 400)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise sqlstate 'PGRST' using
+    message = json_build_object('code', reason, 'message', message, 'details', null, 'hint', null)::text,
+    detail = json_build_object('status', status, 'headers', json_build_object())::text;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Who is trusted.
+-- is_service(): the service_role key, or a direct database login that is not PostgREST's and
+-- does not claim to be an API user (operators, the CLI, the payment webhook worker connecting
+-- as `postgres`). PostgREST always logs in as `authenticator`.
+-- Only for authorization inside RPCs: never in RLS policies (Realtime evaluates policies from
+-- its own login, which is not `authenticator`).
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.is_service()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(auth.role(), '') = 'service_role'
+      or (session_user::text <> 'authenticator'
+          and coalesce(auth.role(), '') not in ('anon', 'authenticated'))
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Amounts: numeric, > 0, at most 6 fractional digits, below 10^15. Rejected, never rounded.
+-- Returns the amount without trailing zeros.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.check_amount(amount numeric, what text default 'amount')
+returns numeric
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if amount is null then
+    perform mycelium_private.fail('invalid_amount', what || ' is required');
+  elsif amount = 'NaN'::numeric then
+    perform mycelium_private.fail('invalid_amount', what || ' must be a number, not NaN');
+  elsif amount in ('Infinity'::numeric, '-Infinity'::numeric) then
+    perform mycelium_private.fail('invalid_amount', what || ' must be finite');
+  elsif amount <= 0 then
+    perform mycelium_private.fail('invalid_amount', what || ' must be greater than zero');
+  elsif scale(trim_scale(amount)) > 6 then
+    perform mycelium_private.fail('invalid_amount', what || ' has more than 6 fractional digits');
+  elsif amount >= 1e15 then
+    perform mycelium_private.fail('invalid_amount', what || ' must be below 1000000000000000');
+  end if;
+  return trim_scale(amount);
+end;
+$$;
+
+-- Text arguments: required or optional, trimmed, bounded.
+create or replace function mycelium_private.check_text(value text, what text, max_length integer, required boolean default false)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if value is null or btrim(value) = '' then
+    if required then
+      perform mycelium_private.fail('invalid_argument', what || ' is required');
+    end if;
+    return null;
+  end if;
+  if length(value) > max_length then
+    perform mycelium_private.fail('invalid_argument', what || ' is longer than ' || max_length || ' characters');
+  end if;
+  return value;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Append-only tables: UPDATE, DELETE and TRUNCATE are refused for every role, service_role
+-- and table owners included. Corrections are new transfers.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.refuse_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.fail(
+    'append_only',
+    format('%s.%s is append-only: %s is not allowed, record a correcting transfer instead',
+           tg_table_schema, tg_table_name, lower(tg_op)),
+    409);
+  return null;
+end;
+$$;
+
+revoke execute on all functions in schema mycelium_private from public;

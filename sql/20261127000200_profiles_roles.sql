@@ -1,0 +1,203 @@
+-- Credits, part 2: who is who. Profiles (one per auth user, created by a trigger) and roles.
+
+create table public.profiles (
+  id uuid primary key references auth.users (id) on delete cascade,
+  email text,
+  display_name text check (display_name is null or length(display_name) <= 200),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table public.profiles is 'One profile per auth user; readable by its owner and admins.';
+
+create table public.user_roles (
+  user_id uuid not null references auth.users (id) on delete cascade,
+  role text not null check (role in ('admin', 'farmer', 'app_provider', 'service_provider')),
+  granted_at timestamptz not null default now(),
+  granted_by uuid,
+  primary key (user_id, role)
+);
+comment on table public.user_roles is 'Roles of users; granted and revoked only by admins and service_role.';
+
+-- ---------------------------------------------------------------------------------------
+-- Role helpers. Security definer so policies on user_roles can use them without recursion.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.has_role(role text)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select exists (
+    select 1 from public.user_roles ur
+    where ur.user_id = auth.uid() and ur.role = has_role.role
+  )
+$$;
+comment on function public.has_role(text) is 'True when the signed-in user has the role.';
+
+-- For RLS policies: an admin user or the service_role key (never a direct login: Realtime
+-- evaluates policies from its own login).
+create or replace function public.is_admin()
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(auth.role(), '') = 'service_role' or public.has_role('admin')
+$$;
+comment on function public.is_admin() is 'True for admins and the service_role key.';
+
+-- For RPC authorization: is_admin() or a trusted direct login.
+create or replace function mycelium_private.is_admin_or_service()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select mycelium_private.is_service() or public.has_role('admin')
+$$;
+
+create or replace function mycelium_private.require_admin()
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not mycelium_private.is_admin_or_service() then
+    perform mycelium_private.fail('not_authorized', 'only admins and service_role may do this', 403);
+  end if;
+end;
+$$;
+
+create or replace function mycelium_private.require_service()
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not mycelium_private.is_service() then
+    perform mycelium_private.fail('not_authorized', 'only service_role may do this', 403);
+  end if;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- RLS and privileges
+-- ---------------------------------------------------------------------------------------
+alter table public.profiles enable row level security;
+alter table public.user_roles enable row level security;
+
+revoke all on public.profiles, public.user_roles from anon, authenticated, service_role;
+grant select on public.profiles, public.user_roles to authenticated, service_role;
+grant update (display_name) on public.profiles to authenticated;
+
+create policy profiles_select_own_or_admin on public.profiles
+  for select to authenticated
+  using (id = (select auth.uid()) or (select public.is_admin()));
+create policy profiles_update_own on public.profiles
+  for update to authenticated
+  using (id = (select auth.uid()))
+  with check (id = (select auth.uid()));
+
+create policy user_roles_select_own_or_admin on public.user_roles
+  for select to authenticated
+  using (user_id = (select auth.uid()) or (select public.is_admin()));
+
+create index user_roles_role_idx on public.user_roles (role, user_id);
+
+-- ---------------------------------------------------------------------------------------
+-- A profile for every new auth user, whatever path created it.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.create_profile_for_new_user()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into public.profiles (id, email, display_name)
+  values (
+    new.id,
+    new.email,
+    left(coalesce(new.raw_user_meta_data ->> 'display_name', new.raw_user_meta_data ->> 'full_name'), 200)
+  )
+  on conflict (id) do nothing;
+  return new;
+end;
+$$;
+
+create or replace function mycelium_private.sync_profile_email()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update public.profiles set email = new.email, updated_at = now()
+  where id = new.id and email is distinct from new.email;
+  return new;
+end;
+$$;
+
+create trigger mycelium_profile_on_user_created
+  after insert on auth.users
+  for each row execute function mycelium_private.create_profile_for_new_user();
+create trigger mycelium_profile_on_user_email_changed
+  after update of email on auth.users
+  for each row execute function mycelium_private.sync_profile_email();
+
+insert into public.profiles (id, email, display_name)
+select u.id, u.email, left(coalesce(u.raw_user_meta_data ->> 'display_name', u.raw_user_meta_data ->> 'full_name'), 200)
+from auth.users u
+on conflict (id) do nothing;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/grant_role, rpc/revoke_role: admins and service_role only.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.grant_role(user_id uuid, role text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.require_admin();
+  if grant_role.role is null or grant_role.role not in ('admin', 'farmer', 'app_provider', 'service_provider') then
+    perform mycelium_private.fail('invalid_argument',
+      'role must be one of admin, farmer, app_provider, service_provider');
+  end if;
+  if grant_role.user_id is null or not exists (select 1 from auth.users u where u.id = grant_role.user_id) then
+    perform mycelium_private.fail('not_found', 'no such user', 404);
+  end if;
+  insert into public.user_roles (user_id, role, granted_by)
+  values (grant_role.user_id, grant_role.role, auth.uid())
+  on conflict do nothing;
+  return jsonb_build_object('user_id', grant_role.user_id, 'role', grant_role.role, 'granted', true);
+end;
+$$;
+
+create or replace function public.revoke_role(user_id uuid, role text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.require_admin();
+  if revoke_role.role is null or revoke_role.role not in ('admin', 'farmer', 'app_provider', 'service_provider') then
+    perform mycelium_private.fail('invalid_argument',
+      'role must be one of admin, farmer, app_provider, service_provider');
+  end if;
+  delete from public.user_roles ur where ur.user_id = revoke_role.user_id and ur.role = revoke_role.role;
+  return jsonb_build_object('user_id', revoke_role.user_id, 'role', revoke_role.role, 'granted', false);
+end;
+$$;
+
+revoke execute on function public.grant_role(uuid, text), public.revoke_role(uuid, text) from public, anon;
+grant execute on function public.grant_role(uuid, text), public.revoke_role(uuid, text) to authenticated, service_role;
+revoke execute on function public.has_role(text), public.is_admin() from public, anon;
+grant execute on function public.has_role(text), public.is_admin() to authenticated, service_role;
+revoke execute on all functions in schema mycelium_private from public;

@@ -1,0 +1,280 @@
+-- Credits, part 4: the double-entry ledger.
+--
+-- Every movement is one row in mycelium_private.transfers: a positive amount from one account
+-- to another. An account is either a user (credit_accounts.user_id) or a system account
+-- (issuance, platform_revenue, expiry). User accounts keep their balance, updated in the same
+-- transaction, and each user side of a transfer is an entry in public.credit_transactions that
+-- records the balance it produced. System accounts have no row (no hot row serialising every
+-- purchase): their balance is derived from the transfers. So the sum over all accounts is zero
+-- by construction, and audit_ledger() checks that the stored user balances agree.
+--
+-- Lots: what a user holds is split into lots (public.credit_lots); the non-expiring credits
+-- of a user are ONE lot, credits with an expiry each form their own. An account's balance is
+-- always the sum of its lots' remaining amounts.
+--
+-- Lock order: a movement locks the user accounts it touches in ascending user_id order, with
+-- FOR NO KEY UPDATE (the lock an UPDATE of the balance takes anyway), before anything else that depends on balances; lots are only touched under their
+-- account's lock.
+
+create table public.credit_accounts (
+  user_id uuid primary key,
+  balance numeric not null default 0 check (balance >= 0 and balance < 'Infinity'::numeric),
+  held numeric not null default 0 check (held >= 0 and held < 'Infinity'::numeric),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table public.credit_accounts is
+  'One credit account per user: spendable balance, and credits held for open orders (not in balance).';
+
+create table mycelium_private.transfers (
+  id uuid primary key default gen_random_uuid(),
+  kind text not null check (kind in (
+    'purchase', 'grant', 'transfer', 'expiry', 'legacy_migration',
+    'order_hold', 'order_release', 'order_payment', 'provider_earning', 'refund', 'adjustment')),
+  from_user uuid,
+  from_system text check (from_system in ('issuance', 'platform_revenue', 'expiry', 'holds')),
+  to_user uuid,
+  to_system text check (to_system in ('issuance', 'platform_revenue', 'expiry', 'holds')),
+  amount numeric not null check (amount <> 'NaN'::numeric and amount > 0 and amount < 1e15 and scale(amount) <= 6),
+  usd_amount numeric,
+  rate numeric,
+  package_id uuid,
+  memo text,
+  reference text,
+  expires_at timestamptz,
+  initiated_by uuid,
+  initiated_role text,
+  created_at timestamptz not null default now(),
+  check ((from_user is null) <> (from_system is null)),
+  check ((to_user is null) <> (to_system is null)),
+  check (from_user is distinct from to_user or from_user is null),
+  check (from_system is distinct from to_system or from_system is null)
+);
+comment on table mycelium_private.transfers is 'The ledger: one row per movement, append-only.';
+
+-- Idempotency: concurrent retries serialise on these unique indexes; the loser returns the
+-- winner's result.
+create unique index transfers_purchase_reference_key on mycelium_private.transfers (reference)
+  where kind = 'purchase';
+create unique index transfers_transfer_idempotency_key on mycelium_private.transfers (from_user, reference)
+  where kind = 'transfer' and reference is not null;
+create unique index transfers_expiry_lot_key on mycelium_private.transfers (reference)
+  where kind = 'expiry';
+create unique index transfers_grant_idempotency_key on mycelium_private.transfers (to_user, reference)
+  where kind = 'grant' and reference is not null;
+-- Platform analytics by day and system balances.
+create index transfers_created_at_idx on mycelium_private.transfers (created_at);
+create index transfers_from_system_idx on mycelium_private.transfers (from_system, created_at)
+  include (amount) where from_system is not null;
+create index transfers_to_system_idx on mycelium_private.transfers (to_system, created_at)
+  include (amount) where to_system is not null;
+
+create table public.credit_transactions (
+  id bigint generated always as identity primary key,
+  transfer_id uuid not null references mycelium_private.transfers (id),
+  user_id uuid not null references public.credit_accounts (user_id),
+  amount numeric not null check (amount <> 0 and amount <> 'NaN'::numeric),
+  kind text not null check (kind in (
+    'purchase', 'grant', 'transfer_in', 'transfer_out', 'expiry', 'legacy_migration',
+    'order_hold', 'order_release', 'order_payment', 'provider_earning', 'refund', 'adjustment')),
+  balance_after numeric not null check (balance_after >= 0),
+  counterparty_id uuid,
+  memo text,
+  reference text,
+  created_at timestamptz not null default now(),
+  expires_at timestamptz
+);
+comment on table public.credit_transactions is
+  'Your credit movements: signed amount, kind, the balance it produced. Append-only; each user sees their own.';
+
+create index credit_transactions_user_history_idx on public.credit_transactions (user_id, created_at, id);
+create index credit_transactions_transfer_idx on public.credit_transactions (transfer_id);
+create index credit_transactions_kind_day_idx on public.credit_transactions (created_at, kind) include (user_id, amount);
+
+create table public.credit_lots (
+  id bigint generated always as identity primary key,
+  user_id uuid not null references public.credit_accounts (user_id),
+  amount numeric not null check (amount >= 0),
+  remaining numeric not null check (remaining >= 0),
+  expires_at timestamptz,
+  source_transfer_id uuid references mycelium_private.transfers (id),
+  created_at timestamptz not null default now(),
+  check (remaining <= amount)
+);
+comment on table public.credit_lots is
+  'Your credits by lot: one lot for non-expiring credits, one per grant or purchase that expires.';
+
+create unique index credit_lots_permanent_key on public.credit_lots (user_id) where expires_at is null;
+create index credit_lots_expiring_idx on public.credit_lots (user_id, expires_at, id)
+  where expires_at is not null and remaining > 0;
+create index credit_lots_sweep_idx on public.credit_lots (expires_at)
+  where expires_at is not null and remaining > 0;
+
+-- Append-only ledger, for every role.
+create trigger transfers_append_only
+  before update or delete or truncate on mycelium_private.transfers
+  for each statement execute function mycelium_private.refuse_change();
+create trigger credit_transactions_append_only
+  before update or delete or truncate on public.credit_transactions
+  for each statement execute function mycelium_private.refuse_change();
+
+-- Read surface: own rows only, no writes through any API role.
+alter table public.credit_accounts enable row level security;
+alter table public.credit_transactions enable row level security;
+alter table public.credit_lots enable row level security;
+alter table mycelium_private.transfers enable row level security;
+
+revoke all on public.credit_accounts, public.credit_transactions, public.credit_lots
+  from anon, authenticated, service_role;
+grant select on public.credit_accounts, public.credit_transactions, public.credit_lots
+  to authenticated, service_role;
+
+create policy credit_accounts_select_own on public.credit_accounts
+  for select to authenticated using (user_id = (select auth.uid()));
+create policy credit_transactions_select_own on public.credit_transactions
+  for select to authenticated using (user_id = (select auth.uid()));
+create policy credit_lots_select_own on public.credit_lots
+  for select to authenticated using (user_id = (select auth.uid()));
+
+-- ---------------------------------------------------------------------------------------
+-- A credit account (and its non-expiring lot) for every new auth user.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.open_credit_account(p_user uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into public.credit_accounts (user_id) values (p_user) on conflict (user_id) do nothing;
+  insert into public.credit_lots (user_id, amount, remaining) values (p_user, 0, 0)
+  on conflict (user_id) where expires_at is null do nothing;
+end;
+$$;
+
+create or replace function mycelium_private.create_credit_account_for_new_user()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.open_credit_account(new.id);
+  return new;
+end;
+$$;
+
+create trigger mycelium_credit_account_on_user_created
+  after insert on auth.users
+  for each row execute function mycelium_private.create_credit_account_for_new_user();
+
+select mycelium_private.open_credit_account(u.id) from auth.users u;
+
+-- ---------------------------------------------------------------------------------------
+-- Internal movement primitives. Callers validate, authorize and lock the accounts first.
+-- ---------------------------------------------------------------------------------------
+
+-- Lock one or two user accounts in ascending user_id order. Returns how many exist.
+create or replace function mycelium_private.lock_accounts(a uuid, b uuid default null)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n_a integer := 0;
+  n_b integer := 0;
+begin
+  if b is null or a = b then
+    perform 1 from public.credit_accounts where user_id = a for no key update;
+    get diagnostics n_a = row_count;
+    return n_a;
+  end if;
+  perform 1 from public.credit_accounts where user_id = least(a, b) for no key update;
+  get diagnostics n_a = row_count;
+  perform 1 from public.credit_accounts where user_id = greatest(a, b) for no key update;
+  get diagnostics n_b = row_count;
+  return n_a + n_b;
+end;
+$$;
+
+-- Spendable credits of a locked account: balance minus what sits in expired, unswept lots.
+create or replace function mycelium_private.spendable(p_user uuid)
+returns numeric
+language sql
+stable
+set search_path = ''
+as $$
+  select a.balance - coalesce((
+    select sum(l.remaining) from public.credit_lots l
+    where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= now()
+  ), 0)
+  from public.credit_accounts a where a.user_id = p_user
+$$;
+
+-- Take `amount` from a locked user account: from unexpired expiring lots, soonest expiry first,
+-- then from the non-expiring lot; never from an expired lot. Returns the new balance.
+create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  available numeric;
+  left_to_take numeric := p_amount;
+  lot record;
+  taken numeric;
+  new_balance numeric;
+begin
+  available := mycelium_private.spendable(p_user);
+  if available is null then
+    perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
+  end if;
+  if available < p_amount then
+    perform mycelium_private.fail('insufficient_credits',
+      format('insufficient credits: %s available, %s needed', available, p_amount), 409);
+  end if;
+  for lot in
+    select l.id, l.remaining from public.credit_lots l
+    where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at > now()
+    order by l.expires_at, l.id
+  loop
+    taken := least(lot.remaining, left_to_take);
+    update public.credit_lots set remaining = remaining - taken where id = lot.id;
+    left_to_take := left_to_take - taken;
+    exit when left_to_take = 0;
+  end loop;
+  if left_to_take > 0 then
+    update public.credit_lots set remaining = remaining - left_to_take
+    where user_id = p_user and expires_at is null;
+  end if;
+  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
+  where user_id = p_user
+  returning balance into new_balance;
+  return new_balance;
+end;
+$$;
+
+-- Add `amount` to a locked user account, as a new expiring lot or into the non-expiring lot.
+-- Returns the new balance.
+create or replace function mycelium_private.credit_user(p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  new_balance numeric;
+begin
+  if p_expires_at is null then
+    update public.credit_lots set amount = amount + p_amount, remaining = remaining + p_amount
+    where user_id = p_user and expires_at is null;
+  else
+    insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
+    values (p_user, p_amount, p_amount, p_expires_at, p_transfer);
+  end if;
+  update public.credit_accounts set balance = balance + p_amount, updated_at = now()
+  where user_id = p_user
+  returning balance into new_balance;
+  return new_balance;
+end;
+$$;
+
+revoke execute on all functions in schema mycelium_private from public;

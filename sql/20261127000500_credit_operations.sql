@@ -1,0 +1,378 @@
+-- Credits, part 5: packages, and the money operations: purchase, transfer, grant.
+-- Every operation: security definer, search_path '', authorization first, amount validated by
+-- one helper, idempotent through a unique index on its reference, one transaction.
+
+create table public.credit_packages (
+  id uuid primary key default gen_random_uuid(),
+  name text not null unique check (btrim(name) <> '' and length(name) <= 100),
+  description text check (description is null or length(description) <= 1000),
+  price_usd numeric not null
+    check (price_usd <> 'NaN'::numeric and price_usd > 0 and price_usd < 1e15 and scale(trim_scale(price_usd)) <= 6),
+  bonus_credits numeric not null default 0
+    check (bonus_credits <> 'NaN'::numeric and bonus_credits >= 0 and bonus_credits < 1e15 and scale(trim_scale(bonus_credits)) <= 6),
+  expires_after interval check (expires_after is null or expires_after > interval '0'),
+  active boolean not null default true,
+  sort_order integer not null default 0,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table public.credit_packages is
+  'Credit bundles: pay price_usd, get price_usd / tfc_to_usd_rate credits plus bonus_credits. Managed by admins.';
+
+alter table public.credit_packages enable row level security;
+revoke all on public.credit_packages from anon, authenticated, service_role;
+grant select on public.credit_packages to anon;
+grant select, insert, update, delete on public.credit_packages to authenticated, service_role;
+
+create policy credit_packages_read_active on public.credit_packages
+  for select to anon, authenticated
+  using (active or (select public.is_admin()));
+create policy credit_packages_admin_insert on public.credit_packages
+  for insert to authenticated with check ((select public.is_admin()));
+create policy credit_packages_admin_update on public.credit_packages
+  for update to authenticated using ((select public.is_admin())) with check ((select public.is_admin()));
+create policy credit_packages_admin_delete on public.credit_packages
+  for delete to authenticated using ((select public.is_admin()));
+
+-- ---------------------------------------------------------------------------------------
+-- What every operation returns: the transfer as `viewer` sees it (balance_after of their entry).
+-- A replayed call returns exactly what the first call returned.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.movement_result(p_transfer uuid, p_viewer uuid)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'transfer_id', t.id,
+    'kind', t.kind,
+    'amount', t.amount,
+    'from_user_id', t.from_user,
+    'to_user_id', t.to_user,
+    'usd_amount', t.usd_amount,
+    'package_id', t.package_id,
+    'memo', t.memo,
+    'reference', t.reference,
+    'expires_at', t.expires_at,
+    'created_at', t.created_at,
+    'balance_after', (select e.balance_after from public.credit_transactions e
+                      where e.transfer_id = t.id and e.user_id = p_viewer)
+  )
+  from mycelium_private.transfers t
+  where t.id = p_transfer
+$$;
+
+create or replace function mycelium_private.require_account(p_user uuid, reason text, what text)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_user is null then
+    perform mycelium_private.fail('invalid_argument', what || ' is required');
+  end if;
+  if not exists (select 1 from public.credit_accounts a where a.user_id = p_user) then
+    perform mycelium_private.fail(reason, 'no user with a credit account has id ' || p_user, 404);
+  end if;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/purchase_credits: service_role only (the payment webhook, once the provider confirmed).
+-- credits = usd_amount / tfc_to_usd_rate (truncated to 6 fractional digits), plus the package's
+-- bonus. The same payment_reference again returns the first result and moves nothing.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.purchase_replay(
+  p_existing mycelium_private.transfers, p_user uuid, p_usd numeric, p_package uuid)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_existing.to_user is distinct from p_user or p_existing.usd_amount <> p_usd
+     or p_existing.package_id is distinct from p_package then
+    perform mycelium_private.fail('duplicate_reference',
+      'payment_reference was already used for a different purchase', 409);
+  end if;
+  return mycelium_private.movement_result(p_existing.id, p_user);
+end;
+$$;
+
+create or replace function public.purchase_credits(
+  user_id uuid,
+  usd_amount numeric,
+  payment_reference text,
+  package_id uuid default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_user uuid := purchase_credits.user_id;
+  v_usd numeric;
+  v_reference text;
+  v_rate numeric;
+  v_credits numeric;
+  v_expires timestamptz;
+  v_package public.credit_packages;
+  v_existing mycelium_private.transfers;
+  v_transfer uuid;
+  v_balance numeric;
+begin
+  perform mycelium_private.require_service();
+  v_usd := mycelium_private.check_amount(purchase_credits.usd_amount, 'usd_amount');
+  v_reference := mycelium_private.check_text(purchase_credits.payment_reference, 'payment_reference', 200, true);
+
+  select * into v_existing from mycelium_private.transfers t
+  where t.kind = 'purchase' and t.reference = v_reference;
+  if found then
+    return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
+  end if;
+
+  perform mycelium_private.require_account(v_user, 'unknown_recipient', 'user_id');
+
+  if purchase_credits.package_id is not null then
+    select * into v_package from public.credit_packages p where p.id = purchase_credits.package_id;
+    if not found then
+      perform mycelium_private.fail('not_found', 'no credit package has id ' || purchase_credits.package_id, 404);
+    elsif not v_package.active then
+      perform mycelium_private.fail('package_inactive', 'credit package ' || v_package.name || ' is not on sale', 409);
+    elsif v_package.price_usd <> v_usd then
+      perform mycelium_private.fail('invalid_argument',
+        format('usd_amount %s does not match the price %s of package %s', v_usd, v_package.price_usd, v_package.name));
+    end if;
+    if v_package.expires_after is not null then
+      v_expires := now() + v_package.expires_after;
+    end if;
+  end if;
+
+  select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
+  v_credits := trim_scale(trunc(v_usd / v_rate, 6) + coalesce(v_package.bonus_credits, 0));
+  if v_credits <= 0 then
+    perform mycelium_private.fail('invalid_amount', 'usd_amount buys less than 0.000001 credits');
+  elsif v_credits >= 1e15 then
+    perform mycelium_private.fail('invalid_amount', 'usd_amount buys more than the maximum amount of credits');
+  end if;
+
+  insert into mycelium_private.transfers
+    (kind, from_system, to_user, amount, usd_amount, rate, package_id, reference, expires_at, initiated_by, initiated_role)
+  values
+    ('purchase', 'issuance', v_user, v_credits, v_usd, v_rate, purchase_credits.package_id, v_reference, v_expires,
+     auth.uid(), coalesce(auth.role(), session_user::text))
+  on conflict (reference) where kind = 'purchase' do nothing
+  returning id into v_transfer;
+
+  if v_transfer is null then
+    -- A concurrent call with the same reference won; it has committed: replay it.
+    select * into v_existing from mycelium_private.transfers t
+    where t.kind = 'purchase' and t.reference = v_reference;
+    return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
+  end if;
+
+  perform mycelium_private.lock_accounts(v_user);
+  v_balance := mycelium_private.credit_user(v_user, v_credits, v_expires, v_transfer);
+  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, reference, expires_at)
+  values (v_transfer, v_user, v_credits, 'purchase', v_balance, v_reference, v_expires);
+  return mycelium_private.movement_result(v_transfer, v_user);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/transfer_credits: the signed-in user sends credits to another user.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.transfer_replay(
+  p_existing mycelium_private.transfers, p_recipient uuid, p_amount numeric)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_existing.to_user is distinct from p_recipient or p_existing.amount <> p_amount then
+    perform mycelium_private.fail('duplicate_reference',
+      'idempotency_key was already used for a different transfer', 409);
+  end if;
+  return mycelium_private.movement_result(p_existing.id, p_existing.from_user);
+end;
+$$;
+
+create or replace function mycelium_private.transfer(
+  p_sender uuid, p_recipient uuid, p_amount numeric, p_memo text, p_key text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_amount numeric;
+  v_memo text;
+  v_key text;
+  v_existing mycelium_private.transfers;
+  v_transfer uuid;
+  v_sender_balance numeric;
+  v_recipient_balance numeric;
+begin
+  v_amount := mycelium_private.check_amount(p_amount);
+  v_memo := mycelium_private.check_text(p_memo, 'memo', 500);
+  v_key := mycelium_private.check_text(p_key, 'idempotency_key', 200);
+  if p_recipient is null then
+    perform mycelium_private.fail('invalid_argument', 'recipient is required');
+  end if;
+  if p_recipient = p_sender then
+    perform mycelium_private.fail('self_transfer', 'cannot transfer credits to yourself');
+  end if;
+
+  if v_key is not null then
+    select * into v_existing from mycelium_private.transfers t
+    where t.kind = 'transfer' and t.from_user = p_sender and t.reference = v_key;
+    if found then
+      return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
+    end if;
+  end if;
+
+  perform mycelium_private.require_account(p_recipient, 'unknown_recipient', 'recipient');
+
+  insert into mycelium_private.transfers
+    (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
+  values
+    ('transfer', p_sender, p_recipient, v_amount, v_memo, v_key, p_sender, coalesce(auth.role(), session_user::text))
+  on conflict (from_user, reference) where kind = 'transfer' and reference is not null do nothing
+  returning id into v_transfer;
+
+  if v_transfer is null then
+    select * into v_existing from mycelium_private.transfers t
+    where t.kind = 'transfer' and t.from_user = p_sender and t.reference = v_key;
+    return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
+  end if;
+
+  if mycelium_private.lock_accounts(p_sender, p_recipient) < 2 then
+    perform mycelium_private.fail('not_found', 'the sender has no credit account', 404);
+  end if;
+  v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
+  v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
+
+  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
+  values
+    (v_transfer, p_sender, -v_amount, 'transfer_out', v_sender_balance, p_recipient, v_memo, v_key),
+    (v_transfer, p_recipient, v_amount, 'transfer_in', v_recipient_balance, p_sender, v_memo, null);
+  return mycelium_private.movement_result(v_transfer, p_sender);
+end;
+$$;
+
+create or replace function public.transfer_credits(
+  recipient uuid,
+  amount numeric,
+  memo text default null,
+  idempotency_key text default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_sender uuid := auth.uid();
+begin
+  if v_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
+    perform mycelium_private.fail('not_authorized', 'sign in to transfer credits', 403);
+  end if;
+  return mycelium_private.transfer(v_sender, transfer_credits.recipient, transfer_credits.amount,
+                                   transfer_credits.memo, transfer_credits.idempotency_key);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/grant_credits: admins and service_role; promotional credits, optionally expiring.
+-- The same idempotency_key for the same user returns the first grant and moves nothing.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.grant_replay(
+  p_existing mycelium_private.transfers, p_amount numeric, p_expires_at timestamptz)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_existing.amount <> p_amount or p_existing.expires_at is distinct from p_expires_at then
+    perform mycelium_private.fail('duplicate_reference',
+      'idempotency_key was already used for a different grant to this user', 409);
+  end if;
+  return mycelium_private.movement_result(p_existing.id, p_existing.to_user);
+end;
+$$;
+
+create or replace function public.grant_credits(
+  user_id uuid,
+  amount numeric,
+  reason text,
+  expires_at timestamptz default null,
+  idempotency_key text default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_user uuid := grant_credits.user_id;
+  v_amount numeric;
+  v_reason text;
+  v_key text;
+  v_expires timestamptz := grant_credits.expires_at;
+  v_existing mycelium_private.transfers;
+  v_transfer uuid;
+  v_balance numeric;
+begin
+  perform mycelium_private.require_admin();
+  v_amount := mycelium_private.check_amount(grant_credits.amount);
+  v_reason := mycelium_private.check_text(grant_credits.reason, 'reason', 500, true);
+  v_key := mycelium_private.check_text(grant_credits.idempotency_key, 'idempotency_key', 200);
+  if v_expires is not null and (v_expires <= now() or v_expires = 'infinity'::timestamptz) then
+    perform mycelium_private.fail('invalid_argument', 'expires_at must be a finite time in the future');
+  end if;
+  if v_user is null then
+    perform mycelium_private.fail('invalid_argument', 'user_id is required');
+  end if;
+
+  if v_key is not null then
+    select * into v_existing from mycelium_private.transfers t
+    where t.kind = 'grant' and t.to_user = v_user and t.reference = v_key;
+    if found then
+      return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
+    end if;
+  end if;
+
+  perform mycelium_private.require_account(v_user, 'unknown_recipient', 'user_id');
+
+  insert into mycelium_private.transfers
+    (kind, from_system, to_user, amount, memo, reference, expires_at, initiated_by, initiated_role)
+  values
+    ('grant', 'issuance', v_user, v_amount, v_reason, v_key, v_expires, auth.uid(), coalesce(auth.role(), session_user::text))
+  on conflict (to_user, reference) where kind = 'grant' and reference is not null do nothing
+  returning id into v_transfer;
+
+  if v_transfer is null then
+    select * into v_existing from mycelium_private.transfers t
+    where t.kind = 'grant' and t.to_user = v_user and t.reference = v_key;
+    return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
+  end if;
+
+  perform mycelium_private.lock_accounts(v_user);
+  v_balance := mycelium_private.credit_user(v_user, v_amount, v_expires, v_transfer);
+  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)
+  values (v_transfer, v_user, v_amount, 'grant', v_balance, v_reason, v_key, v_expires);
+  return mycelium_private.movement_result(v_transfer, v_user);
+end;
+$$;
+
+revoke execute on function public.purchase_credits(uuid, numeric, text, uuid) from public, anon, authenticated;
+grant execute on function public.purchase_credits(uuid, numeric, text, uuid) to service_role;
+revoke execute on function public.transfer_credits(uuid, numeric, text, text) from public, anon, service_role;
+grant execute on function public.transfer_credits(uuid, numeric, text, text) to authenticated;
+revoke execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) from public, anon;
+grant execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) to authenticated, service_role;
+revoke execute on all functions in schema mycelium_private from public;

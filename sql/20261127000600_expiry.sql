@@ -1,0 +1,60 @@
+-- Credits, part 6: expiry. What is left of a lot past its expires_at is not spendable; the
+-- sweep moves it to the system account `expiry`, once, and the user sees an `expiry` movement.
+
+create or replace function public.expire_credits(as_of timestamptz default now())
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_as_of timestamptz := expire_credits.as_of;
+  v_user uuid;
+  v_lot record;
+  v_transfer uuid;
+  v_balance numeric;
+  v_lots integer := 0;
+  v_users integer := 0;
+  v_total numeric := 0;
+begin
+  perform mycelium_private.require_service();
+  if v_as_of is null or v_as_of > now() then
+    perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
+  end if;
+
+  for v_user in
+    select distinct l.user_id from public.credit_lots l
+    where l.expires_at is not null and l.remaining > 0 and l.expires_at <= v_as_of
+    order by l.user_id
+  loop
+    perform mycelium_private.lock_accounts(v_user);
+    v_users := v_users + 1;
+    -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
+    for v_lot in
+      select l.id, l.remaining, l.expires_at from public.credit_lots l
+      where l.user_id = v_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= v_as_of
+      order by l.expires_at, l.id
+    loop
+      insert into mycelium_private.transfers
+        (kind, from_user, to_system, amount, memo, reference, expires_at, initiated_by, initiated_role)
+      values
+        ('expiry', v_user, 'expiry', v_lot.remaining, 'credits expired', 'lot:' || v_lot.id, v_lot.expires_at,
+         auth.uid(), coalesce(auth.role(), session_user::text))
+      returning id into v_transfer;
+      update public.credit_lots set remaining = 0 where id = v_lot.id;
+      update public.credit_accounts set balance = balance - v_lot.remaining, updated_at = now()
+      where user_id = v_user
+      returning balance into v_balance;
+      insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)
+      values (v_transfer, v_user, -v_lot.remaining, 'expiry', v_balance, 'credits expired', 'lot:' || v_lot.id, v_lot.expires_at);
+      v_lots := v_lots + 1;
+      v_total := v_total + v_lot.remaining;
+    end loop;
+  end loop;
+
+  return jsonb_build_object('as_of', v_as_of, 'lots_expired', v_lots, 'users', v_users, 'credits_expired', v_total);
+end;
+$$;
+
+revoke execute on function public.expire_credits(timestamptz) from public, anon, authenticated;
+grant execute on function public.expire_credits(timestamptz) to service_role;

@@ -1,0 +1,289 @@
+-- Credits, part 7: analytics (per user: own rows through RLS; platform: admins and
+-- service_role) and rpc/audit_ledger, which checks every ledger invariant.
+-- Days and months are UTC.
+
+-- ---------------------------------------------------------------------------------------
+-- Per user, own rows only (security_invoker: the caller's RLS on credit_transactions applies).
+-- ---------------------------------------------------------------------------------------
+create view public.credit_daily_activity with (security_invoker = true) as
+select
+  t.user_id,
+  (t.created_at at time zone 'UTC')::date as day,
+  coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as bought,
+  coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
+  coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
+  coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
+  coalesce(-sum(t.amount) filter (where t.kind = 'order_payment'), 0) as spent,
+  coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
+  sum(t.amount) as net,
+  count(*) as movements
+from public.credit_transactions t
+group by t.user_id, (t.created_at at time zone 'UTC')::date;
+comment on view public.credit_daily_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC day.';
+
+create view public.credit_monthly_activity with (security_invoker = true) as
+select
+  t.user_id,
+  date_trunc('month', t.created_at at time zone 'UTC')::date as month,
+  coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as bought,
+  coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
+  coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
+  coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
+  coalesce(-sum(t.amount) filter (where t.kind = 'order_payment'), 0) as spent,
+  coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
+  sum(t.amount) as net,
+  count(*) as movements
+from public.credit_transactions t
+group by t.user_id, date_trunc('month', t.created_at at time zone 'UTC')::date;
+comment on view public.credit_monthly_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC month.';
+
+-- Your balance with its USD value, for display.
+create view public.credit_balances with (security_invoker = true) as
+select a.user_id, a.balance, a.held, public.tfc_to_usd(a.balance) as balance_usd, a.updated_at
+from public.credit_accounts a;
+comment on view public.credit_balances is 'Your balance and its value in USD at the configured rate (display only).';
+
+revoke all on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
+  from anon, authenticated, service_role;
+grant select on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
+  to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------
+-- Platform, per UTC day: issued (purchases + grants), spent, transferred between users,
+-- expired, platform revenue, and credits in circulation (held by users) at the end of the day.
+-- Range scans on transfers(created_at) and the system-account indexes.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.platform_daily_stats(from_day date default null, to_day date default null)
+returns table (
+  day date,
+  issued numeric,
+  purchased numeric,
+  granted numeric,
+  transferred numeric,
+  spent numeric,
+  expired numeric,
+  platform_revenue numeric,
+  circulation numeric,
+  movements bigint
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_to date := coalesce(to_day, (now() at time zone 'UTC')::date);
+  v_from date := coalesce(from_day, v_to - 29);
+  v_from_ts timestamptz := (v_from::timestamp at time zone 'UTC');
+  v_to_ts timestamptz := ((v_to + 1)::timestamp at time zone 'UTC');
+  v_base numeric;
+begin
+  perform mycelium_private.require_admin();
+  if v_from > v_to or v_to - v_from > 3660 then
+    perform mycelium_private.fail('invalid_argument', 'from_day must not be after to_day, and the range at most 10 years');
+  end if;
+  -- Credits held by users before the range: everything systems paid out minus what they took back.
+  select coalesce((select sum(t.amount) from mycelium_private.transfers t
+                   where t.from_system is not null and t.created_at < v_from_ts), 0)
+       - coalesce((select sum(t.amount) from mycelium_private.transfers t
+                   where t.to_system is not null and t.created_at < v_from_ts), 0)
+  into v_base;
+
+  return query
+  with days as (
+    select d::date as day from generate_series(v_from, v_to, interval '1 day') d
+  ), per_day as (
+    select
+      (t.created_at at time zone 'UTC')::date as day,
+      sum(t.amount) filter (where t.from_system = 'issuance') as issued,
+      sum(t.amount) filter (where t.kind = 'purchase') as purchased,
+      sum(t.amount) filter (where t.kind = 'grant') as granted,
+      sum(t.amount) filter (where t.kind = 'transfer') as transferred,
+      sum(t.amount) filter (where t.kind = 'order_payment') as spent,
+      sum(t.amount) filter (where t.to_system = 'expiry') as expired,
+      coalesce(sum(t.amount) filter (where t.to_system = 'platform_revenue'), 0)
+        - coalesce(sum(t.amount) filter (where t.from_system = 'platform_revenue'), 0) as platform_revenue,
+      coalesce(sum(t.amount) filter (where t.from_system is not null), 0)
+        - coalesce(sum(t.amount) filter (where t.to_system is not null), 0) as into_users,
+      count(*) as movements
+    from mycelium_private.transfers t
+    where t.created_at >= v_from_ts and t.created_at < v_to_ts
+    group by 1
+  )
+  select
+    d.day,
+    coalesce(p.issued, 0), coalesce(p.purchased, 0), coalesce(p.granted, 0), coalesce(p.transferred, 0),
+    coalesce(p.spent, 0), coalesce(p.expired, 0), coalesce(p.platform_revenue, 0),
+    v_base + coalesce(sum(p.into_users) over (order by d.day), 0),
+    coalesce(p.movements, 0)
+  from days d left join per_day p on p.day = d.day
+  order by d.day;
+end;
+$$;
+
+-- Totals now: credits in circulation (user balances + held), and each system account.
+create or replace function public.platform_credit_summary()
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.require_admin();
+  return (
+    select jsonb_build_object(
+      'circulation', (select coalesce(sum(a.balance + a.held), 0) from public.credit_accounts a),
+      'held', (select coalesce(sum(a.held), 0) from public.credit_accounts a),
+      'user_accounts', (select count(*) from public.credit_accounts a),
+      'issued', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.from_system = 'issuance'),
+      'spent', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.kind = 'order_payment'),
+      'expired', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.to_system = 'expiry'),
+      'platform_revenue',
+        (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.to_system = 'platform_revenue')
+        - (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.from_system = 'platform_revenue'),
+      'rate', (select c.tfc_to_usd_rate from public.credit_config c where c.id)
+    )
+  );
+end;
+$$;
+
+-- Top spenders (credits sent or paid) and earners (credits received or earned) in a period.
+create or replace function public.top_credit_users(
+  direction text default 'spenders', from_day date default null, to_day date default null, max_rows integer default 10)
+returns table (user_id uuid, email text, total numeric, movements bigint)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_to date := coalesce(to_day, (now() at time zone 'UTC')::date);
+  v_from date := coalesce(from_day, v_to - 29);
+  v_kinds text[];
+begin
+  perform mycelium_private.require_admin();
+  if direction = 'spenders' then
+    v_kinds := array['transfer_out', 'order_payment'];
+  elsif direction = 'earners' then
+    v_kinds := array['transfer_in', 'provider_earning'];
+  else
+    perform mycelium_private.fail('invalid_argument', 'direction must be spenders or earners');
+  end if;
+  if max_rows is null or max_rows < 1 or max_rows > 1000 then
+    perform mycelium_private.fail('invalid_argument', 'max_rows must be between 1 and 1000');
+  end if;
+  return query
+  select e.user_id, p.email, abs(sum(e.amount)), count(*)
+  from public.credit_transactions e
+  left join public.profiles p on p.id = e.user_id
+  where e.created_at >= (v_from::timestamp at time zone 'UTC')
+    and e.created_at < ((v_to + 1)::timestamp at time zone 'UTC')
+    and e.kind = any (v_kinds)
+  group by e.user_id, p.email
+  order by 3 desc, 1
+  limit max_rows;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/audit_ledger: every invariant, checked in one snapshot. Empty when the ledger is sound.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.audit_ledger()
+returns table (check_name text, subject text, detail text)
+language sql
+stable
+set search_path = ''
+as $$
+  with entry_sums as (
+    select e.user_id, sum(e.amount) as total from public.credit_transactions e group by e.user_id
+  ), last_entries as (
+    select distinct on (e.user_id) e.user_id, e.balance_after
+    from public.credit_transactions e order by e.user_id, e.id desc
+  ), lot_sums as (
+    select l.user_id, sum(l.remaining) as total,
+           count(*) filter (where l.expires_at is null) as permanent_lots
+    from public.credit_lots l group by l.user_id
+  ), system_balances as (
+    select s.code,
+      coalesce((select sum(t.amount) from mycelium_private.transfers t where t.to_system = s.code), 0)
+      - coalesce((select sum(t.amount) from mycelium_private.transfers t where t.from_system = s.code), 0) as balance
+    from (values ('issuance'), ('platform_revenue'), ('expiry'), ('holds')) s(code)
+  ), transfer_entries as (
+    select t.id, t.kind, t.amount, t.from_user, t.to_user,
+      (case when t.to_user is not null then t.amount else 0 end)
+        - (case when t.from_user is not null then t.amount else 0 end) as expected,
+      (t.from_user is not null)::int + (t.to_user is not null)::int as expected_entries,
+      coalesce(sum(e.amount), 0) as actual,
+      count(e.id) as actual_entries,
+      bool_and(e.user_id in (t.from_user, t.to_user)) as right_users
+    from mycelium_private.transfers t
+    left join public.credit_transactions e on e.transfer_id = t.id
+    group by t.id
+  )
+  select 'sum_zero', 'ledger',
+         format('user accounts (%s) and system accounts (%s) sum to %s, not 0',
+                (select coalesce(sum(a.balance + a.held), 0) from public.credit_accounts a),
+                (select sum(balance) from system_balances),
+                (select coalesce(sum(a.balance + a.held), 0) from public.credit_accounts a)
+                  + (select sum(balance) from system_balances))
+  where (select coalesce(sum(a.balance + a.held), 0) from public.credit_accounts a)
+        + (select sum(balance) from system_balances) <> 0
+  union all
+  select 'negative_balance', a.user_id::text, format('balance %s, held %s', a.balance, a.held)
+  from public.credit_accounts a where a.balance < 0 or a.held < 0
+  union all
+  select 'balance_equals_entries', a.user_id::text,
+         format('balance + held = %s but entries sum to %s', a.balance + a.held, coalesce(s.total, 0))
+  from public.credit_accounts a left join entry_sums s on s.user_id = a.user_id
+  where a.balance + a.held <> coalesce(s.total, 0)
+  union all
+  select 'balance_after_of_last_entry', a.user_id::text,
+         format('balance %s but the last entry recorded %s', a.balance, l.balance_after)
+  from public.credit_accounts a join last_entries l on l.user_id = a.user_id
+  where a.balance <> l.balance_after
+  union all
+  select 'entries_without_account', s.user_id::text, format('entries sum to %s', s.total)
+  from entry_sums s where not exists (select 1 from public.credit_accounts a where a.user_id = s.user_id)
+  union all
+  select 'lots_equal_balance', a.user_id::text,
+         format('balance %s but lots hold %s', a.balance, coalesce(l.total, 0))
+  from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
+  where a.balance <> coalesce(l.total, 0)
+  union all
+  select 'one_permanent_lot', a.user_id::text, format('%s non-expiring lots', coalesce(l.permanent_lots, 0))
+  from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
+  where coalesce(l.permanent_lots, 0) <> 1
+  union all
+  select 'lot_bounds', l.id::text, format('lot of %s has %s remaining', l.amount, l.remaining)
+  from public.credit_lots l where l.remaining < 0 or l.remaining > l.amount
+  union all
+  select 'entries_match_transfer', te.id::text,
+         format('%s transfer of %s: entries sum to %s (expected %s), %s entries (expected %s)',
+                te.kind, te.amount, te.actual, te.expected, te.actual_entries, te.expected_entries)
+  from transfer_entries te
+  where te.actual <> te.expected or te.actual_entries <> te.expected_entries or not coalesce(te.right_users, true)
+  union all
+  select 'system_account_sign', sb.code, format('%s has balance %s', sb.code, sb.balance)
+  from system_balances sb
+  where (sb.code = 'issuance' and sb.balance > 0) or (sb.code in ('expiry', 'platform_revenue', 'holds') and sb.balance < 0)
+$$;
+
+create or replace function public.audit_ledger()
+returns table (check_name text, subject text, detail text)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.require_admin();
+  return query select * from mycelium_private.audit_ledger();
+end;
+$$;
+
+revoke execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
+  public.top_credit_users(text, date, date, integer), public.audit_ledger() from public, anon;
+grant execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
+  public.top_credit_users(text, date, date, integer), public.audit_ledger() to authenticated, service_role;
+revoke execute on all functions in schema mycelium_private from public;
