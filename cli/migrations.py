@@ -178,7 +178,7 @@ def _state(file: MigrationFile, record: tuple[str, str | None, list[str]] | None
     if checksum is not None:
         return State.APPLIED if checksum == file.checksum else State.DRIFTED
     # Pushed by the Supabase CLI: it keeps the statements it ran, which we compare instead.
-    return State.APPLIED if _normalized(";".join(statements)) == _normalized(file.text) else State.DRIFTED
+    return State.APPLIED if _normalized(";\n".join(statements)) == _normalized(file.text) else State.DRIFTED
 
 
 def status(conn: psycopg.Connection[tuple[object, ...]], files: list[MigrationFile]) -> list[MigrationStatus]:

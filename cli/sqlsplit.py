@@ -53,9 +53,8 @@ def _skip_block_comment(sql: str, i: int) -> int:
     return i
 
 
-def _is_blank(text: str) -> bool:
-    """True when `text` holds only white space and comments."""
-    i = 0
+def _skip_noise(text: str, i: int = 0) -> int:
+    """The index of the first character from `i` on that is neither white space nor comment."""
     while i < len(text):
         if text[i].isspace():
             i += 1
@@ -65,8 +64,8 @@ def _is_blank(text: str) -> bool:
         elif text.startswith("/*", i):
             i = _skip_block_comment(text, i)
         else:
-            return False
-    return True
+            return i
+    return i
 
 
 def split_statements(sql: str) -> list[Statement]:
@@ -76,11 +75,9 @@ def split_statements(sql: str) -> list[Statement]:
     i = 0
 
     def close(end: int) -> None:
-        text = sql[start:end]
-        if not _is_blank(text):
-            leading = len(text) - len(text.lstrip())
-            offset = start + leading
-            statements.append(Statement(text.strip(), offset, sql.count("\n", 0, offset) + 1))
+        offset = _skip_noise(sql[:end], start)
+        if offset < end:
+            statements.append(Statement(sql[offset:end].rstrip(), offset, sql.count("\n", 0, offset) + 1))
 
     while i < len(sql):
         char = sql[i]
