@@ -24,8 +24,11 @@ revoke all on public.credit_packages from anon, authenticated, service_role;
 grant select on public.credit_packages to anon;
 grant select, insert, update, delete on public.credit_packages to authenticated, service_role;
 
-create policy credit_packages_read_active on public.credit_packages
-  for select to anon, authenticated
+create policy credit_packages_anon_read_active on public.credit_packages
+  for select to anon
+  using (active);
+create policy credit_packages_read_active_or_admin on public.credit_packages
+  for select to authenticated
   using (active or (select public.is_admin()));
 create policy credit_packages_admin_insert on public.credit_packages
   for insert to authenticated with check ((select public.is_admin()));
