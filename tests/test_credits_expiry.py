@@ -1,0 +1,106 @@
+"""Expiring credits: lots consumed soonest-expiry first, expired lots unspendable, swept once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+
+from tests.support import Api, User, body
+
+MakeUser = Callable[..., User]
+D = Decimal
+
+
+def balance(user: User) -> Decimal:
+    return D(str(body(user.api.get("/credit_accounts"))[0]["balance"]))
+
+
+def lots(user: User) -> list[tuple[Decimal, bool]]:
+    rows = body(user.api.get("/credit_lots", order="id"))
+    return [(D(str(r["remaining"])), r["expires_at"] is not None) for r in rows]
+
+
+def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    user, friend = make_user(), make_user()
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    granted = service_api.rpc(
+        "grant_credits", user_id=user.id, amount="10", reason="promo", expires_at=expires.isoformat()
+    )
+    assert granted.status_code == 200, granted.text
+    reply = service_api.rpc(
+        "purchase_credits", user_id=user.id, usd_amount="5", payment_reference=f"e-{uuid.uuid4()}"
+    )
+    assert reply.status_code == 200, reply.text
+
+    # Spending takes the expiring lot first.
+    assert user.api.rpc("transfer_credits", recipient=friend.id, amount="3").status_code == 200
+    assert sorted(lots(user)) == [(D("5"), False), (D("7"), True)]
+
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
+    # Past expiry, before the sweep: those 7 credits are in the balance but cannot be spent.
+    assert balance(user) == D("12")
+    refused = user.api.rpc("transfer_credits", recipient=friend.id, amount="6")
+    assert refused.status_code == 409 and body(refused)["code"] == "insufficient_credits"
+    assert user.api.rpc("transfer_credits", recipient=friend.id, amount="5").status_code == 200
+    assert balance(user) == D("7")
+
+    swept = service_api.rpc("expire_credits")
+    assert swept.status_code == 200, swept.text
+    assert body(swept)["credits_expired"] >= D("7")
+    assert balance(user) == D("0")
+    last = body(user.api.get("/credit_transactions", order="id.desc", limit=1))[0]
+    assert (last["kind"], last["amount"], last["balance_after"]) == ("expiry", D("-7"), D("0"))
+
+    # Once only.
+    assert service_api.rpc("expire_credits").status_code == 200
+    expiries = body(user.api.get("/credit_transactions", kind="eq.expiry"))
+    assert len(expiries) == 1
+    assert body(service_api.rpc("audit_ledger")) == []
+    daily = body(user.api.get("/credit_daily_activity"))[0]
+    assert (daily["granted"], daily["bought"], daily["sent"], daily["expired"]) == (D(10), D(5), D(8), D(7))
+
+
+def test_soonest_expiry_first_and_partial_sweep(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    user, friend = make_user(), make_user()
+    now = datetime.now(UTC)
+    for amount, hours in (("4", 3), ("6", 1), ("2", 2)):
+        reply = service_api.rpc(
+            "grant_credits",
+            user_id=user.id,
+            amount=amount,
+            reason="promo",
+            expires_at=(now + timedelta(hours=hours)).isoformat(),
+        )
+        assert reply.status_code == 200, reply.text
+    assert user.api.rpc("transfer_credits", recipient=friend.id, amount="7").status_code == 200
+    remaining = body(user.api.get("/credit_lots", order="expires_at.asc", expires_at="not.is.null"))
+    assert [D(str(r["remaining"])) for r in remaining] == [D(0), D(1), D(4)]
+    # Let the 2-hour lot expire early (lots are not ledger rows) and sweep as of now.
+    db.execute(
+        "update public.credit_lots set expires_at = now() - interval '1 minute' "
+        "where user_id = %s and remaining = 1",
+        (user.id,),
+    )
+    assert service_api.rpc("expire_credits").status_code == 200
+    assert balance(user) == D("4")
+    assert body(service_api.rpc("audit_ledger")) == []
+
+
+def test_expire_credits_is_for_service_role_only(
+    anon_api: Api, make_user: MakeUser, service_api: Api
+) -> None:
+    admin = make_user("admin")
+    for api in (anon_api, admin.api):
+        assert api.rpc("expire_credits").status_code in (401, 403)
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    reply = service_api.rpc("expire_credits", as_of=future)
+    assert reply.status_code == 400 and body(reply)["code"] == "invalid_argument"
