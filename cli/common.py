@@ -20,7 +20,9 @@ R = TypeVar("R")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 DbUrlOption = Annotated[
     str | None,
-    typer.Option("--db-url", help="PostgreSQL URL; else MYCELIUM_DB_URL, DATABASE_URL, or the local stack's."),
+    typer.Option(
+        "--db-url", help="PostgreSQL URL; else MYCELIUM_DB_URL, DATABASE_URL, or the local stack's."
+    ),
 ]
 DevDirOption = Annotated[
     Path,

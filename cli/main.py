@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import sql_commands
+from cli import demo, sql_commands
 from cli.common import show_tracebacks
 from cli.dev import commands as dev_commands
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(sql_commands.app, name="sql")
 app.add_typer(dev_commands.app, name="dev")
+app.command("demo")(demo.demo)
 
 
 @app.callback()

@@ -25,7 +25,9 @@ DirOption = Annotated[
 def push(
     db_url: DbUrlOption = None,
     directory: DirOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; apply nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be applied; apply nothing.")
+    ] = False,
     lock_timeout: Annotated[
         int, typer.Option(help="Seconds to wait for another push to finish.")
     ] = migrations.DEFAULT_LOCK_TIMEOUT_SECONDS,

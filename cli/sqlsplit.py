@@ -82,7 +82,9 @@ def split_statements(sql: str) -> list[Statement]:
     while i < len(sql):
         char = sql[i]
         if char == "'":
-            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            escapes = (
+                i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            )
             i = _skip_quoted(sql, i, "'", escapes)
         elif char == '"':
             i = _skip_quoted(sql, i, '"', False)

@@ -11,10 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
 from cli.dev.users import create_user
 from cli.keys import access_token
-from tests.support import Api, User, free_port_base
+from tests.support import Api, User
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -23,7 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The live suite runs only when asked for with `-m live`."""
     if "live" in (config.getoption("-m") or ""):
         return
-    skip = pytest.mark.skip(reason="live suite: run with `pytest -m live` and SUPABASE_URL, keys and DB URL set")
+    skip = pytest.mark.skip(
+        reason="live suite: run with `pytest -m live` and SUPABASE_URL, keys and DB URL set"
+    )
     for item in items:
         if "live" in item.keywords:
             item.add_marker(skip)
@@ -75,7 +78,9 @@ def service_api(stack: LocalStack) -> Iterator[Api]:
 
 
 @pytest.fixture
-def make_user(stack: LocalStack, superuser_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[Callable[..., User]]:
+def make_user(
+    stack: LocalStack, superuser_conn: psycopg.Connection[tuple[object, ...]]
+) -> Iterator[Callable[..., User]]:
     """`make_user("farmer", email=None)`: a fresh user, created as GoTrue would, with a real JWT."""
     made: list[User] = []
 

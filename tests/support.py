@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -12,8 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-
-from cli.dev.processes import port_in_use
 
 
 def loads(text: str) -> Any:
@@ -38,11 +35,20 @@ class Api:
         headers = {"apikey": apikey, "Authorization": f"Bearer {token or apikey}"}
         self.client = httpx.Client(base_url=f"{api_url}/rest/v1", headers=headers, timeout=30)
 
-    def _send(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
-              headers: dict[str, str] | None = None) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         content = None if json_body is None else json.dumps(json_body, default=_json_default)
         extra = {"Content-Type": "application/json"} if content is not None else {}
-        return self.client.request(method, path, content=content, params=params, headers={**extra, **(headers or {})})
+        return self.client.request(
+            method, path, content=content, params=params, headers={**extra, **(headers or {})}
+        )
 
     def rpc(self, name: str, **args: Any) -> httpx.Response:
         return self._send("POST", f"/rpc/{name}", json_body=args)
@@ -51,12 +57,14 @@ class Api:
         return self._send("GET", path, params=params)
 
     def post(self, path: str, json_body: Any, **params: Any) -> httpx.Response:
-        return self._send("POST", path, json_body=json_body, params=params,
-                          headers={"Prefer": "return=representation"})
+        return self._send(
+            "POST", path, json_body=json_body, params=params, headers={"Prefer": "return=representation"}
+        )
 
     def patch(self, path: str, json_body: Any, **params: Any) -> httpx.Response:
-        return self._send("PATCH", path, json_body=json_body, params=params,
-                          headers={"Prefer": "return=representation"})
+        return self._send(
+            "PATCH", path, json_body=json_body, params=params, headers={"Prefer": "return=representation"}
+        )
 
     def delete(self, path: str, **params: Any) -> httpx.Response:
         return self._send("DELETE", path, params=params, headers={"Prefer": "return=representation"})
@@ -71,22 +79,6 @@ class User:
     email: str
     token: str
     api: Api
-
-
-def free_port_base(span: int = 5, start: int = 42000) -> int:
-    """A port base whose next `span` ports are all free on 127.0.0.1."""
-    probe = start
-    while probe < 64000:
-        if not any(port_in_use(probe + offset) for offset in range(1, span)):
-            return probe
-        probe += span * 7
-    raise RuntimeError("no free ports on 127.0.0.1")
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def after_schema_reload(request: Callable[[], httpx.Response], *, timeout: float = 10) -> httpx.Response:

@@ -20,7 +20,9 @@ def open_table(stack: LocalStack) -> Iterator[str]:
     """A table created by the migration role in `public` without RLS, as a careless migration would."""
     name = f"careless_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(stack.db_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table public.{} (id int primary key, secret text)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("create table public.{} (id int primary key, secret text)").format(sql.Identifier(name))
+        )
         conn.execute(
             sql.SQL("create function public.{}() returns text language sql as $$ select 'called' $$").format(
                 sql.Identifier(f"{name}_fn")
@@ -33,8 +35,12 @@ def open_table(stack: LocalStack) -> Iterator[str]:
         conn.execute(sql.SQL("drop function public.{}()").format(sql.Identifier(f"{name}_fn")))
 
 
-def test_the_trap_is_open_a_table_without_rls_is_anons_to_read_and_write(anon_api: Api, open_table: str) -> None:
-    written = after_schema_reload(lambda: anon_api.post(f"/{open_table}", {"id": 1, "secret": "written by anon"}))
+def test_the_trap_is_open_a_table_without_rls_is_anons_to_read_and_write(
+    anon_api: Api, open_table: str
+) -> None:
+    written = after_schema_reload(
+        lambda: anon_api.post(f"/{open_table}", {"id": 1, "secret": "written by anon"})
+    )
     assert written.status_code == 201, written.text
     read = anon_api.get(f"/{open_table}", select="secret")
     assert read.status_code == 200 and body(read) == [{"secret": "written by anon"}]
@@ -86,7 +92,9 @@ def test_realtime_send_writes_a_broadcast_message(db: psycopg.Connection[tuple[o
         "select extension, event, payload, private from realtime.messages where topic = %s", (topic,)
     ).fetchone()
     assert row == ("broadcast", "ping", {"n": 1}, True)
-    publication = db.execute("select count(*) from pg_publication where pubname = 'supabase_realtime'").fetchone()
+    publication = db.execute(
+        "select count(*) from pg_publication where pubname = 'supabase_realtime'"
+    ).fetchone()
     assert publication == (1,)
 
 
@@ -111,6 +119,8 @@ def test_bootstrap_is_idempotent_and_refuses_a_real_supabase(
 
 def test_the_migration_role_cannot_act_as_superuser(stack: LocalStack) -> None:
     with psycopg.connect(stack.db_url, autocommit=True) as conn:
-        assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (False,)
+        assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (
+            False,
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("alter system set work_mem = '8MB'")

@@ -63,11 +63,18 @@ def query(url: str, text: str) -> list[tuple[object, ...]]:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120, env=env, check=False
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
 
 
-def test_push_applies_in_version_order_and_a_repush_is_a_no_op(fresh_db: str, write: Callable[..., Path]) -> None:
+def test_push_applies_in_version_order_and_a_repush_is_a_no_op(
+    fresh_db: str, write: Callable[..., Path]
+) -> None:
     second = write("20260102000000_second.sql", SECOND)
     write("20260101000000_first.sql", FIRST)
 
@@ -90,7 +97,8 @@ def test_a_failing_migration_rolls_back_the_whole_push_and_names_file_and_line(
 ) -> None:
     write("20260101000000_first.sql", FIRST)
     broken = write(
-        "20260102000000_broken.sql", "alter table public.first add column ok int;\n\nselect * from public.nowhere;\n"
+        "20260102000000_broken.sql",
+        "alter table public.first add column ok int;\n\nselect * from public.nowhere;\n",
     )
 
     with pytest.raises(migrations.MigrationFailed) as failure:
@@ -104,7 +112,10 @@ def test_a_failing_migration_rolls_back_the_whole_push_and_names_file_and_line(
 
 
 def test_a_syntax_error_is_located_on_its_own_line(fresh_db: str, write: Callable[..., Path]) -> None:
-    broken = write("20260101000000_typo.sql", "create table public.ok (id int);\ncreate table public.t (\n  id intt\n  x\n);\n")
+    broken = write(
+        "20260101000000_typo.sql",
+        "create table public.ok (id int);\ncreate table public.t (\n  id intt\n  x\n);\n",
+    )
     with pytest.raises(migrations.MigrationFailed) as failure:
         push(fresh_db, broken.parent)
     assert f"{broken}:4:" in str(failure.value)
@@ -159,7 +170,9 @@ def test_concurrent_pushes_apply_each_migration_once(fresh_db: str, write: Calla
     assert query(fresh_db, "select count(*) from supabase_migrations.schema_migrations") == [(1,)]
 
 
-def test_a_push_waiting_too_long_for_the_lock_fails_clearly(fresh_db: str, write: Callable[..., Path]) -> None:
+def test_a_push_waiting_too_long_for_the_lock_fails_clearly(
+    fresh_db: str, write: Callable[..., Path]
+) -> None:
     first = write("20260101000000_first.sql", FIRST)
     with psycopg.connect(fresh_db) as holder:
         holder.execute("select pg_advisory_xact_lock(%s)", (migrations.PUSH_LOCK_KEY,))
@@ -168,7 +181,9 @@ def test_a_push_waiting_too_long_for_the_lock_fails_clearly(fresh_db: str, write
     assert push(fresh_db, first.parent).applied
 
 
-def test_bad_file_names_and_missing_folders_are_usage_errors(tmp_path: Path, write: Callable[..., Path]) -> None:
+def test_bad_file_names_and_missing_folders_are_usage_errors(
+    tmp_path: Path, write: Callable[..., Path]
+) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         migrations.discover(tmp_path / "nowhere")
     bad = write("1_first.sql", FIRST)
@@ -218,7 +233,9 @@ def test_cli_exit_codes_and_one_line_errors(fresh_db: str, write: Callable[..., 
 
 
 @pytest.mark.skipif(not SUPABASE_CLI.exists(), reason="the Supabase CLI is not installed: run `npm install`")
-def test_the_supabase_cli_and_we_agree_on_what_is_applied(fresh_db: str, stack: LocalStack, tmp_path: Path) -> None:
+def test_the_supabase_cli_and_we_agree_on_what_is_applied(
+    fresh_db: str, stack: LocalStack, tmp_path: Path
+) -> None:
     project = tmp_path / "project"
     cli_migrations = project / "supabase" / "migrations"
     cli_migrations.mkdir(parents=True)
@@ -229,7 +246,11 @@ def test_the_supabase_cli_and_we_agree_on_what_is_applied(fresh_db: str, stack: 
     push(fresh_db, cli_migrations)
     listed = subprocess.run(
         [str(SUPABASE_CLI), "migration", "list", "--db-url", fresh_db],
-        cwd=project, capture_output=True, text=True, timeout=120, check=False,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert listed.returncode == 0, listed.stderr
     rows = [line for line in listed.stdout.splitlines() if "2026010" in line]
@@ -244,14 +265,19 @@ def test_the_supabase_cli_and_we_agree_on_what_is_applied(fresh_db: str, stack: 
     try:
         pushed = subprocess.run(
             [str(SUPABASE_CLI), "db", "push", "--db-url", other_url, "--yes"],
-            cwd=project, capture_output=True, text=True, timeout=180, check=False,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
         )
         assert pushed.returncode == 0, pushed.stderr
         assert set(status(other_url, cli_migrations).values()) == {migrations.State.APPLIED}
         assert push(other_url, cli_migrations).applied == []
-        (cli_migrations / "20260102000000_second.sql").write_text(SECOND + "create index on public.first (label);\n")
+        (cli_migrations / "20260102000000_second.sql").write_text(
+            SECOND + "create index on public.first (label);\n"
+        )
         assert status(other_url, cli_migrations)["20260102000000"] is migrations.State.DRIFTED
     finally:
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as admin:
             admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(other)))
-

@@ -43,4 +43,6 @@ def bootstrap(conn: psycopg.Connection[tuple[object, ...]], *, passwords: dict[s
             )
         )
         for role, password in passwords.items():
-            conn.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
+            conn.execute(
+                sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password))
+            )

@@ -34,7 +34,9 @@ def _print_env(stack: LocalStack, as_json: bool) -> None:
 
 @app.command()
 @reported
-def up(directory: DevDirOption = DEFAULT_DIR, port_base: PortBaseOption = None, as_json: JsonOption = False) -> None:
+def up(
+    directory: DevDirOption = DEFAULT_DIR, port_base: PortBaseOption = None, as_json: JsonOption = False
+) -> None:
     """Start the local stack (idempotent: a running stack is reported, not changed).
 
     Example: mycelium dev up --port-base 55000 && eval "$(mycelium dev env)"
@@ -42,14 +44,22 @@ def up(directory: DevDirOption = DEFAULT_DIR, port_base: PortBaseOption = None, 
     stack = LocalStack(directory)
     report = stack.up(port_base=port_base, progress=progress)
     if as_json:
-        emit_json({"already_running": report.already_running, "started": report.started,
-                   "migrations_applied": report.migrations_applied, "env": stack.env()})
+        emit_json(
+            {
+                "already_running": report.already_running,
+                "started": report.started,
+                "migrations_applied": report.migrations_applied,
+                "env": stack.env(),
+            }
+        )
         return
     if report.already_running:
         say(f"The local stack in {stack.directory} is already running at {stack.api_url}; nothing changed.")
     else:
-        say(f"The local stack is up at {stack.api_url} (started: {', '.join(report.started) or 'nothing'}; "
-            f"{len(report.migrations_applied)} migration(s) applied).")
+        say(
+            f"The local stack is up at {stack.api_url} (started: {', '.join(report.started) or 'nothing'}; "
+            f"{len(report.migrations_applied)} migration(s) applied)."
+        )
     say("Its settings (also `mycelium dev env`):")
     _print_env(stack, as_json=False)
 
@@ -72,15 +82,15 @@ def status(directory: DevDirOption = DEFAULT_DIR, as_json: JsonOption = False) -
     Example: mycelium dev status --json
     """
     stack = LocalStack(directory)
-    if not stack.exists():
-        rows = []
-    else:
-        rows = stack.status()
+    rows = stack.status() if stack.exists() else []
     if as_json:
         emit_json([{"name": r.name, "running": r.running, "address": r.address} for r in rows])
     elif rows:
-        table(f"Local stack in {stack.directory}", ["component", "state", "address"],
-              [(r.name, "running" if r.running else "stopped", r.address) for r in rows])
+        table(
+            f"Local stack in {stack.directory}",
+            ["component", "state", "address"],
+            [(r.name, "running" if r.running else "stopped", r.address) for r in rows],
+        )
     else:
         say(f"No local stack in {stack.directory}: `mycelium dev up` creates one.")
     if not rows or not all(r.running for r in rows):
@@ -133,8 +143,11 @@ def keys_command(
     Example: mycelium dev keys >> supabase/.env
     """
     generated = keys.ApiKeys.generate(secret)
-    values = {"JWT_SECRET": generated.jwt_secret, "ANON_KEY": generated.anon_key,
-              "SERVICE_ROLE_KEY": generated.service_role_key}
+    values = {
+        "JWT_SECRET": generated.jwt_secret,
+        "ANON_KEY": generated.anon_key,
+        "SERVICE_ROLE_KEY": generated.service_role_key,
+    }
     if as_json:
         emit_json(values)
     else:
@@ -146,8 +159,12 @@ def keys_command(
 @reported
 def user_create(
     email: str,
-    role: Annotated[list[str] | None, typer.Option("--role", help="Marketplace role, repeatable: admin, farmer, "
-                                                   "app_provider, service_provider.")] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role", help="Marketplace role, repeatable: admin, farmer, app_provider, service_provider."
+        ),
+    ] = None,
     password: Annotated[str | None, typer.Option(help="Password for signing in through Auth.")] = None,
     unconfirmed: Annotated[bool, typer.Option("--unconfirmed", help="Leave the e-mail unconfirmed.")] = False,
     directory: DevDirOption = DEFAULT_DIR,

@@ -12,8 +12,30 @@ from pathlib import Path
 
 import httpx
 
-from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, pid_alive, read_pid, terminate, wait_until
+from cli.dev.processes import (
+    RunAs,
+    ServiceFailed,
+    find_program,
+    log_tail,
+    pid_alive,
+    read_pid,
+    terminate,
+    wait_until,
+)
 
+# What browsers may send, as Supabase's gateway allows it.
+CORS_HEADERS = ", ".join(
+    [
+        "authorization",
+        "apikey",
+        "content-type",
+        "prefer",
+        "range",
+        "accept-profile",
+        "content-profile",
+        "x-client-info",
+    ]
+)
 NOT_IN_STACK = (
     '{{"message":"{service} is not part of the local stack; set {setting} in the stack '
     'to the URL of a running server"}}'
@@ -61,6 +83,7 @@ class Gateway:
                 log=self.log,
                 prefix=self.directory,
                 port=self.port,
+                cors_headers=CORS_HEADERS,
                 rest=f"http://127.0.0.1:{rest_port}/",
                 anon_key=anon_key,
                 service_role_key=service_role_key,
@@ -79,7 +102,7 @@ class Gateway:
             return False
 
     def start(self) -> None:
-        command = [binary(), "-p", self.directory, "-c", self.config, "-e", self.log]
+        command: list[str | Path] = [binary(), "-p", self.directory, "-c", self.config, "-e", self.log]
         check = self.run_as.run([*command, "-t", "-q"])
         if check.returncode != 0:
             raise ServiceFailed(f"the gateway's nginx configuration is invalid: {check.stderr.strip()}")
@@ -149,7 +172,7 @@ http {{
     server_name localhost;
 
     add_header Access-Control-Allow-Origin * always;
-    add_header Access-Control-Allow-Headers "authorization, apikey, content-type, prefer, range, accept-profile, content-profile, x-client-info" always;
+    add_header Access-Control-Allow-Headers "{cors_headers}" always;
     add_header Access-Control-Allow-Methods "GET, POST, PATCH, PUT, DELETE, OPTIONS" always;
     add_header Access-Control-Expose-Headers "content-range, content-location" always;
 

@@ -63,8 +63,10 @@ class Cluster:
             result = self.run_as.run(
                 [
                     server_binaries() / "initdb",
-                    "-D", self.data,
-                    "-U", SUPERUSER,
+                    "-D",
+                    self.data,
+                    "-U",
+                    SUPERUSER,
                     f"--pwfile={password_file}",
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
@@ -81,8 +83,7 @@ class Cluster:
                 conf.write(f"{key} = {value}\n")
             conf.write(f"port = {self.port}\n")
         (self.data / "pg_hba.conf").write_text(
-            "# mycelium dev: password logins over loopback only\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "# mycelium dev: password logins over loopback only\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
 
     def running(self) -> bool:

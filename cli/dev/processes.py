@@ -39,10 +39,10 @@ class RunAs:
             ) from None
         return cls(account.pw_uid, account.pw_gid)
 
-    def popen_options(self) -> dict[str, object]:
-        if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": [], "env": self.environment()}
+    @property
+    def extra_groups(self) -> list[int] | None:
+        """Drop root's supplementary groups when switching user; keep the caller's otherwise."""
+        return None if self.uid is None else []
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -63,7 +63,10 @@ class RunAs:
             text=True,
             timeout=timeout,
             check=False,
-            **self.popen_options(),  # type: ignore[arg-type]
+            user=self.uid,
+            group=self.gid,
+            extra_groups=self.extra_groups,
+            env=self.environment(),
         )
 
     def spawn(self, command: Sequence[str | Path], log: Path) -> int:
@@ -75,12 +78,17 @@ class RunAs:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **self.popen_options(),  # type: ignore[arg-type]
+                user=self.uid,
+                group=self.gid,
+                extra_groups=self.extra_groups,
+                env=self.environment(),
             )
         return process.pid
 
 
-def find_program(name: str, *, extra: Sequence[Path] = (), install_hint: str, env_var: str | None = None) -> Path:
+def find_program(
+    name: str, *, extra: Sequence[Path] = (), install_hint: str, env_var: str | None = None
+) -> Path:
     """Locate a program: `env_var`, then PATH, then the `extra` places; a clear error otherwise."""
     if env_var and (chosen := os.environ.get(env_var)):
         path = Path(chosen)
@@ -145,6 +153,16 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def free_port_base(span: int = 5, start: int = 42000) -> int:
+    """A port base whose next `span` ports are all free on 127.0.0.1."""
+    probe = start
+    while probe < 64000:
+        if not any(port_in_use(probe + offset) for offset in range(1, span)):
+            return probe
+        probe += span * 7
+    raise RuntimeError("no free ports on 127.0.0.1")
 
 
 def port_open(port: int) -> bool:

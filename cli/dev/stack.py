@@ -166,7 +166,12 @@ class LocalStack:
         run = self.directory / "run"
         base = self.settings.port_base
         return PostgREST(
-            run / "postgrest.conf", self.logs / "postgrest.log", run / "postgrest.pid", base + 3, base + 4, self.run_as
+            run / "postgrest.conf",
+            self.logs / "postgrest.log",
+            run / "postgrest.pid",
+            base + 3,
+            base + 4,
+            self.run_as,
         )
 
     @property
@@ -177,7 +182,9 @@ class LocalStack:
         base = self.settings.port_base
         return [
             ComponentStatus("postgres", self.cluster.running(), f"127.0.0.1:{self.db_port}"),
-            ComponentStatus("postgrest", self.postgrest.running() and self.postgrest.ready(), f"127.0.0.1:{base + 3}"),
+            ComponentStatus(
+                "postgrest", self.postgrest.running() and self.postgrest.ready(), f"127.0.0.1:{base + 3}"
+            ),
             ComponentStatus("gateway", self.gateway.running() and self.gateway.ready(), self.api_url),
         ]
 
@@ -224,7 +231,12 @@ class LocalStack:
                 )
 
     def _ensure_folders(self) -> None:
-        for folder in (self.directory / "postgres", self.logs, self.directory / "run", self.directory / "gateway"):
+        for folder in (
+            self.directory / "postgres",
+            self.logs,
+            self.directory / "run",
+            self.directory / "gateway",
+        ):
             folder.mkdir(parents=True, exist_ok=True)
             self.run_as.own(folder)
         self.directory.chmod(0o755)
@@ -289,7 +301,11 @@ class LocalStack:
         if not self.exists():
             return []
         stopped = []
-        for name, component in (("gateway", self.gateway), ("postgrest", self.postgrest), ("postgres", self.cluster)):
+        for name, component in (
+            ("gateway", self.gateway),
+            ("postgrest", self.postgrest),
+            ("postgres", self.cluster),
+        ):
             if component.running():
                 progress(f"stopping {name}")
                 component.stop()

@@ -66,7 +66,8 @@ def grant_role(conn: psycopg.Connection[tuple[object, ...]], user_id: uuid.UUID,
         raise CliError("marketplace roles need the credits schema (public.user_roles): push the migrations")
     try:
         conn.execute(
-            "insert into public.user_roles (user_id, role) values (%s, %s) on conflict do nothing", (user_id, role)
+            "insert into public.user_roles (user_id, role) values (%s, %s) on conflict do nothing",
+            (user_id, role),
         )
     except psycopg.errors.Error as error:
         raise UsageError(f"cannot grant role {role!r}: {error.diag.message_primary}") from None

@@ -1,0 +1,208 @@
+"""`mycelium dev` driven as a person would, in a real subprocess, on a stack of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli import keys
+from cli.dev.processes import free_port_base, pid_alive, port_open, read_pid
+from tests.conftest import stack_folder
+from tests.support import loads
+
+
+def mycelium(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def dev_dir() -> Iterator[Path]:
+    folder = stack_folder("mycelium-dev-")
+    yield folder / "stack"
+    mycelium("dev", "down", "--dir", str(folder / "stack"))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def running(dev_dir: Path) -> dict[str, str]:
+    """`dev up` on free ports; returns `dev env --json`."""
+    up = mycelium("dev", "up", "--dir", str(dev_dir), "--port-base", str(free_port_base(start=47000)))
+    assert up.returncode == 0, up.stderr
+    assert "The local stack is up" in up.stdout
+    env = mycelium("dev", "env", "--dir", str(dev_dir), "--json")
+    assert env.returncode == 0, env.stderr
+    values: dict[str, str] = json.loads(env.stdout)
+    return values
+
+
+def test_env_prints_the_supabase_settings_and_the_keys_verify(running: dict[str, str], dev_dir: Path) -> None:
+    assert set(running) == {
+        "SUPABASE_URL",
+        "SUPABASE_ANON_KEY",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_JWT_SECRET",
+        "MYCELIUM_DB_URL",
+    }
+    secret = running["SUPABASE_JWT_SECRET"]
+    anon = keys.decode(running["SUPABASE_ANON_KEY"], secret)
+    service = keys.decode(running["SUPABASE_SERVICE_ROLE_KEY"], secret)
+    assert (anon["role"], anon["iss"], service["role"], service["iss"]) == (
+        "anon",
+        "supabase",
+        "service_role",
+        "supabase",
+    )
+    assert anon["exp"] > anon["iat"]
+
+    lines = mycelium("dev", "env", "--dir", str(dev_dir)).stdout.splitlines()
+    assert [line.split("=", 1)[0] for line in lines] == list(running)
+    assert running["MYCELIUM_DB_URL"].startswith("postgresql://postgres:")
+
+
+def test_the_gateway_serves_postgrest_at_rest_v1_with_kongs_key_check(running: dict[str, str]) -> None:
+    url, anon = running["SUPABASE_URL"], running["SUPABASE_ANON_KEY"]
+    listed = httpx.get(f"{url}/rest/v1/", headers={"apikey": anon})
+    assert listed.status_code == 200 and "swagger" in listed.text
+    missing = httpx.get(f"{url}/rest/v1/")
+    assert missing.status_code == 401 and missing.json() == {"message": "No API key found in request"}
+    wrong = httpx.get(
+        f"{url}/rest/v1/",
+        headers={"apikey": keys.api_key("not-the-secret-not-the-secret-not-the-secret", "anon")},
+    )
+    assert wrong.status_code == 401 and wrong.json() == {"message": "Invalid authentication credentials"}
+    forged = httpx.get(
+        f"{url}/rest/v1/credit_config",
+        headers={
+            "apikey": anon,
+            "Authorization": "Bearer "
+            + keys.api_key("forged-secret-forged-secret-forged-secret", "service_role"),
+        },
+    )
+    assert forged.status_code == 401  # PostgREST rejects a token signed with another secret
+
+
+def test_up_on_a_running_stack_changes_nothing(running: dict[str, str], dev_dir: Path) -> None:
+    pid_before = read_pid(dev_dir / "run" / "postgrest.pid")
+    again = mycelium("dev", "up", "--dir", str(dev_dir))
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert read_pid(dev_dir / "run" / "postgrest.pid") == pid_before
+    assert json.loads(mycelium("dev", "env", "--dir", str(dev_dir), "--json").stdout) == running
+
+    status = mycelium("dev", "status", "--dir", str(dev_dir), "--json")
+    assert status.returncode == 0
+    assert {row["name"]: row["running"] for row in json.loads(status.stdout)} == {
+        "postgres": True,
+        "postgrest": True,
+        "gateway": True,
+    }
+
+
+def test_user_create_inserts_like_gotrue_and_its_token_works_through_postgrest(
+    running: dict[str, str], dev_dir: Path
+) -> None:
+    created = mycelium(
+        "dev", "user", "create", "Dev.User@Example.test", "--role", "farmer", "--dir", str(dev_dir), "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    user = json.loads(created.stdout)
+    assert user["email"] == "dev.user@example.test"
+    claims = keys.decode(user["access_token"], running["SUPABASE_JWT_SECRET"])
+    assert (claims["sub"], claims["role"], claims["aud"]) == (user["id"], "authenticated", "authenticated")
+
+    minted = mycelium("dev", "token", "dev.user@example.test", "--dir", str(dev_dir))
+    assert minted.returncode == 0
+    headers = {"apikey": running["SUPABASE_ANON_KEY"], "Authorization": f"Bearer {minted.stdout.strip()}"}
+    roles = httpx.get(
+        f"{running['SUPABASE_URL']}/rest/v1/user_roles", params={"select": "user_id,role"}, headers=headers
+    )
+    assert roles.status_code == 200, roles.text
+    assert loads(roles.text) == [{"user_id": user["id"], "role": "farmer"}]
+
+    duplicate = mycelium("dev", "user", "create", "dev.user@example.test", "--dir", str(dev_dir))
+    assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
+
+
+def test_keys_generates_a_matching_secret_and_keys() -> None:
+    generated = json.loads(mycelium("dev", "keys", "--json").stdout)
+    assert keys.decode(generated["ANON_KEY"], generated["JWT_SECRET"])["role"] == "anon"
+    assert keys.decode(generated["SERVICE_ROLE_KEY"], generated["JWT_SECRET"])["role"] == "service_role"
+
+
+def test_clear_messages_for_a_missing_postgrest_and_a_busy_port(tmp_path: Path) -> None:
+    folder = stack_folder("mycelium-bad-")
+    try:
+        no_binary = mycelium(
+            "dev",
+            "up",
+            "--dir",
+            str(folder / "a"),
+            "--port-base",
+            str(free_port_base(start=49000)),
+            env={"MYCELIUM_POSTGREST_BIN": str(tmp_path / "no-postgrest")},
+        )
+        assert no_binary.returncode == 2 and "MYCELIUM_POSTGREST_BIN" in no_binary.stderr
+        assert "Traceback" not in no_binary.stderr
+        mycelium("dev", "down", "--dir", str(folder / "a"))
+
+        base = free_port_base(start=51000)
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", base + 2))
+            squatter.listen()
+            busy = mycelium("dev", "up", "--dir", str(folder / "b"), "--port-base", str(base))
+        assert busy.returncode == 2
+        assert (
+            f"port {base + 2} (PostgreSQL) is already in use" in busy.stderr and "--port-base" in busy.stderr
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_down_stops_everything_and_up_brings_the_same_stack_back(
+    running: dict[str, str], dev_dir: Path
+) -> None:
+    pids = [
+        read_pid(dev_dir / "run" / "postgrest.pid"),
+        read_pid(dev_dir / "gateway" / "nginx.pid"),
+        read_pid(dev_dir / "postgres" / "postmaster.pid"),
+    ]
+    ports = [int(running["SUPABASE_URL"].rsplit(":", 1)[1]) + offset for offset in range(0, 4)]
+
+    down = mycelium("dev", "down", "--dir", str(dev_dir))
+    assert down.returncode == 0 and "Stopped: gateway, postgrest, postgres." in down.stdout
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(port_open(port) for port in ports)
+    assert mycelium("dev", "status", "--dir", str(dev_dir)).returncode == 1
+
+    up = mycelium("dev", "up", "--dir", str(dev_dir))
+    assert up.returncode == 0, up.stderr
+    assert json.loads(mycelium("dev", "env", "--dir", str(dev_dir), "--json").stdout) == running
+    listed = httpx.get(
+        f"{running['SUPABASE_URL']}/rest/v1/", headers={"apikey": running["SUPABASE_ANON_KEY"]}
+    )
+    assert listed.status_code == 200 and "swagger" in listed.text
+
+
+def test_reset_gives_a_fresh_database_with_the_same_keys(running: dict[str, str], dev_dir: Path) -> None:
+    created = mycelium("dev", "user", "create", "before-reset@example.test", "--dir", str(dev_dir))
+    assert created.returncode == 0, created.stderr
+    reset = mycelium("dev", "reset", "--yes", "--dir", str(dev_dir))
+    assert reset.returncode == 0, reset.stderr
+    gone = mycelium("dev", "token", "before-reset@example.test", "--dir", str(dev_dir))
+    assert gone.returncode == 1 and "no user before-reset@example.test" in gone.stderr
+    assert json.loads(mycelium("dev", "env", "--dir", str(dev_dir), "--json").stdout) == running
