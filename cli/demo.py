@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import typer
 
-from cli import keys
+from cli import keys, migrations
 from cli.common import DevDirOption, JsonOption, reported
 from cli.dev.stack import DEFAULT_DIR, LocalStack
 from cli.dev.users import create_user
@@ -65,6 +65,9 @@ def demo(
     log = (lambda _: None) if (as_json or keep_quiet) else say
     stack = LocalStack(directory)
     stack.up(progress=progress)
+    # A stack started before the latest migrations gets them now (a no-op otherwise).
+    with migrations.connect(stack.db_url) as conn:
+        migrations.push(conn, migrations.discover(stack.sql_dir))
     anon = _Rest(stack, stack.anon_key)
     service = _Rest(stack, stack.service_role_key)
 
