@@ -36,15 +36,20 @@ $$;
 -- Only for authorization inside RPCs: never in RLS policies (Realtime evaluates policies from
 -- its own login, which is not `authenticator`).
 -- ---------------------------------------------------------------------------------------
+-- (Helpers called on every movement are plpgsql: plpgsql caches its plans for the session,
+-- while a non-inlinable SQL function is planned again on every call.)
 create or replace function mycelium_private.is_service()
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select coalesce(auth.role(), '') = 'service_role'
-      or (session_user::text <> 'authenticator'
-          and coalesce(auth.role(), '') not in ('anon', 'authenticated'))
+declare
+  claimed text := coalesce(auth.role(), '');
+begin
+  return claimed = 'service_role'
+      or (session_user::text <> 'authenticator' and claimed not in ('anon', 'authenticated'));
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------

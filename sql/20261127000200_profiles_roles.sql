@@ -23,15 +23,17 @@ comment on table public.user_roles is 'Roles of users; granted and revoked only 
 -- ---------------------------------------------------------------------------------------
 create or replace function public.has_role(role text)
 returns boolean
-language sql
+language plpgsql
 stable
 security definer
 set search_path = ''
 as $$
-  select exists (
+begin
+  return exists (
     select 1 from public.user_roles ur
     where ur.user_id = auth.uid() and ur.role = has_role.role
-  )
+  );
+end;
 $$;
 comment on function public.has_role(text) is 'True when the signed-in user has the role.';
 
@@ -39,23 +41,27 @@ comment on function public.has_role(text) is 'True when the signed-in user has t
 -- evaluates policies from its own login).
 create or replace function public.is_admin()
 returns boolean
-language sql
+language plpgsql
 stable
 security definer
 set search_path = ''
 as $$
-  select coalesce(auth.role(), '') = 'service_role' or public.has_role('admin')
+begin
+  return coalesce(auth.role(), '') = 'service_role' or public.has_role('admin');
+end;
 $$;
 comment on function public.is_admin() is 'True for admins and the service_role key.';
 
 -- For RPC authorization: is_admin() or a trusted direct login.
 create or replace function mycelium_private.is_admin_or_service()
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select mycelium_private.is_service() or public.has_role('admin')
+begin
+  return mycelium_private.is_service() or public.has_role('admin');
+end;
 $$;
 
 create or replace function mycelium_private.require_admin()

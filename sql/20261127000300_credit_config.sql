@@ -106,12 +106,14 @@ $$;
 -- ---------------------------------------------------------------------------------------
 create or replace function public.tfc_to_usd(amount numeric)
 returns numeric
-language sql
+language plpgsql
 stable
 security definer
 set search_path = ''
 as $$
-  select amount * c.tfc_to_usd_rate from public.credit_config c where c.id
+begin
+  return amount * (select c.tfc_to_usd_rate from public.credit_config c where c.id);
+end;
 $$;
 comment on function public.tfc_to_usd(numeric) is 'For display: an amount of credits in USD at the configured rate.';
 

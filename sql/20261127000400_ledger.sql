@@ -199,15 +199,19 @@ $$;
 -- Spendable credits of a locked account: balance minus what sits in expired, unswept lots.
 create or replace function mycelium_private.spendable(p_user uuid)
 returns numeric
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select a.balance - coalesce((
-    select sum(l.remaining) from public.credit_lots l
-    where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= now()
-  ), 0)
-  from public.credit_accounts a where a.user_id = p_user
+begin
+  return (
+    select a.balance - coalesce((
+      select sum(l.remaining) from public.credit_lots l
+      where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= now()
+    ), 0)
+    from public.credit_accounts a where a.user_id = p_user
+  );
+end;
 $$;
 
 -- Take `amount` from a locked user account: from unexpired expiring lots, soonest expiry first,

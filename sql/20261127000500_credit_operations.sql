@@ -43,10 +43,12 @@ create policy credit_packages_admin_delete on public.credit_packages
 -- ---------------------------------------------------------------------------------------
 create or replace function mycelium_private.movement_result(p_transfer uuid, p_viewer uuid)
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+begin
+  return (
   select jsonb_build_object(
     'transfer_id', t.id,
     'kind', t.kind,
@@ -64,21 +66,34 @@ as $$
   )
   from mycelium_private.transfers t
   where t.id = p_transfer
+  );
+end;
 $$;
 
-create or replace function mycelium_private.require_account(p_user uuid, reason text, what text)
-returns void
+-- The same object from values at hand (no lookup), for the call that made the transfer.
+create or replace function mycelium_private.movement_object(
+  p_transfer uuid, p_kind text, p_amount numeric, p_from uuid, p_to uuid, p_usd numeric, p_package uuid,
+  p_memo text, p_reference text, p_expires_at timestamptz, p_created_at timestamptz, p_balance_after numeric)
+returns jsonb
 language plpgsql
-stable
+immutable
 set search_path = ''
 as $$
 begin
-  if p_user is null then
-    perform mycelium_private.fail('invalid_argument', what || ' is required');
-  end if;
-  if not exists (select 1 from public.credit_accounts a where a.user_id = p_user) then
-    perform mycelium_private.fail(reason, 'no user with a credit account has id ' || p_user, 404);
-  end if;
+  return jsonb_build_object(
+    'transfer_id', p_transfer,
+    'kind', p_kind,
+    'amount', p_amount,
+    'from_user_id', p_from,
+    'to_user_id', p_to,
+    'usd_amount', p_usd,
+    'package_id', p_package,
+    'memo', p_memo,
+    'reference', p_reference,
+    'expires_at', p_expires_at,
+    'created_at', p_created_at,
+    'balance_after', p_balance_after
+  );
 end;
 $$;
 
@@ -125,6 +140,7 @@ declare
   v_package public.credit_packages;
   v_existing mycelium_private.transfers;
   v_transfer uuid;
+  v_created timestamptz;
   v_balance numeric;
 begin
   perform mycelium_private.require_service();
@@ -137,7 +153,9 @@ begin
     return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
   end if;
 
-  perform mycelium_private.require_account(v_user, 'unknown_recipient', 'user_id');
+  if v_user is null then
+    perform mycelium_private.fail('invalid_argument', 'user_id is required');
+  end if;
 
   if purchase_credits.package_id is not null then
     select * into v_package from public.credit_packages p where p.id = purchase_credits.package_id;
@@ -154,6 +172,10 @@ begin
     end if;
   end if;
 
+  if mycelium_private.lock_accounts(v_user) = 0 then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || v_user, 404);
+  end if;
+
   select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
   v_credits := trim_scale(trunc(v_usd / v_rate, 6) + coalesce(v_package.bonus_credits, 0));
   if v_credits <= 0 then
@@ -168,7 +190,7 @@ begin
     ('purchase', 'issuance', v_user, v_credits, v_usd, v_rate, purchase_credits.package_id, v_reference, v_expires,
      auth.uid(), coalesce(auth.role(), session_user::text))
   on conflict (reference) where kind = 'purchase' do nothing
-  returning id into v_transfer;
+  returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     -- A concurrent call with the same reference won; it has committed: replay it.
@@ -177,11 +199,11 @@ begin
     return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
   end if;
 
-  perform mycelium_private.lock_accounts(v_user);
   v_balance := mycelium_private.credit_user(v_user, v_credits, v_expires, v_transfer);
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, reference, expires_at)
   values (v_transfer, v_user, v_credits, 'purchase', v_balance, v_reference, v_expires);
-  return mycelium_private.movement_result(v_transfer, v_user);
+  return mycelium_private.movement_object(v_transfer, 'purchase', v_credits, null, v_user, v_usd,
+    purchase_credits.package_id, null, v_reference, v_expires, v_created, v_balance);
 end;
 $$;
 
@@ -216,6 +238,7 @@ declare
   v_key text;
   v_existing mycelium_private.transfers;
   v_transfer uuid;
+  v_created timestamptz;
   v_sender_balance numeric;
   v_recipient_balance numeric;
 begin
@@ -237,14 +260,21 @@ begin
     end if;
   end if;
 
-  perform mycelium_private.require_account(p_recipient, 'unknown_recipient', 'recipient');
+  -- Lock both accounts (ascending user_id) before anything else; a concurrent retry with the
+  -- same key waits here, then finds the first transfer below.
+  if mycelium_private.lock_accounts(p_sender, p_recipient) < 2 then
+    if not exists (select 1 from public.credit_accounts a where a.user_id = p_recipient) then
+      perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_recipient, 404);
+    end if;
+    perform mycelium_private.fail('not_found', 'the sender has no credit account', 404);
+  end if;
 
   insert into mycelium_private.transfers
     (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
   values
     ('transfer', p_sender, p_recipient, v_amount, v_memo, v_key, p_sender, coalesce(auth.role(), session_user::text))
   on conflict (from_user, reference) where kind = 'transfer' and reference is not null do nothing
-  returning id into v_transfer;
+  returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     select * into v_existing from mycelium_private.transfers t
@@ -252,9 +282,6 @@ begin
     return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
   end if;
 
-  if mycelium_private.lock_accounts(p_sender, p_recipient) < 2 then
-    perform mycelium_private.fail('not_found', 'the sender has no credit account', 404);
-  end if;
   v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
   v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
 
@@ -262,7 +289,8 @@ begin
   values
     (v_transfer, p_sender, -v_amount, 'transfer_out', v_sender_balance, p_recipient, v_memo, v_key),
     (v_transfer, p_recipient, v_amount, 'transfer_in', v_recipient_balance, p_sender, v_memo, null);
-  return mycelium_private.movement_result(v_transfer, p_sender);
+  return mycelium_private.movement_object(v_transfer, 'transfer', v_amount, p_sender, p_recipient, null, null,
+    v_memo, v_key, null, v_created, v_sender_balance);
 end;
 $$;
 
@@ -328,6 +356,7 @@ declare
   v_expires timestamptz := grant_credits.expires_at;
   v_existing mycelium_private.transfers;
   v_transfer uuid;
+  v_created timestamptz;
   v_balance numeric;
 begin
   perform mycelium_private.require_admin();
@@ -349,14 +378,16 @@ begin
     end if;
   end if;
 
-  perform mycelium_private.require_account(v_user, 'unknown_recipient', 'user_id');
+  if mycelium_private.lock_accounts(v_user) = 0 then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || v_user, 404);
+  end if;
 
   insert into mycelium_private.transfers
     (kind, from_system, to_user, amount, memo, reference, expires_at, initiated_by, initiated_role)
   values
     ('grant', 'issuance', v_user, v_amount, v_reason, v_key, v_expires, auth.uid(), coalesce(auth.role(), session_user::text))
   on conflict (to_user, reference) where kind = 'grant' and reference is not null do nothing
-  returning id into v_transfer;
+  returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     select * into v_existing from mycelium_private.transfers t
@@ -364,11 +395,11 @@ begin
     return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
   end if;
 
-  perform mycelium_private.lock_accounts(v_user);
   v_balance := mycelium_private.credit_user(v_user, v_amount, v_expires, v_transfer);
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)
   values (v_transfer, v_user, v_amount, 'grant', v_balance, v_reason, v_key, v_expires);
-  return mycelium_private.movement_result(v_transfer, v_user);
+  return mycelium_private.movement_object(v_transfer, 'grant', v_amount, null, v_user, null, null,
+    v_reason, v_key, v_expires, v_created, v_balance);
 end;
 $$;
 

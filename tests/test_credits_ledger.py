@@ -317,3 +317,24 @@ def test_platform_analytics_for_admins_only(service_api: Api, make_user: MakeUse
 @pytest.mark.parametrize("name", ["audit_ledger", "platform_credit_summary"])
 def test_admin_functions_refuse_plain_users(make_user: MakeUser, name: str) -> None:
     fails(make_user().api.rpc(name), 403, "not_authorized")
+
+
+def test_credit_history_pages_by_cursor_and_shows_only_own_rows(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    alice, bob = make_user(), make_user()
+    buy(service_api, alice, "100")
+    for _ in range(7):
+        ok(alice.api.rpc("transfer_credits", recipient=bob.id, amount="1"))
+    seen: list[int] = []
+    cursor: dict[str, Any] = {}
+    while True:
+        page = ok(alice.api.rpc("credit_history", page_size=3, **cursor))
+        if not page:
+            break
+        assert all(row["user_id"] == alice.id for row in page)
+        seen += [row["id"] for row in page]
+        cursor = {"before_created_at": page[-1]["created_at"], "before_id": page[-1]["id"]}
+    assert len(seen) == 8 and seen == sorted(seen, reverse=True)
+    assert len(ok(bob.api.rpc("credit_history"))) == 7
+    assert ok(service_api.rpc("credit_history")) == []
