@@ -1,0 +1,9 @@
+-- Runs once, when the supabase/postgres image initialises an empty data volume.
+-- The image creates the service roles without usable passwords; give each the stack's
+-- POSTGRES_PASSWORD so PostgREST (authenticator), Auth (supabase_auth_admin) and
+-- Realtime / postgres-meta (supabase_admin) can log in over the compose network.
+\set pgpass `echo "$POSTGRES_PASSWORD"`
+
+alter user supabase_admin with password :'pgpass';
+alter user authenticator with password :'pgpass';
+alter user supabase_auth_admin with password :'pgpass';

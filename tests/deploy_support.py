@@ -1,0 +1,253 @@
+"""What the deployment tests share: where things are, YAML loading, the gateway's config, image
+pins, and a small offline `kustomize build`.
+
+Nothing here needs Docker, Kubernetes or the network: the compose file and the manifests are
+checked against the real schemas and against each other, and the parts that can run here (the
+gateway's config rendering, the database bootstrap SQL) are run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# CI lays shared/ beside the repository's clone; it is read-only reference material.
+SHARED = REPO.parent / "shared"
+
+COMPOSE_FILE = REPO / "docker-compose.supabase.yml"
+ENV_EXAMPLE = REPO / "supabase" / ".env.example"
+KONG_CONFIG = REPO / "supabase" / "kong.yml"
+K3S_DIR = REPO / "deploy" / "k3s"
+MONITORING_DIR = REPO / "deploy" / "monitoring"
+MIGRATE_DOCKERFILE = REPO / "deploy" / "migrate.Dockerfile"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
+
+# The image with the `mycelium` command and sql/ (deploy/migrate.Dockerfile), tagged with the
+# package version, and where that image keeps the migrations.
+MIGRATE_IMAGE = "ghcr.io/threefoldtech/mycelium-migrate"
+SQL_DIR_IN_IMAGE = "/app/sql"
+
+# The paths Supabase serves its APIs under, behind one gateway (supabase-py builds them).
+KONG_API_PATHS = ("/rest/v1/", "/auth/v1/", "/realtime/v1/")
+# The only shell variables kong.yml may contain: the container's environment fills them in.
+KONG_KEY_VARIABLES = ("SUPABASE_ANON_KEY", "SUPABASE_SERVICE_KEY")
+
+# A JWT in clear (header and payload both start with `{"`): an API key committed by mistake.
+JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.")
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ../shared, or skip the test that needs it (a clone without shared/ beside it)."""
+    path = SHARED / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: the deployment schemas come from ../shared beside the clone")
+    return path
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def package_version() -> str:
+    with (REPO / "pyproject.toml").open("rb") as file:
+        version: str = tomllib.load(file)["project"]["version"]
+    return version
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of `name[:tag][@digest]`, None when there is none (a port in the registry host
+    is not a tag)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def is_pinned(image: str) -> bool:
+    """Pinned: a digest, or an explicit tag that is not a moving one."""
+    if "@sha256:" in image:
+        return True
+    tag = image_tag(image)
+    return tag is not None and tag not in {"latest", "stable", "main", "master", "edge"}
+
+
+def walk_strings(node: Any) -> Iterator[str]:
+    """Every string value in a parsed YAML or JSON document (keys excluded)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from walk_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk_strings(item)
+
+
+def option_value(args: list[str], option: str) -> str:
+    """The value following `option` in an argument list (`--dir /app/sql`)."""
+    assert option in args, f"{option} missing from {args}"
+    return args[args.index(option) + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway
+# ---------------------------------------------------------------------------------------------
+
+
+def render_kong_config(script: str, template: Path, workdir: Path, keys: dict[str, str]) -> dict[str, Any]:
+    """Run, here with bash, the shell step a Kong container runs before starting (it substitutes
+    the API keys into kong.yml), and parse what it writes.
+
+    `script` is the container's command with the deployment's own escaping undone. It reads
+    `~/temp.yml` (compose) or `/home/kong/temp.yml` (k3s) and writes `kong.yml` beside it; both
+    are redirected into `workdir`.
+    """
+    (workdir / "temp.yml").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+    script = script.replace("/home/kong/", f"{workdir}/")
+    # Only the rendering: the Kong entrypoint that follows it does not exist here.
+    script = re.split(r"\n|&&", script)[0]
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), **keys}
+    subprocess.run(["bash", "-c", script], check=True, env=environment, timeout=10)
+    parsed: dict[str, Any] = yaml.safe_load((workdir / "kong.yml").read_text(encoding="utf-8"))
+    return parsed
+
+
+def kong_script_from_argv(argv: list[str]) -> str:
+    """The script of a `bash -c SCRIPT` command line."""
+    assert argv[:2] == ["bash", "-c"], f"Kong is expected to start through bash -c, not {argv[:2]}"
+    return argv[2]
+
+
+def kong_script_from_compose_entrypoint(entrypoint: str) -> str:
+    # Compose turns $$ into a literal $ before the shell sees it.
+    return kong_script_from_argv(shlex.split(entrypoint.replace("$$", "$")))
+
+
+def kong_routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each route path of the gateway, with the service that serves it."""
+    return {
+        path: service
+        for service in config["services"]
+        for route in service["routes"]
+        for path in route["paths"]
+    }
+
+
+def kong_plugins(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {plugin["name"]: plugin.get("config") or {} for plugin in service.get("plugins", [])}
+
+
+def assert_kong_serves_supabase_paths(config: dict[str, Any], keys: dict[str, str]) -> None:
+    """The three API paths are routed, each behind the API key and the anon/admin ACL, and the
+    keys belong to the consumers of those groups."""
+    routes = kong_routes(config)
+    for path in KONG_API_PATHS:
+        assert path in routes, f"no gateway route for {path}"
+        plugins = kong_plugins(routes[path])
+        assert "key-auth" in plugins, f"{path} must require an API key"
+        assert set(plugins["acl"]["allow"]) == {"anon", "admin"}, f"{path}: ACL must allow anon and admin"
+
+    consumers = {
+        consumer["username"]: [credential["key"] for credential in consumer.get("keyauth_credentials", [])]
+        for consumer in config["consumers"]
+    }
+    assert consumers["anon"] == [keys["SUPABASE_ANON_KEY"]]
+    assert consumers["service_role"] == [keys["SUPABASE_SERVICE_KEY"]]
+    groups = {acl["consumer"]: acl["group"] for acl in config["acls"]}
+    assert groups == {"anon": "anon", "service_role": "admin"}
+
+
+def kong_upstreams(config: dict[str, Any]) -> set[tuple[str, int]]:
+    """(host, port) of every upstream the gateway sends requests to."""
+    found = set()
+    for service in config["services"]:
+        match = re.match(r"^https?://([^/:]+):(\d+)", service["url"])
+        assert match, f"unexpected upstream URL {service['url']}"
+        found.add((match[1], int(match[2])))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# A small, faithful `kustomize build` for the subset the repository's kustomizations use
+# ---------------------------------------------------------------------------------------------
+
+# Kustomization fields this build implements. A kustomization using any other field fails the
+# build loudly instead of being built wrongly.
+SUPPORTED_KUSTOMIZATION_FIELDS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labels",
+    "resources",
+    "configMapGenerator",
+    "generatorOptions",
+}
+# Kinds without a namespace (kustomize leaves their metadata.namespace alone).
+CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    """`kustomize build directory` for kustomizations made of plain resource files, a namespace,
+    metadata labels (`labels` without selectors or templates) and ConfigMaps generated from files
+    without name hashes."""
+    kustomization = load_yaml(directory / "kustomization.yaml")
+    unsupported = set(kustomization) - SUPPORTED_KUSTOMIZATION_FIELDS
+    assert not unsupported, f"{directory}: the test build does not implement {sorted(unsupported)}"
+    assert kustomization.get("generatorOptions", {}).get("disableNameSuffixHash") is True, (
+        "generated names must be fixed (the test build adds no hash suffix)"
+    )
+
+    resources: list[dict[str, Any]] = []
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        assert path.is_file(), f"{directory}/kustomization.yaml lists {entry}, which is not a file"
+        resources.extend(load_yaml_documents(path))
+    for generator in kustomization.get("configMapGenerator", []):
+        resources.append(_generated_config_map(directory, generator))
+
+    for label_set in kustomization.get("labels", []):
+        assert not label_set.get("includeSelectors") and not label_set.get("includeTemplates"), (
+            "the test build applies labels to metadata only"
+        )
+        for resource in resources:
+            resource.setdefault("metadata", {}).setdefault("labels", {}).update(label_set["pairs"])
+    if namespace := kustomization.get("namespace"):
+        for resource in resources:
+            if resource["kind"] not in CLUSTER_SCOPED_KINDS:
+                resource["metadata"]["namespace"] = namespace
+    return resources
+
+
+def _generated_config_map(directory: Path, generator: dict[str, Any]) -> dict[str, Any]:
+    assert set(generator) <= {"name", "files", "options"}, f"unsupported generator fields in {generator}"
+    data = {}
+    for entry in generator["files"]:
+        key, _, relative = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
+        path = directory / relative
+        assert path.is_file(), f"configMapGenerator {generator['name']} reads {relative}, which is missing"
+        data[key] = path.read_text(encoding="utf-8")
+    metadata: dict[str, Any] = {"name": generator["name"]}
+    if labels := generator.get("options", {}).get("labels"):
+        metadata["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())

@@ -1,0 +1,373 @@
+"""docker-compose.supabase.yml and supabase/: the single-node Supabase, checked without Docker.
+
+Against the Compose specification's own JSON schema, against the files it references, against
+supabase/.env.example, and against the gateway config rendered here by the very shell step the
+Kong container runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jwt
+import pytest
+
+from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
+from cli.migrations import bundled_sql_dir
+from tests.deploy_support import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    JWT_LIKE,
+    KONG_CONFIG,
+    KONG_KEY_VARIABLES,
+    MIGRATE_DOCKERFILE,
+    MIGRATE_IMAGE,
+    REPO,
+    SQL_DIR_IN_IMAGE,
+    assert_kong_serves_supabase_paths,
+    image_tag,
+    is_pinned,
+    kong_script_from_compose_entrypoint,
+    kong_upstreams,
+    load_yaml,
+    option_value,
+    package_version,
+    render_kong_config,
+    shared_file,
+    walk_strings,
+)
+
+# Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error},
+# ${VAR:+alt} and $VAR; $$ is a literal dollar sign.
+INTERPOLATION = re.compile(
+    r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+# Services whose image cannot run a healthcheck, and why; everything else must have one.
+NO_HEALTHCHECK = {
+    "rest": "postgrest/postgrest ships the binary alone: no shell, no HTTP client",
+    "migrate": "a one-shot job: others wait for it to complete, not to be healthy",
+}
+# Everything published to the host, and on which address (None: all interfaces).
+PUBLISHED = {"kong": None, "studio": "127.0.0.1"}
+PUBLISHED_WITH_PROFILE = {"metrics": "127.0.0.1"}
+# Secrets .env.example must leave empty: the operator generates them.
+SECRET_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "JWT_SECRET",
+    "ANON_KEY",
+    "SERVICE_ROLE_KEY",
+    "SECRET_KEY_BASE",
+    "REALTIME_DB_ENC_KEY",
+    "PG_META_CRYPTO_KEY",
+    "SMTP_PASS",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = load_yaml(COMPOSE_FILE)
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def used_variables(node: Any) -> set[str]:
+    found = set()
+    for text in walk_strings(node):
+        for match in INTERPOLATION.finditer(text.replace("$$", "")):
+            found.add(match["braced"] or match["bare"])
+    return found
+
+
+def documented_variables() -> dict[str, tuple[str, list[str]]]:
+    """Each variable of .env.example with its value and the comment lines right above it."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    comments: list[str] = []
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            comments.append(line.lstrip("# ").strip())
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            assert name not in found, f"{name} is defined twice in .env.example"
+            found[name] = (value, [c for c in comments if c and not c.startswith("###")])
+            comments = []
+        else:
+            comments = []
+    return found
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host source, container target) of the service's bind mounts (short syntax)."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+# ---------------------------------------------------------------------------------------------
+# The file itself
+# ---------------------------------------------------------------------------------------------
+
+
+def compose_validator() -> jsonschema.Draft7Validator:
+    # The specification's schema is draft 7; its $schema URL lacks the trailing `#` that
+    # jsonschema uses to recognise the draft, so name the draft here.
+    schema = json.loads(shared_file("schemas/compose-spec.json").read_text(encoding="utf-8"))
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    errors = sorted(compose_validator().iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_the_schema_check_catches_a_broken_file(compose: dict[str, Any]) -> None:
+    """The validation above is live: a misspelt key and a wrong depends_on condition fail it."""
+    validator = compose_validator()
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["db"]["helthcheck"] = broken["services"]["db"].pop("healthcheck")
+    broken["services"]["auth"]["depends_on"]["db"]["condition"] = "service_ready"
+    paths = {"/".join(map(str, e.absolute_path)) for e in validator.iter_errors(broken)}
+    assert "services/db" in paths
+    assert any(path.startswith("services/auth/depends_on") for path in paths)
+
+
+def test_the_stack_has_the_services_mycelium_uses(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"db", "auth", "rest", "realtime", "kong", "meta", "studio", "migrate", "metrics"}
+    assert services["db"]["image"].startswith("supabase/postgres:15.")
+    assert services["rest"]["image"].startswith("postgrest/postgrest:v12.")
+    assert services["auth"]["image"].split(":")[0] in {"supabase/gotrue", "supabase/auth"}
+
+
+def test_every_file_the_compose_file_references_exists(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for source, _ in bind_mounts(service):
+            assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+        if build := service.get("build"):
+            context = REPO / build["context"]
+            assert context.is_dir(), f"{name}: build context {context} missing"
+            assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']} missing"
+        for env_file in service.get("env_file", []):
+            assert (REPO / env_file).is_file(), f"{name}: env_file {env_file} missing"
+
+
+def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service["image"]
+        assert "$" not in image, f"{name}: the image must not depend on the environment"
+        assert is_pinned(image), f"{name}: {image} is not pinned to a version"
+    base_images = re.findall(r"^FROM\s+(\S+)", MIGRATE_DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert base_images and all(is_pinned(image) for image in base_images), base_images
+
+
+def test_the_mycelium_image_is_tagged_with_the_package_version(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("migrate", "metrics"):
+        image = services[name]["image"]
+        assert image.rsplit(":", 1)[0] == MIGRATE_IMAGE
+        assert image_tag(image) == package_version(), f"{name}: bump the image tag with pyproject.toml"
+        # Built from this checkout, never pulled: a dev stack runs the code it sits next to.
+        assert services[name]["pull_policy"] == "build"
+
+
+# ---------------------------------------------------------------------------------------------
+# Variables and secrets
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_variable_the_compose_file_uses_is_documented(compose: dict[str, Any]) -> None:
+    documented = documented_variables()
+    used = used_variables(compose)
+    assert used - set(documented) == set(), "used by the compose file but missing from .env.example"
+    assert set(documented) - used == set(), "in .env.example but used by nothing"
+    for name, (_, comments) in documented.items():
+        assert comments, f"{name} has no comment above it in .env.example"
+
+
+def test_the_env_example_commits_no_secret() -> None:
+    documented = documented_variables()
+    for name in SECRET_VARIABLES:
+        assert documented[name][0] == "", f"{name} must be empty in .env.example (generate it)"
+    for path in (ENV_EXAMPLE, COMPOSE_FILE, KONG_CONFIG):
+        assert not JWT_LIKE.search(path.read_text(encoding="utf-8")), f"{path} holds what looks like a JWT"
+    assert ".env" in (REPO / "supabase" / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_the_stack_refuses_to_start_without_its_secrets(compose: dict[str, Any]) -> None:
+    """Each generated secret is required (${VAR:?...}) somewhere, so compose stops with a message
+    instead of starting a stack with an empty JWT secret or password."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for name in SECRET_VARIABLES - {"SMTP_PASS"}:
+        required = re.search(r"\$\{" + name + r":\?[^}]+\}", text)
+        assert required, f"{name} is never required with ${{{name}:?...}}"
+
+
+def test_generated_keys_verify_with_their_secret_and_carry_supabases_claims() -> None:
+    keys = ApiKeys.generate()
+    assert len(keys.jwt_secret) >= 32
+    for token, role in ((keys.anon_key, "anon"), (keys.service_role_key, "service_role")):
+        assert jwt.get_unverified_header(token)["alg"] == "HS256"
+        claims = jwt.decode(token, keys.jwt_secret, algorithms=["HS256"])
+        assert set(claims) == {"role", "iss", "iat", "exp"}
+        assert claims["role"] == role
+        assert claims["iss"] == "supabase"
+        assert isinstance(claims["iat"], int)
+        assert claims["exp"] - claims["iat"] == API_KEY_LIFETIME_SECONDS
+        assert decode(token, keys.jwt_secret) == claims
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(token, ApiKeys.generate().jwt_secret, algorithms=["HS256"])
+    # A fresh secret each time, unless one is given: then the keys are reproducible for it.
+    assert ApiKeys.generate().jwt_secret != keys.jwt_secret
+    again = ApiKeys.generate(keys.jwt_secret)
+    assert jwt.decode(again.anon_key, keys.jwt_secret, algorithms=["HS256"])["role"] == "anon"
+
+
+# ---------------------------------------------------------------------------------------------
+# Start order, health, exposure, storage
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    without = {name for name, service in services.items() if "healthcheck" not in service}
+    assert without == set(NO_HEALTHCHECK)
+
+
+def test_services_wait_for_their_dependencies_to_be_healthy(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            expected = {
+                "migrate": "service_completed_successfully",
+                "rest": "service_started",
+            }.get(dependency, "service_healthy")
+            assert rule["condition"] == expected, f"{name} -> {dependency}: expected {expected}"
+
+
+def test_the_stack_starts_in_order(services: dict[str, dict[str, Any]]) -> None:
+    order: list[str] = []
+    pending = {name: set(service.get("depends_on", {})) for name, service in services.items()}
+    while pending:
+        ready = sorted(name for name, needs in pending.items() if needs <= set(order))
+        assert ready, f"depends_on has a cycle among {sorted(pending)}"
+        order.extend(ready)
+        for name in ready:
+            del pending[name]
+    assert order[0] == "db"
+    # The business rules need the schemas Auth and Realtime create on their first start.
+    assert order.index("migrate") > max(order.index("auth"), order.index("realtime"))
+    assert order.index("kong") > max(order.index(s) for s in ("auth", "rest", "realtime"))
+
+
+def test_only_the_gateway_and_studio_are_published_on_configurable_ports(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    default_profile = {name for name in published if not services[name].get("profiles")}
+    assert default_profile == set(PUBLISHED)
+    assert set(published) - default_profile == set(PUBLISHED_WITH_PROFILE)
+    for name, ports in published.items():
+        (port,) = ports
+        *host_parts, _container = port.split(":")
+        host_ip = host_parts[0] if len(host_parts) == 2 else None
+        assert host_ip == {**PUBLISHED, **PUBLISHED_WITH_PROFILE}[name], f"{name} published on {port}"
+        assert re.fullmatch(r"\$\{[A-Z_]+_PORT\}", host_parts[-1]), f"{name}: host port must be a variable"
+
+
+def test_the_database_lives_on_a_named_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in services["db"]["volumes"]}
+    data = volumes["/var/lib/postgresql/data"]
+    assert data in compose["volumes"], "the data directory must be a named volume, kept across re-creation"
+
+
+def test_the_database_init_scripts_are_mounted_where_the_image_runs_them(services: dict[str, Any]) -> None:
+    for source, target in bind_mounts(services["db"]):
+        assert target.startswith("/docker-entrypoint-initdb.d/"), target
+        assert source.endswith(".sql") and (REPO / source).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kong_yml_is_safe_for_the_shell_that_renders_it() -> None:
+    """The container pushes kong.yml through `eval "echo \\"...\\""`: a double quote, a backquote
+    or any other dollar sign would be executed or eaten by that shell."""
+    text = KONG_CONFIG.read_text(encoding="utf-8")
+    assert '"' not in text and "`" not in text
+    variables = set(re.findall(r"\$(\w+)", text))
+    assert variables == set(KONG_KEY_VARIABLES)
+    assert "$(" not in text and "${" not in text
+
+
+def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    kong = services["kong"]
+    keys = ApiKeys.generate()
+    env = {"SUPABASE_ANON_KEY": keys.anon_key, "SUPABASE_SERVICE_KEY": keys.service_role_key}
+    # The keys reach Kong from the same variables the rest of the stack uses.
+    assert kong["environment"]["SUPABASE_ANON_KEY"] == "${ANON_KEY}"
+    assert kong["environment"]["SUPABASE_SERVICE_KEY"].startswith("${SERVICE_ROLE_KEY")
+    (source, target) = bind_mounts(kong)[0]
+    assert REPO / source == KONG_CONFIG and target == "/home/kong/temp.yml"
+
+    script = kong_script_from_compose_entrypoint(kong["entrypoint"])
+    config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
+    assert_kong_serves_supabase_paths(config, env)
+
+
+def test_kong_upstreams_are_services_of_the_stack(services: dict[str, dict[str, Any]]) -> None:
+    reachable = set(services)
+    for service in services.values():
+        for network in (service.get("networks") or {}).values():
+            reachable.update(network.get("aliases", []))
+    for host, _port in kong_upstreams(load_yaml(KONG_CONFIG)):
+        assert host in reachable, f"Kong sends requests to {host}, which no service answers to"
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations
+# ---------------------------------------------------------------------------------------------
+
+
+def test_migrate_pushes_the_same_sql_the_tests_push(services: dict[str, dict[str, Any]]) -> None:
+    """The local stack of the tests pushes `bundled_sql_dir()`; the migrate service mounts that
+    very folder and points `mycelium sql push --dir` at it."""
+    migrate = services["migrate"]
+    command = migrate["command"] if isinstance(migrate["command"], list) else shlex.split(migrate["command"])
+    assert command[:2] == ["sql", "push"]
+    pushed = option_value(command, "--dir")
+    mounts = {target: (REPO / source).resolve() for source, target in bind_mounts(migrate)}
+    assert mounts[pushed] == bundled_sql_dir().resolve()
+    assert pushed == SQL_DIR_IN_IMAGE
+
+
+def test_the_migrate_image_ships_the_same_sql_folder() -> None:
+    """Without the mount (k3s), the image's own copy of sql/ is pushed from the same path."""
+    dockerfile = MIGRATE_DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^COPY sql/ sql/$", dockerfile, re.MULTILINE)
+    assert f"cp -r sql {SQL_DIR_IN_IMAGE}" in dockerfile
+    assert f"ENV MYCELIUM_SQL_DIR={SQL_DIR_IN_IMAGE}" in dockerfile
+    assert 'ENTRYPOINT ["mycelium"]' in dockerfile
+    ignore = (MIGRATE_DOCKERFILE.parent / "migrate.Dockerfile.dockerignore").read_text(encoding="utf-8")
+    assert "!sql/" in ignore.split()
+
+
+def test_migrate_connects_as_the_migration_role_to_the_stack_database(services: dict[str, Any]) -> None:
+    url = services["migrate"]["environment"]["MYCELIUM_DB_URL"]
+    # postgres is the role migrations run as on Supabase (not a superuser); no TLS inside the
+    # compose network.
+    assert re.fullmatch(r"postgres://postgres:\$\{POSTGRES_PASSWORD\}@db:5432/postgres\?sslmode=disable", url)
