@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -747,12 +748,18 @@ def vanilla_postgres() -> Iterator[dict[str, Any]]:
     # PostgreSQL refuses to run as root: run it as its own OS user when the tests run as root.
     as_owner: list[str] = []
     if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base)
+            pytest.skip("running as root, and there is no postgres OS user to run PostgreSQL as")
         as_owner = ["runuser", "-u", "postgres", "--"]
         for path in (base, sockets):
             shutil.chown(path, "postgres")
 
     def run(*command: str) -> None:
-        subprocess.run([*as_owner, *command], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([*as_owner, *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout}{done.stderr}"
 
     try:
         run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")

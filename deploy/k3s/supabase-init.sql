@@ -10,6 +10,8 @@
 -- Differences from Supabase's image that matter to an operator: `postgres` is CloudNativePG's
 -- superuser (on Supabase it is not), and the migrate Job connects as it; only the pgcrypto
 -- and uuid-ossp extensions are installed (the ones the business rules may use).
+-- Not cli/dev/supabase_bootstrap.sql: that one emulates Auth's and Realtime's tables for the
+-- Docker-free dev stack, where here the real services create them (and would collide with it).
 -- tests/test_deploy_k3s.py runs this file on a real PostgreSQL 15 when one is installed.
 
 -- ---------------------------------------------------------------------------------------
