@@ -160,6 +160,18 @@ def test_clear_messages_for_a_missing_postgrest_and_a_busy_port(tmp_path: Path) 
         assert "Traceback" not in no_binary.stderr
         mycelium("dev", "down", "--dir", str(folder / "a"))
 
+        no_postgres = mycelium(
+            "dev",
+            "up",
+            "--dir",
+            str(folder / "c"),
+            "--port-base",
+            str(free_port_base(start=50000)),
+            env={"MYCELIUM_PG_INITDB": str(tmp_path / "no-initdb")},
+        )
+        assert no_postgres.returncode == 2 and "MYCELIUM_PG_INITDB" in no_postgres.stderr
+        assert "Traceback" not in no_postgres.stderr
+
         base = free_port_base(start=51000)
         with socket.socket() as squatter:
             squatter.bind(("127.0.0.1", base + 2))

@@ -17,6 +17,7 @@ from cli import migrations
 from cli.dev.postgrest import PROJECT_ROOT
 from cli.dev.stack import LocalStack
 from cli.errors import UsageError
+from tests.support import Api, after_schema_reload
 
 SUPABASE_CLI = PROJECT_ROOT / "node_modules" / ".bin" / "supabase"
 
@@ -220,6 +221,11 @@ def test_cli_exit_codes_and_one_line_errors(fresh_db: str, write: Callable[..., 
     failed = cli("sql", "push", "--db-url", fresh_db, "--dir", folder)
     assert failed.returncode == 1 and "20260102000000_broken.sql:1:" in failed.stderr
 
+    (first.parent / "20260103_too_short.sql").write_text("select 1;\n")
+    badly_named = cli("sql", "push", "--db-url", fresh_db, "--dir", folder)
+    assert badly_named.returncode == 2 and "20260103_too_short.sql" in badly_named.stderr
+    (first.parent / "20260103_too_short.sql").unlink()
+
     wrong_password = fresh_db.replace("postgres:", "postgres:wrong", 1)
     for args in (
         ["--db-url", wrong_password, "--dir", folder],
@@ -281,3 +287,22 @@ def test_the_supabase_cli_and_we_agree_on_what_is_applied(
     finally:
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as admin:
             admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(other)))
+
+
+def test_postgrest_sees_a_pushed_function_at_once(stack: LocalStack, tmp_path: Path, anon_api: Api) -> None:
+    """The push ends with NOTIFY pgrst: no restart needed for a new function to answer."""
+    name = f"pushed_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    version = f"2999{uuid.uuid4().int % 10**10:010d}"
+    (folder / f"{version}_{name}.sql").write_text(
+        f"create function public.{name}() returns text language sql as $$ select 'fresh' $$;\n"
+    )
+    try:
+        push(stack.db_url, folder)
+        assert after_schema_reload(lambda: anon_api.rpc(name)).json() == "fresh"
+    finally:
+        with psycopg.connect(stack.superuser_db_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop function public.{}()").format(sql.Identifier(name)))
+            admin.execute("delete from supabase_migrations.mycelium_checksums where version = %s", (version,))
+            admin.execute("delete from supabase_migrations.schema_migrations where version = %s", (version,))
