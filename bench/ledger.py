@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -62,71 +64,145 @@ def claims(user_id: str) -> str:
     return json.dumps({"sub": user_id, "role": "authenticated"})
 
 
-def sql_worker(
-    kind: str, db_url: str, users: list[str], hot: str | None, seconds: float, seed: int
-) -> tuple[int, int]:
-    rng = random.Random(seed)
-    done = errors = 0
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        transfer = (
-            "select set_config('request.jwt.claims', %s, true), "
-            "public.transfer_credits(%s::uuid, %s::numeric)"
+# Direct SQL is driven by pgbench itself (custom scripts, prepared statements, one connection per
+# worker): the same C client as the tpcb-like yardstick, so the ratio compares server work, not
+# Python. Users are looked up by number in a bench-only table mycelium_bench.users(n, id).
+SQL_SCRIPTS = {
+    "transfer": """
+\\set a random(1, :accounts)
+\\set b random(1, :accounts - 1)
+\\set r 1 + (:a + :b - 1) % :accounts
+select set_config('request.jwt.claims', json_build_object('sub', s.id, 'role', 'authenticated')::text, true),
+       public.transfer_credits(r.id, 0.01)
+from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :r;
+""",
+    "hot": """
+\\set a random(1, :accounts - 1)
+select set_config('request.jwt.claims', json_build_object('sub', s.id, 'role', 'authenticated')::text, true),
+       public.transfer_credits(r.id, 0.01)
+from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :accounts;
+""",
+    "purchase": """
+\\set a random(1, :accounts)
+select public.purchase_credits(s.id, 1, 'bench-' || gen_random_uuid())
+from mycelium_bench.users s where s.n = :a;
+""",
+}
+
+
+def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
+    args = [
+        "-h",
+        str(info.get("host", "127.0.0.1")),
+        "-p",
+        str(info.get("port", 5432)),
+        "-U",
+        str(info["user"]),
+    ]
+    return args, env
+
+
+def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
+    base, env = pgbench_args(db_url)
+    done = subprocess.run([str(PGBENCH), *base, *extra, database], env=env, capture_output=True, text=True)
+    tps = [line for line in done.stdout.splitlines() if line.startswith("tps =")]
+    if done.returncode != 0 or not tps:
+        raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+    failed = [line for line in done.stdout.splitlines() if line.startswith("number of failed")]
+    if failed and not failed[0].split(":")[1].strip().startswith("0"):
+        print(f"    ({failed[0]})", flush=True)
+    return float(tps[-1].split("=")[1].split()[0])
+
+
+def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(SQL_SCRIPTS[kind])
+    try:
+        database = str(psycopg.conninfo.conninfo_to_dict(db_url).get("dbname", "postgres"))
+        return run_pgbench(
+            db_url,
+            database,
+            [
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(WORKERS),
+                "-j",
+                str(WORKERS),
+                "-T",
+                str(int(seconds)),
+                "-D",
+                f"accounts={accounts}",
+                "-f",
+                script.name,
+            ],
         )
-        purchase = "select public.purchase_credits(%s::uuid, %s::numeric, %s)"
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            try:
-                if kind == "purchase":
-                    conn.execute(purchase, (rng.choice(users), "1", f"bench-{uuid.uuid4()}"), prepare=True)
-                else:
-                    sender = rng.choice(users)
-                    recipient = hot if hot is not None else rng.choice(users)
-                    while recipient == sender:
-                        sender = rng.choice(users)
-                    conn.execute(transfer, (claims(sender), recipient, "0.01"), prepare=True)
-                done += 1
-            except psycopg.Error:
-                errors += 1
-    return done, errors
+    finally:
+        os.unlink(script.name)
 
 
 def http_worker(
     kind: str, target: Target, users: list[tuple[str, str]], seconds: float, seed: int
 ) -> tuple[int, int]:
-    import httpx
-
-    rng = random.Random(seed)
-    done = errors = 0
+    """Keep-alive HTTP/1.1 over a raw socket: the client costs little next to the server."""
     assert target.api_url and target.anon_key and target.service_role_key
-    with httpx.Client(base_url=f"{target.api_url}/rest/v1", timeout=30) as client:
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            if kind == "purchase":
-                user_id, _ = rng.choice(users)
-                key = target.service_role_key
-                path = "/rpc/purchase_credits"
-                payload = {
-                    "user_id": user_id,
-                    "usd_amount": "1",
-                    "payment_reference": f"bench-{uuid.uuid4()}",
-                }
-            else:
-                (_sender, key), (recipient, _) = rng.sample(users, 2)
-                path = "/rpc/transfer_credits"
-                payload = {"recipient": recipient, "amount": "0.01"}
-            reply = client.post(
-                path,
-                content=json.dumps(payload),
-                headers={
-                    "apikey": target.anon_key,
-                    "Authorization": f"Bearer {key}",
-                    "Content-Type": "application/json",
-                },
-            )
-            if reply.status_code == 200:
-                done += 1
-            else:
-                errors += 1
+    rng = random.Random(seed)
+    url = urlsplit(target.api_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    done = errors = 0
+    sock: socket.socket | None = None
+    reader: Any = None
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if sock is None:
+            sock = socket.create_connection((host, port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = sock.makefile("rb")
+        if kind == "purchase":
+            user_id, _ = rng.choice(users)
+            key = target.service_role_key
+            path = "/rest/v1/rpc/purchase_credits"
+            payload = {"user_id": user_id, "usd_amount": "1", "payment_reference": f"bench-{uuid.uuid4()}"}
+        else:
+            (_, key), (recipient, _) = rng.sample(users, 2)
+            path = "/rest/v1/rpc/transfer_credits"
+            payload = {"recipient": recipient, "amount": "0.01"}
+        content = json.dumps(payload).encode()
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\napikey: {target.anon_key}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(content)}\r\n\r\n"
+        ).encode() + content
+        sock.sendall(request)
+        status = int(reader.readline().split()[1])
+        length, chunked, close = 0, False, False
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "connection" and value == "close":
+                close = True
+        if chunked:
+            while (size := int(reader.readline().strip(), 16)) > 0:
+                reader.read(size + 2)
+            reader.readline()
+        else:
+            reader.read(length)
+        if status == 200:
+            done += 1
+        else:
+            errors += 1
+        if close:
+            sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
     return done, errors
 
 
@@ -280,52 +356,26 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 
 
 def pgbench_tps(db_url: str, seconds: float, scale: int) -> float:
-    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    """pgbench's built-in tpcb-like on a scratch database of the same server."""
     database = f"mycelium_pgbench_{os.getpid()}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
-    env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
-    base = [
-        "-h",
-        str(info.get("host", "127.0.0.1")),
-        "-p",
-        str(info.get("port", 5432)),
-        "-U",
-        str(info["user"]),
-    ]
     try:
+        base, env = pgbench_args(db_url)
         subprocess.run(
             [str(PGBENCH), "-i", "-q", "-s", str(scale), *base, database],
             check=True,
             env=env,
             capture_output=True,
         )
-        done = subprocess.run(
-            [
-                str(PGBENCH),
-                "-c",
-                str(WORKERS),
-                "-j",
-                str(WORKERS),
-                "-T",
-                str(int(seconds)),
-                "-b",
-                "tpcb-like",
-                *base,
-                database,
-            ],
-            check=True,
-            env=env,
-            capture_output=True,
-            text=True,
+        return run_pgbench(
+            db_url,
+            database,
+            ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"],
         )
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{database}" with (force)')
-    tps = [line for line in done.stdout.splitlines() if line.startswith("tps =")]
-    if tps:
-        return float(tps[-1].split("=")[1].split()[0])
-    raise RuntimeError(f"cannot read pgbench output:\n{done.stdout}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,19 +402,26 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         print("reads with ~1,000 ledger rows", flush=True)
         small = read_latencies(conn, users[1], deep_user, args.repeat)
 
-    def sql_phase(kind: str, hot: str | None = None) -> float:
-        return run_parallel(
-            sql_worker, [(kind, target.db_url, users, hot, seconds, i) for i in range(WORKERS)], seconds
-        )
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("drop schema if exists mycelium_bench cascade")
+        conn.execute("create schema mycelium_bench")
+        conn.execute("create table mycelium_bench.users (n integer primary key, id uuid not null)")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into mycelium_bench.users values (%s, %s)",
+                [(n, u) for n, u in enumerate(users, start=1)],
+            )
+        conn.execute("grant usage on schema mycelium_bench to postgres")
+        conn.execute("grant select on mycelium_bench.users to postgres")
 
     print(f"pgbench tpcb-like, {WORKERS} clients, {seconds:.0f}s", flush=True)
     results["tpcb"] = pgbench_tps(admin_url, seconds, args.pgbench_scale)
     print("direct SQL: transfers between spread accounts", flush=True)
-    results["sql_transfer"] = sql_phase("transfer")
+    results["sql_transfer"] = sql_rate(target.db_url, "transfer", len(users), seconds)
     print("direct SQL: purchases", flush=True)
-    results["sql_purchase"] = sql_phase("purchase")
+    results["sql_purchase"] = sql_rate(target.db_url, "purchase", len(users), seconds)
     print("direct SQL: transfers all into one user account", flush=True)
-    results["sql_hot"] = sql_phase("transfer", hot=users[-1])
+    results["sql_hot"] = sql_rate(target.db_url, "hot", len(users), seconds)
 
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token

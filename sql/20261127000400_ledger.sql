@@ -12,9 +12,9 @@
 -- of a user are ONE lot, credits with an expiry each form their own. An account's balance is
 -- always the sum of its lots' remaining amounts.
 --
--- Lock order: a movement locks the user accounts it touches in ascending user_id order, with
--- FOR NO KEY UPDATE (the lock an UPDATE of the balance takes anyway), before anything else that depends on balances; lots are only touched under their
--- account's lock.
+-- Lock order: a movement updates the user accounts it touches in ascending user_id order (the
+-- UPDATE of the balance is the lock), and touches lots only after its account's UPDATE. So two
+-- transfers between the same accounts in opposite directions never deadlock.
 
 create table public.credit_accounts (
   user_id uuid primary key,
@@ -22,7 +22,7 @@ create table public.credit_accounts (
   held numeric not null default 0 check (held >= 0 and held < 'Infinity'::numeric),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
-);
+) with (fillfactor = 70);
 comment on table public.credit_accounts is
   'One credit account per user: spendable balance, and credits held for open orders (not in balance).';
 
@@ -100,7 +100,7 @@ create table public.credit_lots (
   source_transfer_id uuid references mycelium_private.transfers (id),
   created_at timestamptz not null default now(),
   check (remaining <= amount)
-);
+) with (fillfactor = 70);
 comment on table public.credit_lots is
   'Your credits by lot: one lot for non-expiring credits, one per grant or purchase that expires.';
 
@@ -214,51 +214,67 @@ begin
 end;
 $$;
 
--- Take `amount` from a locked user account: from unexpired expiring lots, soonest expiry first,
--- then from the non-expiring lot; never from an expired lot. Returns the new balance.
+-- Take `amount` from a user account: from unexpired expiring lots, soonest expiry first, then
+-- from the non-expiring lot; never from an expired lot. The UPDATE of the balance is what locks
+-- the account (callers order their account updates by user_id). Returns the new balance.
 create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric)
 returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  available numeric;
+  new_balance numeric;
+  expired numeric;
+  live_lots integer;
   left_to_take numeric := p_amount;
   lot record;
   taken numeric;
-  new_balance numeric;
 begin
-  available := mycelium_private.spendable(p_user);
-  if available is null then
-    perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
-  end if;
-  if available < p_amount then
+  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
+  where user_id = p_user and balance >= p_amount
+  returning balance into new_balance;
+  if not found then
+    select a.balance into new_balance from public.credit_accounts a where a.user_id = p_user;
+    if not found then
+      perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
+    end if;
     perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', available, p_amount), 409);
+      format('insufficient credits: %s available, %s needed', mycelium_private.spendable(p_user), p_amount), 409);
   end if;
-  for lot in
-    select l.id, l.remaining from public.credit_lots l
-    where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at > now()
-    order by l.expires_at, l.id
-  loop
-    taken := least(lot.remaining, left_to_take);
-    update public.credit_lots set remaining = remaining - taken where id = lot.id;
-    left_to_take := left_to_take - taken;
-    exit when left_to_take = 0;
-  end loop;
+
+  -- Credits in expired, unswept lots are in the balance but not spendable.
+  select coalesce(sum(l.remaining) filter (where l.expires_at <= now()), 0),
+         count(*) filter (where l.expires_at > now())
+  into expired, live_lots
+  from public.credit_lots l
+  where l.user_id = p_user and l.expires_at is not null and l.remaining > 0;
+  if new_balance < expired then
+    perform mycelium_private.fail('insufficient_credits',
+      format('insufficient credits: %s available, %s needed', new_balance + p_amount - expired, p_amount), 409);
+  end if;
+
+  if live_lots > 0 then
+    for lot in
+      select l.id, l.remaining from public.credit_lots l
+      where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at > now()
+      order by l.expires_at, l.id
+    loop
+      taken := least(lot.remaining, left_to_take);
+      update public.credit_lots set remaining = remaining - taken where id = lot.id;
+      left_to_take := left_to_take - taken;
+      exit when left_to_take = 0;
+    end loop;
+  end if;
   if left_to_take > 0 then
     update public.credit_lots set remaining = remaining - left_to_take
     where user_id = p_user and expires_at is null;
   end if;
-  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
-  where user_id = p_user
-  returning balance into new_balance;
   return new_balance;
 end;
 $$;
 
--- Add `amount` to a locked user account, as a new expiring lot or into the non-expiring lot.
--- Returns the new balance.
+-- Add `amount` to a user account, as a new expiring lot or into the non-expiring lot. The UPDATE
+-- of the balance locks the account; no account: unknown_recipient. Returns the new balance.
 create or replace function mycelium_private.credit_user(p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
 returns numeric
 language plpgsql
@@ -267,6 +283,12 @@ as $$
 declare
   new_balance numeric;
 begin
+  update public.credit_accounts set balance = balance + p_amount, updated_at = now()
+  where user_id = p_user
+  returning balance into new_balance;
+  if not found then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_user, 404);
+  end if;
   if p_expires_at is null then
     update public.credit_lots set amount = amount + p_amount, remaining = remaining + p_amount
     where user_id = p_user and expires_at is null;
@@ -274,9 +296,6 @@ begin
     insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
     values (p_user, p_amount, p_amount, p_expires_at, p_transfer);
   end if;
-  update public.credit_accounts set balance = balance + p_amount, updated_at = now()
-  where user_id = p_user
-  returning balance into new_balance;
   return new_balance;
 end;
 $$;

@@ -172,10 +172,6 @@ begin
     end if;
   end if;
 
-  if mycelium_private.lock_accounts(v_user) = 0 then
-    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || v_user, 404);
-  end if;
-
   select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
   v_credits := trim_scale(trunc(v_usd / v_rate, 6) + coalesce(v_package.bonus_credits, 0));
   if v_credits <= 0 then
@@ -260,14 +256,12 @@ begin
     end if;
   end if;
 
-  -- Lock both accounts (ascending user_id) before anything else; a concurrent retry with the
-  -- same key waits here, then finds the first transfer below.
-  if mycelium_private.lock_accounts(p_sender, p_recipient) < 2 then
-    if not exists (select 1 from public.credit_accounts a where a.user_id = p_recipient) then
-      perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_recipient, 404);
-    end if;
-    perform mycelium_private.fail('not_found', 'the sender has no credit account', 404);
+  if not exists (select 1 from public.credit_accounts a where a.user_id = p_recipient) then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_recipient, 404);
   end if;
+
+  -- Claim the idempotency key first: a concurrent retry with the same key waits on the unique
+  -- index until this transaction ends, then finds the first transfer.
 
   insert into mycelium_private.transfers
     (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
@@ -282,8 +276,14 @@ begin
     return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
   end if;
 
-  v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
-  v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
+  -- Update (lock) the two accounts in ascending user_id order: no deadlock between opposite transfers.
+  if p_sender < p_recipient then
+    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
+    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
+  else
+    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
+    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
+  end if;
 
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values
@@ -376,10 +376,6 @@ begin
     if found then
       return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
     end if;
-  end if;
-
-  if mycelium_private.lock_accounts(v_user) = 0 then
-    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || v_user, 404);
   end if;
 
   insert into mycelium_private.transfers
