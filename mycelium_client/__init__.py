@@ -1,3 +1,100 @@
-"""Typed Python client for the Mycelium credits and marketplace backend."""
+"""Typed Python client for the Mycelium credits backend (TFC, ThreeFold Credits) on Supabase.
+
+    from mycelium_client import MyceliumClient
+
+    with MyceliumClient.from_env() as client:
+        client.auth.sign_in("ada@example.com", "...")
+        print(client.credits.format(client.credits.balance().balance))
+        client.credits.transfer(friend_id, "12.50", memo="lunch")
+
+Business rules live in SQL; this package gives them a typed face: pydantic models with `Decimal`
+amounts, errors mapped from the SQL's stable reasons, safe retries, and balance changes over
+Realtime (`credits.watch`) or, for trusted services, from PostgreSQL (`mycelium_client.feeds`).
+"""
+
+from mycelium_client._http import RetryPolicy
+from mycelium_client._realtime import WatchSettings
+from mycelium_client.admin import Admin, AsyncAdmin
+from mycelium_client.amounts import AmountLike
+from mycelium_client.auth import AsyncAuth, Auth
+from mycelium_client.client import AsyncMyceliumClient, MyceliumClient
+from mycelium_client.credits import AsyncCredits, Credits
+from mycelium_client.errors import (
+    ConfigurationError,
+    Conflict,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidArgument,
+    MyceliumError,
+    NotAuthorized,
+    NotFound,
+    ServiceUnavailable,
+)
+from mycelium_client.models import (
+    AuditFinding,
+    AuthUser,
+    Balance,
+    BalanceChange,
+    BalanceSource,
+    CreditConfig,
+    CreditPackage,
+    CreditSummary,
+    DailyStats,
+    ExpiryResult,
+    Movement,
+    MovementKind,
+    RoleChange,
+    RoleName,
+    Session,
+    SignUpResult,
+    TopUser,
+    Transaction,
+    TransactionKind,
+)
+from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Admin",
+    "AmountLike",
+    "AsyncAdmin",
+    "AsyncAuth",
+    "AsyncBalanceWatch",
+    "AsyncCredits",
+    "AsyncMyceliumClient",
+    "AuditFinding",
+    "Auth",
+    "AuthUser",
+    "Balance",
+    "BalanceChange",
+    "BalanceSource",
+    "BalanceWatch",
+    "ConfigurationError",
+    "Conflict",
+    "CreditConfig",
+    "CreditPackage",
+    "CreditSummary",
+    "Credits",
+    "DailyStats",
+    "ExpiryResult",
+    "InsufficientCredits",
+    "InvalidAmount",
+    "InvalidArgument",
+    "Movement",
+    "MovementKind",
+    "MyceliumClient",
+    "MyceliumError",
+    "NotAuthorized",
+    "NotFound",
+    "RetryPolicy",
+    "RoleChange",
+    "RoleName",
+    "ServiceUnavailable",
+    "Session",
+    "SignUpResult",
+    "TopUser",
+    "Transaction",
+    "TransactionKind",
+    "WatchSettings",
+]

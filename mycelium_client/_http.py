@@ -1,0 +1,182 @@
+"""Requests to PostgREST: building, retrying and reading them. Only `send` differs between the
+sync and the async transport; everything else here is shared.
+
+Retries: a *safe* call (a read, or a money call that carries an idempotency key the SQL
+deduplicates on) is retried after network errors and 502/503/504, with backoff, reusing the
+same body and so the same key. Any other call is retried only when the connection failed
+before the request was sent, so it is never applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from mycelium_client.amounts import dumps, loads
+from mycelium_client.errors import ServiceUnavailable, from_body
+
+T = TypeVar("T")
+
+# The request never left: retrying cannot apply anything twice.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_RETRY_STATUSES = frozenset({502, 503, 504})
+OBJECT = "application/vnd.pgrst.object+json"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry: `attempts` in all, the n-th retry after about
+    `backoff * 2**n` seconds (with jitter), never more than `max_backoff`."""
+
+    attempts: int = 4
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        base: float = min(self.backoff * 2**retry, self.max_backoff)
+        return base * (0.5 + random.random() / 2)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One PostgREST request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: Mapping[str, object] | None = None
+    accept: str = "application/json"
+    safe: bool = True  # a read, or a write made idempotent by its key
+
+    def encoded_body(self) -> bytes | None:
+        return None if self.body is None else dumps({k: v for k, v in self.body.items() if v is not None})
+
+
+def rpc(
+    name: str, parse: Callable[[Any], T], *, safe: bool, accept: str = "application/json", **args: object
+) -> Call[T]:
+    return Call("POST", f"/rpc/{name}", parse, body=args, safe=safe, accept=accept)
+
+
+@dataclass
+class Attempts:
+    """What to do after each try of one call."""
+
+    call: Call[Any]
+    policy: RetryPolicy
+    done: int = 0
+
+    def after_error(self, error: httpx.TransportError) -> float:
+        """The delay before retrying, or raises ServiceUnavailable."""
+        self.done += 1
+        retryable = self.call.safe or isinstance(error, _NOT_SENT)
+        if not retryable or self.done >= self.policy.attempts:
+            outcome = "" if retryable else " (not retried: the request may have been applied)"
+            raise ServiceUnavailable(
+                f"{self.call.method} {self.call.path} failed: {type(error).__name__}: {error}{outcome}",
+                reason="network_error",
+            ) from error
+        return self.policy.delay(self.done - 1)
+
+    def after_response(self, response: httpx.Response) -> float | None:
+        """The delay before retrying, or None when the response is the answer."""
+        if response.status_code not in _RETRY_STATUSES or not self.call.safe:
+            return None
+        self.done += 1
+        if self.done >= self.policy.attempts:
+            return None
+        return self.policy.delay(self.done - 1)
+
+
+def read(call: Call[T], response: httpx.Response) -> T:
+    if response.status_code >= 400:
+        try:
+            body: Any = loads(response.content)
+        except ValueError:
+            body = response.text
+        raise from_body(response.status_code, body)
+    if not response.content:
+        return call.parse(None)
+    return call.parse(loads(response.content))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What authenticates a request: the project's API key and the bearer token of the moment
+    (a user's access token, or the key itself)."""
+
+    api_key: str
+    bearer: Callable[[], str]
+
+    def headers(self, call: Call[Any]) -> dict[str, str]:
+        headers = {"apikey": self.api_key, "Authorization": f"Bearer {self.bearer()}", "Accept": call.accept}
+        if call.body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+
+class SyncTransport:
+    def __init__(
+        self, http: httpx.Client, rest_url: str, credentials: Credentials, policy: RetryPolicy
+    ) -> None:
+        self.http, self.rest_url, self.credentials, self.policy = http, rest_url, credentials, policy
+
+    def send(self, call: Call[T]) -> T:
+        attempts = Attempts(call, self.policy)
+        content = call.encoded_body()
+        while True:
+            try:
+                response = self.http.request(
+                    call.method,
+                    self.rest_url + call.path,
+                    params=call.params,
+                    content=content,
+                    headers=self.credentials.headers(call),
+                )
+            except httpx.TransportError as error:
+                time.sleep(attempts.after_error(error))
+                continue
+            delay = attempts.after_response(response)
+            if delay is None:
+                return read(call, response)
+            time.sleep(delay)
+
+    def with_credentials(self, credentials: Credentials) -> SyncTransport:
+        return SyncTransport(self.http, self.rest_url, credentials, self.policy)
+
+
+class AsyncTransport:
+    def __init__(
+        self, http: httpx.AsyncClient, rest_url: str, credentials: Credentials, policy: RetryPolicy
+    ) -> None:
+        self.http, self.rest_url, self.credentials, self.policy = http, rest_url, credentials, policy
+
+    async def send(self, call: Call[T]) -> T:
+        attempts = Attempts(call, self.policy)
+        content = call.encoded_body()
+        while True:
+            try:
+                response = await self.http.request(
+                    call.method,
+                    self.rest_url + call.path,
+                    params=call.params,
+                    content=content,
+                    headers=self.credentials.headers(call),
+                )
+            except httpx.TransportError as error:
+                await asyncio.sleep(attempts.after_error(error))
+                continue
+            delay = attempts.after_response(response)
+            if delay is None:
+                return read(call, response)
+            await asyncio.sleep(delay)
+
+    def with_credentials(self, credentials: Credentials) -> AsyncTransport:
+        return AsyncTransport(self.http, self.rest_url, credentials, self.policy)

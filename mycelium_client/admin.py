@@ -1,0 +1,254 @@
+"""`client.admin`: for the service_role key or an admin user. Purchases for confirmed payments,
+grants, the credit configuration, roles, analytics, the ledger audit and the expiry sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from mycelium_client._http import AsyncTransport, Call, SyncTransport, rpc
+from mycelium_client.amounts import AmountLike, amount, to_decimal
+from mycelium_client.credits import UserRef, new_idempotency_key
+from mycelium_client.errors import InvalidArgument
+from mycelium_client.models import (
+    AuditFinding,
+    CreditConfig,
+    CreditSummary,
+    DailyStats,
+    ExpiryResult,
+    Movement,
+    RoleChange,
+    RoleName,
+    TopUser,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _rows(model: type[M]) -> Callable[[Any], list[M]]:
+    return lambda rows: [model.model_validate(row) for row in rows]
+
+
+def purchase_call(
+    user_id: UserRef, usd_amount: AmountLike, payment_reference: str, package_id: UserRef | None
+) -> Call[Movement]:
+    # The payment reference is the idempotency key: one payment buys credits once.
+    if not payment_reference:
+        raise InvalidArgument("payment_reference is required", reason="invalid_argument")
+    return rpc(
+        "purchase_credits",
+        Movement.model_validate,
+        safe=True,
+        user_id=str(user_id),
+        usd_amount=amount(usd_amount, "usd_amount"),
+        payment_reference=payment_reference,
+        package_id=None if package_id is None else str(package_id),
+    )
+
+
+def grant_call(
+    user_id: UserRef, value: AmountLike, reason: str, expires_at: datetime | None, idempotency_key: str | None
+) -> Call[Movement]:
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidArgument("expires_at must be timezone-aware", reason="invalid_argument")
+    return rpc(
+        "grant_credits",
+        Movement.model_validate,
+        safe=True,
+        user_id=str(user_id),
+        amount=amount(value),
+        reason=reason,
+        expires_at=expires_at,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+
+
+def set_config_call(
+    usd_rate: AmountLike | None, code: str | None, name: str | None, symbol: str | None
+) -> Call[CreditConfig]:
+    # Not idempotent in effect (each call is a history row): only retried if never sent.
+    rate = None if usd_rate is None else to_decimal(usd_rate, "usd_rate")
+    return rpc(
+        "set_credit_config",
+        CreditConfig.model_validate,
+        safe=False,
+        tfc_to_usd_rate=rate,
+        credit_currency_code=code,
+        credit_display_name=name,
+        credit_symbol=symbol,
+    )
+
+
+def role_call(
+    name: Literal["grant_role", "revoke_role"], user_id: UserRef, role: RoleName | str
+) -> Call[RoleChange]:
+    return rpc(name, RoleChange.model_validate, safe=True, user_id=str(user_id), role=RoleName(role).value)
+
+
+def daily_stats_call(from_day: date | None, to_day: date | None) -> Call[list[DailyStats]]:
+    return rpc("platform_daily_stats", _rows(DailyStats), safe=True, from_day=from_day, to_day=to_day)
+
+
+def summary_call() -> Call[CreditSummary]:
+    return rpc("platform_credit_summary", CreditSummary.model_validate, safe=True)
+
+
+def top_users_call(
+    direction: Literal["spenders", "earners"], from_day: date | None, to_day: date | None, limit: int
+) -> Call[list[TopUser]]:
+    return rpc(
+        "top_credit_users",
+        _rows(TopUser),
+        safe=True,
+        direction=direction,
+        from_day=from_day,
+        to_day=to_day,
+        max_rows=limit,
+    )
+
+
+def audit_call() -> Call[list[AuditFinding]]:
+    return rpc("audit_ledger", _rows(AuditFinding), safe=True)
+
+
+def expire_call(as_of: datetime | None) -> Call[ExpiryResult]:
+    # Each lot expires once (a unique reference per lot): safe to retry.
+    return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of)
+
+
+class Admin:
+    def __init__(self, transport: SyncTransport) -> None:
+        self._transport = transport
+
+    def purchase_credits(
+        self,
+        user_id: UserRef,
+        usd_amount: AmountLike,
+        payment_reference: str,
+        package_id: UserRef | None = None,
+    ) -> Movement:
+        """Credit a confirmed payment (service_role only); the same reference again is a replay."""
+        return self._transport.send(purchase_call(user_id, usd_amount, payment_reference, package_id))
+
+    def grant_credits(
+        self,
+        user_id: UserRef,
+        amount: AmountLike,
+        reason: str,
+        *,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Movement:
+        """Promotional credits, optionally expiring."""
+        return self._transport.send(grant_call(user_id, amount, reason, expires_at, idempotency_key))
+
+    def set_credit_config(
+        self,
+        *,
+        usd_rate: AmountLike | None = None,
+        code: str | None = None,
+        name: str | None = None,
+        symbol: str | None = None,
+    ) -> CreditConfig:
+        """Change what is given; the rest stays."""
+        return self._transport.send(set_config_call(usd_rate, code, name, symbol))
+
+    def grant_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
+        return self._transport.send(role_call("grant_role", user_id, role))
+
+    def revoke_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
+        return self._transport.send(role_call("revoke_role", user_id, role))
+
+    def daily_stats(self, from_day: date | None = None, to_day: date | None = None) -> list[DailyStats]:
+        """Issued, spent, transferred, expired, revenue and circulation per UTC day."""
+        return self._transport.send(daily_stats_call(from_day, to_day))
+
+    def credit_summary(self) -> CreditSummary:
+        return self._transport.send(summary_call())
+
+    def top_users(
+        self,
+        direction: Literal["spenders", "earners"] = "spenders",
+        from_day: date | None = None,
+        to_day: date | None = None,
+        limit: int = 10,
+    ) -> list[TopUser]:
+        return self._transport.send(top_users_call(direction, from_day, to_day, limit))
+
+    def audit_ledger(self) -> list[AuditFinding]:
+        """Every ledger invariant checked in one snapshot: empty when the ledger is sound."""
+        return self._transport.send(audit_call())
+
+    def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
+        """Sweep what is left of lots expired by `as_of` (default: now); service_role only."""
+        return self._transport.send(expire_call(as_of))
+
+
+class AsyncAdmin:
+    """The async twin of `Admin`."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._transport = transport
+
+    async def purchase_credits(
+        self,
+        user_id: UserRef,
+        usd_amount: AmountLike,
+        payment_reference: str,
+        package_id: UserRef | None = None,
+    ) -> Movement:
+        return await self._transport.send(purchase_call(user_id, usd_amount, payment_reference, package_id))
+
+    async def grant_credits(
+        self,
+        user_id: UserRef,
+        amount: AmountLike,
+        reason: str,
+        *,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Movement:
+        return await self._transport.send(grant_call(user_id, amount, reason, expires_at, idempotency_key))
+
+    async def set_credit_config(
+        self,
+        *,
+        usd_rate: AmountLike | None = None,
+        code: str | None = None,
+        name: str | None = None,
+        symbol: str | None = None,
+    ) -> CreditConfig:
+        return await self._transport.send(set_config_call(usd_rate, code, name, symbol))
+
+    async def grant_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
+        return await self._transport.send(role_call("grant_role", user_id, role))
+
+    async def revoke_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
+        return await self._transport.send(role_call("revoke_role", user_id, role))
+
+    async def daily_stats(self, from_day: date | None = None, to_day: date | None = None) -> list[DailyStats]:
+        return await self._transport.send(daily_stats_call(from_day, to_day))
+
+    async def credit_summary(self) -> CreditSummary:
+        return await self._transport.send(summary_call())
+
+    async def top_users(
+        self,
+        direction: Literal["spenders", "earners"] = "spenders",
+        from_day: date | None = None,
+        to_day: date | None = None,
+        limit: int = 10,
+    ) -> list[TopUser]:
+        return await self._transport.send(top_users_call(direction, from_day, to_day, limit))
+
+    async def audit_ledger(self) -> list[AuditFinding]:
+        return await self._transport.send(audit_call())
+
+    async def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
+        return await self._transport.send(expire_call(as_of))
+
+
+__all__ = ["Admin", "AsyncAdmin"]

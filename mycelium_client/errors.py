@@ -1,0 +1,122 @@
+"""The client's exceptions: one small hierarchy, mapped from the stable reasons the SQL returns.
+
+Every error carries `reason` (the machine-readable code, e.g. `insufficient_credits`), `message`
+(for people) and `status` (the HTTP status, 0 when no response arrived).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class MyceliumError(Exception):
+    """Base class of every error the client raises."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "error",
+        status: int = 0,
+        details: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.status = status
+        self.details = details
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = f", HTTP {self.status}" if self.status else ""
+        return f"{self.message} ({self.reason}{where})"
+
+
+class InvalidArgument(MyceliumError):
+    """An argument was refused, by the client before sending or by the SQL."""
+
+
+class InvalidAmount(InvalidArgument):
+    """An amount is not a positive decimal with at most 6 fractional digits (or is a float)."""
+
+
+class InsufficientCredits(MyceliumError):
+    """The account does not hold enough spendable credits."""
+
+
+class NotAuthorized(MyceliumError):
+    """Not signed in, a bad or expired token, or a role that may not do this."""
+
+
+class NotFound(MyceliumError):
+    """The user, package or row does not exist (or is not visible to you)."""
+
+
+class Conflict(MyceliumError):
+    """The request contradicts what exists: a reused idempotency key, an inactive package, ..."""
+
+
+class ServiceUnavailable(MyceliumError):
+    """The service could not be reached or answered with a server error, retries included."""
+
+
+class ConfigurationError(MyceliumError):
+    """The client is missing a setting (an environment variable, a database URL)."""
+
+
+# Stable reasons from the SQL (`mycelium_private.fail`), and PostgREST's own codes worth naming.
+_BY_REASON: dict[str, type[MyceliumError]] = {
+    "insufficient_credits": InsufficientCredits,
+    "invalid_amount": InvalidAmount,
+    "invalid_argument": InvalidArgument,
+    "self_transfer": InvalidArgument,
+    "not_authorized": NotAuthorized,
+    "not_found": NotFound,
+    "unknown_recipient": NotFound,
+    "duplicate_reference": Conflict,
+    "package_inactive": Conflict,
+    "append_only": Conflict,
+    "42501": NotAuthorized,  # insufficient_privilege
+    "22P02": InvalidArgument,  # invalid text representation (a malformed uuid, ...)
+    "22023": InvalidArgument,  # invalid parameter value
+    "23505": Conflict,  # unique violation
+    "PGRST116": NotFound,  # an object was asked for and no row matched
+    "PGRST202": NotFound,  # no such function (or not yet in PostgREST's schema cache)
+    "PGRST205": NotFound,  # no such table
+}
+_BY_STATUS: dict[int, type[MyceliumError]] = {
+    400: InvalidArgument,
+    401: NotAuthorized,
+    403: NotAuthorized,
+    404: NotFound,
+    406: NotFound,
+    409: Conflict,
+    422: InvalidArgument,
+}
+
+
+def error_class(reason: str, status: int) -> type[MyceliumError]:
+    """The class for a reason, else for the HTTP status."""
+    if reason in _BY_REASON:
+        return _BY_REASON[reason]
+    if status >= 500:
+        return ServiceUnavailable
+    return _BY_STATUS.get(status, MyceliumError)
+
+
+def from_body(status: int, body: Any) -> MyceliumError:
+    """The error for a PostgREST (or gateway) error response body, whatever its shape."""
+    fields: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
+    reason = str(fields.get("code") or f"http_{status}")
+    message = str(fields.get("message") or fields.get("msg") or body or f"HTTP {status}")
+    details, hint = fields.get("details"), fields.get("hint")
+    cls = error_class(reason, status)
+    return cls(
+        message,
+        reason=reason,
+        status=status,
+        details=None if details is None else str(details),
+        hint=None if hint is None else str(hint),
+    )
