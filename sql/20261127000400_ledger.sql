@@ -89,7 +89,6 @@ comment on table public.credit_transactions is
 
 create index credit_transactions_user_history_idx on public.credit_transactions (user_id, created_at, id);
 create index credit_transactions_transfer_idx on public.credit_transactions (transfer_id);
-create index credit_transactions_kind_day_idx on public.credit_transactions (created_at, kind) include (user_id, amount);
 
 create table public.credit_lots (
   id bigint generated always as identity primary key,
@@ -98,6 +97,9 @@ create table public.credit_lots (
   remaining numeric not null check (remaining >= 0),
   expires_at timestamptz,
   source_transfer_id uuid references mycelium_private.transfers (id),
+  -- Indexed instead of `remaining > 0`, so that changing `remaining` of a lot that stays live
+  -- (every payment from the non-expiring lot) is a HOT update touching no index.
+  live boolean generated always as (remaining > 0) stored,
   created_at timestamptz not null default now(),
   check (remaining <= amount)
 ) with (fillfactor = 70);
@@ -106,9 +108,9 @@ comment on table public.credit_lots is
 
 create unique index credit_lots_permanent_key on public.credit_lots (user_id) where expires_at is null;
 create index credit_lots_expiring_idx on public.credit_lots (user_id, expires_at, id)
-  where expires_at is not null and remaining > 0;
+  where expires_at is not null and live;
 create index credit_lots_sweep_idx on public.credit_lots (expires_at)
-  where expires_at is not null and remaining > 0;
+  where expires_at is not null and live;
 
 -- Append-only ledger, for every role.
 create trigger transfers_append_only
@@ -207,7 +209,7 @@ begin
   return (
     select a.balance - coalesce((
       select sum(l.remaining) from public.credit_lots l
-      where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= now()
+      where l.user_id = p_user and l.expires_at is not null and l.live and l.expires_at <= now()
     ), 0)
     from public.credit_accounts a where a.user_id = p_user
   );
@@ -247,7 +249,7 @@ begin
          count(*) filter (where l.expires_at > now())
   into expired, live_lots
   from public.credit_lots l
-  where l.user_id = p_user and l.expires_at is not null and l.remaining > 0;
+  where l.user_id = p_user and l.expires_at is not null and l.live;
   if new_balance < expired then
     perform mycelium_private.fail('insufficient_credits',
       format('insufficient credits: %s available, %s needed', new_balance + p_amount - expired, p_amount), 409);
@@ -256,7 +258,7 @@ begin
   if live_lots > 0 then
     for lot in
       select l.id, l.remaining from public.credit_lots l
-      where l.user_id = p_user and l.expires_at is not null and l.remaining > 0 and l.expires_at > now()
+      where l.user_id = p_user and l.expires_at is not null and l.live and l.expires_at > now()
       order by l.expires_at, l.id
     loop
       taken := least(lot.remaining, left_to_take);

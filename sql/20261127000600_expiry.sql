@@ -24,7 +24,7 @@ begin
 
   for v_user in
     select distinct l.user_id from public.credit_lots l
-    where l.expires_at is not null and l.remaining > 0 and l.expires_at <= v_as_of
+    where l.expires_at is not null and l.live and l.expires_at <= v_as_of
     order by l.user_id
   loop
     perform mycelium_private.lock_accounts(v_user);
@@ -32,7 +32,7 @@ begin
     -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
     for v_lot in
       select l.id, l.remaining, l.expires_at from public.credit_lots l
-      where l.user_id = v_user and l.expires_at is not null and l.remaining > 0 and l.expires_at <= v_as_of
+      where l.user_id = v_user and l.expires_at is not null and l.live and l.expires_at <= v_as_of
       order by l.expires_at, l.id
     loop
       insert into mycelium_private.transfers

@@ -160,27 +160,32 @@ as $$
 declare
   v_to date := coalesce(to_day, (now() at time zone 'UTC')::date);
   v_from date := coalesce(from_day, v_to - 29);
-  v_kinds text[];
+  v_spenders boolean;
 begin
   perform mycelium_private.require_admin();
-  if direction = 'spenders' then
-    v_kinds := array['transfer_out', 'order_payment'];
-  elsif direction = 'earners' then
-    v_kinds := array['transfer_in', 'provider_earning'];
+  if direction in ('spenders', 'earners') then
+    v_spenders := direction = 'spenders';
   else
     perform mycelium_private.fail('invalid_argument', 'direction must be spenders or earners');
   end if;
   if max_rows is null or max_rows < 1 or max_rows > 1000 then
     perform mycelium_private.fail('invalid_argument', 'max_rows must be between 1 and 1000');
   end if;
+  -- Spenders: credits sent or paid by users; earners: credits users received or earned from
+  -- other users. A range scan of transfers(created_at).
   return query
-  select e.user_id, p.email, abs(sum(e.amount)), count(*)
-  from public.credit_transactions e
-  left join public.profiles p on p.id = e.user_id
-  where e.created_at >= (v_from::timestamp at time zone 'UTC')
-    and e.created_at < ((v_to + 1)::timestamp at time zone 'UTC')
-    and e.kind = any (v_kinds)
-  group by e.user_id, p.email
+  with moved as (
+    select case when v_spenders then t.from_user else t.to_user end as who, t.amount
+    from mycelium_private.transfers t
+    where t.created_at >= (v_from::timestamp at time zone 'UTC')
+      and t.created_at < ((v_to + 1)::timestamp at time zone 'UTC')
+      and t.kind in ('transfer', 'order_payment', 'provider_earning')
+  )
+  select m.who, p.email, sum(m.amount), count(*)
+  from moved m
+  left join public.profiles p on p.id = m.who
+  where m.who is not null
+  group by m.who, p.email
   order by 3 desc, 1
   limit max_rows;
 end;
