@@ -71,8 +71,11 @@ create index transfers_to_system_idx on mycelium_private.transfers (to_system, c
 
 create table public.credit_transactions (
   id bigint generated always as identity primary key,
-  transfer_id uuid not null references mycelium_private.transfers (id),
-  user_id uuid not null references public.credit_accounts (user_id),
+  -- No foreign keys on this hot table (they cost a locking lookup per entry): entries are written
+  -- only by the security definer functions, next to their transfer and under their account's
+  -- lock, and audit_ledger() checks that every entry has its transfer and its account.
+  transfer_id uuid not null,
+  user_id uuid not null,
   amount numeric not null check (amount <> 0 and amount <> 'NaN'::numeric),
   kind text not null check (kind in (
     'purchase', 'grant', 'transfer_in', 'transfer_out', 'expiry', 'legacy_migration',
@@ -88,7 +91,8 @@ comment on table public.credit_transactions is
   'Your credit movements: signed amount, kind, the balance it produced. Append-only; each user sees their own.';
 
 create index credit_transactions_user_history_idx on public.credit_transactions (user_id, created_at, id);
-create index credit_transactions_transfer_idx on public.credit_transactions (transfer_id);
+-- An entry is found from its transfer through (user_id, created_at): both rows of a movement
+-- carry the same transaction timestamp.
 
 create table public.credit_lots (
   id bigint generated always as identity primary key,

@@ -62,7 +62,7 @@ begin
     'expires_at', t.expires_at,
     'created_at', t.created_at,
     'balance_after', (select e.balance_after from public.credit_transactions e
-                      where e.transfer_id = t.id and e.user_id = p_viewer)
+                      where e.user_id = p_viewer and e.created_at = t.created_at and e.transfer_id = t.id)
   )
   from mycelium_private.transfers t
   where t.id = p_transfer
@@ -75,12 +75,12 @@ create or replace function mycelium_private.movement_object(
   p_transfer uuid, p_kind text, p_amount numeric, p_from uuid, p_to uuid, p_usd numeric, p_package uuid,
   p_memo text, p_reference text, p_expires_at timestamptz, p_created_at timestamptz, p_balance_after numeric)
 returns jsonb
-language plpgsql
-immutable
-set search_path = ''
+language sql
+stable
+-- No SET clause and stable like jsonb_build_object, so that it is inlined into its callers; it
+-- names nothing outside pg_catalog.
 as $$
-begin
-  return jsonb_build_object(
+  select jsonb_build_object(
     'transfer_id', p_transfer,
     'kind', p_kind,
     'amount', p_amount,
@@ -93,8 +93,7 @@ begin
     'expires_at', p_expires_at,
     'created_at', p_created_at,
     'balance_after', p_balance_after
-  );
-end;
+  )
 $$;
 
 -- ---------------------------------------------------------------------------------------
@@ -222,13 +221,20 @@ begin
 end;
 $$;
 
-create or replace function mycelium_private.transfer(
-  p_sender uuid, p_recipient uuid, p_amount numeric, p_memo text, p_key text)
+create or replace function public.transfer_credits(
+  recipient uuid,
+  amount numeric,
+  memo text default null,
+  idempotency_key text default null
+)
 returns jsonb
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
+  p_sender uuid := auth.uid();
+  p_recipient uuid := transfer_credits.recipient;
   v_amount numeric;
   v_memo text;
   v_key text;
@@ -238,9 +244,12 @@ declare
   v_sender_balance numeric;
   v_recipient_balance numeric;
 begin
-  v_amount := mycelium_private.check_amount(p_amount);
-  v_memo := mycelium_private.check_text(p_memo, 'memo', 500);
-  v_key := mycelium_private.check_text(p_key, 'idempotency_key', 200);
+  if p_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
+    perform mycelium_private.fail('not_authorized', 'sign in to transfer credits', 403);
+  end if;
+  v_amount := mycelium_private.check_amount(transfer_credits.amount);
+  v_memo := mycelium_private.check_text(transfer_credits.memo, 'memo', 500);
+  v_key := mycelium_private.check_text(transfer_credits.idempotency_key, 'idempotency_key', 200);
   if p_recipient is null then
     perform mycelium_private.fail('invalid_argument', 'recipient is required');
   end if;
@@ -262,7 +271,6 @@ begin
 
   -- Claim the idempotency key first: a concurrent retry with the same key waits on the unique
   -- index until this transaction ends, then finds the first transfer.
-
   insert into mycelium_private.transfers
     (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
   values
@@ -294,27 +302,6 @@ begin
 end;
 $$;
 
-create or replace function public.transfer_credits(
-  recipient uuid,
-  amount numeric,
-  memo text default null,
-  idempotency_key text default null
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_sender uuid := auth.uid();
-begin
-  if v_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
-    perform mycelium_private.fail('not_authorized', 'sign in to transfer credits', 403);
-  end if;
-  return mycelium_private.transfer(v_sender, transfer_credits.recipient, transfer_credits.amount,
-                                   transfer_credits.memo, transfer_credits.idempotency_key);
-end;
-$$;
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/grant_credits: admins and service_role; promotional credits, optionally expiring.

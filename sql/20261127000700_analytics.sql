@@ -251,6 +251,10 @@ as $$
   select 'entries_without_account', s.user_id::text, format('entries sum to %s', s.total)
   from entry_sums s where not exists (select 1 from public.credit_accounts a where a.user_id = s.user_id)
   union all
+  select 'entry_without_transfer', e.id::text, format('entry of %s for transfer %s', e.amount, e.transfer_id)
+  from public.credit_transactions e
+  where not exists (select 1 from mycelium_private.transfers t where t.id = e.transfer_id)
+  union all
   select 'lots_equal_balance', a.user_id::text,
          format('balance %s but lots hold %s', a.balance, coalesce(l.total, 0))
   from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
