@@ -6,7 +6,8 @@ private Broadcast topic `balance:<user_id>`; when the project refuses it, fall b
 Changes on the user's `credit_accounts` row. Heartbeats detect a dead connection; a dropped
 connection or a closed channel is rejoined with backoff, with the freshest access token, and a
 refreshed token is pushed to the joined channel. After each (re)join the balance is read once
-over REST, so a change made while disconnected is still delivered.
+over REST, so a change made while disconnected is still delivered. (Changes committed while that
+read is under way may arrive just after it; the last change delivered is always the latest.)
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class BalanceChannel:
                 ) as socket:
                     await self._join(socket)
                     failures = 0
-                    self.subscribed.set()
                     await self._deliver(emit, self._from_balance(await self.resync()))
+                    self.subscribed.set()
                     await self._listen(socket, emit)
                 failures += 1  # the server ended the connection
             except _Rejoin:

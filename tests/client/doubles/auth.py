@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -54,12 +55,12 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class AuthFailure(Exception):
-    def __init__(self, status: int, error_code: str, msg: str) -> None:
+    def __init__(self, status: int, error_code: str, msg: str, **extra: Any) -> None:
         super().__init__(msg)
-        self.status, self.error_code, self.msg = status, error_code, msg
+        self.status, self.error_code, self.msg, self.extra = status, error_code, msg, extra
 
     def body(self) -> dict[str, Any]:  # ErrorSchema
-        return {"code": self.status, "error_code": self.error_code, "msg": self.msg}
+        return {"code": self.status, "error_code": self.error_code, "msg": self.msg, **self.extra}
 
 
 @dataclass
@@ -112,7 +113,7 @@ class AuthDouble:
             f"{method} {url.path}" + (f"?grant_type={query['grant_type']}" if "grant_type" in query else "")
         )
         bearer = (handler.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        routes = {
+        routes: dict[tuple[str, str], Callable[..., tuple[int, Any]]] = {
             ("POST", "/signup"): self.signup,
             ("POST", "/token"): self.token,
             ("GET", "/user"): self.user,
@@ -218,7 +219,12 @@ class AuthDouble:
         if "@" not in email:
             raise AuthFailure(400, "validation_failed", "Unable to validate email address: invalid format")
         if len(password) < 6:
-            raise AuthFailure(422, "weak_password", "Password should be at least 6 characters.")
+            raise AuthFailure(
+                422,
+                "weak_password",
+                "Password should be at least 6 characters.",
+                weak_password={"reasons": ["length"]},
+            )
         try:
             row = self._insert_user(email, password, body.get("data") or {}, confirmed=True)
         except AuthFailure:

@@ -304,7 +304,7 @@ class RealtimeDouble:
         self,
         claims: dict[str, Any],
         topic: str | None,
-        query: psycopg.sql.Composable,
+        query: psycopg.sql.Composed | psycopg.sql.SQL,
         params: tuple[Any, ...],
         probe_topic: bool = False,
     ) -> bool:

@@ -1,0 +1,80 @@
+"""`client.admin` end to end: purchases, grants, configuration, roles, analytics, audit, expiry."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from mycelium_client import Conflict, MovementKind, NotAuthorized, RoleName, TransactionKind
+from tests.client.conftest import MakeAccount, Target
+
+
+def test_purchase_for_a_confirmed_payment_is_applied_once(target: Target, account: MakeAccount) -> None:
+    user = account()
+    admin = target.service().admin
+    reference = f"stripe-{uuid.uuid4()}"
+    first = admin.purchase_credits(user.id, "12.50", reference)
+    assert first.kind is MovementKind.PURCHASE and first.usd_amount == Decimal("12.50")
+    assert admin.purchase_credits(user.id, "12.50", reference) == first
+    with pytest.raises(Conflict):
+        admin.purchase_credits(user.id, "13", reference)
+    assert user.client.credits.balance().balance == first.amount
+
+
+def test_grants_optionally_expire_and_the_sweep_takes_them(target: Target, account: MakeAccount) -> None:
+    user = account()
+    admin = target.service().admin
+    soon = datetime.now(UTC) + timedelta(days=1)
+    grant = admin.grant_credits(user.id, "3.5", "trial", expires_at=soon)
+    assert grant.kind is MovementKind.GRANT and grant.expires_at == soon
+    with target.connect() as conn:  # let the lot run out
+        conn.execute(
+            "update public.credit_lots set expires_at = now() - interval '1 minute' "
+            "where source_transfer_id = %s",
+            (grant.transfer_id,),
+        )
+    swept = admin.expire_credits()
+    assert swept.lots_expired >= 1 and swept.credits_expired >= Decimal("3.5")
+    assert user.client.credits.balance().balance == 0
+    assert next(user.client.credits.history()).kind is TransactionKind.EXPIRY
+
+
+def test_credit_config_changes_and_comes_back(target: Target) -> None:
+    admin = target.service().admin
+    before = target.client().credits.config()
+    try:
+        changed = admin.set_credit_config(usd_rate="0.25", symbol="cr")
+        assert changed.usd_rate == Decimal("0.25") and changed.symbol == "cr" and changed.code == before.code
+        fresh = target.client().credits
+        assert fresh.format("1000") == "1,000.00 cr" and fresh.to_usd(8) == 2
+    finally:
+        admin.set_credit_config(usd_rate=before.usd_rate, symbol=before.symbol)
+
+
+def test_roles(target: Target, account: MakeAccount) -> None:
+    user = account()
+    admin = target.service().admin
+    granted = admin.grant_role(user.id, RoleName.FARMER)
+    assert granted.role is RoleName.FARMER and granted.granted
+    assert not admin.revoke_role(user.id, "farmer").granted
+    with pytest.raises(NotAuthorized):
+        user.client.admin.grant_role(user.id, RoleName.ADMIN)
+
+
+def test_an_admin_user_reads_analytics_and_audits_the_ledger(target: Target, account: MakeAccount) -> None:
+    sender, recipient = account(funded=4), account()
+    sender.client.credits.transfer(recipient.id, 1)
+    boss = account()
+    target.service().admin.grant_role(boss.id, RoleName.ADMIN)
+    admin = boss.client.admin
+    assert admin.audit_ledger() == []
+    summary = admin.credit_summary()
+    assert summary.issued >= 4 and summary.user_accounts >= 2 and isinstance(summary.circulation, Decimal)
+    today = datetime.now(UTC).date()
+    days = admin.daily_stats(today - timedelta(days=2), today)
+    assert [day.day for day in days][-1] == today and days[-1].transferred >= 1
+    spenders = admin.top_users("spenders", limit=1000)
+    assert any(row.user_id == sender.id and row.total >= 1 for row in spenders)
