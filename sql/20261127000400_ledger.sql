@@ -220,45 +220,31 @@ begin
 end;
 $$;
 
--- Take `amount` from a user account: from unexpired expiring lots, soonest expiry first, then
--- from the non-expiring lot; never from an expired lot. The UPDATE of the balance is what locks
--- the account (callers order their account updates by user_id). Returns the new balance.
-create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric)
+-- After `p_amount` was taken from the balance of `p_user` (now `p_new_balance`, account locked):
+-- refuse when what is left does not cover the expired, unswept lots (not spendable), then take
+-- the amount from unexpired expiring lots, soonest expiry first. Returns what is left to take
+-- from the non-expiring lot. Never touches an expired lot.
+create or replace function mycelium_private.spend_expiring_lots(p_user uuid, p_amount numeric, p_new_balance numeric)
 returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  new_balance numeric;
   expired numeric;
   live_lots integer;
   left_to_take numeric := p_amount;
   lot record;
   taken numeric;
 begin
-  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
-  where user_id = p_user and balance >= p_amount
-  returning balance into new_balance;
-  if not found then
-    select a.balance into new_balance from public.credit_accounts a where a.user_id = p_user;
-    if not found then
-      perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
-    end if;
-    perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', mycelium_private.spendable(p_user), p_amount), 409);
-  end if;
-
-  -- Credits in expired, unswept lots are in the balance but not spendable.
   select coalesce(sum(l.remaining) filter (where l.expires_at <= now()), 0),
          count(*) filter (where l.expires_at > now())
   into expired, live_lots
   from public.credit_lots l
   where l.user_id = p_user and l.expires_at is not null and l.live;
-  if new_balance < expired then
+  if p_new_balance < expired then
     perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', new_balance + p_amount - expired, p_amount), 409);
+      format('insufficient credits: %s available, %s needed', p_new_balance + p_amount - expired, p_amount), 409);
   end if;
-
   if live_lots > 0 then
     for lot in
       select l.id, l.remaining from public.credit_lots l
@@ -271,6 +257,45 @@ begin
       exit when left_to_take = 0;
     end loop;
   end if;
+  return left_to_take;
+end;
+$$;
+
+-- The UPDATE that takes `p_amount` from a balance; it is what locks the account (callers order
+-- their account updates by user_id). Fails with insufficient_credits or not_found.
+create or replace function mycelium_private.take_balance(p_user uuid, p_amount numeric)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  new_balance numeric;
+begin
+  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
+  where user_id = p_user and balance >= p_amount
+  returning balance into new_balance;
+  if not found then
+    if not exists (select 1 from public.credit_accounts a where a.user_id = p_user) then
+      perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
+    end if;
+    perform mycelium_private.fail('insufficient_credits',
+      format('insufficient credits: %s available, %s needed', mycelium_private.spendable(p_user), p_amount), 409);
+  end if;
+  return new_balance;
+end;
+$$;
+
+-- Take `amount` from a user account: from unexpired expiring lots, soonest expiry first, then
+-- from the non-expiring lot; never from an expired lot. Returns the new balance.
+create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  new_balance numeric := mycelium_private.take_balance(p_user, p_amount);
+  left_to_take numeric := mycelium_private.spend_expiring_lots(p_user, p_amount, new_balance);
+begin
   if left_to_take > 0 then
     update public.credit_lots set remaining = remaining - left_to_take
     where user_id = p_user and expires_at is null;

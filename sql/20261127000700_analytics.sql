@@ -48,6 +48,10 @@ revoke all on public.credit_daily_activity, public.credit_monthly_activity, publ
 grant select on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
   to authenticated, service_role;
 
+-- Spending by orders (issue 4) summed without scanning every transfer.
+create index transfers_order_payment_idx on mycelium_private.transfers (created_at) include (amount)
+  where kind = 'order_payment';
+
 -- ---------------------------------------------------------------------------------------
 -- Platform, per UTC day: issued (purchases + grants), spent, transferred between users,
 -- expired, platform revenue, and credits in circulation (held by users) at the end of the day.

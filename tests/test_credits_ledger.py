@@ -338,3 +338,31 @@ def test_credit_history_pages_by_cursor_and_shows_only_own_rows(
     assert len(seen) == 8 and seen == sorted(seen, reverse=True)
     assert len(ok(bob.api.rpc("credit_history"))) == 7
     assert ok(service_api.rpc("credit_history")) == []
+
+
+def test_package_with_validity_makes_an_expiring_lot(service_api: Api, make_user: MakeUser) -> None:
+    admin, user = make_user("admin"), make_user()
+    created = admin.api.post(
+        "/credit_packages",
+        {
+            "name": f"Trial {uuid.uuid4().hex[:8]}",
+            "price_usd": "5",
+            "bonus_credits": "1",
+            "expires_after": "30 days",
+        },
+    )
+    assert created.status_code == 201, created.text
+    package = body(created)[0]
+    result = buy(service_api, user, "5", package_id=package["id"])
+    assert result["amount"] == D("6") and result["expires_at"] is not None
+    lots = ok(user.api.get("/credit_lots", expires_at="not.is.null"))
+    assert [(D(str(lot["amount"])), D(str(lot["remaining"]))) for lot in lots] == [(D(6), D(6))]
+
+
+def test_only_the_service_role_records_purchases(make_user: MakeUser) -> None:
+    admin = make_user("admin")
+    refused = admin.api.rpc(
+        "purchase_credits", user_id=admin.id, usd_amount="100", payment_reference=f"self-{uuid.uuid4()}"
+    )
+    assert refused.status_code in (401, 403), refused.text
+    assert balance(admin) == 0
