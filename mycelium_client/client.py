@@ -11,11 +11,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import supabase
 from supabase.lib.client_options import AsyncClientOptions, SyncClientOptions
 from supabase_auth.types import AuthChangeEvent
 from supabase_auth.types import Session as GoTrueSession
 
-import supabase
 from mycelium_client._http import AsyncTransport, Credentials, RetryPolicy, SyncTransport
 from mycelium_client._identity import Identity, Project
 from mycelium_client._realtime import WatchSettings
