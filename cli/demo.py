@@ -1,18 +1,15 @@
 """`mycelium demo`: bring up the local stack and walk through the credits, printing each step.
 
-Everything goes through the gateway and PostgREST with real keys and user tokens, exactly as a
-service or a dashboard would call it; the business rules that answer are the SQL in `sql/`.
+Everything goes through `mycelium_client`, the gateway and PostgREST with real keys and user
+tokens, exactly as a service or a dashboard would; the business rules that answer are `sql/`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import psycopg
 import typer
 
@@ -20,35 +17,8 @@ from cli import keys, migrations
 from cli.common import DevDirOption, JsonOption, reported
 from cli.dev.stack import DEFAULT_DIR, LocalStack
 from cli.dev.users import create_user
-from cli.errors import CliError
 from cli.output import emit_json, progress, say, table
-
-
-class _Rest:
-    def __init__(self, stack: LocalStack, token: str) -> None:
-        self.client = httpx.Client(
-            base_url=f"{stack.api_url}/rest/v1",
-            headers={"apikey": stack.anon_key, "Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-    def _result(self, response: httpx.Response) -> Any:
-        # parse_float=Decimal: amounts never pass through a binary float.
-        data = json.loads(response.text or "null", parse_float=Decimal)
-        if response.is_error:
-            reason = data.get("code") if isinstance(data, dict) else response.status_code
-            message = data.get("message") if isinstance(data, dict) else response.text
-            raise CliError(f"{response.request.url.path}: {reason}: {message}")
-        return data
-
-    def rpc(self, name: str, **args: object) -> Any:
-        body = json.dumps(args, default=str)
-        return self._result(
-            self.client.post(f"/rpc/{name}", content=body, headers={"Content-Type": "application/json"})
-        )
-
-    def get(self, path: str, **params: str) -> Any:
-        return self._result(self.client.get(path, params=params))
+from mycelium_client import InsufficientCredits, MyceliumClient
 
 
 @reported
@@ -68,64 +38,65 @@ def demo(
     # A stack started before the latest migrations gets them now (a no-op otherwise).
     with migrations.connect(stack.db_url) as conn:
         migrations.push(conn, migrations.discover(stack.sql_dir))
-    anon = _Rest(stack, stack.anon_key)
-    service = _Rest(stack, stack.service_role_key)
 
-    config = anon.get("/credit_config", select="credit_display_name,credit_symbol,tfc_to_usd_rate")[0]
-    log(
-        f"[bold]1.[/bold] Anyone can read the credit configuration: {config['credit_display_name']} "
-        f"({config['credit_symbol']}), 1 {config['credit_symbol']} = {config['tfc_to_usd_rate']} USD"
-    )
+    with (
+        MyceliumClient(stack.api_url, stack.anon_key) as public,
+        MyceliumClient(stack.api_url, stack.service_role_key) as service,
+    ):
+        config = public.credits.config()
+        log(
+            f"[bold]1.[/bold] Anyone can read the credit configuration: {config.name} "
+            f"({config.symbol}), 1 {config.symbol} = {config.usd_rate} USD"
+        )
 
-    run = uuid.uuid4().hex[:6]
-    with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
-        alice = create_user(conn, f"alice-{run}@demo.test")
-        bob = create_user(conn, f"bob-{run}@demo.test")
-    as_alice = _Rest(stack, keys.access_token(stack.jwt_secret, alice.id, email=alice.email))
-    as_bob = _Rest(stack, keys.access_token(stack.jwt_secret, bob.id, email=bob.email))
-    log(f"[bold]2.[/bold] Two users sign up: {alice.email} and {bob.email} (each gets a credit account)")
+        run = uuid.uuid4().hex[:6]
+        with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
+            alice = create_user(conn, f"alice-{run}@demo.test")
+            bob = create_user(conn, f"bob-{run}@demo.test")
+        as_alice = public.as_user(keys.access_token(stack.jwt_secret, alice.id, email=alice.email))
+        as_bob = public.as_user(keys.access_token(stack.jwt_secret, bob.id, email=bob.email))
+        log(f"[bold]2.[/bold] Two users sign up: {alice.email} and {bob.email} (each gets a credit account)")
 
-    payment = f"demo-payment-{run}"
-    service.rpc("purchase_credits", user_id=str(alice.id), usd_amount="100.00", payment_reference=payment)
-    again = service.rpc(
-        "purchase_credits", user_id=str(alice.id), usd_amount="100.00", payment_reference=payment
-    )
-    log(
-        f"[bold]3.[/bold] The payment service confirms a 100 USD payment for Alice; retried, it moves "
-        f"nothing more (balance after: {again['balance_after']})"
-    )
+        payment = f"demo-payment-{run}"
+        service.admin.purchase_credits(alice.id, "100.00", payment)
+        replay = service.admin.purchase_credits(alice.id, "100.00", payment)
+        log(
+            "[bold]3.[/bold] The payment service confirms a 100 USD payment for Alice; retried, it moves "
+            f"nothing more (balance after: {public.credits.format(replay.balance_after or 0)})"
+        )
 
-    as_alice.rpc(
-        "transfer_credits", recipient=str(bob.id), amount="25.5", memo="for the gateway", idempotency_key=run
-    )
-    log("[bold]4.[/bold] Alice sends Bob 25.5 credits")
+        as_alice.credits.transfer(bob.id, "25.5", memo="for the gateway")
+        log("[bold]4.[/bold] Alice sends Bob 25.5 credits")
 
-    try:
-        as_bob.rpc("transfer_credits", recipient=str(alice.id), amount="1000")
-    except CliError as refused:
-        log(f"[bold]5.[/bold] Bob tries to send 1000 he does not have: refused ({refused})")
+        try:
+            as_bob.credits.transfer(alice.id, "1000")
+        except InsufficientCredits as refused:
+            log(f"[bold]5.[/bold] Bob tries to send 1000 he does not have: refused ({refused.reason})")
 
-    balances = [
-        (who.email, as_user.get("/credit_accounts", select="balance")[0]["balance"])
-        for who, as_user in ((alice, as_alice), (bob, as_bob))
-    ]
-    rate = Decimal(str(config["tfc_to_usd_rate"]))
-    broken = service.rpc("audit_ledger")
-    summary = {
-        "balances": {email: str(balance) for email, balance in balances},
-        "ledger_audit": broken if broken else "clean",
-        "seconds": round(time.monotonic() - started, 1),
-        "env": stack.env(),
-    }
-    if as_json:
-        emit_json(summary)
-        return
-    table(
-        "Balances",
-        ["user", config["credit_symbol"], "USD"],
-        [(email, balance, Decimal(balance) * rate) for email, balance in balances],
-    )
-    say(f"Ledger audit: {broken if broken else 'clean'}. Done in {summary['seconds']} s.")
+        balances = [
+            (who.email, as_user.credits.balance().balance)
+            for who, as_user in ((alice, as_alice), (bob, as_bob))
+        ]
+        findings = service.admin.audit_ledger()
+        audit = "clean" if not findings else "; ".join(str(finding) for finding in findings)
+        summary = {
+            "balances": {email: str(balance) for email, balance in balances},
+            "ledger_audit": audit,
+            "seconds": round(time.monotonic() - started, 1),
+            "env": stack.env(),
+        }
+        if as_json:
+            emit_json(summary)
+            return
+        table(
+            "Balances",
+            ["user", "balance", "in USD"],
+            [
+                (email, public.credits.format(balance), public.credits.to_usd(balance))
+                for email, balance in balances
+            ],
+        )
+    say(f"Ledger audit: {audit}. Done in {summary['seconds']} s.")
     say("The stack keeps running; its settings (`mycelium dev env`):")
     for key, value in stack.env().items():
         typer.echo(f"{key}={value}")
