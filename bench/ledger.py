@@ -7,7 +7,9 @@ latencies that must not grow with the size of the ledger.
     .venv/bin/python bench/ledger.py --db-url postgresql://postgres@127.0.0.1:54322/postgres
                                                      # an existing database: direct SQL and pgbench only
 
-Every figure is measured in this one run. Targets (issue 3):
+Every figure is measured in this one run. Throughput measures run in rounds that interleave the
+pgbench yardstick with them; each keeps its best round (a shared machine's bursts of outside load
+then spoil a round, not one side of a ratio). Targets (issue 3):
   spread transfers    >= 0.8 x tpcb-like
   purchases           >= 0.8 x spread transfers
   one hot recipient   >= 0.6 x spread transfers
@@ -31,7 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,7 @@ class Target:
     anon_key: str | None = None
     service_role_key: str | None = None
     jwt_secret: str | None = None
+    postgrest_url: str | None = None  # PostgREST itself, behind no gateway (informational)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +92,27 @@ select public.purchase_credits(s.id, 1, 'bench-' || gen_random_uuid())
 from mycelium_bench.users s where s.n = :a;
 """,
 }
+
+
+FEED_TRIGGER = "credit_accounts_notify_balance_feed"
+
+
+def without_notify_feed(admin_url: str, measure: Callable[[], float]) -> float | None:
+    """The same measure with the NOTIFY balance feed trigger (if present) disabled: NOTIFY takes a
+    database-wide lock at commit, which serialises every committing transfer. Informational."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        present = conn.execute(
+            "select 1 from pg_trigger where tgname = %s and tgrelid = 'public.credit_accounts'::regclass",
+            (FEED_TRIGGER,),
+        ).fetchone()
+        if not present:
+            return None
+        print("direct SQL: transfers with the NOTIFY balance feed disabled (informational)", flush=True)
+        conn.execute(f"alter table public.credit_accounts disable trigger {FEED_TRIGGER}")
+        try:
+            return measure()
+        finally:
+            conn.execute(f"alter table public.credit_accounts enable trigger {FEED_TRIGGER}")
 
 
 def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
@@ -145,13 +170,14 @@ def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
 
 
 def http_worker(
-    kind: str, target: Target, users: list[tuple[str, str]], seconds: float, seed: int
+    kind: str, target: Target, users: list[tuple[str, str]], seconds: float, seed: int, direct: bool = False
 ) -> tuple[int, int]:
     """Keep-alive HTTP/1.1 over a raw socket: the client costs little next to the server."""
     assert target.api_url and target.anon_key and target.service_role_key
     rng = random.Random(seed)
-    url = urlsplit(target.api_url)
+    url = urlsplit(target.postgrest_url if direct and target.postgrest_url else target.api_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
+    prefix = "" if direct else "/rest/v1"
     done = errors = 0
     sock: socket.socket | None = None
     reader: Any = None
@@ -164,11 +190,11 @@ def http_worker(
         if kind == "purchase":
             user_id, _ = rng.choice(users)
             key = target.service_role_key
-            path = "/rest/v1/rpc/purchase_credits"
+            path = f"{prefix}/rpc/purchase_credits"
             payload = {"user_id": user_id, "usd_amount": "1", "payment_reference": f"bench-{uuid.uuid4()}"}
         else:
             (_, key), (recipient, _) = rng.sample(users, 2)
-            path = "/rest/v1/rpc/transfer_credits"
+            path = f"{prefix}/rpc/transfer_credits"
             payload = {"recipient": recipient, "amount": "0.01"}
         content = json.dumps(payload).encode()
         request = (
@@ -355,8 +381,9 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 # ---------------------------------------------------------------------------------------------
 
 
-def pgbench_tps(db_url: str, seconds: float, scale: int) -> float:
-    """pgbench's built-in tpcb-like on a scratch database of the same server."""
+@contextmanager
+def pgbench_database(db_url: str, scale: int) -> Iterator[str]:
+    """A scratch database on the same server, initialised for pgbench's tpcb-like."""
     database = f"mycelium_pgbench_{os.getpid()}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
@@ -368,14 +395,16 @@ def pgbench_tps(db_url: str, seconds: float, scale: int) -> float:
             env=env,
             capture_output=True,
         )
-        return run_pgbench(
-            db_url,
-            database,
-            ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"],
-        )
+        yield database
     finally:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{database}" with (force)')
+
+
+def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
+    return run_pgbench(
+        db_url, database, ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,27 +443,44 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         conn.execute("grant usage on schema mycelium_bench to postgres")
         conn.execute("grant select on mycelium_bench.users to postgres")
 
-    print(f"pgbench tpcb-like, {WORKERS} clients, {seconds:.0f}s", flush=True)
-    results["tpcb"] = pgbench_tps(admin_url, seconds, args.pgbench_scale)
-    print("direct SQL: transfers between spread accounts", flush=True)
-    results["sql_transfer"] = sql_rate(target.db_url, "transfer", len(users), seconds)
-    print("direct SQL: purchases", flush=True)
-    results["sql_purchase"] = sql_rate(target.db_url, "purchase", len(users), seconds)
-    print("direct SQL: transfers all into one user account", flush=True)
-    results["sql_hot"] = sql_rate(target.db_url, "hot", len(users), seconds)
+    # Rounds interleave the yardstick and the measures, and each keeps its best round: on a
+    # shared machine a burst of outside load then hurts one round, not one side of a ratio.
+    samples: dict[str, list[float]] = {"tpcb": [], "sql_transfer": [], "sql_purchase": [], "sql_hot": []}
+    with pgbench_database(admin_url, args.pgbench_scale) as yardstick:
+        for round_number in range(1, args.rounds + 1):
+            print(
+                f"round {round_number}/{args.rounds} ({WORKERS} clients, {seconds:.0f}s each): "
+                "pgbench tpcb-like, direct SQL transfers (spread), purchases, transfers into one account",
+                flush=True,
+            )
+            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
+            samples["sql_transfer"].append(sql_rate(target.db_url, "transfer", len(users), seconds))
+            samples["sql_purchase"].append(sql_rate(target.db_url, "purchase", len(users), seconds))
+            samples["sql_hot"].append(sql_rate(target.db_url, "hot", len(users), seconds))
+    for name, values in samples.items():
+        results[name] = max(values)
+        print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
+    results["sql_transfer_no_feed"] = without_notify_feed(
+        admin_url, lambda: sql_rate(target.db_url, "transfer", len(users), seconds)
+    )
 
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
         tokens = [(u, access_token(target.jwt_secret, uuid.UUID(u), email=None)) for u in users]
-        print("PostgREST: transfers", flush=True)
-        results["http_transfer"] = run_parallel(
-            http_worker, [("transfer", target, tokens, seconds, i) for i in range(WORKERS)], seconds
-        )
-        print("PostgREST: purchases", flush=True)
-        results["http_purchase"] = run_parallel(
-            http_worker, [("purchase", target, tokens, seconds, i) for i in range(WORKERS)], seconds
-        )
+        for kind in ("transfer", "purchase"):
+            print(f"PostgREST: {kind}s, best of {args.rounds}", flush=True)
+            results[f"http_{kind}"] = max(
+                run_parallel(
+                    http_worker, [(kind, target, tokens, seconds, i) for i in range(WORKERS)], seconds
+                )
+                for _ in range(args.rounds)
+            )
+        if target.postgrest_url:
+            print("PostgREST without the gateway: transfers", flush=True)
+            results["direct_transfer"] = run_parallel(
+                http_worker, [("transfer", target, tokens, seconds, i, True) for i in range(WORKERS)], seconds
+            )
     else:
         results["http_transfer"] = results["http_purchase"] = None
 
@@ -478,10 +524,24 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             False,
         ),
         (
+            "  (direct SQL transfers, NOTIFY feed off)",
+            results.get("sql_transfer_no_feed"),
+            ratio(results.get("sql_transfer_no_feed"), tpcb),
+            None,
+            False,
+        ),
+        (
             "PostgREST transfers",
             results["http_transfer"],
             ratio(results["http_transfer"], results["sql_transfer"]),
             0.5,
+            False,
+        ),
+        (
+            "  (PostgREST transfers, no gateway)",
+            results.get("direct_transfer"),
+            ratio(results.get("direct_transfer"), results["sql_transfer"]),
+            None,
             False,
         ),
         (
@@ -530,7 +590,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--db-url", help="an existing database (role postgres); default: a fresh local stack")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput phase")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput phase")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per throughput measure (best is kept)")
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument(
         "--ledger-rows", type=int, default=1_000_000, help="ledger size for the large read test"
@@ -562,6 +623,7 @@ def main() -> int:
             anon_key=stack.anon_key,
             service_role_key=stack.service_role_key,
             jwt_secret=stack.jwt_secret,
+            postgrest_url=f"http://127.0.0.1:{stack.postgrest.port}",
         )
         return measure(target, args)
     finally:
