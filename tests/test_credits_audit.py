@@ -1,0 +1,48 @@
+"""audit_ledger() finds what is broken (SQL level: only a superuser can break the ledger)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import psycopg
+
+from tests.support import Api, User, body
+
+MakeUser = Callable[..., User]
+
+
+def test_audit_reports_each_broken_invariant(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    rich, poor, lonely = make_user(), make_user(), make_user()
+    for user in (rich, poor):
+        reply = service_api.rpc(
+            "purchase_credits", user_id=user.id, usd_amount="10", payment_reference=f"a-{uuid.uuid4()}"
+        )
+        assert reply.status_code == 200, reply.text
+    assert body(service_api.rpc("audit_ledger")) == []
+
+    with db.transaction(force_rollback=True):
+        # A balance changed behind the ledger's back.
+        db.execute("update public.credit_accounts set balance = balance + 1 where user_id = %s", (rich.id,))
+        # A lot that no longer matches its account.
+        db.execute(
+            "update public.credit_lots set amount = amount + 2, remaining = remaining + 2 "
+            "where user_id = %s and expires_at is null",
+            (poor.id,),
+        )
+        # A transfer without its entry (credits issued to nobody's history).
+        db.execute(
+            "insert into mycelium_private.transfers (kind, from_system, to_user, amount) "
+            "values ('grant', 'issuance', %s, 3)",
+            (lonely.id,),
+        )
+        found = {(check, subject) for check, subject, _ in db.execute("select * from public.audit_ledger()")}
+    assert ("sum_zero", "ledger") in found
+    assert ("balance_equals_entries", rich.id) in found
+    assert ("balance_after_of_last_entry", rich.id) in found
+    assert ("lots_equal_balance", rich.id) in found
+    assert ("lots_equal_balance", poor.id) in found
+    assert ("entries_equal_transfers", lonely.id) in found
+    assert body(service_api.rpc("audit_ledger")) == []
