@@ -55,8 +55,94 @@ create index transfers_order_payment_idx on mycelium_private.transfers (created_
 -- ---------------------------------------------------------------------------------------
 -- Platform, per UTC day: issued (purchases + grants), spent, transferred between users,
 -- expired, platform revenue, and credits in circulation (held by users) at the end of the day.
--- Range scans on transfers(created_at) and the system-account indexes.
+-- Complete days are rolled up once into mycelium_private.ledger_days (rpc/refresh_ledger_rollups,
+-- run by a scheduler; idempotent); what is not rolled up yet is summed live from transfers by
+-- range scans on transfers(created_at) and the system-account indexes. So a month of stats
+-- reads 30 roll-up rows plus today's transfers, however long the ledger.
 -- ---------------------------------------------------------------------------------------
+create table mycelium_private.ledger_days (
+  day date primary key,
+  issued numeric not null,
+  purchased numeric not null,
+  granted numeric not null,
+  transferred numeric not null,
+  spent numeric not null,
+  expired numeric not null,
+  platform_revenue numeric not null,
+  into_users numeric not null,
+  movements bigint not null,
+  rolled_up_at timestamptz not null default now()
+);
+alter table mycelium_private.ledger_days enable row level security;
+
+-- Live totals per UTC day of the transfers in [from_ts, to_ts).
+create or replace function mycelium_private.live_day_totals(from_ts timestamptz, to_ts timestamptz)
+returns table (
+  day date, issued numeric, purchased numeric, granted numeric, transferred numeric, spent numeric,
+  expired numeric, platform_revenue numeric, into_users numeric, movements bigint
+)
+language sql
+stable
+set search_path = ''
+as $$
+  select
+    (t.created_at at time zone 'UTC')::date,
+    coalesce(sum(t.amount) filter (where t.from_system = 'issuance'), 0),
+    coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0),
+    coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0),
+    coalesce(sum(t.amount) filter (where t.kind = 'transfer'), 0),
+    coalesce(sum(t.amount) filter (where t.kind = 'order_payment'), 0),
+    coalesce(sum(t.amount) filter (where t.to_system = 'expiry'), 0),
+    coalesce(sum(t.amount) filter (where t.to_system = 'platform_revenue'), 0)
+      - coalesce(sum(t.amount) filter (where t.from_system = 'platform_revenue'), 0),
+    coalesce(sum(t.amount) filter (where t.from_system is not null), 0)
+      - coalesce(sum(t.amount) filter (where t.to_system is not null), 0),
+    count(*)
+  from mycelium_private.transfers t
+  where t.created_at >= from_ts and t.created_at < to_ts
+  group by 1
+$$;
+
+-- rpc/refresh_ledger_rollups: roll up every complete UTC day not rolled up yet (a day counts as
+-- complete an hour after it ended, well past any transaction that started in it). Admins and
+-- service_role. Returns how many days were added.
+create or replace function public.refresh_ledger_rollups()
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_last_complete date := ((now() - interval '1 hour') at time zone 'UTC')::date - 1;
+  v_start date;
+  v_added integer;
+begin
+  perform mycelium_private.require_admin();
+  -- One refresh at a time.
+  perform pg_advisory_xact_lock(hashtext('mycelium_private.ledger_days'));
+  select max(d.day) + 1 into v_start from mycelium_private.ledger_days d;
+  if v_start is null then
+    select (min(t.created_at) at time zone 'UTC')::date into v_start from mycelium_private.transfers t;
+  end if;
+  if v_start is null or v_start > v_last_complete then
+    return 0;
+  end if;
+  insert into mycelium_private.ledger_days
+    (day, issued, purchased, granted, transferred, spent, expired, platform_revenue, into_users, movements)
+  select g.day::date,
+         coalesce(l.issued, 0), coalesce(l.purchased, 0), coalesce(l.granted, 0), coalesce(l.transferred, 0),
+         coalesce(l.spent, 0), coalesce(l.expired, 0), coalesce(l.platform_revenue, 0),
+         coalesce(l.into_users, 0), coalesce(l.movements, 0)
+  from generate_series(v_start, v_last_complete, interval '1 day') g(day)
+  left join mycelium_private.live_day_totals(
+    (v_start::timestamp at time zone 'UTC'), ((v_last_complete + 1)::timestamp at time zone 'UTC')) l
+    on l.day = g.day::date
+  on conflict (day) do nothing;
+  get diagnostics v_added = row_count;
+  return v_added;
+end;
+$$;
+
 create or replace function public.platform_daily_stats(from_day date default null, to_day date default null)
 returns table (
   day date,
@@ -80,39 +166,35 @@ declare
   v_from date := coalesce(from_day, v_to - 29);
   v_from_ts timestamptz := (v_from::timestamp at time zone 'UTC');
   v_to_ts timestamptz := ((v_to + 1)::timestamp at time zone 'UTC');
+  -- Days up to v_rolled are in ledger_days (contiguous by construction); later ones are live.
+  v_rolled date := (select max(d.day) from mycelium_private.ledger_days d);
+  v_live_from timestamptz := coalesce(((v_rolled + 1)::timestamp at time zone 'UTC'), '-infinity'::timestamptz);
   v_base numeric;
 begin
   perform mycelium_private.require_admin();
   if v_from > v_to or v_to - v_from > 3660 then
     perform mycelium_private.fail('invalid_argument', 'from_day must not be after to_day, and the range at most 10 years');
   end if;
-  -- Credits held by users before the range: everything systems paid out minus what they took back.
-  select coalesce((select sum(t.amount) from mycelium_private.transfers t
-                   where t.from_system is not null and t.created_at < v_from_ts), 0)
+  -- Credits held by users before the range: what systems paid out minus what they took back.
+  select coalesce((select sum(d.into_users) from mycelium_private.ledger_days d where d.day < v_from), 0)
+       + coalesce((select sum(t.amount) from mycelium_private.transfers t
+                   where t.from_system is not null and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
        - coalesce((select sum(t.amount) from mycelium_private.transfers t
-                   where t.to_system is not null and t.created_at < v_from_ts), 0)
+                   where t.to_system is not null and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
   into v_base;
 
   return query
   with days as (
-    select d::date as day from generate_series(v_from, v_to, interval '1 day') d
+    select g.d::date as day from generate_series(v_from, v_to, interval '1 day') g(d)
   ), per_day as (
-    select
-      (t.created_at at time zone 'UTC')::date as day,
-      sum(t.amount) filter (where t.from_system = 'issuance') as issued,
-      sum(t.amount) filter (where t.kind = 'purchase') as purchased,
-      sum(t.amount) filter (where t.kind = 'grant') as granted,
-      sum(t.amount) filter (where t.kind = 'transfer') as transferred,
-      sum(t.amount) filter (where t.kind = 'order_payment') as spent,
-      sum(t.amount) filter (where t.to_system = 'expiry') as expired,
-      coalesce(sum(t.amount) filter (where t.to_system = 'platform_revenue'), 0)
-        - coalesce(sum(t.amount) filter (where t.from_system = 'platform_revenue'), 0) as platform_revenue,
-      coalesce(sum(t.amount) filter (where t.from_system is not null), 0)
-        - coalesce(sum(t.amount) filter (where t.to_system is not null), 0) as into_users,
-      count(*) as movements
-    from mycelium_private.transfers t
-    where t.created_at >= v_from_ts and t.created_at < v_to_ts
-    group by 1
+    select d.day, d.issued, d.purchased, d.granted, d.transferred, d.spent, d.expired, d.platform_revenue,
+           d.into_users, d.movements
+    from mycelium_private.ledger_days d
+    where d.day >= v_from and d.day <= v_to
+    union all
+    select l.day, l.issued, l.purchased, l.granted, l.transferred, l.spent, l.expired, l.platform_revenue,
+           l.into_users, l.movements
+    from mycelium_private.live_day_totals(greatest(v_from_ts, v_live_from), v_to_ts) l
   )
   select
     d.day,
@@ -291,7 +373,9 @@ end;
 $$;
 
 revoke execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger() from public, anon;
+  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups()
+  from public, anon;
 grant execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger() to authenticated, service_role;
+  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups()
+  to authenticated, service_role;
 revoke execute on all functions in schema mycelium_private from public;

@@ -46,3 +46,34 @@ def test_audit_reports_each_broken_invariant(
     assert ("lots_equal_balance", poor.id) in found
     assert ("entries_equal_transfers", lonely.id) in found
     assert body(service_api.rpc("audit_ledger")) == []
+
+
+def test_daily_rollups_give_the_same_stats_as_live_sums(
+    make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    user = make_user()
+    stats = "select * from public.platform_daily_stats(current_date - 20, current_date)"
+    with db.transaction(force_rollback=True):
+        # Movements on past days (rolled back with everything else at the end).
+        db.execute(
+            "insert into mycelium_private.transfers (kind, from_system, to_user, amount, created_at) "
+            "select 'grant', 'issuance', %s, g, now() - g * interval '1 day' from generate_series(1, 15) g",
+            (user.id,),
+        )
+        live = db.execute(stats).fetchall()
+        added = db.execute("select public.refresh_ledger_rollups()").fetchone()
+        assert added is not None and added[0] >= 14
+        assert db.execute("select public.refresh_ledger_rollups()").fetchone() == (0,)
+        assert db.execute(stats).fetchall() == live
+        by_day = {row[0]: row for row in live}
+        assert all(
+            by_day[day][3] >= g
+            for day, g in db.execute(
+                "select (now() - g * interval '1 day')::date, g from generate_series(2, 14) g"
+            )
+        )
+
+
+def test_refresh_rollups_is_for_admins(make_user: MakeUser) -> None:
+    reply = make_user().api.rpc("refresh_ledger_rollups")
+    assert reply.status_code == 403 and body(reply)["code"] == "not_authorized"
