@@ -57,8 +57,14 @@ def test_balance_changes_are_broadcast_to_their_owner_only(
     payload = payloads[0]
     assert isinstance(payload, dict)
     assert payload["user_id"] == owner.id and str(payload["balance"]) == "7" and str(payload["held"]) == "0"
-    # Another user subscribing to the owner's topic receives nothing.
+    # Another user subscribing to the owner's topic receives nothing, and neither does anon.
     assert visible_broadcasts(db, other.id, topic) == []
+    with db.transaction():
+        db.execute("select set_config('realtime.topic', %s, true)", (topic,))
+        db.execute("set local role anon")
+        assert db.execute("select count(*) from realtime.messages where topic = %s", (topic,)).fetchone() == (
+            0,
+        )
     # And the owner's Postgres Changes stream carries only their own account row (RLS).
     rows = owner.api.get("/credit_accounts").json()
     assert [row["user_id"] for row in rows] == [owner.id]
