@@ -2,7 +2,7 @@
 --
 -- Every movement is one row in mycelium_private.transfers: a positive amount from one account
 -- to another. An account is either a user (credit_accounts.user_id) or a system account
--- (issuance, platform_revenue, expiry). User accounts keep their balance, updated in the same
+-- (issuance, platform_revenue, expiry; `holds` is reserved for orders). User accounts keep their balance, updated in the same
 -- transaction, and each user side of a transfer is an entry in public.credit_transactions that
 -- records the balance it produced. System accounts have no row (no hot row serialising every
 -- purchase): their balance is derived from the transfers. So the sum over all accounts is zero
@@ -11,6 +11,10 @@
 -- Lots: what a user holds is split into lots (public.credit_lots); the non-expiring credits
 -- of a user are ONE lot, credits with an expiry each form their own. An account's balance is
 -- always the sum of its lots' remaining amounts.
+--
+-- Kinds are CHECK constraints (not enums: a new enum value cannot be used in the transaction that
+-- adds it, and a push is one transaction). They already list the marketplace's kinds; to add one,
+-- drop the constraint and add the new list `not valid`, then `validate constraint`.
 --
 -- Lock order: a movement updates the user accounts it touches in ascending user_id order (the
 -- UPDATE of the balance is the lock), and touches lots only after its account's UPDATE. So two
@@ -176,7 +180,8 @@ create trigger mycelium_credit_account_on_user_created
 select mycelium_private.open_credit_account(u.id) from auth.users u;
 
 -- ---------------------------------------------------------------------------------------
--- Internal movement primitives. Callers validate, authorize and lock the accounts first.
+-- Internal movement primitives. Callers validate and authorize first, and touch at most two
+-- accounts, in ascending user_id order (an UPDATE of the balance, or lock_accounts, locks one).
 -- ---------------------------------------------------------------------------------------
 
 -- Lock one or two user accounts in ascending user_id order. Returns how many exist.
