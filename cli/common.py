@@ -6,6 +6,7 @@ import functools
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -13,6 +14,7 @@ import typer
 
 from cli.errors import CliError, UsageError
 from cli.output import fail
+from mycelium_client import MyceliumClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,3 +68,47 @@ def resolve_db_url(option: str | None) -> str:
     if stack.exists():
         return stack.db_url
     raise UsageError("no database given: pass --db-url, or set MYCELIUM_DB_URL or DATABASE_URL")
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The project's URL (the gateway); else SUPABASE_URL, or the local stack's."),
+]
+ServiceKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--service-key", help="The service_role key; else SUPABASE_SERVICE_ROLE_KEY, or the local stack's."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where the operator's commands reach the project, with the trusted service_role key."""
+
+    url: str
+    service_role_key: str
+
+
+def resolve_api(url: str | None, service_key: str | None) -> ApiSettings:
+    """Each setting from its flag, else the environment, else the running local stack in
+    `.mycelium` (`mycelium dev env`): the one place commands find the project."""
+    url = url or os.environ.get("SUPABASE_URL")
+    service_key = service_key or os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
+    if not (url and service_key):
+        from cli.dev.stack import LocalStack, default_directory
+
+        stack = LocalStack(default_directory())
+        if not stack.exists():
+            raise UsageError(
+                "no project given: pass --url and --service-key, set SUPABASE_URL and "
+                "SUPABASE_SERVICE_ROLE_KEY, or run `mycelium dev up`"
+            )
+        url, service_key = url or stack.api_url, service_key or stack.service_role_key
+    return ApiSettings(url.rstrip("/"), service_key)
+
+
+def service_client(url: str | None, service_key: str | None) -> MyceliumClient:
+    """A `MyceliumClient` acting as the trusted service (operators are trusted)."""
+    api = resolve_api(url, service_key)
+    return MyceliumClient(api.url, api.service_role_key)

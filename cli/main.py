@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import demo, sql_commands
+from cli import config_commands, credits_commands, demo, sql_commands
 from cli.common import show_tracebacks
 from cli.dev import commands as dev_commands
 
@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 app.add_typer(sql_commands.app, name="sql")
 app.add_typer(dev_commands.app, name="dev")
+app.add_typer(config_commands.app, name="config")
+app.add_typer(credits_commands.app, name="credits")
 app.command("demo")(demo.demo)
 
 

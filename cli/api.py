@@ -1,0 +1,98 @@
+"""What the operator commands over the API share: client errors as one line with the README's exit
+codes, and finding a user by e-mail address or id."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import ParamSpec, TypeVar
+
+import httpx
+
+from cli.common import ApiSettings
+from cli.errors import EXIT_USAGE, CliError, UsageError
+from mycelium_client import ConfigurationError, MyceliumError, ServiceUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def client_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """A refusal from the API fails the operation (exit 1); an unreachable or misconfigured
+    project is a connection problem (exit 2). Put it under `@reported`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (ServiceUnavailable, ConfigurationError) as error:
+            raise CliError(str(error), exit_code=EXIT_USAGE) from error
+        except MyceliumError as error:
+            raise CliError(str(error)) from error
+        except httpx.TransportError as error:
+            raise CliError(f"cannot reach the project: {error}", exit_code=EXIT_USAGE) from error
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class UserRef:
+    id: uuid.UUID
+    email: str | None
+
+
+def find_user(api: ApiSettings, who: str) -> UserRef:
+    """A user by id (taken as given: the API refuses an unknown one) or by e-mail address (any
+    case), looked up in the profiles the service may read."""
+    try:
+        return UserRef(uuid.UUID(who), None)
+    except ValueError:
+        if "@" not in who:
+            raise UsageError(f"{who!r} is neither a user id nor an e-mail address") from None
+    # ilike for case-insensitivity; LIKE's own wildcards in the address are escaped.
+    pattern = who.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    params = {"email": f"ilike.{pattern}"}
+    headers = {"apikey": api.service_role_key, "Authorization": f"Bearer {api.service_role_key}"}
+    response = httpx.get(
+        f"{api.url}/rest/v1/profiles", params={"select": "id,email", **params}, headers=headers, timeout=30
+    )
+    if response.status_code != 200:
+        raise CliError(f"cannot look up user {who}: HTTP {response.status_code} {response.text[:200]}")
+    rows = response.json()
+    if not rows:
+        raise CliError(f"no user {who}")
+    return UserRef(uuid.UUID(rows[0]["id"]), rows[0]["email"])
+
+
+def parse_decimal(text: str, what: str) -> Decimal:
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        raise UsageError(f"{what} {text!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise UsageError(f"{what} must be a finite number, not {text!r}")
+    return number
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 date or time; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{what} {text!r} is not an ISO 8601 date or time (e.g. 2026-12-31T00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_day(text: str | None, what: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a date (YYYY-MM-DD)") from None

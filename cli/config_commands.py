@@ -1,0 +1,277 @@
+"""`mycelium config`: the credit configuration from `marketplace.config` and the environment,
+compared with what the database holds, and pushed through the admin functions.
+
+The file is plain `key = value` lines with `#` comments; the environment overrides it. Every
+value is checked before anything is applied, and an error names its line (or variable).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.api import client_errors
+from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
+from cli.errors import UsageError
+from cli.output import emit_json, say, table
+from mycelium_client import CreditConfig, MyceliumClient
+
+DEFAULT_FILE = Path("marketplace.config")
+
+FileOption = Annotated[
+    Path,
+    typer.Option(
+        "--file",
+        envvar="MYCELIUM_CONFIG_FILE",
+        help="The `key = value` configuration file (it may be absent).",
+    ),
+]
+
+
+def _positive(text: str) -> Decimal:
+    number = _number(text)
+    if number <= 0:
+        raise ValueError(f"must be greater than zero, not {text}")
+    return number
+
+
+def _percent(text: str) -> Decimal:
+    number = _number(text)
+    if not 0 <= number <= 100:
+        raise ValueError(f"must be a percentage from 0 to 100, not {text}")
+    return number
+
+
+def _number(text: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        raise ValueError(f"{text!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise ValueError(f"{text!r} is not a finite number")
+    return number
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    env: str
+    parse: Callable[[str], Decimal | str]
+    marketplace: bool = False  # a marketplace setting, not one of the credit configuration
+
+
+KEYS: dict[str, Key] = {
+    key.name: key
+    for key in (
+        Key("tfc_to_usd_rate", "TFC_USD_RATE", _positive),
+        Key("credit_currency_code", "MYCELIUM_CREDIT_CODE", _text),
+        Key("credit_display_name", "MYCELIUM_CREDIT_NAME", _text),
+        Key("credit_symbol", "MYCELIUM_CREDIT_SYMBOL", _text),
+        Key("platform_fee_percent", "MYCELIUM_PLATFORM_FEE_PERCENT", _percent, marketplace=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Decimal | str
+    origin: str  # "marketplace.config line 3", "env TFC_USD_RATE", "argument"
+
+
+def parse_value(key: str, text: str, origin: str) -> Setting:
+    if key not in KEYS:
+        raise UsageError(f"{origin}: unknown key {key!r} (known: {', '.join(KEYS)})")
+    try:
+        return Setting(key, KEYS[key].parse(text.strip()), origin)
+    except ValueError as problem:
+        raise UsageError(f"{origin}: {key} {problem}") from None
+
+
+def read_file(path: Path) -> dict[str, Setting]:
+    """The settings of a `key = value` file; an absent file has none."""
+    if not path.is_file():
+        return {}
+    settings: dict[str, Setting] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        origin = f"{path} line {number}"
+        key, equals, value = content.partition("=")
+        if not equals:
+            raise UsageError(f"{origin}: expected `key = value`, got {content!r}")
+        settings[key.strip()] = parse_value(key.strip(), value, origin)
+    return settings
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Setting]:
+    return {
+        key.name: parse_value(key.name, environ[key.env], f"env {key.env}")
+        for key in KEYS.values()
+        if environ.get(key.env)
+    }
+
+
+def database_values(config: CreditConfig) -> dict[str, Decimal | str]:
+    return {
+        "tfc_to_usd_rate": config.usd_rate,
+        "credit_currency_code": config.code,
+        "credit_display_name": config.name,
+        "credit_symbol": config.symbol,
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Decimal | str | None
+    new: Decimal | str
+    origin: str
+
+
+def changes(wanted: Mapping[str, Setting], held: Mapping[str, Decimal | str]) -> list[Change]:
+    """What differs (numbers compared by value: 1.0 is 1)."""
+    return [
+        Change(key, held.get(key), setting.value, setting.origin)
+        for key, setting in wanted.items()
+        if held.get(key) != setting.value
+    ]
+
+
+def apply_changes(client: MyceliumClient, found: list[Change]) -> list[Change]:
+    """Push the credit settings in one call (all or none); returns the changes not applied
+    because this database has no marketplace configuration yet."""
+    new = {c.key: c.new for c in found if not KEYS[c.key].marketplace}
+
+    def text(key: str) -> str | None:
+        return None if key not in new else str(new[key])
+
+    if new:
+        client.admin.set_credit_config(
+            usd_rate=new.get("tfc_to_usd_rate"),
+            code=text("credit_currency_code"),
+            name=text("credit_display_name"),
+            symbol=text("credit_symbol"),
+        )
+    return [c for c in found if KEYS[c.key].marketplace]
+
+
+def _show_changes(found: list[Change], skipped: list[Change], as_json: bool) -> None:
+    applied = [c for c in found if c not in skipped]
+    if as_json:
+        emit_json(
+            {
+                "changed": [{"key": c.key, "old": c.old, "new": c.new, "from": c.origin} for c in applied],
+                "not_applied": [{"key": c.key, "value": c.new, "why": NO_MARKETPLACE} for c in skipped],
+            }
+        )
+        return
+    if applied:
+        table("Applied", ["key", "was", "now", "from"], [(c.key, c.old, c.new, c.origin) for c in applied])
+    else:
+        say("Nothing to change: the database already holds this configuration.")
+    for change in skipped:
+        say(f"[yellow]not applied[/yellow]: {change.key} = {change.new} ({NO_MARKETPLACE})")
+
+
+NO_MARKETPLACE = "the marketplace configuration is not in this database yet"
+
+app = typer.Typer(help="The credit configuration: marketplace.config and the environment, and the database.")
+
+
+@app.command()
+@reported
+@client_errors
+def show(
+    file: FileOption = DEFAULT_FILE,
+    url: UrlOption = None,
+    service_key: ServiceKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What the database holds, what the file and the environment say, and the difference.
+
+    Example: mycelium config show --file /etc/mycelium/marketplace.config
+    """
+    from_file, from_env = read_file(file), read_env(os.environ)
+    wanted = {**from_file, **from_env}
+    with service_client(url, service_key) as client:
+        held = database_values(client.credits.config(refresh=True))
+    differing = {c.key for c in changes(wanted, held)}
+    rows = [
+        {
+            "key": key,
+            "database": held.get(key),
+            "file": from_file[key].value if key in from_file else None,
+            "env": from_env[key].value if key in from_env else None,
+            "differs": key in differing,
+        }
+        for key in KEYS
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        f"Configuration (file {file}{'' if file.is_file() else ', absent'})",
+        ["key", "database", "file", "env", "to apply"],
+        [
+            (row["key"], row["database"], row["file"], row["env"], "yes" if row["differs"] else "")
+            for row in rows
+        ],
+    )
+
+
+@app.command()
+@reported
+@client_errors
+def apply(
+    file: FileOption = DEFAULT_FILE,
+    url: UrlOption = None,
+    service_key: ServiceKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Push the file's values, overridden by the environment, to the database; print the change.
+    Running it again changes nothing.
+
+    Example: TFC_USD_RATE=1.25 mycelium config apply --file marketplace.config
+    """
+    wanted = {**read_file(file), **read_env(os.environ)}
+    if not wanted:
+        raise UsageError(f"nothing to apply: {file} is absent and no MYCELIUM_*/TFC_USD_RATE variable is set")
+    with service_client(url, service_key) as client:
+        found = changes(wanted, database_values(client.credits.config(refresh=True)))
+        skipped = apply_changes(client, found)
+    _show_changes(found, skipped, as_json)
+
+
+@app.command("set")
+@reported
+@client_errors
+def set_value(
+    key: Annotated[str, typer.Argument(help=f"One of {', '.join(KEYS)}.")],
+    value: Annotated[str, typer.Argument(help="The new value.")],
+    url: UrlOption = None,
+    service_key: ServiceKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set one configuration value in the database.
+
+    Example: mycelium config set credit_symbol T
+    """
+    setting = parse_value(key, value, "argument")
+    with service_client(url, service_key) as client:
+        found = changes({key: setting}, database_values(client.credits.config(refresh=True)))
+        skipped = apply_changes(client, found)
+    _show_changes(found, skipped, as_json)
