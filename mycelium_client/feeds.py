@@ -24,6 +24,9 @@ from mycelium_client.errors import ConfigurationError
 from mycelium_client.models import BalanceChange, BalanceSource
 
 CHANNEL = "mycelium_balance_changed"
+# The database notifies only while a feed is registered (NOTIFY costs every commit a global lock).
+REGISTER = f"listen {CHANNEL}; select mycelium_private.start_balance_feed()"
+UNREGISTER = "select mycelium_private.stop_balance_feed()"
 
 
 def _change(payload: str) -> BalanceChange:
@@ -51,7 +54,7 @@ class BalanceFeed:
         """Connect and LISTEN: changes committed from now on are delivered."""
         if self._conn is None:
             self._conn = psycopg.connect(self._db_url, autocommit=True)
-            self._conn.execute(f"listen {CHANNEL}")
+            self._conn.execute(REGISTER.encode(), prepare=False)
         return self
 
     def changes(self, timeout: float | None = None) -> Iterator[BalanceChange]:
@@ -73,6 +76,8 @@ class BalanceFeed:
 
     def close(self) -> None:
         if self._conn is not None:
+            if not self._conn.closed:
+                self._conn.execute(UNREGISTER)
             self._conn.close()
             self._conn = None
 
@@ -95,7 +100,7 @@ class AsyncBalanceFeed:
     async def start(self) -> Self:
         if self._conn is None:
             self._conn = await psycopg.AsyncConnection.connect(self._db_url, autocommit=True)
-            await self._conn.execute(f"listen {CHANNEL}")
+            await self._conn.execute(REGISTER.encode(), prepare=False)
         return self
 
     async def changes(self, timeout: float | None = None) -> AsyncIterator[BalanceChange]:
@@ -116,6 +121,8 @@ class AsyncBalanceFeed:
 
     async def close(self) -> None:
         if self._conn is not None:
+            if not self._conn.closed:
+                await self._conn.execute(UNREGISTER)
             await self._conn.close()
             self._conn = None
 

@@ -3,6 +3,36 @@
 -- NOTIFY is delivered at commit, in commit order, and never for a rolled-back change. The payload
 -- is the account row as JSON (user_id, balance, held, updated_at): far below NOTIFY's 8000 bytes.
 -- API roles cannot LISTEN through PostgREST, so nothing here reaches them.
+--
+-- A transaction that sent a NOTIFY takes one database-wide lock at commit, which halves the rate
+-- of concurrent transfers; so the trigger notifies only while a feed is listening. A feed
+-- registers its backend with start_balance_feed() and leaves with stop_balance_feed(); a feed that
+-- died without leaving is forgotten when the next one starts.
+
+create table mycelium_private.balance_feed_listeners (
+  backend_pid integer primary key,
+  started_at timestamptz not null default now()
+);
+alter table mycelium_private.balance_feed_listeners enable row level security;
+
+create or replace function mycelium_private.start_balance_feed()
+returns void
+language sql
+set search_path = ''
+as $$
+  delete from mycelium_private.balance_feed_listeners
+  where backend_pid not in (select pid from pg_catalog.pg_stat_activity);
+  insert into mycelium_private.balance_feed_listeners (backend_pid) values (pg_catalog.pg_backend_pid())
+  on conflict (backend_pid) do nothing;
+$$;
+
+create or replace function mycelium_private.stop_balance_feed()
+returns void
+language sql
+set search_path = ''
+as $$
+  delete from mycelium_private.balance_feed_listeners where backend_pid = pg_catalog.pg_backend_pid();
+$$;
 
 create or replace function mycelium_private.notify_balance_change()
 returns trigger
@@ -11,7 +41,8 @@ security definer
 set search_path = ''
 as $$
 begin
-  if new.balance is distinct from old.balance or new.held is distinct from old.held then
+  if (new.balance is distinct from old.balance or new.held is distinct from old.held)
+     and exists (select 1 from mycelium_private.balance_feed_listeners) then
     perform pg_notify(
       'mycelium_balance_changed',
       json_build_object(

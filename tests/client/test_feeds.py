@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import psycopg
+
 from mycelium_client import BalanceSource
-from mycelium_client.feeds import AsyncBalanceFeed, BalanceFeed
+from mycelium_client.feeds import CHANNEL, AsyncBalanceFeed, BalanceFeed
 from tests.client.conftest import MakeAccount, Target
 
 
@@ -32,3 +34,31 @@ def test_the_async_feed(target: Target, account: MakeAccount) -> None:
             return [change.balance async for change in feed.changes(timeout=2)]
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_the_database_notifies_only_while_a_feed_listens(target: Target, account: MakeAccount) -> None:
+    """NOTIFY costs every commit a database-wide lock: without a registered feed, none is sent."""
+    sender, recipient = account(funded=3), account()
+    with psycopg.connect(target.db_url, autocommit=True) as bystander:
+        bystander.execute(f"listen {CHANNEL}")
+        sender.client.credits.transfer(recipient.id, 1)
+        assert list(bystander.notifies(timeout=0.5)) == []
+
+        with BalanceFeed(target.db_url, user_ids=[recipient.id]) as feed:
+            sender.client.credits.transfer(recipient.id, 1)
+            assert [change.balance for change in feed.changes(timeout=2)] == [2]
+        assert len(list(bystander.notifies(timeout=0.5))) == 2  # the bystander heard both accounts
+
+        sender.client.credits.transfer(recipient.id, 1)
+        assert list(bystander.notifies(timeout=0.5)) == []
+
+
+def test_a_feed_that_died_without_leaving_is_forgotten(target: Target) -> None:
+    with psycopg.connect(target.db_url, autocommit=True) as crashed:
+        crashed.execute("select mycelium_private.start_balance_feed()")
+        pid = crashed.info.backend_pid
+    with BalanceFeed(target.db_url), psycopg.connect(target.db_url) as conn:
+        registered = conn.execute(
+            "select backend_pid from mycelium_private.balance_feed_listeners"
+        ).fetchall()
+        assert (pid,) not in registered
