@@ -8,7 +8,7 @@ value is checked before anything is applied, and an error names its line (or var
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -100,11 +100,9 @@ def parse_value(key: str, text: str, origin: str) -> Setting:
         raise UsageError(f"{origin}: {key} {problem}") from None
 
 
-def read_file(path: Path) -> dict[str, Setting]:
-    """The settings of a `key = value` file; an absent file has none."""
-    if not path.is_file():
-        return {}
-    settings: dict[str, Setting] = {}
+def key_values(path: Path) -> Iterator[tuple[str, str, str]]:
+    """`(origin, key, value)` for each `key = value` line of a file (`#` starts a comment);
+    origin is "<file> line <n>"."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
         if not content:
@@ -113,8 +111,14 @@ def read_file(path: Path) -> dict[str, Setting]:
         key, equals, value = content.partition("=")
         if not equals:
             raise UsageError(f"{origin}: expected `key = value`, got {content!r}")
-        settings[key.strip()] = parse_value(key.strip(), value, origin)
-    return settings
+        yield origin, key.strip(), value.strip()
+
+
+def read_file(path: Path) -> dict[str, Setting]:
+    """The settings of a configuration file; an absent file has none."""
+    if not path.is_file():
+        return {}
+    return {key: parse_value(key, value, origin) for origin, key, value in key_values(path)}
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, Setting]:

@@ -9,6 +9,7 @@ import typer
 from cli import config_commands, credits_commands, demo, sql_commands
 from cli.common import show_tracebacks
 from cli.dev import commands as dev_commands
+from cli.legacy import commands as legacy_commands
 
 app = typer.Typer(
     name="mycelium",
@@ -20,6 +21,7 @@ app.add_typer(sql_commands.app, name="sql")
 app.add_typer(dev_commands.app, name="dev")
 app.add_typer(config_commands.app, name="config")
 app.add_typer(credits_commands.app, name="credits")
+app.add_typer(legacy_commands.app, name="legacy")
 app.command("demo")(demo.demo)
 
 

@@ -1,0 +1,1 @@
+"""The move from the old marketplace's JSON files (amounts in TFP) to PostgreSQL."""
