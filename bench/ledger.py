@@ -94,27 +94,6 @@ from mycelium_bench.users s where s.n = :a;
 }
 
 
-FEED_TRIGGER = "credit_accounts_notify_balance_feed"
-
-
-def without_notify_feed(admin_url: str, measure: Callable[[], float]) -> float | None:
-    """The same measure with the NOTIFY balance feed trigger (if present) disabled: NOTIFY takes a
-    database-wide lock at commit, which serialises every committing transfer. Informational."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        present = conn.execute(
-            "select 1 from pg_trigger where tgname = %s and tgrelid = 'public.credit_accounts'::regclass",
-            (FEED_TRIGGER,),
-        ).fetchone()
-        if not present:
-            return None
-        print("direct SQL: transfers with the NOTIFY balance feed disabled (informational)", flush=True)
-        conn.execute(f"alter table public.credit_accounts disable trigger {FEED_TRIGGER}")
-        try:
-            return measure()
-        finally:
-            conn.execute(f"alter table public.credit_accounts enable trigger {FEED_TRIGGER}")
-
-
 def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
     info = psycopg.conninfo.conninfo_to_dict(db_url)
     env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
@@ -460,9 +439,6 @@ def measure(target: Target, args: argparse.Namespace) -> int:
     for name, values in samples.items():
         results[name] = max(values)
         print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
-    results["sql_transfer_no_feed"] = without_notify_feed(
-        admin_url, lambda: sql_rate(target.db_url, "transfer", len(users), seconds)
-    )
 
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
@@ -521,13 +497,6 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             results["sql_hot"],
             ratio(results["sql_hot"], results["sql_transfer"]),
             0.6,
-            False,
-        ),
-        (
-            "  (direct SQL transfers, NOTIFY feed off)",
-            results.get("sql_transfer_no_feed"),
-            ratio(results.get("sql_transfer_no_feed"), tpcb),
-            None,
             False,
         ),
         (
