@@ -1,0 +1,117 @@
+"""`mycelium metrics serve`: a Prometheus exporter for the credits, reading through the gateway
+with the service_role key like any other back end. It keeps no state: each scrape asks the
+analytics and audit functions, so every replica reports the same numbers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Annotated, cast
+
+import httpx
+import typer
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cli.common import ServiceKeyOption, UrlOption, reported, resolve_api
+from cli.errors import UsageError
+from cli.output import err, say
+from mycelium_client import MyceliumClient, MyceliumError
+
+DEFAULT_PORT = 9464
+
+app = typer.Typer(help="The Prometheus exporter for the credits.")
+
+
+def sample(amount: Decimal) -> float:
+    """prometheus_client writes every sample through float() when it exposes it (Prometheus keeps
+    float64): the Decimal is handed over as it is, for charts, never for money."""
+    return cast(float, amount)
+
+
+class CreditsCollector(Collector):
+    def __init__(self, client: MyceliumClient, requests: Counter) -> None:
+        self.client, self.requests = client, requests
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            summary = self.client.admin.credit_summary()
+            findings = self.client.admin.audit_ledger()
+        except (MyceliumError, httpx.HTTPError) as error:
+            # No numbers rather than stale ones; mycelium_requests_total shows the failures.
+            if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
+                self.requests.labels(status="error").inc()  # no response came back to count
+            err.print(f"scrape failed: {error}")
+            return
+        yield GaugeMetricFamily(
+            "mycelium_credits_in_circulation",
+            "Credits held by users (spendable and held for orders).",
+            value=sample(summary.circulation),
+        )
+        yield CounterMetricFamily(
+            "mycelium_credits_issued",
+            "Credits ever issued (purchases, grants, migration).",
+            value=sample(summary.issued),
+        )
+        yield CounterMetricFamily(
+            "mycelium_credits_spent", "Credits ever paid for orders.", value=sample(summary.spent)
+        )
+        yield CounterMetricFamily(
+            "mycelium_credits_expired", "Credits ever expired.", value=sample(summary.expired)
+        )
+        yield GaugeMetricFamily(
+            "mycelium_holds_outstanding", "Credits held for open orders.", value=sample(summary.held)
+        )
+        yield GaugeMetricFamily(
+            "mycelium_ledger_audit_ok",
+            "1 when every ledger invariant holds, else 0.",
+            value=0 if findings else 1,
+        )
+
+
+def build_registry(url: str, service_key: str) -> tuple[CollectorRegistry, MyceliumClient]:
+    """A registry with the credit metrics and mycelium_requests_total{status}: the exporter's own
+    API requests by HTTP status (or `error` when none came back)."""
+    registry = CollectorRegistry()
+    requests = Counter("mycelium_requests", "API requests made by the exporter.", ["status"], registry=None)
+
+    def count(response: httpx.Response) -> None:
+        requests.labels(status=str(response.status_code)).inc()
+
+    http = httpx.Client(timeout=30, event_hooks={"response": [count]})
+    client = MyceliumClient(url, service_key, http_client=http)
+    # Collected in this order: a scrape's own requests are already counted in its answer.
+    registry.register(CreditsCollector(client, requests))
+    registry.register(requests)
+    return registry, client
+
+
+@app.command()
+@reported
+def serve(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = DEFAULT_PORT,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    url: UrlOption = None,
+    service_key: ServiceKeyOption = None,
+) -> None:
+    """Serve the credit metrics on http://ADDRESS:PORT/metrics until interrupted.
+
+    Example: mycelium metrics serve --port 9464
+    """
+    api = resolve_api(url, service_key)
+    registry, client = build_registry(api.url, api.service_role_key)
+    try:
+        server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {address}:{port}: {error.strerror}") from None
+    say(f"Serving metrics on http://{address}:{port}/metrics (Ctrl-C to stop)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        say("Stopped.")
+    finally:
+        server.shutdown()
+        thread.join()
+        client.close()
