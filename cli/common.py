@@ -12,9 +12,9 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from cli.errors import CliError, UsageError
+from cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, UsageError
 from cli.output import fail
-from mycelium_client import MyceliumClient
+from mycelium_client import ConfigurationError, MyceliumClient, MyceliumError, ServiceUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,24 +33,32 @@ DevDirOption = Annotated[
 
 
 def reported(function: Callable[P, R]) -> Callable[P, R]:
-    """Run a command body so that a CliError becomes one line on stderr and its exit code
-    (the traceback only with the top-level `--debug`)."""
+    """Run a command body so that a CliError, or an error of the client (a refusal by the SQL,
+    an unreachable stack), becomes one line on stderr and its exit code (the traceback only with
+    the top-level `--debug`)."""
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
-        except CliError as error:
+        except (CliError, MyceliumError) as error:
             if debug_enabled():
                 raise
             fail(str(error))
-            raise typer.Exit(error.exit_code) from None
+            raise typer.Exit(_exit_code(error)) from None
 
     return wrapper
 
 
 # Set by the top-level `--debug` for the command being run.
 show_tracebacks: ContextVar[bool] = ContextVar("show_tracebacks", default=False)
+
+
+def _exit_code(error: CliError | MyceliumError) -> int:
+    if isinstance(error, CliError):
+        return error.exit_code
+    # Connection and configuration problems are the operator's to fix: usage, like a bad flag.
+    return EXIT_USAGE if isinstance(error, ConfigurationError | ServiceUnavailable) else EXIT_FAILED
 
 
 def debug_enabled() -> bool:
