@@ -1,42 +1,17 @@
-"""What the operator commands over the API share: client errors as one line with the README's exit
-codes, and finding a user by e-mail address or id."""
+"""What the operator commands over the API share: finding a user by e-mail address or id, and
+reading amounts, dates and times from arguments."""
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import ParamSpec, TypeVar
 
 import httpx
 
 from cli.common import ApiSettings
-from cli.errors import EXIT_USAGE, CliError, UsageError
-from mycelium_client import ConfigurationError, MyceliumError, ServiceUnavailable
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def client_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """A refusal from the API fails the operation (exit 1); an unreachable or misconfigured
-    project is a connection problem (exit 2). Put it under `@reported`."""
-
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except (ServiceUnavailable, ConfigurationError) as error:
-            raise CliError(str(error), exit_code=EXIT_USAGE) from error
-        except MyceliumError as error:
-            raise CliError(str(error)) from error
-        except httpx.TransportError as error:
-            raise CliError(f"cannot reach the project: {error}", exit_code=EXIT_USAGE) from error
-
-    return wrapper
+from cli.errors import CliError, UsageError
 
 
 @dataclass(frozen=True)
@@ -57,9 +32,15 @@ def find_user(api: ApiSettings, who: str) -> UserRef:
     pattern = who.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     params = {"email": f"ilike.{pattern}"}
     headers = {"apikey": api.service_role_key, "Authorization": f"Bearer {api.service_role_key}"}
-    response = httpx.get(
-        f"{api.url}/rest/v1/profiles", params={"select": "id,email", **params}, headers=headers, timeout=30
-    )
+    try:
+        response = httpx.get(
+            f"{api.url}/rest/v1/profiles",
+            params={"select": "id,email", **params},
+            headers=headers,
+            timeout=30,
+        )
+    except httpx.TransportError as error:
+        raise UsageError(f"cannot reach {api.url}: {error}") from None
     if response.status_code != 200:
         raise CliError(f"cannot look up user {who}: HTTP {response.status_code} {response.text[:200]}")
     rows = response.json()

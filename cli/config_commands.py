@@ -16,7 +16,6 @@ from typing import Annotated
 
 import typer
 
-from cli.api import client_errors
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.errors import UsageError
 from cli.output import emit_json, say, table
@@ -198,7 +197,6 @@ app = typer.Typer(help="The credit configuration: marketplace.config and the env
 
 @app.command()
 @reported
-@client_errors
 def show(
     file: FileOption = DEFAULT_FILE,
     url: UrlOption = None,
@@ -239,7 +237,6 @@ def show(
 
 @app.command()
 @reported
-@client_errors
 def apply(
     file: FileOption = DEFAULT_FILE,
     url: UrlOption = None,
@@ -262,7 +259,6 @@ def apply(
 
 @app.command("set")
 @reported
-@client_errors
 def set_value(
     key: Annotated[str, typer.Argument(help=f"One of {', '.join(KEYS)}.")],
     value: Annotated[str, typer.Argument(help="The new value.")],

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cli import report as credits_report
-from cli.api import client_errors, find_user, parse_day, parse_decimal, parse_time
+from cli.api import find_user, parse_day, parse_decimal, parse_time
 from cli.common import (
     DbUrlOption,
     JsonOption,
@@ -45,7 +45,6 @@ def _json(model: Any) -> Any:
 
 @app.command()
 @reported
-@client_errors
 def balance(
     user: UserArgument,
     url: UrlOption = None,
@@ -80,7 +79,6 @@ def balance(
 
 @app.command()
 @reported
-@client_errors
 def history(
     user: UserArgument,
     since: Annotated[
@@ -129,7 +127,6 @@ def _show_movement(movement: Movement, client: MyceliumClient, what: str, as_jso
 
 @app.command()
 @reported
-@client_errors
 def grant(
     user: UserArgument,
     amount: Annotated[str, typer.Argument(help="Credits, a decimal with at most 6 fractional digits.")],
@@ -169,7 +166,6 @@ def _package(packages: list[CreditPackage], wanted: str) -> CreditPackage:
 
 @app.command()
 @reported
-@client_errors
 def purchase(
     user: UserArgument,
     usd: Annotated[str, typer.Option("--usd", help="The USD amount the payment provider confirmed.")],
@@ -198,7 +194,6 @@ def purchase(
 
 @app.command()
 @reported
-@client_errors
 def expire(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Expire lots that expired by then (default: now).")
@@ -225,7 +220,6 @@ def expire(
 
 @app.command()
 @reported
-@client_errors
 def audit(url: UrlOption = None, service_key: ServiceKeyOption = None, as_json: JsonOption = False) -> None:
     """Check every ledger invariant; exit 1 with a report of what is broken.
 
@@ -249,7 +243,6 @@ def audit(url: UrlOption = None, service_key: ServiceKeyOption = None, as_json: 
 
 @app.command()
 @reported
-@client_errors
 def report(
     from_day: Annotated[
         str | None, typer.Option("--from", help="First UTC day (default: 29 days before --to).")
@@ -324,7 +317,6 @@ def _changes(
 
 @app.command()
 @reported
-@client_errors
 def watch(
     user: Annotated[
         str | None, typer.Argument(metavar="[USER]", help="An e-mail address or a user id.")
