@@ -246,7 +246,9 @@ def apply(
     """Push the file's values, overridden by the environment, to the database; print the change.
     Running it again changes nothing.
 
-    Example: TFC_USD_RATE=1.25 mycelium config apply --file marketplace.config
+    Example: mycelium config apply --file /etc/mycelium/marketplace.config
+
+    Example: TFC_USD_RATE=1.25 mycelium config apply
     """
     wanted = {**read_file(file), **read_env(os.environ)}
     if not wanted:

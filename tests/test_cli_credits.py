@@ -165,9 +165,14 @@ def test_a_broken_ledger_fails_the_audit_with_a_report(
         db.execute("update public.credit_accounts set balance = balance + 1 where user_id = %s", (user.id,))
         broken = run("credits", "audit")
         assert broken.exit_code == 1
-        assert "balance_equals_entries" in broken.stdout and user.id in broken.stdout
-        report = json.loads(run("credits", "audit", "--json").stdout)
-        assert report["ok"] is False
+        assert "Ledger audit: broken invariants" in broken.stdout
+        report = run("credits", "audit", "--json")
+        assert report.exit_code == 1
+        findings = json.loads(report.stdout)
+        assert findings["ok"] is False
+        assert {"check_name": "balance_equals_entries", "subject": user.id} in [
+            {"check_name": f["check_name"], "subject": f["subject"]} for f in findings["findings"]
+        ]
     finally:
         db.execute("update public.credit_accounts set balance = balance - 1 where user_id = %s", (user.id,))
 
