@@ -57,7 +57,7 @@ class Converter:
 
 class ExcessPrecision(Exception):
     def __init__(self, value: Decimal) -> None:
-        super().__init__(f"{value} credits has more than {CREDIT_PLACES} decimal places")
+        super().__init__(f"{value:f} credits: more than {CREDIT_PLACES} decimal places")
 
 
 @dataclass
@@ -111,7 +111,7 @@ class _FileCheck:
         try:
             credits, truncated = self.converter.credits(tfp)
         except ExcessPrecision as excess:
-            self.problem(where, f"{value} TFP is {excess} (pass --truncate-excess to cut it)")
+            self.problem(where, f"{value} TFP converts to {excess} (pass --truncate-excess to cut it)")
             return None
         if truncated:
             self.warn(where, f"{value} TFP truncated to {credits} credits")
