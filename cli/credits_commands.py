@@ -27,7 +27,7 @@ from cli.common import (
     service_client,
 )
 from cli.errors import EXIT_FAILED, UsageError
-from cli.output import emit_json, out, say, table
+from cli.output import emit_json, out, progress, say, table
 from mycelium_client import BalanceChange, CreditPackage, Movement, MyceliumClient
 from mycelium_client.feeds import BalanceFeed
 
@@ -300,6 +300,7 @@ def _changes(
     if db_url is not None:
         user_id = None if user is None else find_user(resolve_api(url, service_key), user).id
         with BalanceFeed(resolve_db_url(db_url), user_ids=None if user_id is None else [user_id]) as feed:
+            progress(f"watching {user or 'every user'} through the database feed (Ctrl-C to stop)")
             yield from feed
         return
     if user is None:
@@ -312,6 +313,7 @@ def _changes(
         service_client(api.url, api.service_role_key) as client,
         client.credits.watch(user_id=who.id) as changes,
     ):
+        progress(f"watching {user} through Realtime (Ctrl-C to stop)")
         yield from changes
 
 

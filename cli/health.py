@@ -24,7 +24,7 @@ from cli.common import (
     resolve_db_url,
 )
 from cli.errors import EXIT_FAILED, CliError
-from cli.output import emit_json, say
+from cli.output import emit_json, out
 from mycelium_client import MyceliumClient, MyceliumError
 
 TIMEOUT_SECONDS = 5.0
@@ -138,6 +138,6 @@ def health(
     else:
         for check in checks:
             mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
-            say(f"{mark} {check.name:<13} {check.detail}")
+            out.print(f"{mark} {check.name:<13} {check.detail}", soft_wrap=True)  # one line per check
     if not all(c.ok for c in checks):
         raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,202 @@
+"""`mycelium health`, `metrics serve` and `credits watch`, run as an operator runs them (real
+subprocesses, Ctrl-C included) against the session's stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cli.dev.processes import free_port_base
+from cli.dev.stack import LocalStack
+from cli.main import app
+from mycelium_client import MyceliumClient
+from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
+from tests.support import User
+
+MYCELIUM = [sys.executable, "-m", "cli.main"]
+
+
+@pytest.fixture
+def stack_env(stack: LocalStack) -> dict[str, str]:
+    return {**os.environ, **stack.env()}
+
+
+@pytest.fixture
+def bare_gateway(stack: LocalStack) -> Iterator[None]:
+    """The local stack as `mycelium dev up` leaves it: no Auth and no Realtime server behind the
+    gateway (other tests may have put doubles there; they get them back afterwards)."""
+    auth, realtime = stack.settings.auth_upstream, stack.settings.realtime_upstream
+    stack.set_upstreams(auth=None, realtime=None)
+    stack.restart_gateway()
+    yield
+    stack.set_upstreams(auth=auth, realtime=realtime)
+    stack.restart_gateway()
+
+
+def health(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(app, ["health", "--json", *args], env=env)
+    return result.exit_code, json.loads(result.stdout)
+
+
+def by_name(report: dict[str, Any]) -> dict[str, Any]:
+    return {check["name"]: check for check in report["checks"]}
+
+
+@pytest.mark.usefixtures("bare_gateway")
+def test_health_reports_auth_and_realtime_missing_from_the_local_stack(stack_env: dict[str, str]) -> None:
+    code, report = health(stack_env)
+    checks = by_name(report)
+    assert code == 1 and report["ok"] is False
+    assert [name for name, check in checks.items() if check["ok"]] == [
+        "database",
+        "postgrest",
+        "migrations",
+        "ledger_audit",
+    ]
+    assert (
+        "HTTP 503" in checks["auth"]["detail"] and "not part of the local stack" in checks["auth"]["detail"]
+    )
+    assert checks["realtime"]["detail"] == "websocket refused: HTTP 503"
+    lines = CliRunner().invoke(app, ["health"], env=stack_env).stdout.splitlines()
+    assert len(lines) == 6 and lines[2].startswith("FAIL auth")
+
+
+def test_health_fails_on_pending_migrations_and_an_unreachable_database(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    sql = tmp_path / "sql"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "sql", sql)
+    (sql / "20991231000000_not_yet.sql").write_text("select 1;\n")
+    _, report = health({**stack_env, "MYCELIUM_SQL_DIR": str(sql)})
+    assert by_name(report)["migrations"] == {
+        "name": "migrations",
+        "ok": False,
+        "detail": "20991231000000 pending",
+    }
+    _, report = health(stack_env, "--db-url", "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+    checks = by_name(report)
+    assert not checks["database"]["ok"] and "cannot connect" in checks["database"]["detail"]
+    assert checks["postgrest"]["ok"]
+
+
+def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
+    stack_env: dict[str, str], stack: LocalStack, make_user: Callable[..., User]
+) -> None:
+    port = free_port_base(start=47000)
+    exporter = subprocess.Popen(
+        [*MYCELIUM, "metrics", "serve", "--port", str(port), "--address", "127.0.0.1"],
+        env=stack_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        assert "Serving metrics" in exporter.stdout.readline()
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        samples = {
+            line.split(" ")[0]: line.split(" ")[1]
+            for line in page.splitlines()
+            if line.startswith("mycelium_")
+        }
+        with MyceliumClient(stack.api_url, stack.service_role_key) as client:
+            summary = client.admin.credit_summary()
+        assert Decimal(samples["mycelium_credits_in_circulation"]) == summary.circulation
+        assert Decimal(samples["mycelium_credits_issued_total"]) == summary.issued
+        for name in (
+            "mycelium_credits_spent_total",
+            "mycelium_credits_expired_total",
+            "mycelium_holds_outstanding",
+        ):
+            assert name in samples
+        assert samples["mycelium_ledger_audit_ok"] == "1.0"
+        assert samples['mycelium_requests_total{status="200"}'] == "2.0"  # this scrape's two reads
+    finally:
+        exporter.send_signal(signal.SIGINT)
+        out, err = exporter.communicate(timeout=15)
+    assert exporter.returncode == 0, err
+    assert "Stopped." in out and "Traceback" not in err
+
+
+class Watcher:
+    """`mycelium credits watch ... --json` in a subprocess: one JSON change per line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [*MYCELIUM, "credits", "watch", *args, "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None and self.process.stdout is not None
+        started = self.process.stderr.readline()
+        assert "watching" in started, started + self.process.stderr.read()
+
+    def next_change(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        return json.loads(self.process.stdout.readline(), parse_float=Decimal)  # type: ignore[no-any-return]
+
+    def interrupt(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGINT)
+        _, err = self.process.communicate(timeout=15)
+        return self.process.returncode, err
+
+
+def buy(env: dict[str, str], user: User, usd: str) -> None:
+    reference = f"watch-{uuid.uuid4()}"
+    bought = CliRunner().invoke(
+        app, ["credits", "purchase", user.email, "--usd", usd, "--payment-ref", reference], env=env
+    )
+    assert bought.exit_code == 0, bought.stderr
+
+
+def test_watch_through_the_database_feed(
+    stack_env: dict[str, str], stack: LocalStack, make_user: Callable[..., User]
+) -> None:
+    watched, other = make_user(), make_user()
+    watcher = Watcher([watched.email, "--db-url", stack.db_url], stack_env)
+    try:
+        buy(stack_env, other, "1")  # not watched: never shown
+        buy(stack_env, watched, "12.5")
+        change = watcher.next_change()
+        assert (change["user_id"], change["balance"], change["source"]) == (watched.id, "12.5", "feed")
+    finally:
+        code, err = watcher.interrupt()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_watch_through_realtime(
+    stack_env: dict[str, str],
+    make_user: Callable[..., User],
+    doubles: Doubles,  # noqa: F811
+) -> None:
+    user = make_user()
+    watcher = Watcher([user.email], stack_env)
+    try:
+        first = watcher.next_change()
+        assert (first["balance"], first["source"]) == ("0", "resync")  # the balance when subscribed
+        buy(stack_env, user, "7.25")
+        change = watcher.next_change()
+        assert change["balance"] == "7.25" and change["source"] in ("broadcast", "postgres_changes")
+    finally:
+        code, err = watcher.interrupt()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_watching_everyone_needs_the_database_feed(stack_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(app, ["credits", "watch"], env=stack_env)
+    assert result.exit_code == 2 and "pass --db-url to watch everyone" in result.stderr
