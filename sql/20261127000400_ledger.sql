@@ -2,11 +2,19 @@
 --
 -- Every movement is one row in mycelium_private.transfers: a positive amount from one account
 -- to another. An account is either a user (credit_accounts.user_id) or a system account
--- (issuance, platform_revenue, expiry; `holds` is reserved for orders). User accounts keep their balance, updated in the same
--- transaction, and each user side of a transfer is an entry in public.credit_transactions that
--- records the balance it produced. System accounts have no row (no hot row serialising every
+-- (issuance, platform_revenue, expiry, holds). User accounts keep their balance, updated in the
+-- same transaction, and each user side of a transfer is an entry in public.credit_transactions
+-- that records the balance it produced. System accounts have no row (no hot row serialising every
 -- purchase): their balance is derived from the transfers. So the sum over all accounts is zero
 -- by construction, and audit_ledger() checks that the stored user balances agree.
+--
+-- Holds (the marketplace's two-phase payments): placing an order is a transfer `order_hold` from
+-- the buyer to the system account `holds`; the buyer's balance goes down and their `held` column
+-- up by the same amount. Capturing it is `provider_earning` (holds -> provider) plus
+-- `platform_fee` (holds -> platform_revenue); releasing it is `order_release` (holds -> buyer).
+-- So `held` is a memo of what sits in `holds` for each user: the derived balance of `holds`
+-- equals the sum of `held`, which audit_ledger() checks. `refund` moves credits back to a buyer
+-- from the provider and from platform_revenue.
 --
 -- Lots: what a user holds is split into lots (public.credit_lots); the non-expiring credits
 -- of a user are ONE lot, credits with an expiry each form their own. An account's balance is
@@ -34,7 +42,7 @@ create table mycelium_private.transfers (
   id uuid primary key default gen_random_uuid(),
   kind text not null check (kind in (
     'purchase', 'grant', 'transfer', 'expiry', 'legacy_migration',
-    'order_hold', 'order_release', 'order_payment', 'provider_earning', 'refund', 'adjustment')),
+    'order_hold', 'order_release', 'provider_earning', 'platform_fee', 'refund', 'adjustment')),
   from_user uuid,
   from_system text check (from_system in ('issuance', 'platform_revenue', 'expiry', 'holds')),
   to_user uuid,
@@ -83,7 +91,7 @@ create table public.credit_transactions (
   amount numeric not null check (amount <> 0 and amount <> 'NaN'::numeric),
   kind text not null check (kind in (
     'purchase', 'grant', 'transfer_in', 'transfer_out', 'expiry', 'legacy_migration',
-    'order_hold', 'order_release', 'order_payment', 'provider_earning', 'refund', 'adjustment')),
+    'order_hold', 'order_release', 'provider_earning', 'refund', 'adjustment')),
   balance_after numeric not null check (balance_after >= 0),
   counterparty_id uuid,
   memo text,
@@ -229,7 +237,12 @@ $$;
 -- refuse when what is left does not cover the expired, unswept lots (not spendable), then take
 -- the amount from unexpired expiring lots, soonest expiry first. Returns what is left to take
 -- from the non-expiring lot. Never touches an expired lot.
-create or replace function mycelium_private.spend_expiring_lots(p_user uuid, p_amount numeric, p_new_balance numeric)
+-- With `p_hold_order` (an order's hold), what each expiry date gave is remembered in
+-- mycelium_private.order_hold_lots (marketplace orders migration): releasing the hold gives the
+-- credits back with the expiry they had, so cancelling an order cannot turn expiring credits into
+-- non-expiring ones.
+create or replace function mycelium_private.spend_expiring_lots(
+  p_user uuid, p_amount numeric, p_new_balance numeric, p_hold_order uuid default null)
 returns numeric
 language plpgsql
 set search_path = ''
@@ -252,12 +265,17 @@ begin
   end if;
   if live_lots > 0 then
     for lot in
-      select l.id, l.remaining from public.credit_lots l
+      select l.id, l.remaining, l.expires_at from public.credit_lots l
       where l.user_id = p_user and l.expires_at is not null and l.live and l.expires_at > now()
       order by l.expires_at, l.id
     loop
       taken := least(lot.remaining, left_to_take);
       update public.credit_lots set remaining = remaining - taken where id = lot.id;
+      if p_hold_order is not null then
+        insert into mycelium_private.order_hold_lots as h (order_id, expires_at, amount)
+        values (p_hold_order, lot.expires_at, taken)
+        on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
+      end if;
       left_to_take := left_to_take - taken;
       exit when left_to_take = 0;
     end loop;

@@ -1,6 +1,11 @@
 -- Credits, part 7: analytics (per user: own rows through RLS; platform: admins and
 -- service_role) and rpc/audit_ledger, which checks every ledger invariant.
 -- Days and months are UTC.
+--
+-- Orders in these figures: a user's `spent` is what they put into orders (held or paid) net of
+-- released holds; refunds they receive and provider earnings are `received` (a provider's refunds
+-- given count there negatively). On the platform, `spent` is what orders paid out of holds
+-- (provider earnings plus platform fees) net of refunds.
 
 -- ---------------------------------------------------------------------------------------
 -- Per user, own rows only (security_invoker: the caller's RLS on credit_transactions applies).
@@ -13,7 +18,7 @@ select
   coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
   coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
   coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
-  coalesce(-sum(t.amount) filter (where t.kind = 'order_payment'), 0) as spent,
+  coalesce(-sum(t.amount) filter (where t.kind in ('order_hold', 'order_release')), 0) as spent,
   coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
   sum(t.amount) as net,
   count(*) as movements
@@ -29,7 +34,7 @@ select
   coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
   coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
   coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
-  coalesce(-sum(t.amount) filter (where t.kind = 'order_payment'), 0) as spent,
+  coalesce(-sum(t.amount) filter (where t.kind in ('order_hold', 'order_release')), 0) as spent,
   coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
   sum(t.amount) as net,
   count(*) as movements
@@ -48,13 +53,14 @@ revoke all on public.credit_daily_activity, public.credit_monthly_activity, publ
 grant select on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
   to authenticated, service_role;
 
--- Spending by orders (issue 4) summed without scanning every transfer.
-create index transfers_order_payment_idx on mycelium_private.transfers (created_at) include (amount)
-  where kind = 'order_payment';
+-- Spending by orders summed without scanning every transfer.
+create index transfers_order_spending_idx on mycelium_private.transfers (created_at) include (kind, amount)
+  where kind in ('provider_earning', 'platform_fee', 'refund');
 
 -- ---------------------------------------------------------------------------------------
 -- Platform, per UTC day: issued (purchases + grants), spent, transferred between users,
--- expired, platform revenue, and credits in circulation (held by users) at the end of the day.
+-- expired, platform revenue, and credits in circulation (users' balances plus their credits held
+-- for open orders: `holds` counts as the users' side) at the end of the day.
 -- Complete days are rolled up once into mycelium_private.ledger_days (rpc/refresh_ledger_rollups,
 -- run by a scheduler; idempotent); what is not rolled up yet is summed live from transfers by
 -- range scans on transfers(created_at) and the system-account indexes. So a month of stats
@@ -91,12 +97,13 @@ as $$
     coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0),
     coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0),
     coalesce(sum(t.amount) filter (where t.kind = 'transfer'), 0),
-    coalesce(sum(t.amount) filter (where t.kind = 'order_payment'), 0),
+    coalesce(sum(t.amount) filter (where t.kind in ('provider_earning', 'platform_fee')), 0)
+      - coalesce(sum(t.amount) filter (where t.kind = 'refund'), 0),
     coalesce(sum(t.amount) filter (where t.to_system = 'expiry'), 0),
     coalesce(sum(t.amount) filter (where t.to_system = 'platform_revenue'), 0)
       - coalesce(sum(t.amount) filter (where t.from_system = 'platform_revenue'), 0),
-    coalesce(sum(t.amount) filter (where t.from_system is not null), 0)
-      - coalesce(sum(t.amount) filter (where t.to_system is not null), 0),
+    coalesce(sum(t.amount) filter (where t.from_system <> 'holds'), 0)
+      - coalesce(sum(t.amount) filter (where t.to_system <> 'holds'), 0),
     count(*)
   from mycelium_private.transfers t
   where t.created_at >= from_ts and t.created_at < to_ts
@@ -175,12 +182,13 @@ begin
   if v_from > v_to or v_to - v_from > 3660 then
     perform mycelium_private.fail('invalid_argument', 'from_day must not be after to_day, and the range at most 10 years');
   end if;
-  -- Credits held by users before the range: what systems paid out minus what they took back.
+  -- Credits held by users before the range: what systems other than `holds` paid out minus what
+  -- they took back.
   select coalesce((select sum(d.into_users) from mycelium_private.ledger_days d where d.day < v_from), 0)
        + coalesce((select sum(t.amount) from mycelium_private.transfers t
-                   where t.from_system is not null and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
+                   where t.from_system <> 'holds' and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
        - coalesce((select sum(t.amount) from mycelium_private.transfers t
-                   where t.to_system is not null and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
+                   where t.to_system <> 'holds' and t.created_at >= v_live_from and t.created_at < v_from_ts), 0)
   into v_base;
 
   return query
@@ -223,7 +231,8 @@ begin
       'held', (select coalesce(sum(a.held), 0) from public.credit_accounts a),
       'user_accounts', (select count(*) from public.credit_accounts a),
       'issued', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.from_system = 'issuance'),
-      'spent', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.kind = 'order_payment'),
+      'spent', (select coalesce(sum(case when t.kind = 'refund' then -t.amount else t.amount end), 0)
+                from mycelium_private.transfers t where t.kind in ('provider_earning', 'platform_fee', 'refund')),
       'expired', (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.to_system = 'expiry'),
       'platform_revenue',
         (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.to_system = 'platform_revenue')
@@ -234,7 +243,8 @@ begin
 end;
 $$;
 
--- Top spenders (credits sent or paid) and earners (credits received or earned) in a period.
+-- Top spenders (credits sent to users or put into orders, net of released holds and refunds
+-- received) and earners (credits received from users or earned, net of refunds given).
 create or replace function public.top_credit_users(
   direction text default 'spenders', from_day date default null, to_day date default null, max_rows integer default 10)
 returns table (user_id uuid, email text, total numeric, movements bigint)
@@ -257,15 +267,23 @@ begin
   if max_rows is null or max_rows < 1 or max_rows > 1000 then
     perform mycelium_private.fail('invalid_argument', 'max_rows must be between 1 and 1000');
   end if;
-  -- Spenders: credits sent or paid by users; earners: credits users received or earned from
-  -- other users. A range scan of transfers(created_at).
+  -- A range scan of transfers(created_at). A refund goes from the provider (or the platform) to
+  -- the buyer: it lowers the buyer's spending and the provider's earnings.
   return query
   with moved as (
-    select case when v_spenders then t.from_user else t.to_user end as who, t.amount
+    select case
+             when v_spenders and t.kind in ('transfer', 'order_hold') then t.from_user
+             when v_spenders then t.to_user
+             when t.kind in ('transfer', 'provider_earning') then t.to_user
+             else t.from_user
+           end as who,
+           case when t.kind in ('transfer', 'order_hold', 'provider_earning') then t.amount else -t.amount end
+             as amount
     from mycelium_private.transfers t
     where t.created_at >= (v_from::timestamp at time zone 'UTC')
       and t.created_at < ((v_to + 1)::timestamp at time zone 'UTC')
-      and t.kind in ('transfer', 'order_payment', 'provider_earning')
+      and t.kind in ('transfer', 'order_hold', 'order_release', 'provider_earning', 'refund')
+      and (v_spenders or t.kind in ('transfer', 'provider_earning', 'refund'))
   )
   select m.who, p.email, sum(m.amount), count(*)
   from moved m
@@ -310,7 +328,7 @@ as $$
       - coalesce((select sum(t.amount) from mycelium_private.transfers t where t.from_system = s.code), 0) as balance
     from (values ('issuance'), ('platform_revenue'), ('expiry'), ('holds')) s(code)
   ), user_total as (
-    select coalesce(sum(a.balance + a.held), 0) as total from public.credit_accounts a
+    select coalesce(sum(a.balance), 0) as total, coalesce(sum(a.held), 0) as held from public.credit_accounts a
   )
   select 'sum_zero', 'ledger',
          format('user accounts (%s) and system accounts (%s) sum to %s, not 0',
@@ -322,9 +340,14 @@ as $$
   from public.credit_accounts a where a.balance < 0 or a.held < 0
   union all
   select 'balance_equals_entries', a.user_id::text,
-         format('balance + held = %s but entries sum to %s', a.balance + a.held, coalesce(s.total, 0))
+         format('balance = %s but entries sum to %s', a.balance, coalesce(s.total, 0))
   from public.credit_accounts a left join entry_sums s on s.user_id = a.user_id
-  where a.balance + a.held <> coalesce(s.total, 0)
+  where a.balance <> coalesce(s.total, 0)
+  union all
+  select 'holds_equal_held', 'holds',
+         format('the holds account has %s but users hold %s', sb.balance, u.held)
+  from system_balances sb, user_total u
+  where sb.code = 'holds' and sb.balance <> u.held
   union all
   select 'balance_after_of_last_entry', a.user_id::text,
          format('balance %s but the last entry recorded %s', a.balance, e.balance_after)
@@ -368,7 +391,10 @@ set search_path = ''
 as $$
 begin
   perform mycelium_private.require_admin();
+  -- One snapshot for both (a stable function's queries share the caller's): the ledger, then the
+  -- marketplace's orders against it (mycelium_private.audit_orders, defined with the orders).
   return query select * from mycelium_private.audit_ledger();
+  return query select * from mycelium_private.audit_orders();
 end;
 $$;
 

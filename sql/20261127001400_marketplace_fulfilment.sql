@@ -1,0 +1,302 @@
+-- Marketplace, part 5: what happens to a hold. Captured by fulfil_order; released in full by
+-- cancel_order, fail_order and release_expired_holds; a captured order may then be refunded.
+--
+-- Capture: the fee is the order's snapshotted fee_percent of the total, rounded to 6 decimals;
+-- the provider receives total - fee (`provider_earning`, holds -> provider) and the platform the
+-- fee (`platform_fee`, holds -> platform_revenue, a derived system account: no row, so a popular
+-- provider's orders serialise only on that provider's own account).
+-- Release: `order_release` (holds -> buyer); the credits come back with the expiry they had
+-- (order_hold_lots): non-expiring into the non-expiring lot, expiring ones as lots with their
+-- old expires_at (already past: swept by the next expire_credits, as they would have been).
+-- Refund: `refund` transfers to the buyer from the provider and from platform_revenue, in the
+-- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
+-- amount (the last refund takes exactly what is left of the fee), the provider's part is the
+-- rest: every part has 6 decimals, the parts sum exactly to each refund and, refund after refund,
+-- to exactly what was paid. Refunded credits do not expire.
+
+-- Give back an order's hold in full; the order is locked by the caller.
+create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_transfer uuid;
+  v_balance numeric;
+  v_expiring numeric;
+begin
+  perform mycelium_private.change_units_in_use(p_order.id, -1);
+  insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_by, initiated_role)
+  values ('order_release', 'holds', p_order.buyer_id, p_order.held_amount, p_reason, p_order.id::text,
+          auth.uid(), coalesce(auth.role(), session_user::text))
+  returning id into v_transfer;
+  update public.credit_accounts a
+  set balance = a.balance + p_order.held_amount, held = a.held - p_order.held_amount, updated_at = now()
+  where a.user_id = p_order.buyer_id
+  returning a.balance into v_balance;
+
+  insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
+  select p_order.buyer_id, h.amount, h.amount, h.expires_at, v_transfer
+  from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
+  select coalesce(sum(h.amount), 0) into v_expiring from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
+  if p_order.held_amount > v_expiring then
+    update public.credit_lots l
+    set amount = l.amount + (p_order.held_amount - v_expiring), remaining = l.remaining + (p_order.held_amount - v_expiring)
+    where l.user_id = p_order.buyer_id and l.expires_at is null;
+  end if;
+  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
+  values (v_transfer, p_order.buyer_id, p_order.held_amount, 'order_release', v_balance, p_order.provider_id, p_reason,
+          p_order.id::text);
+
+  update public.orders o set status = p_to, held_amount = 0, updated_at = now() where o.id = p_order.id;
+  perform mycelium_private.record_order_status(p_order.id, p_order.status, p_to, p_reason);
+  return mycelium_private.order_object(p_order.id);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/fulfil_order: the order's provider or service_role (the provisioning service) captures
+-- the hold. A second call is invalid_transition: a hold is captured once.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.fulfil_order(order_id uuid)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_order public.orders := mycelium_private.lock_order(fulfil_order.order_id);
+  v_fee numeric;
+  v_earning numeric;
+  v_transfer uuid;
+  v_balance numeric;
+begin
+  if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
+    perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fulfil an order', 403);
+  end if;
+  if v_order.status <> 'pending' then
+    perform mycelium_private.refuse_transition(v_order, 'fulfilled');
+  end if;
+  v_fee := round(v_order.total * v_order.fee_percent / 100, 6);
+  v_earning := v_order.total - v_fee;
+
+  perform mycelium_private.lock_accounts(v_order.buyer_id, v_order.provider_id);
+  update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
+  where a.user_id = v_order.buyer_id;
+  if v_earning > 0 then
+    insert into mycelium_private.transfers (kind, from_system, to_user, amount, reference, initiated_by, initiated_role)
+    values ('provider_earning', 'holds', v_order.provider_id, v_earning, v_order.id::text,
+            auth.uid(), coalesce(auth.role(), session_user::text))
+    returning id into v_transfer;
+    v_balance := mycelium_private.credit_user(v_order.provider_id, v_earning, null, v_transfer);
+    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, reference)
+    values (v_transfer, v_order.provider_id, v_earning, 'provider_earning', v_balance, v_order.buyer_id, v_order.id::text);
+  end if;
+  if v_fee > 0 then
+    insert into mycelium_private.transfers (kind, from_system, to_system, amount, reference, initiated_by, initiated_role)
+    values ('platform_fee', 'holds', 'platform_revenue', v_fee, v_order.id::text,
+            auth.uid(), coalesce(auth.role(), session_user::text));
+  end if;
+
+  update public.orders o
+  set status = 'fulfilled', held_amount = 0, fee_amount = v_fee, fulfilled_at = now(), updated_at = now()
+  where o.id = v_order.id;
+  perform mycelium_private.record_order_status(v_order.id, 'pending', 'fulfilled');
+  return mycelium_private.order_object(v_order.id);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/cancel_order: the buyer, while the order is pending. rpc/fail_order: the provider or
+-- service_role, when provisioning failed. Both release the hold in full.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.cancel_order(order_id uuid)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_order public.orders := mycelium_private.lock_order(cancel_order.order_id);
+begin
+  if v_order.buyer_id is distinct from auth.uid() then
+    perform mycelium_private.fail('not_authorized', 'only the buyer cancels an order (providers: fail_order)', 403);
+  end if;
+  if v_order.status <> 'pending' then
+    perform mycelium_private.refuse_transition(v_order, 'cancelled');
+  end if;
+  return mycelium_private.release_hold(v_order, 'cancelled', 'cancelled by the buyer');
+end;
+$$;
+
+create or replace function public.fail_order(order_id uuid, reason text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_order public.orders := mycelium_private.lock_order(fail_order.order_id);
+  v_reason text := mycelium_private.check_text(fail_order.reason, 'reason', 500, true);
+begin
+  if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
+    perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fail an order', 403);
+  end if;
+  if v_order.status <> 'pending' then
+    perform mycelium_private.refuse_transition(v_order, 'failed');
+  end if;
+  return mycelium_private.release_hold(v_order, 'failed', v_reason);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/release_expired_holds(as_of): service_role. Cancels orders pending since before
+-- as_of - hold_ttl, oldest first, at most 1000 per call (call again while orders_released is
+-- 1000). Orders being fulfilled right now are skipped, not waited for. Every lock is taken in
+-- the global order (orders, products, accounts) before anything moves, so it cannot deadlock
+-- with orders placed, fulfilled or refunded meanwhile.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.release_expired_holds(as_of timestamptz default now())
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_as_of timestamptz := release_expired_holds.as_of;
+  v_ttl interval := (select c.hold_ttl from public.marketplace_config c where c.id);
+  v_ids uuid[];
+  v_order public.orders;
+  v_credits numeric := 0;
+begin
+  perform mycelium_private.require_service();
+  if v_as_of is null or v_as_of > now() then
+    perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
+  end if;
+  select coalesce(array_agg(x.id), '{}') into v_ids from (
+    select o.id from public.orders o
+    where o.status = 'pending' and o.created_at < v_as_of - v_ttl
+    order by o.created_at
+    limit 1000
+    for update skip locked) x;
+  perform 1 from public.products p
+  where p.capacity is not null and p.id in (select i.product_id from public.order_items i where i.order_id = any(v_ids))
+  order by p.id for no key update;
+  perform 1 from public.credit_accounts a
+  where a.user_id in (select o.buyer_id from public.orders o where o.id = any(v_ids))
+  order by a.user_id for no key update;
+  for v_order in select * from public.orders o where o.id = any(v_ids) order by o.created_at loop
+    v_credits := v_credits + v_order.held_amount;
+    perform mycelium_private.release_hold(v_order, 'cancelled', 'hold expired');
+  end loop;
+  return jsonb_build_object('as_of', v_as_of, 'hold_ttl', v_ttl, 'orders_released', cardinality(v_ids),
+                            'credits_released', v_credits);
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/refund_order(order_id, reason, amount, idempotency_key): an admin, service_role or the
+-- order's provider, after fulfilment. amount null: everything not refunded yet. The same
+-- idempotency_key for the same order returns the order and moves nothing.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.refund_order(
+  order_id uuid, reason text, amount numeric default null, idempotency_key text default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_order public.orders := mycelium_private.lock_order(refund_order.order_id);
+  v_reason text;
+  v_key text;
+  v_previous public.order_refunds;
+  v_amount numeric;
+  v_refunded numeric;
+  v_fee_refunded numeric;
+  v_platform numeric;
+  v_provider numeric;
+  v_to text;
+  v_transfer uuid;
+  v_balance numeric;
+begin
+  if not (v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service()) then
+    perform mycelium_private.fail('not_authorized', 'only admins and the order''s provider refund an order', 403);
+  end if;
+  v_reason := mycelium_private.check_text(refund_order.reason, 'reason', 500, true);
+  v_key := mycelium_private.check_text(refund_order.idempotency_key, 'idempotency_key', 200);
+  if refund_order.amount is not null then
+    v_amount := mycelium_private.check_amount(refund_order.amount);
+  end if;
+  if v_key is not null then
+    select * into v_previous from public.order_refunds r where r.order_id = v_order.id and r.idempotency_key = v_key;
+    if found then
+      if v_amount is not null and v_amount <> v_previous.amount then
+        perform mycelium_private.fail('duplicate_reference',
+          'idempotency_key was already used for a different refund of this order', 409);
+      end if;
+      return mycelium_private.order_object(v_order.id);
+    end if;
+  end if;
+  if v_order.status not in ('fulfilled', 'partially_refunded') then
+    perform mycelium_private.refuse_transition(v_order, 'refunded');
+  end if;
+  v_amount := coalesce(v_amount, v_order.total - v_order.refunded_amount);
+  if v_amount > v_order.total - v_order.refunded_amount then
+    perform mycelium_private.fail('refund_exceeds_paid',
+      format('order %s has %s left to refund, %s asked', v_order.id, v_order.total - v_order.refunded_amount, v_amount), 409);
+  end if;
+
+  v_refunded := v_order.refunded_amount + v_amount;
+  v_fee_refunded := case when v_refunded = v_order.total then v_order.fee_amount
+                         else round(v_refunded * v_order.fee_amount / v_order.total, 6) end;
+  v_platform := v_fee_refunded - v_order.fee_refunded;
+  v_provider := v_amount - v_platform;
+  v_to := case when v_refunded = v_order.total then 'refunded' else 'partially_refunded' end;
+
+  if v_to = 'refunded' then
+    perform mycelium_private.change_units_in_use(v_order.id, -1);
+  end if;
+  perform mycelium_private.lock_accounts(v_order.buyer_id, v_order.provider_id);
+  if v_provider > 0 then
+    insert into mycelium_private.transfers (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
+    values ('refund', v_order.provider_id, v_order.buyer_id, v_provider, v_reason, v_order.id::text,
+            auth.uid(), coalesce(auth.role(), session_user::text))
+    returning id into v_transfer;
+    v_balance := mycelium_private.debit_user(v_order.provider_id, v_provider);
+    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
+    values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_balance, v_order.buyer_id, v_reason, v_order.id::text);
+    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer);
+    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
+    values (v_transfer, v_order.buyer_id, v_provider, 'refund', v_balance, v_order.provider_id, v_reason, v_order.id::text);
+  end if;
+  if v_platform > 0 then
+    insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_by, initiated_role)
+    values ('refund', 'platform_revenue', v_order.buyer_id, v_platform, v_reason, v_order.id::text,
+            auth.uid(), coalesce(auth.role(), session_user::text))
+    returning id into v_transfer;
+    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_platform, null, v_transfer);
+    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference)
+    values (v_transfer, v_order.buyer_id, v_platform, 'refund', v_balance, v_reason, v_order.id::text);
+  end if;
+
+  insert into public.order_refunds
+    (order_id, amount, provider_part, platform_part, reason, idempotency_key, refunded_by, refunded_role)
+  values (v_order.id, v_amount, v_provider, v_platform, v_reason, v_key, auth.uid(), coalesce(auth.role(), session_user::text));
+  update public.orders o
+  set status = v_to, refunded_amount = v_refunded, fee_refunded = v_fee_refunded, updated_at = now()
+  where o.id = v_order.id;
+  perform mycelium_private.record_order_status(v_order.id, v_order.status, v_to, v_reason);
+  return mycelium_private.order_object(v_order.id);
+end;
+$$;
+
+revoke execute on function public.fulfil_order(uuid), public.cancel_order(uuid), public.fail_order(uuid, text),
+  public.refund_order(uuid, text, numeric, text), public.release_expired_holds(timestamptz) from public, anon;
+grant execute on function public.fulfil_order(uuid), public.fail_order(uuid, text),
+  public.refund_order(uuid, text, numeric, text) to authenticated, service_role;
+grant execute on function public.cancel_order(uuid) to authenticated;
+revoke execute on function public.cancel_order(uuid) from service_role;
+revoke execute on function public.release_expired_holds(timestamptz) from authenticated;
+grant execute on function public.release_expired_holds(timestamptz) to service_role;
+revoke execute on all functions in schema mycelium_private from public;

@@ -1,0 +1,71 @@
+"""Helpers for the marketplace tests: funded buyers, providers with products, accounts, audits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from tests.support import Api, User, body
+
+MakeUser = Callable[..., User]
+D = Decimal
+
+
+def fund(service_api: Api, user: User, usd: str) -> None:
+    reply = service_api.rpc(
+        "purchase_credits", user_id=user.id, usd_amount=usd, payment_reference=f"mkt-{uuid.uuid4()}"
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def buyer(service_api: Api, make_user: MakeUser, usd: str = "100") -> User:
+    user = make_user()
+    fund(service_api, user, usd)
+    return user
+
+
+def list_product(provider: User, **fields: Any) -> dict[str, Any]:
+    """A product of `provider`, created through PostgREST as the provider would."""
+    row = {
+        "category": "compute",
+        "name": f"slice {uuid.uuid4().hex[:8]}",
+        "description": "4 vCPU slice",
+        "price": "2.5",
+        "unit": "month",
+        "attributes": {"cpu": 4, "memory_gb": 8, "location": "BE"},
+        **fields,
+    }
+    reply = provider.api.post("/products", row)
+    assert reply.status_code == 201, reply.text
+    product: dict[str, Any] = body(reply)[0]
+    return product
+
+
+def account(user: User) -> tuple[Decimal, Decimal]:
+    """(balance, held) of a user, as they read it."""
+    row = body(user.api.get("/credit_accounts", select="balance,held"))[0]
+    return D(str(row["balance"])), D(str(row["held"]))
+
+
+def place(user: User, *items: tuple[str, int], key: str | None = None) -> Any:
+    args: dict[str, Any] = {"items": [{"product_id": p, "quantity": q} for p, q in items]}
+    if key is not None:
+        args["idempotency_key"] = key
+    return user.api.rpc("place_order", **args)
+
+
+def placed(user: User, *items: tuple[str, int], key: str | None = None) -> dict[str, Any]:
+    reply = place(user, *items, key=key)
+    assert reply.status_code == 200, reply.text
+    order: dict[str, Any] = body(reply)
+    return order
+
+
+def failure(reply: Any, status: int, reason: str) -> None:
+    assert reply.status_code == status and body(reply)["code"] == reason, (reply.status_code, reply.text)
+
+
+def audit_is_clean(service_api: Api) -> None:
+    assert body(service_api.rpc("audit_ledger")) == []
