@@ -73,6 +73,15 @@ begin
   elsif new.units_in_use <> 0 then
     perform mycelium_private.fail('invalid_argument', 'units_in_use is kept by orders');
   end if;
+  if mycelium_private.role_for_category(new.category) is null then
+    perform mycelium_private.fail('invalid_argument', 'category must be one of compute, node, gateway, app, service');
+  elsif new.unit is null or new.unit not in ('hour', 'month', 'once') then
+    perform mycelium_private.fail('invalid_argument', 'unit must be one of hour, month, once');
+  elsif new.attributes is null or jsonb_typeof(new.attributes) <> 'object' then
+    perform mycelium_private.fail('invalid_argument', 'attributes must be a JSON object');
+  elsif new.capacity < 0 then
+    perform mycelium_private.fail('invalid_argument', 'capacity must be 0 or more, or null for unlimited');
+  end if;
   if not v_service and new.provider_id is distinct from v_caller then
     perform mycelium_private.fail('not_authorized', 'providers list and edit only their own products', 403);
   end if;

@@ -80,14 +80,14 @@ def test_fulfil_pays_the_provider_and_the_platform_fee(
     fulfilled = body(done)
     fee = D("0.333333")
     assert fulfilled["status"] == "fulfilled" and D(str(fulfilled["fee_amount"])) == fee
-    assert account(alice) == (D("46.666667"), 0)
-    assert account(provider) == (D("3.333333") - fee, 0)
+    assert account(alice) == (D("46.666667"), D(0))
+    assert account(provider) == (D("3.333333") - fee, D(0))
     assert history(provider.api) == [("provider_earning", D("3.000000"), D("3.000000"))]
     # Capture happens once.
     failure(provider.api.rpc("fulfil_order", order_id=order["id"]), 409, "invalid_transition")
     failure(service_api.rpc("fulfil_order", order_id=order["id"]), 409, "invalid_transition")
     failure(alice.api.rpc("cancel_order", order_id=order["id"]), 409, "invalid_transition")
-    assert account(provider) == (D("3"), 0)
+    assert account(provider) == (D("3"), D(0))
     audit_is_clean(service_api)
 
 
@@ -99,7 +99,7 @@ def test_the_fee_is_the_one_in_force_when_the_order_was_placed(
     order = placed(alice, (service["id"], 1))
     assert service_api.rpc("set_marketplace_config", platform_fee_percent="50").status_code == 200
     fulfilled = body(service_api.rpc("fulfil_order", order_id=order["id"]))
-    assert D(str(fulfilled["fee_amount"])) == D("2") and account(provider) == (D("18"), 0)
+    assert D(str(fulfilled["fee_amount"])) == D("2") and account(provider) == (D("18"), D(0))
     changes = body(service_api.get("/marketplace_config_history", order="id.desc", limit=1))[0]
     assert (
         D(str(changes["new_config"]["platform_fee_percent"])) == 50
@@ -121,7 +121,7 @@ def test_cancel_and_fail_release_the_hold_in_full(service_api: Api, make_user: M
     failed = provider.api.rpc("fail_order", order_id=second["id"], reason="node offline")
     assert failed.status_code == 200 and body(failed)["status"] == "failed"
     failure(provider.api.rpc("fulfil_order", order_id=second["id"]), 409, "invalid_transition")
-    assert account(alice) == (D("10"), 0)
+    assert account(alice) == (D("10"), D(0))
     assert [k for k, _, _ in history(alice.api)][-4:] == [
         "order_hold",
         "order_hold",
@@ -167,7 +167,7 @@ def test_refunds_partial_then_full_split_exactly(
     order = placed(alice, (list_product(provider, price="3.333337")["id"], 3))  # total 10.000011
     assert provider.api.rpc("fulfil_order", order_id=order["id"]).status_code == 200
     fee = D("1.000001")  # 10% of 10.000011, rounded to 6 decimals
-    assert account(provider) == (D("10.000011") - fee, 0)
+    assert account(provider) == (D("10.000011") - fee, D(0))
     failure(alice.api.rpc("refund_order", order_id=order["id"], reason="mine"), 403, "not_authorized")
     failure(
         provider.api.rpc("refund_order", order_id=order["id"], reason="x", amount="0"), 400, "invalid_amount"
@@ -198,7 +198,7 @@ def test_refunds_partial_then_full_split_exactly(
         (D("3.000003"), D("0.333334")),
         (D("6.000007"), D("0.666667")),
     ]
-    assert account(alice) == (D("20"), 0) and account(provider) == (0, 0)
+    assert account(alice) == (D("20"), D(0)) and account(provider) == (D(0), D(0))
     failure(admin.api.rpc("refund_order", order_id=order["id"], reason="x"), 409, "invalid_transition")
     audit_is_clean(service_api)
 
@@ -236,7 +236,7 @@ def test_bad_orders_hold_nothing(service_api: Api, make_user: MakeUser) -> None:
     failure(place(farmer, (product["id"], 1)), 400, "own_product")
     assert farmer.api.patch("/products", {"active": False}, id=f"eq.{product['id']}").status_code == 200
     failure(place(alice, (product["id"], 1)), 409, "product_inactive")
-    assert account(alice) == (D("10"), 0)
+    assert account(alice) == (D("10"), D(0))
     assert body(alice.api.get("/orders")) == []
     audit_is_clean(service_api)
 
