@@ -21,51 +21,31 @@ then spoil a round, not one side of a ratio). Targets (issue 3):
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
 import random
-import shutil
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
-WORKERS = 8
-
-
-@dataclass
-class Target:
-    db_url: str
-    superuser_db_url: str | None = None
-    api_url: str | None = None
-    anon_key: str | None = None
-    service_role_key: str | None = None
-    jwt_secret: str | None = None
-    postgrest_url: str | None = None  # PostgREST itself, behind no gateway (informational)
-
+from _common import (
+    WORKERS,
+    KeepAlive,
+    Target,
+    create_users,
+    fund,
+    local_target,
+    pgbench_database,
+    ratio,
+    run_parallel,
+    script_rate,
+    time_reads,
+    tpcb_rate,
+    verdict,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Workers (separate processes, so the client side is never the bottleneck of one GIL)
 # ---------------------------------------------------------------------------------------------
-
-
-def claims(user_id: str) -> str:
-    return json.dumps({"sub": user_id, "role": "authenticated"})
 
 
 # Direct SQL is driven by pgbench itself (custom scripts, prepared statements, one connection per
@@ -94,163 +74,40 @@ from mycelium_bench.users s where s.n = :a;
 }
 
 
-def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
-    info = psycopg.conninfo.conninfo_to_dict(db_url)
-    env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
-    args = [
-        "-h",
-        str(info.get("host", "127.0.0.1")),
-        "-p",
-        str(info.get("port", 5432)),
-        "-U",
-        str(info["user"]),
-    ]
-    return args, env
-
-
-def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
-    base, env = pgbench_args(db_url)
-    done = subprocess.run([str(PGBENCH), *base, *extra, database], env=env, capture_output=True, text=True)
-    tps = [line for line in done.stdout.splitlines() if line.startswith("tps =")]
-    if done.returncode != 0 or not tps:
-        raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
-    failed = [line for line in done.stdout.splitlines() if line.startswith("number of failed")]
-    if failed and not failed[0].split(":")[1].strip().startswith("0"):
-        print(f"    ({failed[0]})", flush=True)
-    return float(tps[-1].split("=")[1].split()[0])
-
-
 def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(SQL_SCRIPTS[kind])
-    try:
-        database = str(psycopg.conninfo.conninfo_to_dict(db_url).get("dbname", "postgres"))
-        return run_pgbench(
-            db_url,
-            database,
-            [
-                "-n",
-                "-M",
-                "prepared",
-                "-c",
-                str(WORKERS),
-                "-j",
-                str(WORKERS),
-                "-T",
-                str(int(seconds)),
-                "-D",
-                f"accounts={accounts}",
-                "-f",
-                script.name,
-            ],
-        )
-    finally:
-        os.unlink(script.name)
+    return script_rate(db_url, SQL_SCRIPTS[kind], {"accounts": accounts}, seconds)
 
 
 def http_worker(
     kind: str, target: Target, users: list[tuple[str, str]], seconds: float, seed: int, direct: bool = False
 ) -> tuple[int, int]:
-    """Keep-alive HTTP/1.1 over a raw socket: the client costs little next to the server."""
-    assert target.api_url and target.anon_key and target.service_role_key
+    assert target.service_role_key
     rng = random.Random(seed)
-    url = urlsplit(target.postgrest_url if direct and target.postgrest_url else target.api_url)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    prefix = "" if direct else "/rest/v1"
+    http = KeepAlive(target, direct)
     done = errors = 0
-    sock: socket.socket | None = None
-    reader: Any = None
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        if sock is None:
-            sock = socket.create_connection((host, port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reader = sock.makefile("rb")
         if kind == "purchase":
             user_id, _ = rng.choice(users)
             key = target.service_role_key
-            path = f"{prefix}/rpc/purchase_credits"
+            path = "/rpc/purchase_credits"
             payload = {"user_id": user_id, "usd_amount": "1", "payment_reference": f"bench-{uuid.uuid4()}"}
         else:
             (_, key), (recipient, _) = rng.sample(users, 2)
-            path = f"{prefix}/rpc/transfer_credits"
+            path = "/rpc/transfer_credits"
             payload = {"recipient": recipient, "amount": "0.01"}
-        content = json.dumps(payload).encode()
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\napikey: {target.anon_key}\r\n"
-            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(content)}\r\n\r\n"
-        ).encode() + content
-        sock.sendall(request)
-        status = int(reader.readline().split()[1])
-        length, chunked, close = 0, False, False
-        while (line := reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value:
-                chunked = True
-            elif name == "connection" and value == "close":
-                close = True
-        if chunked:
-            while (size := int(reader.readline().strip(), 16)) > 0:
-                reader.read(size + 2)
-            reader.readline()
-        else:
-            reader.read(length)
+        status, _ = http.post(path, key, payload)
         if status == 200:
             done += 1
         else:
             errors += 1
-        if close:
-            sock.close()
-            sock = None
-    if sock is not None:
-        sock.close()
+    http.close()
     return done, errors
-
-
-def run_parallel(
-    function: Callable[..., tuple[int, int]], args: list[tuple[Any, ...]], seconds: float
-) -> float:
-    with mp.get_context("fork").Pool(len(args)) as pool:
-        started = time.perf_counter()
-        results = pool.starmap(function, args)
-        elapsed = max(time.perf_counter() - started, seconds)
-    done = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    if errors:
-        print(f"    ({errors} failed calls)", flush=True)
-    return done / elapsed
 
 
 # ---------------------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------------------
-
-
-def create_users(conn: psycopg.Connection[Any], count: int) -> list[str]:
-    rows = conn.execute(
-        """
-        insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data, raw_user_meta_data,
-                                created_at, updated_at)
-        select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', 'authenticated',
-               'bench-' || gen_random_uuid() || '@example.test', '{}', '{}', now(), now()
-        from generate_series(1, %s)
-        returning id::text
-        """,
-        (count,),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
-def fund(conn: psycopg.Connection[Any], users: list[str], usd: str) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(
-            "select public.purchase_credits(%s::uuid, %s::numeric, %s)",
-            [(u, usd, f"bench-fund-{uuid.uuid4()}") for u in users],
-        )
 
 
 def ledger_rows(conn: psycopg.Connection[Any]) -> int:
@@ -319,23 +176,6 @@ def fill_ledger(
     conn.execute("analyze mycelium_private.transfers")
 
 
-def time_reads(
-    conn: psycopg.Connection[Any], user: str, query: str, params: tuple[Any, ...], repeat: int
-) -> float:
-    """Median seconds of `query` run as `user` (RLS applies), after a warm-up."""
-    samples = []
-    for i in range(repeat + 50):
-        with conn.transaction():
-            conn.execute("select set_config('request.jwt.claims', %s, true)", (claims(user),))
-            conn.execute("set local role authenticated")
-            started = time.perf_counter()
-            conn.execute(query, params, prepare=True).fetchall()
-            elapsed = time.perf_counter() - started
-        if i >= 50:
-            samples.append(elapsed)
-    return statistics.median(samples)
-
-
 BALANCE = "select balance from public.credit_accounts where user_id = %s::uuid"
 HISTORY = "select * from public.credit_history(%s::timestamptz, %s::bigint, 50)"
 
@@ -358,44 +198,6 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 # ---------------------------------------------------------------------------------------------
 # pgbench yardstick
 # ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def pgbench_database(db_url: str, scale: int) -> Iterator[str]:
-    """A scratch database on the same server, initialised for pgbench's tpcb-like."""
-    database = f"mycelium_pgbench_{os.getpid()}"
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f'create database "{database}"')
-    try:
-        base, env = pgbench_args(db_url)
-        subprocess.run(
-            [str(PGBENCH), "-i", "-q", "-s", str(scale), *base, database],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        yield database
-    finally:
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{database}" with (force)')
-
-
-def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
-    return run_pgbench(
-        db_url, database, ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"]
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
-
-
-def verdict(value: float | None, target: float, below: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    good = value < target if below else value >= target
-    return "ok" if good else "MISSED"
 
 
 def measure(target: Target, args: argparse.Namespace) -> int:
@@ -471,9 +273,6 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         problems = (
             conn.execute("select count(*) from public.audit_ledger()").fetchone() if args.audit else None
         )
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None or b == 0 else a / b
 
     tpcb = results["tpcb"]
     rows = [
@@ -576,28 +375,8 @@ def main() -> int:
     if args.db_url:
         return measure(Target(db_url=args.db_url), args)
 
-    from cli.dev.processes import free_port_base
-    from cli.dev.stack import LocalStack
-
-    folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-"))
-    folder.chmod(0o755)
-    stack = LocalStack(folder / "stack")
-    print("bringing up a local stack", flush=True)
-    stack.up(port_base=free_port_base(start=47000))
-    try:
-        target = Target(
-            db_url=stack.db_url,
-            superuser_db_url=stack.superuser_db_url,
-            api_url=stack.api_url,
-            anon_key=stack.anon_key,
-            service_role_key=stack.service_role_key,
-            jwt_secret=stack.jwt_secret,
-            postgrest_url=f"http://127.0.0.1:{stack.postgrest.port}",
-        )
+    with local_target(start_port=47000) as target:
         return measure(target, args)
-    finally:
-        stack.destroy()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

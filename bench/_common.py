@@ -1,0 +1,301 @@
+"""What the benchmarks share: the target, pgbench (the tpcb-like yardstick and custom scripts),
+keep-alive HTTP workers in separate processes, users, read latencies, a local stack, verdicts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
+WORKERS = 8
+
+
+@dataclass
+class Target:
+    db_url: str
+    superuser_db_url: str | None = None
+    api_url: str | None = None
+    anon_key: str | None = None
+    service_role_key: str | None = None
+    jwt_secret: str | None = None
+    postgrest_url: str | None = None  # PostgREST itself, behind no gateway (informational)
+
+
+@contextmanager
+def local_target(start_port: int) -> Iterator[Target]:
+    """A fresh local stack for one run, removed afterwards."""
+    from cli.dev.processes import free_port_base
+    from cli.dev.stack import LocalStack
+
+    folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-"))
+    folder.chmod(0o755)
+    stack = LocalStack(folder / "stack")
+    print("bringing up a local stack", flush=True)
+    stack.up(port_base=free_port_base(start=start_port))
+    try:
+        yield Target(
+            db_url=stack.db_url,
+            superuser_db_url=stack.superuser_db_url,
+            api_url=stack.api_url,
+            anon_key=stack.anon_key,
+            service_role_key=stack.service_role_key,
+            jwt_secret=stack.jwt_secret,
+            postgrest_url=f"http://127.0.0.1:{stack.postgrest.port}",
+        )
+    finally:
+        stack.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def claims(user_id: str) -> str:
+    return json.dumps({"sub": user_id, "role": "authenticated"})
+
+
+# ---------------------------------------------------------------------------------------------
+# pgbench: the tpcb-like yardstick, and custom scripts driving direct SQL with the same C client
+# (prepared statements, one connection per worker), so ratios compare server work, not Python.
+# ---------------------------------------------------------------------------------------------
+
+
+def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
+    args = [
+        "-h",
+        str(info.get("host", "127.0.0.1")),
+        "-p",
+        str(info.get("port", 5432)),
+        "-U",
+        str(info["user"]),
+    ]
+    return args, env
+
+
+def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
+    base, env = pgbench_args(db_url)
+    done = subprocess.run([str(PGBENCH), *base, *extra, database], env=env, capture_output=True, text=True)
+    tps = [line for line in done.stdout.splitlines() if line.startswith("tps =")]
+    if done.returncode != 0 or not tps:
+        raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+    failed = [line for line in done.stdout.splitlines() if line.startswith("number of failed")]
+    if failed and not failed[0].split(":")[1].strip().startswith("0"):
+        print(f"    ({failed[0]})", flush=True)
+    return float(tps[-1].split("=")[1].split()[0])
+
+
+def script_rate(db_url: str, script: str, variables: dict[str, int], seconds: float) -> float:
+    """Runs per second of a custom pgbench script by WORKERS clients."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+        file.write(script)
+    try:
+        database = str(psycopg.conninfo.conninfo_to_dict(db_url).get("dbname", "postgres"))
+        defines = [arg for name, value in variables.items() for arg in ("-D", f"{name}={value}")]
+        return run_pgbench(
+            db_url,
+            database,
+            [
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(WORKERS),
+                "-j",
+                str(WORKERS),
+                "-T",
+                str(int(seconds)),
+                *defines,
+                "-f",
+                file.name,
+            ],
+        )
+    finally:
+        os.unlink(file.name)
+
+
+@contextmanager
+def pgbench_database(db_url: str, scale: int) -> Iterator[str]:
+    """A scratch database on the same server, initialised for pgbench's tpcb-like."""
+    database = f"mycelium_pgbench_{os.getpid()}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f'create database "{database}"')
+    try:
+        base, env = pgbench_args(db_url)
+        subprocess.run(
+            [str(PGBENCH), "-i", "-q", "-s", str(scale), *base, database],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        yield database
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{database}" with (force)')
+
+
+def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
+    return run_pgbench(
+        db_url, database, ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP workers (separate processes, so the client side is never the bottleneck of one GIL)
+# ---------------------------------------------------------------------------------------------
+
+
+class KeepAlive:
+    """HTTP/1.1 keep-alive over a raw socket to PostgREST (through the gateway unless `direct`):
+    the client costs little next to the server."""
+
+    def __init__(self, target: Target, direct: bool = False) -> None:
+        assert target.api_url and target.anon_key
+        url = urlsplit(target.postgrest_url if direct and target.postgrest_url else target.api_url)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.prefix = "" if direct else "/rest/v1"
+        self.anon_key = target.anon_key
+        self.sock: socket.socket | None = None
+        self.reader: Any = None
+
+    def post(self, path: str, token: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+        """POST `payload` as JSON to `/rpc/...`-style `path`; (status, body)."""
+        if self.sock is None:
+            self.sock = socket.create_connection((self.host, self.port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.reader = self.sock.makefile("rb")
+        content = json.dumps(payload).encode()
+        request = (
+            f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"apikey: {self.anon_key}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(content)}\r\n\r\n"
+        ).encode() + content
+        self.sock.sendall(request)
+        status = int(self.reader.readline().split()[1])
+        length, chunked, close = 0, False, False
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "connection" and value == "close":
+                close = True
+        if chunked:
+            parts = []
+            while (size := int(self.reader.readline().strip(), 16)) > 0:
+                parts.append(self.reader.read(size + 2)[:-2])
+            self.reader.readline()
+            body = b"".join(parts)
+        else:
+            body = self.reader.read(length)
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def run_parallel(
+    function: Callable[..., tuple[int, int]], args: list[tuple[Any, ...]], seconds: float
+) -> float:
+    """Run `function(*args[i])` in one process each; each returns (done, errors). Done per second."""
+    with mp.get_context("fork").Pool(len(args)) as pool:
+        started = time.perf_counter()
+        results = pool.starmap(function, args)
+        elapsed = max(time.perf_counter() - started, seconds)
+    done = sum(r[0] for r in results)
+    errors = sum(r[1] for r in results)
+    if errors:
+        print(f"    ({errors} failed calls)", flush=True)
+    return done / elapsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup and reads
+# ---------------------------------------------------------------------------------------------
+
+
+def create_users(conn: psycopg.Connection[Any], count: int) -> list[str]:
+    rows = conn.execute(
+        """
+        insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data, raw_user_meta_data,
+                                created_at, updated_at)
+        select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', 'authenticated',
+               'bench-' || gen_random_uuid() || '@example.test', '{}', '{}', now(), now()
+        from generate_series(1, %s)
+        returning id::text
+        """,
+        (count,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def fund(conn: psycopg.Connection[Any], users: list[str], usd: str) -> None:
+    import uuid
+
+    with conn.cursor() as cur:
+        cur.executemany(
+            "select public.purchase_credits(%s::uuid, %s::numeric, %s)",
+            [(u, usd, f"bench-fund-{uuid.uuid4()}") for u in users],
+        )
+
+
+def time_reads(
+    conn: psycopg.Connection[Any],
+    user: str | None,
+    query: str,
+    params: tuple[Any, ...],
+    repeat: int,
+) -> float:
+    """Median seconds of `query` run as `user` (RLS applies), or as anon without one, after a warm-up."""
+    samples = []
+    for i in range(repeat + 50):
+        with conn.transaction():
+            if user is None:
+                conn.execute("set local role anon")
+            else:
+                conn.execute("select set_config('request.jwt.claims', %s, true)", (claims(user),))
+                conn.execute("set local role authenticated")
+            started = time.perf_counter()
+            conn.execute(query, params, prepare=True).fetchall()
+            elapsed = time.perf_counter() - started
+        if i >= 50:
+            samples.append(elapsed)
+    return statistics.median(samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def verdict(value: float | None, target: float, below: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    good = value < target if below else value >= target
+    return "ok" if good else "MISSED"
