@@ -61,11 +61,14 @@ def funded(make_user: Callable[..., User], run: Run) -> User:
     return user
 
 
-def test_balance_by_email_in_any_case_or_by_id(funded: User, run: Run) -> None:
+def test_balance_by_email_in_any_case_or_by_id(
+    funded: User, run: Run, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
     by_email = data(run("credits", "balance", funded.email.upper(), "--json"))
     by_id = data(run("credits", "balance", funded.id, "--json"))
     assert by_email["balance"] == by_id["balance"] == "100"
-    assert by_email["balance_usd"] == "100.0"
+    rate = db.execute("select tfc_to_usd_rate from public.credit_config").fetchone()
+    assert rate is not None and Decimal(by_email["balance_usd"]) == 100 * rate[0]
     table = run("credits", "balance", funded.email)
     assert "100.00 TFC" in table.stdout
 
