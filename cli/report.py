@@ -39,11 +39,29 @@ def collect(client: MyceliumClient, first: date | None, last: date | None, top: 
     )
 
 
-def print_tables(data: ReportData) -> None:
-    summary, symbol = data.summary, data.config.symbol
-    table(
-        f"Credits now ({symbol}; 1 {symbol} = {data.config.usd_rate} USD)",
-        ["in circulation", "held", "accounts", "issued", "spent", "expired", "platform revenue"],
+@dataclass(frozen=True)
+class Section:
+    """One table of the report, the same in the terminal and in the HTML page."""
+
+    title: str
+    columns: list[str]
+    rows: list[tuple[object, ...]]
+
+
+def sections(data: ReportData) -> tuple[Section, Section, Section]:
+    summary, config = data.summary, data.config
+    now = Section(
+        f"Credits now ({config.symbol}; 1 {config.symbol} = {config.usd_rate} USD)",
+        [
+            "in circulation",
+            "held",
+            "accounts",
+            "issued",
+            "spent",
+            "expired",
+            "platform revenue",
+            "revenue in USD",
+        ],
         [
             (
                 summary.circulation,
@@ -53,10 +71,11 @@ def print_tables(data: ReportData) -> None:
                 summary.spent,
                 summary.expired,
                 summary.platform_revenue,
+                summary.platform_revenue * config.usd_rate,
             )
         ],
     )
-    table(
+    per_day = Section(
         "Per day (UTC)",
         [
             "day",
@@ -84,11 +103,17 @@ def print_tables(data: ReportData) -> None:
             for d in data.days
         ],
     )
-    table(
+    top = Section(
         "Top spenders",
         ["user", "spent or sent", "movements"],
         [(user.email or user.user_id, user.total, user.movements) for user in data.top_spenders],
     )
+    return now, per_day, top
+
+
+def print_tables(data: ReportData) -> None:
+    for section in sections(data):
+        table(section.title, section.columns, section.rows)
 
 
 # -- HTML ---------------------------------------------------------------------------------------
@@ -181,40 +206,17 @@ svg { display: block; margin: 1.5em 0; }
 
 def render_html(data: ReportData) -> str:
     days = [d.day for d in data.days]
-    symbol = html.escape(data.config.symbol)
-    summary = data.summary
+    symbol = data.config.symbol
+    now, per_day, top = sections(data)
     period = f"{days[0]} to {days[-1]}" if days else "no days"
-    sections = [
+    parts = [
         f"<h1>{html.escape(data.config.name)} report</h1>",
-        f"<p>{period} (UTC); 1 {symbol} = {data.config.usd_rate} USD.</p>",
-        "<h2>Now</h2>",
-        _html_table(
-            [
-                "in circulation",
-                "held",
-                "accounts",
-                "issued",
-                "spent",
-                "expired",
-                "platform revenue",
-                "revenue in USD",
-            ],
-            [
-                (
-                    summary.circulation,
-                    summary.held,
-                    summary.user_accounts,
-                    summary.issued,
-                    summary.spent,
-                    summary.expired,
-                    summary.platform_revenue,
-                    summary.platform_revenue * data.config.usd_rate,
-                )
-            ],
-        ),
-        "<h2>Per day</h2>",
+        f"<p>{period} (UTC); 1 {html.escape(symbol)} = {data.config.usd_rate} USD.</p>",
+        f"<h2>{html.escape(now.title)}</h2>",
+        _html_table(now.columns, now.rows),
+        f"<h2>{html.escape(per_day.title)}</h2>",
         line_chart(
-            f"Credits issued, spent and expired per day ({data.config.symbol})",
+            f"Credits issued, spent and expired per day ({symbol})",
             days,
             {
                 "issued": [d.issued for d in data.days],
@@ -223,49 +225,18 @@ def render_html(data: ReportData) -> str:
             },
         ),
         line_chart(
-            f"Platform revenue per day ({data.config.symbol})",
-            days,
-            {"revenue": [d.platform_revenue for d in data.days]},
+            f"Platform revenue per day ({symbol})", days, {"revenue": [d.platform_revenue for d in data.days]}
         ),
-        _html_table(
-            [
-                "day",
-                "issued",
-                "purchased",
-                "granted",
-                "transferred",
-                "spent",
-                "expired",
-                "revenue",
-                "circulation",
-            ],
-            [
-                (
-                    d.day,
-                    d.issued,
-                    d.purchased,
-                    d.granted,
-                    d.transferred,
-                    d.spent,
-                    d.expired,
-                    d.platform_revenue,
-                    d.circulation,
-                )
-                for d in data.days
-            ],
-        ),
-        "<h2>Top spenders</h2>",
+        _html_table(per_day.columns, per_day.rows),
+        f"<h2>{html.escape(top.title)}</h2>",
         bar_chart(
-            f"Top spenders ({data.config.symbol})",
+            f"Top spenders ({symbol})",
             [str(user.email or user.user_id) for user in data.top_spenders],
             [user.total for user in data.top_spenders],
         ),
-        _html_table(
-            ["user", "spent or sent", "movements"],
-            [(user.email or user.user_id, user.total, user.movements) for user in data.top_spenders],
-        ),
+        _html_table(top.columns, top.rows),
     ]
-    body = "\n".join(sections)
+    body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(data.config.name)} report</title><style>{STYLE}</style></head>\n"
