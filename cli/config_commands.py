@@ -99,25 +99,23 @@ def parse_value(key: str, text: str, origin: str) -> Setting:
         raise UsageError(f"{origin}: {key} {problem}") from None
 
 
-def key_values(path: Path) -> Iterator[tuple[str, str, str]]:
-    """`(origin, key, value)` for each `key = value` line of a file (`#` starts a comment);
-    origin is "<file> line <n>"."""
+def key_values(path: Path) -> Iterator[tuple[int, str, str]]:
+    """`(line number, key, value)` for each `key = value` line of a file (`#` starts a comment)."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
         if not content:
             continue
-        origin = f"{path} line {number}"
         key, equals, value = content.partition("=")
         if not equals:
-            raise UsageError(f"{origin}: expected `key = value`, got {content!r}")
-        yield origin, key.strip(), value.strip()
+            raise UsageError(f"{path} line {number}: expected `key = value`, got {content!r}")
+        yield number, key.strip(), value.strip()
 
 
 def read_file(path: Path) -> dict[str, Setting]:
     """The settings of a configuration file; an absent file has none."""
     if not path.is_file():
         return {}
-    return {key: parse_value(key, value, origin) for origin, key, value in key_values(path)}
+    return {key: parse_value(key, value, f"{path} line {number}") for number, key, value in key_values(path)}
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, Setting]:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -153,7 +153,9 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
     # Written by hand: the float 10.1 as a JSON number, the address in capitals.
     shouted = folder.email("zed").upper()
     folder.write(
-        "zed.json", '{"user_email": "' + shouted + '", "wallet_balance": 10.1, "roles": ["app_provider"]}'
+        "zed.json",
+        '{"user_email": "' + shouted + '", "wallet_balance": 10.1, "roles": ["app_provider"], "products": '
+        '[{"id": "a1", "name": "Nextcloud", "category": "app", "price_tfp": 12.75, "unit": "month"}]}',
     )
     zed = folder.email("zed")
     before = footprint(db)
@@ -165,12 +167,8 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
     assert done.exit_code == 0, done.stderr
     report = summary(done)
     # 12.34 x 0.1 = 1.234; the float 10.1 read exactly as 10.1 -> 1.01.
-    assert (report["users"], report["credits"], report["products"], report["transactions"]) == (
-        2,
-        "2.244",
-        1,
-        1,
-    )
+    counts = (report["users"], report["credits"], report["products"], report["transactions"])
+    assert counts == (2, "2.244", 2, 1)
     assert report["claimed_now"] == 0 and report["written"] is True
 
     again = summary(legacy_import(folder.user_data, "--json"))  # DIR may be user_data itself
@@ -185,8 +183,11 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
     assert balance(db, ada) == (Decimal("1.234"),)
     assert rows(db, "select role from public.user_roles where user_id = %s", unconfirmed.id) == [("farmer",)]
     # Zed was confirmed from the start (an INSERT with the address confirmed).
-    create_user(db, zed)
+    signed_up = create_user(db, zed)
     assert balance(db, zed) == (Decimal("1.01"),)
+    assert rows(db, "select name, price from public.products where provider_id = %s", signed_up.id) == [
+        ("Nextcloud", Decimal("1.275"))
+    ]
     entry = rows(
         db,
         "select e.kind, e.amount, t.from_system from public.credit_transactions e "
@@ -201,6 +202,16 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
     # Confirming again, or a second import, never credits twice.
     confirm(db, ada)
     assert balance(db, ada) == (Decimal("1.234"),)
+
+    # Her old listing is now her product, priced in credits (2.5 x 0.1), readable by anyone.
+    anon = Api(stack.api_url, stack.anon_key)
+    try:
+        listed = body(
+            anon.get("/products", provider_id=f"eq.{unconfirmed.id}", select="name,price,unit,category")
+        )
+    finally:
+        anon.close()
+    assert listed == [{"name": "Slice", "price": Decimal("0.25"), "unit": "month", "category": "compute"}]
 
 
 def test_users_confirmed_before_the_import_are_credited_at_once(
@@ -262,6 +273,15 @@ def write_broken_files(folder: Folder) -> None:
     )
     folder.user("too-precise", "0.0000001")
     folder.user("bad-role", "1", roles=["emperor"])
+    folder.user(
+        "bad-products",
+        "1",
+        roles=["user"],
+        products=[
+            {"id": "p1", "name": "Node", "category": "node", "price_tfp": "10", "unit": "month"},
+            {"id": "p2", "name": "Free", "category": "app", "price_tfp": "0", "unit": "fortnight"},
+        ],
+    )
 
 
 EXPECTED_PROBLEMS = {
@@ -275,6 +295,10 @@ EXPECTED_PROBLEMS = {
     ("bad-amounts.json", "transactions[1].id"),
     ("too-precise.json", "wallet_balance"),
     ("bad-role.json", "roles"),
+    ("bad-products.json", "products[0].category"),  # a node needs the farmer role
+    ("bad-products.json", "products[1].price_tfp"),
+    ("bad-products.json", "products[1].category"),
+    ("bad-products.json", "products[1].unit"),
 }
 
 
@@ -350,3 +374,35 @@ def test_a_real_subprocess_shows_the_summary_table(folder: Folder, stack: LocalS
     )
     assert ran.returncode == 0, ran.stderr
     assert "Legacy import" in ran.stdout and "1.5" in ran.stdout
+
+
+@pytest.fixture
+def restored_fee(db: Conn) -> Iterator[None]:
+    saved = db.execute("select platform_fee_percent from public.marketplace_config").fetchone()
+    yield
+    db.execute("update public.marketplace_config set platform_fee_percent = %s", saved)
+
+
+@pytest.mark.usefixtures("restored_fee")
+def test_the_old_platform_fee_comes_along_once(legacy_import: Import, folder: Folder, db: Conn) -> None:
+    (folder.root / "marketplace.config").write_text("tfp_to_usd_rate = 0.1\nplatform_fee_percent = 7.5\n")
+    folder.user("fee", "1")
+    report = summary(legacy_import(folder.root, "--json"))
+    assert report["settings_applied"] == {"platform_fee_percent": 7.5}
+    assert db.execute("select platform_fee_percent from public.marketplace_config").fetchone() == (
+        Decimal("7.5"),
+    )
+    assert summary(legacy_import(folder.root, "--json"))["settings_applied"] == {}
+
+
+def test_a_bad_old_setting_is_a_problem_of_the_config_file(legacy_import: Import, folder: Folder) -> None:
+    (folder.root / "marketplace.config").write_text("platform_fee_percent = 150\ntfp_to_usd_rate = 0.2\n")
+    folder.user("config", "1")
+    result = legacy_import(folder.root, "--json")
+    assert result.exit_code == 1
+    report = summary(result)
+    assert [(p["file"], p["field"]) for p in report["problems"]] == [
+        ("marketplace.config", "platform_fee_percent (line 1)")
+    ]
+    assert "must be a percentage from 0 to 100" in report["problems"][0]["message"]
+    assert [w["message"] for w in report["warnings"]] == ["the old rate 0.2 differs from --tfp-usd-rate 0.1"]

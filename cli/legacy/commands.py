@@ -15,7 +15,15 @@ from cli import migrations
 from cli.api import parse_decimal
 from cli.common import DbUrlOption, JsonOption, reported, resolve_db_url
 from cli.errors import EXIT_FAILED, UsageError
-from cli.legacy.files import Converter, Finding, Reading, locate, read_old_config, read_user_files
+from cli.legacy.files import (
+    CATEGORIES,
+    Converter,
+    Finding,
+    Reading,
+    locate,
+    read_old_config,
+    read_user_files,
+)
 from cli.output import emit_json, err, say, table
 
 app = typer.Typer(help="The move from the old marketplace's JSON files to PostgreSQL.")
@@ -39,7 +47,15 @@ def _credit_usd_rate(conn: psycopg.Connection[tuple[object, ...]]) -> Decimal:
     return row[0]
 
 
-def _read(files: list[Path], converter: Converter, quiet: bool) -> Reading:
+def _role_for_category(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, str]:
+    """The catalogue's rule, from the database: which role may list each category."""
+    rows = conn.execute(
+        "select c, mycelium_private.role_for_category(c) from unnest(%s::text[]) c", (list(CATEGORIES),)
+    ).fetchall()
+    return {str(category): str(role) for category, role in rows}
+
+
+def _read(files: list[Path], converter: Converter, role_for_category: dict[str, str], quiet: bool) -> Reading:
     with Progress(
         TextColumn("reading user files"),
         BarColumn(),
@@ -50,7 +66,7 @@ def _read(files: list[Path], converter: Converter, quiet: bool) -> Reading:
         disable=quiet,
     ) as bar:
         task = bar.add_task("read", total=len(files))
-        return read_user_files(files, converter, advance=lambda: bar.advance(task))
+        return read_user_files(files, converter, role_for_category, advance=lambda: bar.advance(task))
 
 
 def _findings(title: str, findings: list[Finding]) -> None:
@@ -99,8 +115,8 @@ def import_files(
     files = sorted(source.user_data.glob("*.json"))
     with migrations.connect(resolve_db_url(db_url)) as conn, conn.transaction() as transaction:
         converter = Converter(rate, _credit_usd_rate(conn), truncate_excess)
-        reading = _read(files, converter, quiet=as_json)
-        settings = read_old_config(source.config, rate, reading.warnings)
+        reading = _read(files, converter, _role_for_category(conn), quiet=as_json)
+        settings = read_old_config(source.config, rate, reading)
         blocked = bool(reading.problems) and not skip_invalid
         result: dict[str, Any] = {}
         if not blocked:
@@ -117,6 +133,11 @@ def import_files(
             ).fetchone()
             assert row is not None
             result = row[0]  # type: ignore[assignment]
+            if result["run_id"] is not None:  # something new: the old settings come along
+                applied = conn.execute(
+                    "select mycelium_private.apply_legacy_settings(%s::jsonb)", (_sql_json(settings),)
+                ).fetchone()
+                result["settings_applied"] = applied[0] if applied else {}
         if dry_run or blocked:
             raise psycopg.Rollback(transaction)  # nothing at all is written: no rows, no run record
     summary = {
@@ -132,6 +153,7 @@ def import_files(
         "transactions": result.get("transactions", 0),
         "products": result.get("products", 0),
         "settings_kept": settings,
+        "settings_applied": result.get("settings_applied", {}),
         "problems": [vars(finding) for finding in reading.problems],
         "warnings": [vars(finding) for finding in reading.warnings],
         "run_id": result.get("run_id"),

@@ -9,14 +9,14 @@ the operator asks for truncation, which is then reported amount by amount.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
-from cli.config_commands import key_values
+from cli.config_commands import key_values, parse_value
 from cli.errors import UsageError
 
 CREDIT_PLACES = 6
@@ -24,6 +24,10 @@ ROLES = frozenset({"admin", "farmer", "app_provider", "service_provider"})
 OLD_ROLES = ROLES | {"user"}  # every old account was a `user`: not a role any more
 # Old configuration keys: kept for the marketplace, checked against --tfp-usd-rate, or dropped.
 KEPT_SETTINGS = frozenset({"platform_fee_percent"})
+# What FORMAT.md allows for products; which role may list a category is the catalogue's rule,
+# read from the database (mycelium_private.role_for_category).
+CATEGORIES = ("compute", "node", "app", "service", "gateway")
+UNITS = ("hour", "month", "once")
 DROPPED_SETTINGS = {"currency_display": "credits are the only currency now"}
 
 
@@ -74,7 +78,10 @@ class Reading:
     valid: list[UserFile] = field(default_factory=list)
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
-    invalid_files: set[str] = field(default_factory=set)
+
+    @property
+    def invalid_files(self) -> set[str]:
+        return {finding.file for finding in self.problems}
 
 
 class _FileCheck:
@@ -83,6 +90,12 @@ class _FileCheck:
     def __init__(self, name: str, converter: Converter, reading: Reading) -> None:
         self.name, self.converter, self.reading = name, converter, reading
         self.problems: list[Finding] = []
+
+    def choice(self, value: Any, where: str, allowed: tuple[str, ...]) -> str | None:
+        if value not in allowed:
+            self.problem(where, f"must be one of {', '.join(allowed)}, got {value!r}")
+            return None
+        return str(value)
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(Finding(self.name, where, message))
@@ -167,7 +180,9 @@ def _when(check: _FileCheck, value: Any, where: str) -> str | None:
     return None
 
 
-def _check_file(name: str, document: Any, converter: Converter, reading: Reading) -> UserFile | None:
+def _check_file(
+    name: str, document: Any, converter: Converter, role_for_category: Mapping[str, str], reading: Reading
+) -> UserFile | None:
     check = _FileCheck(name, converter, reading)
     if not isinstance(document, dict):
         check.problem("(file)", "expected a JSON object")
@@ -212,6 +227,16 @@ def _check_file(name: str, document: Any, converter: Converter, reading: Reading
     products = []
     for where, item in check.items(document, "products"):
         price = check.amount(item.get("price_tfp"), f"{where}.price_tfp")
+        if price is not None and price[1] <= 0:
+            check.problem(
+                f"{where}.price_tfp", f"a product's price must be greater than zero, got {price[0]}"
+            )
+        category = check.choice(item.get("category"), f"{where}.category", CATEGORIES)
+        if category is not None and role_for_category[category] not in roles:
+            check.problem(
+                f"{where}.category",
+                f"listing {category} products needs the role {role_for_category[category]}, not in roles",
+            )
         attributes = item.get("attributes", {})
         if not isinstance(attributes, dict):
             check.problem(f"{where}.attributes", "expected an object")
@@ -223,8 +248,8 @@ def _check_file(name: str, document: Any, converter: Converter, reading: Reading
                 "legacy_id": str(item["id"]),
                 "name": check.text(item.get("name"), f"{where}.name", required=True),
                 "description": check.text(item.get("description"), f"{where}.description"),
-                "category": check.text(item.get("category"), f"{where}.category"),
-                "unit": check.text(item.get("unit"), f"{where}.unit"),
+                "category": category,
+                "unit": check.choice(item.get("unit"), f"{where}.unit", UNITS),
                 "legacy_price": None if price is None else price[0],
                 "price": None if price is None else price[1],
                 "attributes": attributes,
@@ -255,7 +280,9 @@ def _check_file(name: str, document: Any, converter: Converter, reading: Reading
     )
 
 
-def read_user_files(files: list[Path], converter: Converter, advance: Any = None) -> Reading:
+def read_user_files(
+    files: list[Path], converter: Converter, role_for_category: Mapping[str, str], advance: Any = None
+) -> Reading:
     """Every file checked; e-mail addresses unique across files, ignoring case (every file that
     repeats an address is invalid, the first one too: which one is right is for a person)."""
     reading = Reading()
@@ -265,7 +292,7 @@ def read_user_files(files: list[Path], converter: Converter, advance: Any = None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             reading.problems.append(Finding(path.name, "(file)", f"not valid JSON: {error}"))
         else:
-            user = _check_file(path.name, document, converter, reading)
+            user = _check_file(path.name, document, converter, role_for_category, reading)
             if user is not None:
                 reading.valid.append(user)
         if advance is not None:
@@ -285,7 +312,6 @@ def read_user_files(files: list[Path], converter: Converter, advance: Any = None
                     )
                 )
     reading.valid = [user for user in reading.valid if len(by_email[user.account["email"]]) == 1]
-    reading.invalid_files = {finding.file for finding in reading.problems}
     return reading
 
 
@@ -304,28 +330,34 @@ def locate(directory: Path) -> Source:
     return Source(folder, config if config.is_file() else None)
 
 
-def read_old_config(path: Path | None, tfp_usd_rate: Decimal, warnings: list[Finding]) -> dict[str, str]:
-    """The old keys worth keeping; others are reported as dropped."""
-    kept: dict[str, str] = {}
+def read_old_config(path: Path | None, tfp_usd_rate: Decimal, reading: Reading) -> dict[str, Decimal | str]:
+    """The old keys worth keeping, checked as `mycelium config` checks them; the rest is reported
+    as dropped."""
+    kept: dict[str, Decimal | str] = {}
     if path is None:
         return kept
-    for origin, key, value in key_values(path):
-        where = origin.rsplit(" ", 2)[-2:]
-        field_name = f"{key} ({' '.join(where)})"
+    try:
+        lines = list(key_values(path))
+    except UsageError as malformed:
+        reading.problems.append(Finding(path.name, "(file)", str(malformed)))
+        return kept
+    for number, key, value in lines:
+        where = f"{key} (line {number})"
         if key in KEPT_SETTINGS:
-            kept[key] = value
+            try:
+                kept[key] = parse_value(key, value, f"{path.name} line {number}").value
+            except UsageError as invalid:
+                reading.problems.append(Finding(path.name, where, str(invalid)))
         elif key == "tfp_to_usd_rate":
-            if value != str(tfp_usd_rate) and _decimal_or_none(value) != tfp_usd_rate:
-                warnings.append(
+            if _decimal_or_none(value) != tfp_usd_rate:
+                reading.warnings.append(
                     Finding(
-                        path.name,
-                        field_name,
-                        f"the old rate {value} differs from --tfp-usd-rate {tfp_usd_rate}",
+                        path.name, where, f"the old rate {value} differs from --tfp-usd-rate {tfp_usd_rate}"
                     )
                 )
         else:
             why = DROPPED_SETTINGS.get(key, "not a setting any more")
-            warnings.append(Finding(path.name, field_name, f"dropped: {why}"))
+            reading.warnings.append(Finding(path.name, where, f"dropped: {why}"))
     return kept
 
 
