@@ -6,10 +6,13 @@
         client.auth.sign_in("ada@example.com", "...")
         print(client.credits.format(client.credits.balance().balance))
         client.credits.transfer(friend_id, "12.50", memo="lunch")
+        hit = next(client.marketplace.search("ubuntu", category="compute", sort="price_asc"))
+        order = client.orders.place({hit.id: 1})
 
 Business rules live in SQL; this package gives them a typed face: pydantic models with `Decimal`
 amounts, errors mapped from the SQL's stable reasons, safe retries, and balance changes over
 Realtime (`credits.watch`) or, for trusted services, from PostgreSQL (`mycelium_client.feeds`).
+Namespaces: `auth`, `credits`, `marketplace` (the catalogue), `orders` (buying and selling), `admin`.
 """
 
 from mycelium_client._http import RetryPolicy
@@ -30,19 +33,42 @@ from mycelium_client.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from mycelium_client.marketplace import (
+    AsyncMarketplace,
+    Capacity,
+    Marketplace,
+    ProductChanges,
+    ProductRef,
+    SearchFilters,
+)
 from mycelium_client.models import (
     AuditFinding,
     AuthUser,
     Balance,
     BalanceChange,
     BalanceSource,
+    CategorySpending,
     CreditConfig,
     CreditPackage,
     CreditSummary,
     DailyStats,
+    DisplayCurrency,
     ExpiryResult,
+    HoldRelease,
+    MarketplaceConfig,
     Movement,
     MovementKind,
+    Order,
+    OrderItem,
+    OrderStatus,
+    PeriodEarnings,
+    Product,
+    ProductCategory,
+    ProductEarnings,
+    ProductHit,
+    ProductPrices,
+    ProductSort,
+    ProductUnit,
     RoleChange,
     RoleName,
     Session,
@@ -51,6 +77,7 @@ from mycelium_client.models import (
     Transaction,
     TransactionKind,
 )
+from mycelium_client.orders import AsyncOrders, Items, OrderRef, Orders
 from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch
 
 __version__ = "0.1.0"
@@ -62,7 +89,9 @@ __all__ = [
     "AsyncAuth",
     "AsyncBalanceWatch",
     "AsyncCredits",
+    "AsyncMarketplace",
     "AsyncMyceliumClient",
+    "AsyncOrders",
     "AuditFinding",
     "Auth",
     "AuthUser",
@@ -70,6 +99,8 @@ __all__ = [
     "BalanceChange",
     "BalanceSource",
     "BalanceWatch",
+    "Capacity",
+    "CategorySpending",
     "ConfigurationError",
     "Conflict",
     "CreditConfig",
@@ -77,19 +108,40 @@ __all__ = [
     "CreditSummary",
     "Credits",
     "DailyStats",
+    "DisplayCurrency",
     "ExpiryResult",
+    "HoldRelease",
     "InsufficientCredits",
     "InvalidAmount",
     "InvalidArgument",
+    "Items",
+    "Marketplace",
+    "MarketplaceConfig",
     "Movement",
     "MovementKind",
     "MyceliumClient",
     "MyceliumError",
     "NotAuthorized",
     "NotFound",
+    "Order",
+    "OrderItem",
+    "OrderRef",
+    "OrderStatus",
+    "Orders",
+    "PeriodEarnings",
+    "Product",
+    "ProductCategory",
+    "ProductChanges",
+    "ProductEarnings",
+    "ProductHit",
+    "ProductPrices",
+    "ProductRef",
+    "ProductSort",
+    "ProductUnit",
     "RetryPolicy",
     "RoleChange",
     "RoleName",
+    "SearchFilters",
     "ServiceUnavailable",
     "Session",
     "SignUpResult",

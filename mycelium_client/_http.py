@@ -12,21 +12,36 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from mycelium_client.amounts import dumps, loads
 from mycelium_client.errors import ServiceUnavailable, from_body
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # The request never left: retrying cannot apply anything twice.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _RETRY_STATUSES = frozenset({502, 503, 504})
 OBJECT = "application/vnd.pgrst.object+json"
+# PostgREST answers an insert or update with the rows it wrote (else with nothing).
+RETURN_ROWS = "return=representation"
+
+
+class _JsonNull:
+    """A body value sent as JSON null (a plain None means "leave out")."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _JsonNull()
 
 
 @dataclass(frozen=True)
@@ -54,15 +69,56 @@ class Call(Generic[T]):
     body: Mapping[str, object] | None = None
     accept: str = "application/json"
     safe: bool = True  # a read, or a write made idempotent by its key
+    prefer: str | None = None
 
     def encoded_body(self) -> bytes | None:
-        return None if self.body is None else dumps({k: v for k, v in self.body.items() if v is not None})
+        if self.body is None:
+            return None
+        return dumps({k: None if v is NULL else v for k, v in self.body.items() if v is not None})
 
 
-def rpc(
-    name: str, parse: Callable[[Any], T], *, safe: bool, accept: str = "application/json", **args: object
-) -> Call[T]:
-    return Call("POST", f"/rpc/{name}", parse, body=args, safe=safe, accept=accept)
+def rpc(function: str, parse: Callable[[Any], T], /, *, safe: bool, **args: object) -> Call[T]:
+    """A call of a SQL function; `args` are its named arguments (None ones left out)."""
+    return Call("POST", f"/rpc/{function}", parse, body=args, safe=safe)
+
+
+def rows(model: type[M]) -> Callable[[Any], list[M]]:
+    """Reads a JSON array of `model`s."""
+    return lambda found: [model.model_validate(row) for row in found]
+
+
+def newest_first_after(created_at: datetime, row_id: object) -> dict[str, str]:
+    """Filters for the keyset page after the row (`created_at`, `row_id`) in `created_at desc,
+    id desc` order: a range scan on a (owner, created_at) index, as fast on page 1,000 as on 1."""
+    at = f'"{created_at.isoformat()}"'
+    return {
+        "created_at": f"lte.{at}",  # lets the index bound the scan
+        "or": f"(created_at.lt.{at},and(created_at.eq.{at},id.lt.{row_id}))",
+    }
+
+
+def pages(fetch: Callable[[T | None], list[T]], page_size: int) -> Iterator[T]:
+    """The rows of page after page, each page fetched (after the last row of the previous one)
+    only when the caller has iterated that far."""
+    last: T | None = None
+    while True:
+        page = fetch(last)
+        yield from page
+        if len(page) < page_size:
+            return
+        last = page[-1]
+
+
+async def async_pages(fetch: Callable[[T | None], Awaitable[list[T]]], page_size: int) -> AsyncIterator[T]:
+    """The async twin of `pages`."""
+    last: T | None = None
+    while True:
+        page = await fetch(last)
+        for row in page:
+            yield row
+        if len(page) < page_size:
+            return
+        last = page[-1]
 
 
 @dataclass
@@ -119,6 +175,8 @@ class Credentials:
         headers = {"apikey": self.api_key, "Authorization": f"Bearer {self.bearer()}", "Accept": call.accept}
         if call.body is not None:
             headers["Content-Type"] = "application/json"
+        if call.prefer is not None:
+            headers["Prefer"] = call.prefer
         return headers
 
 

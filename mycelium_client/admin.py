@@ -1,15 +1,13 @@
 """`client.admin`: for the service_role key or an admin user. Purchases for confirmed payments,
-grants, the credit configuration, roles, analytics, the ledger audit and the expiry sweep."""
+grants, the credit configuration, roles, analytics, the ledger audit and the expiry sweep; the
+marketplace's configuration, display currencies and the sweep of expired order holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import date, datetime
-from typing import Any, Literal, TypeVar
+from datetime import date, datetime, timedelta
+from typing import Literal
 
-from pydantic import BaseModel
-
-from mycelium_client._http import AsyncTransport, Call, SyncTransport, rpc
+from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
 from mycelium_client.amounts import AmountLike, amount, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
@@ -18,18 +16,15 @@ from mycelium_client.models import (
     CreditConfig,
     CreditSummary,
     DailyStats,
+    DisplayCurrency,
     ExpiryResult,
+    HoldRelease,
+    MarketplaceConfig,
     Movement,
     RoleChange,
     RoleName,
     TopUser,
 )
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _rows(model: type[M]) -> Callable[[Any], list[M]]:
-    return lambda rows: [model.model_validate(row) for row in rows]
 
 
 def purchase_call(
@@ -89,7 +84,7 @@ def role_call(
 
 
 def daily_stats_call(from_day: date | None, to_day: date | None) -> Call[list[DailyStats]]:
-    return rpc("platform_daily_stats", _rows(DailyStats), safe=True, from_day=from_day, to_day=to_day)
+    return rpc("platform_daily_stats", rows(DailyStats), safe=True, from_day=from_day, to_day=to_day)
 
 
 def summary_call() -> Call[CreditSummary]:
@@ -101,7 +96,7 @@ def top_users_call(
 ) -> Call[list[TopUser]]:
     return rpc(
         "top_credit_users",
-        _rows(TopUser),
+        rows(TopUser),
         safe=True,
         direction=direction,
         from_day=from_day,
@@ -111,12 +106,52 @@ def top_users_call(
 
 
 def audit_call() -> Call[list[AuditFinding]]:
-    return rpc("audit_ledger", _rows(AuditFinding), safe=True)
+    return rpc("audit_ledger", rows(AuditFinding), safe=True)
 
 
 def expire_call(as_of: datetime | None) -> Call[ExpiryResult]:
     # Each lot expires once (a unique reference per lot): safe to retry.
     return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of)
+
+
+def set_marketplace_config_call(
+    platform_fee_percent: AmountLike | None, hold_ttl: timedelta | None
+) -> Call[MarketplaceConfig]:
+    # Each call is a history row, as for the credit config: only retried if never sent.
+    fee = None if platform_fee_percent is None else to_decimal(platform_fee_percent, "platform_fee_percent")
+    return rpc(
+        "set_marketplace_config",
+        MarketplaceConfig.model_validate,
+        safe=False,
+        platform_fee_percent=fee,
+        hold_ttl=hold_ttl,
+    )
+
+
+def release_holds_call(as_of: datetime | None) -> Call[HoldRelease]:
+    # Only pending orders are released, each once: safe to retry.
+    return rpc("release_expired_holds", HoldRelease.model_validate, safe=True, as_of=as_of)
+
+
+def set_currency_call(
+    code: str, usd_per_unit: AmountLike, symbol: str | None, name: str | None, decimals: int | None
+) -> Call[DisplayCurrency]:
+    # An upsert to the same values: safe to retry.
+    return rpc(
+        "set_display_currency",
+        DisplayCurrency.model_validate,
+        safe=True,
+        code=code,
+        usd_per_unit=amount(usd_per_unit, "usd_per_unit"),
+        symbol=symbol,
+        name=name,
+        decimals=decimals,
+    )
+
+
+def remove_currency_call(code: str) -> Call[None]:
+    # Without usd_per_unit the SQL removes the currency.
+    return rpc("set_display_currency", lambda _: None, safe=True, code=code)
 
 
 class Admin:
@@ -186,6 +221,32 @@ class Admin:
         """Sweep what is left of lots expired by `as_of` (default: now); service_role only."""
         return self._transport.send(expire_call(as_of))
 
+    def set_marketplace_config(
+        self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
+    ) -> MarketplaceConfig:
+        """Change what is given; the rest stays. A new fee applies to orders placed from now on."""
+        return self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
+
+    def release_expired_holds(self, as_of: datetime | None = None) -> HoldRelease:
+        """Cancel orders pending for longer than the hold TTL (service_role only), giving their
+        holds back; at most 1000 a call."""
+        return self._transport.send(release_holds_call(as_of))
+
+    def set_display_currency(
+        self,
+        code: str,
+        usd_per_unit: AmountLike,
+        *,
+        symbol: str | None = None,
+        name: str | None = None,
+        decimals: int | None = None,
+    ) -> DisplayCurrency:
+        """Add or change a currency prices may be shown in; one unit is worth `usd_per_unit` USD."""
+        return self._transport.send(set_currency_call(code, usd_per_unit, symbol, name, decimals))
+
+    def remove_display_currency(self, code: str) -> None:
+        self._transport.send(remove_currency_call(code))
+
 
 class AsyncAdmin:
     """The async twin of `Admin`."""
@@ -249,6 +310,28 @@ class AsyncAdmin:
 
     async def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
         return await self._transport.send(expire_call(as_of))
+
+    async def set_marketplace_config(
+        self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
+    ) -> MarketplaceConfig:
+        return await self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
+
+    async def release_expired_holds(self, as_of: datetime | None = None) -> HoldRelease:
+        return await self._transport.send(release_holds_call(as_of))
+
+    async def set_display_currency(
+        self,
+        code: str,
+        usd_per_unit: AmountLike,
+        *,
+        symbol: str | None = None,
+        name: str | None = None,
+        decimals: int | None = None,
+    ) -> DisplayCurrency:
+        return await self._transport.send(set_currency_call(code, usd_per_unit, symbol, name, decimals))
+
+    async def remove_display_currency(self, code: str) -> None:
+        await self._transport.send(remove_currency_call(code))
 
 
 __all__ = ["Admin", "AsyncAdmin"]

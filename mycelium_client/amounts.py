@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
@@ -69,6 +69,8 @@ def _default(value: object) -> object:
         return str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, timedelta):  # as a PostgreSQL interval, exactly
+        return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 

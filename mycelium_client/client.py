@@ -23,6 +23,8 @@ from mycelium_client.admin import Admin, AsyncAdmin
 from mycelium_client.auth import AsyncAuth, Auth
 from mycelium_client.credits import AsyncCredits, Credits
 from mycelium_client.errors import ConfigurationError
+from mycelium_client.marketplace import AsyncMarketplace, Marketplace
+from mycelium_client.orders import AsyncOrders, Orders
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -103,6 +105,8 @@ class MyceliumClient:
         transport = SyncTransport(http, core.project.rest_url, core.credentials(), core.retry)
         self.auth = Auth(client.auth, fixed_token=core.identity.access_token if fixed_token else None)
         self.credits = Credits(transport, core.identity, core.project, core.watch)
+        self.marketplace = Marketplace(transport, core.identity)
+        self.orders = Orders(transport, core.identity)
         self.admin = Admin(transport)
         if not fixed_token:
             client.auth.on_auth_state_change(core.follow_session)
@@ -202,6 +206,8 @@ class AsyncMyceliumClient:
         transport = AsyncTransport(http, core.project.rest_url, core.credentials(), core.retry)
         self.auth = AsyncAuth(client.auth, fixed_token=core.identity.access_token if fixed_token else None)
         self.credits = AsyncCredits(transport, core.identity, core.project, core.watch)
+        self.marketplace = AsyncMarketplace(transport, core.identity)
+        self.orders = AsyncOrders(transport, core.identity)
         self.admin = AsyncAdmin(transport)
         if not fixed_token:
             client.auth.on_auth_state_change(core.follow_session)

@@ -7,9 +7,18 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from decimal import Decimal
-from typing import Any
 
-from mycelium_client._http import OBJECT, AsyncTransport, Call, SyncTransport, rpc
+from mycelium_client._http import (
+    OBJECT,
+    AsyncTransport,
+    Call,
+    SyncTransport,
+    async_pages,
+    newest_first_after,
+    pages,
+    rows,
+    rpc,
+)
 from mycelium_client._identity import Identity, Project
 from mycelium_client._realtime import BalanceChannel, WatchSettings
 from mycelium_client.amounts import AmountLike, amount, to_decimal
@@ -40,8 +49,7 @@ def balance_call(user: uuid.UUID) -> Call[Balance]:
 def history_call(
     user: uuid.UUID, after: Transaction | None, page_size: int, kinds: Iterable[TransactionKind] | None
 ) -> Call[list[Transaction]]:
-    """One page, newest first, strictly after the last row of the previous page (a keyset: a
-    range scan on the (user_id, created_at, id) index, as fast on page 1,000 as on page 1)."""
+    """One page, newest first, strictly after the last row of the previous page."""
     params = {
         "user_id": f"eq.{user}",
         "order": "created_at.desc,id.desc",
@@ -50,14 +58,8 @@ def history_call(
     if kinds is not None:
         params["kind"] = "in.(" + ",".join(TransactionKind(kind).value for kind in kinds) + ")"
     if after is not None:
-        at = f'"{after.created_at.isoformat()}"'
-        params["created_at"] = f"lte.{at}"  # lets the index bound the scan
-        params["or"] = f"(created_at.lt.{at},and(created_at.eq.{at},id.lt.{after.id}))"
-    return Call("GET", "/credit_transactions", _transactions, params)
-
-
-def _transactions(rows: Any) -> list[Transaction]:
-    return [Transaction.model_validate(row) for row in rows]
+        params |= newest_first_after(after.created_at, after.id)
+    return Call("GET", "/credit_transactions", rows(Transaction), params)
 
 
 def transfer_call(
@@ -77,9 +79,7 @@ def transfer_call(
 
 def packages_call() -> Call[list[CreditPackage]]:
     params = {"select": "*", "active": "is.true", "order": "sort_order,price_usd,name"}
-    return Call(
-        "GET", "/credit_packages", lambda rows: [CreditPackage.model_validate(r) for r in rows], params
-    )
+    return Call("GET", "/credit_packages", rows(CreditPackage), params)
 
 
 def new_idempotency_key() -> str:
@@ -134,13 +134,7 @@ class Credits(_Display):
         """Your movements, newest first, fetched a keyset page at a time as you iterate."""
         user = self._identity.user_or(user_id)
         kinds = None if kinds is None else list(kinds)
-        last: Transaction | None = None
-        while True:
-            page = self._transport.send(history_call(user, last, page_size, kinds))
-            yield from page
-            if len(page) < page_size:
-                return
-            last = page[-1]
+        return pages(lambda last: self._transport.send(history_call(user, last, page_size, kinds)), page_size)
 
     def transfer(
         self, to: UserRef, amount: AmountLike, memo: str | None = None, idempotency_key: str | None = None
@@ -195,7 +189,7 @@ class AsyncCredits(_Display):
     async def balance(self, user_id: UserRef | None = None) -> Balance:
         return await self._transport.send(balance_call(self._identity.user_or(user_id)))
 
-    async def history(
+    def history(
         self,
         *,
         user_id: UserRef | None = None,
@@ -204,14 +198,9 @@ class AsyncCredits(_Display):
     ) -> AsyncIterator[Transaction]:
         user = self._identity.user_or(user_id)
         kinds = None if kinds is None else list(kinds)
-        last: Transaction | None = None
-        while True:
-            page = await self._transport.send(history_call(user, last, page_size, kinds))
-            for row in page:
-                yield row
-            if len(page) < page_size:
-                return
-            last = page[-1]
+        return async_pages(
+            lambda last: self._transport.send(history_call(user, last, page_size, kinds)), page_size
+        )
 
     async def transfer(
         self, to: UserRef, amount: AmountLike, memo: str | None = None, idempotency_key: str | None = None

@@ -51,11 +51,13 @@ class NotAuthorized(MyceliumError):
 
 
 class NotFound(MyceliumError):
-    """The user, package or row does not exist (or is not visible to you)."""
+    """The user, package, product, order or row does not exist (or is not visible to you)."""
 
 
 class Conflict(MyceliumError):
-    """The request contradicts what exists: a reused idempotency key, an inactive package, ..."""
+    """The request contradicts what exists: a reused idempotency key, an inactive package or
+    product, a product sold out, an order not in a state that allows this, a refund above what
+    is left, ..."""
 
 
 class ServiceUnavailable(MyceliumError):
@@ -72,12 +74,21 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "invalid_amount": InvalidAmount,
     "invalid_argument": InvalidArgument,
     "self_transfer": InvalidArgument,
+    "invalid_quantity": InvalidArgument,
+    "mixed_providers": InvalidArgument,  # one order per provider
+    "own_product": InvalidArgument,  # providers do not buy from themselves
     "not_authorized": NotAuthorized,
     "not_found": NotFound,
     "unknown_recipient": NotFound,
+    "product_not_found": NotFound,
+    "order_not_found": NotFound,
     "duplicate_reference": Conflict,
     "package_inactive": Conflict,
     "append_only": Conflict,
+    "product_inactive": Conflict,
+    "capacity_exceeded": Conflict,
+    "invalid_transition": Conflict,  # e.g. fulfilling an order twice, cancelling a fulfilled one
+    "refund_exceeds_paid": Conflict,
     "42501": NotAuthorized,  # insufficient_privilege
     "22P02": InvalidArgument,  # invalid text representation (a malformed uuid, ...)
     "22023": InvalidArgument,  # invalid parameter value

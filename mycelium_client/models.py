@@ -6,13 +6,14 @@ timezone-aware, kinds are enums.
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from mycelium_client.amounts import to_decimal
 
@@ -225,3 +226,211 @@ class SignUpResult(Row):
 
     user: AuthUser
     session: Session | None = None
+
+
+# -- the marketplace -------------------------------------------------------------------------------
+_POSTGRES_INTERVAL = re.compile(
+    r"^(?:(?P<years>\d+) years? ?)?(?:(?P<months>\d+) mons? ?)?(?:(?P<days>\d+) days? ?)?"
+    r"(?:(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d(?:\.\d+)?))?$"
+)
+
+
+def _interval(value: Any) -> Any:
+    """A PostgreSQL interval as PostgREST sends it (`1 day 02:00:00`), as a timedelta; a month
+    counts 30 days (a year 12 months), as PostgreSQL counts them when it compares intervals."""
+    found = _POSTGRES_INTERVAL.match(value) if isinstance(value, str) and value else None
+    if found is None:
+        return value  # ISO 8601 and numbers of seconds are pydantic's
+    part = {name: Decimal(text or 0) for name, text in found.groupdict().items()}
+    days = (part["years"] * 12 + part["months"]) * 30 + part["days"]
+    seconds = ((days * 24 + part["hours"]) * 60 + part["minutes"]) * 60 + part["seconds"]
+    return timedelta(seconds=int(seconds), microseconds=int(seconds % 1 * 1_000_000))
+
+
+Interval = Annotated[timedelta, BeforeValidator(_interval)]
+"""A PostgreSQL interval, read as a timedelta."""
+
+
+class ProductCategory(StrEnum):
+    """What a product is; the provider's role decides which they may list."""
+
+    COMPUTE = "compute"  # farmers
+    NODE = "node"  # farmers
+    GATEWAY = "gateway"  # farmers
+    APP = "app"  # app providers
+    SERVICE = "service"  # service providers
+
+
+class ProductUnit(StrEnum):
+    """What a product's price is for."""
+
+    HOUR = "hour"
+    MONTH = "month"
+    ONCE = "once"
+
+
+class ProductSort(StrEnum):
+    NEWEST = "newest"
+    PRICE_ASC = "price_asc"
+    PRICE_DESC = "price_desc"
+
+
+class OrderStatus(StrEnum):
+    """pending -> fulfilled | cancelled | failed; fulfilled -> partially_refunded | refunded."""
+
+    PENDING = "pending"
+    FULFILLED = "fulfilled"
+    CANCELLED = "cancelled"  # by the buyer, or its hold expired
+    FAILED = "failed"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+
+
+class _Listing(Row):
+    """What a product and a search hit share."""
+
+    id: uuid.UUID
+    provider_id: uuid.UUID
+    category: ProductCategory
+    name: str
+    description: str
+    price: Money  # TFC per unit
+    unit: ProductUnit
+    attributes: dict[str, Any]
+    capacity: int | None = None  # units that may be sold at once; None: unlimited
+    location: str | None = None  # attributes["location"]
+    created_at: AwareDatetime
+
+
+class Product(_Listing):
+    """A product of the catalogue, as its provider (and, while active, anyone) reads it."""
+
+    units_in_use: int  # held by pending and fulfilled orders (counted only with a capacity)
+    active: bool
+    updated_at: AwareDatetime
+
+
+class ProductHit(_Listing):
+    """A product found by `marketplace.search`, with its price in USD (and in the currency asked
+    for) and the cursor that resumes the search after it."""
+
+    units_available: int | None = None  # None: unlimited
+    price_usd: Money
+    currency: str | None = None
+    price_in_currency: Money | None = None
+    cursor: dict[str, Any]
+
+
+class ProductPrices(Row):
+    """A product's price in TFC, USD and every display currency (display only)."""
+
+    id: uuid.UUID
+    name: str
+    category: ProductCategory
+    unit: ProductUnit
+    price: Money
+    price_usd: Money
+    prices: dict[str, Money]  # by currency code, "TFC" and "USD" included
+
+
+class DisplayCurrency(Row):
+    """A currency prices may be shown in: one unit is worth `usd_per_unit` USD."""
+
+    code: str
+    symbol: str
+    name: str | None = None
+    usd_per_unit: Money
+    decimals: int
+    updated_at: AwareDatetime
+
+
+class MarketplaceConfig(Row):
+    """The platform's share of each order (snapshotted when it is placed) and how long an order
+    may stay pending before its hold is released."""
+
+    platform_fee_percent: Money
+    hold_ttl: Interval
+    updated_at: AwareDatetime
+
+
+class OrderItem(Row):
+    """What an order bought, at the product's name and price when it was placed."""
+
+    product_id: uuid.UUID
+    product_name: str
+    category: ProductCategory
+    unit: ProductUnit
+    quantity: int
+    unit_price: Money
+    line_total: Money
+
+
+class Order(Row):
+    """An order paid in TFC: its total is held from the buyer while pending, then captured
+    (the provider gets the total less the fee) or released; captured orders may be refunded."""
+
+    id: uuid.UUID
+    buyer_id: uuid.UUID
+    provider_id: uuid.UUID
+    status: OrderStatus
+    total: Money
+    held_amount: Money
+    fee_percent: Money
+    fee_amount: Money | None = None  # set when captured
+    refunded_amount: Money
+    fee_refunded: Money  # the part of the refunds taken from the platform's fee
+    idempotency_key: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    fulfilled_at: AwareDatetime | None = None
+    items: list[OrderItem] = Field(default_factory=list)
+
+
+class HoldRelease(Row):
+    """The result of `admin.release_expired_holds`: call again while `orders_released` is 1000."""
+
+    as_of: AwareDatetime
+    hold_ttl: Interval
+    orders_released: int
+    credits_released: Money
+
+
+class _Earnings(Row):
+    """Captured orders: what buyers paid (gross), the platform's fee, refunds (fee_refunded of
+    them from the fee) and what the provider keeps (net)."""
+
+    provider_id: uuid.UUID
+    orders: int
+    gross: Money
+    fee: Money
+    refunded: Money
+    fee_refunded: Money
+    net: Money
+
+
+class PeriodEarnings(_Earnings):
+    """A provider's earnings over one UTC day or month (orders counted when fulfilled)."""
+
+    period: date = Field(validation_alias=AliasChoices("period", "day", "month"))
+
+
+class ProductEarnings(_Earnings):
+    """A provider's earnings from one product (an order's fee and refunds shared between its
+    items in proportion to their line totals)."""
+
+    product_id: uuid.UUID
+    product_name: str
+    category: ProductCategory
+    units: int
+
+
+class CategorySpending(Row):
+    """What a buyer spent on captured orders in one category, net of refunds."""
+
+    buyer_id: uuid.UUID
+    category: ProductCategory
+    orders: int
+    units: int
+    paid: Money
+    refunded: Money
+    spent: Money

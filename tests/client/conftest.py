@@ -19,7 +19,15 @@ import psycopg
 import pytest
 
 from cli.dev.stack import LocalStack
-from mycelium_client import MyceliumClient, RetryPolicy, WatchSettings
+from mycelium_client import (
+    MyceliumClient,
+    Product,
+    ProductCategory,
+    ProductUnit,
+    RetryPolicy,
+    RoleName,
+    WatchSettings,
+)
 from tests.client.doubles.auth import AuthDouble
 from tests.client.doubles.realtime import RealtimeDouble
 
@@ -76,13 +84,16 @@ class Target:
         assert response.status_code == 200, response.text
         return uuid.UUID(response.json()["id"]), address
 
-    def account(self, funded: Decimal | int | str | None = None) -> Account:
-        """A fresh signed-in user (optionally holding `funded` credits) with its own client."""
+    def account(self, funded: Decimal | int | str | None = None, role: RoleName | None = None) -> Account:
+        """A fresh signed-in user (optionally holding `funded` credits, or a provider's `role`)
+        with its own client."""
         user_id, email = self.create_user()
         client = self.client()
         session = client.auth.sign_in(email, PASSWORD)
         if funded is not None:
             self.service().admin.purchase_credits(user_id, funded, f"test-{uuid.uuid4()}")
+        if role is not None:
+            self.service().admin.grant_role(user_id, role)
         return Account(user_id, email, session.access_token, client)
 
     def service(self) -> MyceliumClient:
@@ -159,3 +170,24 @@ MakeAccount = Callable[..., Account]
 @pytest.fixture
 def account(target: Target) -> MakeAccount:
     return target.account
+
+
+def listed(
+    provider: Account,
+    price: Decimal | int | str = "2.5",
+    *,
+    name: str | None = None,
+    category: ProductCategory = ProductCategory.COMPUTE,
+    attributes: dict[str, object] | None = None,
+    capacity: int | None = None,
+) -> Product:
+    """A product of `provider` (a farmer, for the default category), listed through the client."""
+    return provider.client.marketplace.create_product(
+        category,
+        name or f"slice {uuid.uuid4().hex[:8]}",
+        price,
+        ProductUnit.MONTH,
+        description="4 vCPU slice",
+        attributes={"cpu": 4, "memory_gb": 8, "location": "BE"} if attributes is None else attributes,
+        capacity=capacity,
+    )
