@@ -290,6 +290,32 @@ def time_reads(
 # ---------------------------------------------------------------------------------------------
 
 
+# A throughput to show: name, per second, its ratio to what it is compared with, the target of
+# that ratio (at least; None for information only).
+RateRow = tuple[str, float | None, float | None, float | None]
+
+
+def best_rounds(samples: dict[str, list[float]]) -> dict[str, float | None]:
+    """Print every round of each measure and keep its best."""
+    for name, values in samples.items():
+        print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
+    return {name: max(values) for name, values in samples.items()}
+
+
+def print_rates(rows: list[RateRow]) -> int:
+    """The throughput table; returns how many targets were missed."""
+    print(f"{'measure':44} {'per second':>12} {'ratio':>8} {'target':>8}  verdict")
+    missed = 0
+    for name, value, rate, goal in rows:
+        shown = "n/a" if value is None else f"{value:,.0f}"
+        ratio_text = "" if rate is None else f"{rate:.2f}"
+        goal_text = "" if goal is None else f">= {goal}"
+        mark = "" if goal is None else verdict(rate, goal)
+        missed += mark == "MISSED"
+        print(f"{name:44} {shown:>12} {ratio_text:>8} {goal_text:>8}  {mark}")
+    return missed
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 

@@ -30,11 +30,14 @@ import psycopg
 from _common import (
     WORKERS,
     KeepAlive,
+    RateRow,
     Target,
+    best_rounds,
     create_users,
     fund,
     local_target,
     pgbench_database,
+    print_rates,
     ratio,
     run_parallel,
     script_rate,
@@ -238,9 +241,7 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             samples["sql_transfer"].append(sql_rate(target.db_url, "transfer", len(users), seconds))
             samples["sql_purchase"].append(sql_rate(target.db_url, "purchase", len(users), seconds))
             samples["sql_hot"].append(sql_rate(target.db_url, "hot", len(users), seconds))
-    for name, values in samples.items():
-        results[name] = max(values)
-        print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
+    results.update(best_rounds(samples))
 
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
@@ -275,61 +276,47 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         )
 
     tpcb = results["tpcb"]
-    rows = [
-        ("pgbench tpcb-like (tps)", tpcb, None, None, False),
+    rows: list[RateRow] = [
+        ("pgbench tpcb-like (tps)", tpcb, None, None),
         (
             "direct SQL transfers, 1,000 accounts",
             results["sql_transfer"],
             ratio(results["sql_transfer"], tpcb),
             0.8,
-            False,
         ),
         (
             "direct SQL purchases",
             results["sql_purchase"],
             ratio(results["sql_purchase"], results["sql_transfer"]),
             0.8,
-            False,
         ),
         (
             "direct SQL transfers into one account",
             results["sql_hot"],
             ratio(results["sql_hot"], results["sql_transfer"]),
             0.6,
-            False,
         ),
         (
             "PostgREST transfers",
             results["http_transfer"],
             ratio(results["http_transfer"], results["sql_transfer"]),
             0.5,
-            False,
         ),
         (
             "  (PostgREST transfers, no gateway)",
             results.get("direct_transfer"),
             ratio(results.get("direct_transfer"), results["sql_transfer"]),
             None,
-            False,
         ),
         (
             "PostgREST purchases",
             results["http_purchase"],
             ratio(results["http_purchase"], results["sql_purchase"]),
             0.5,
-            False,
         ),
     ]
     print()
-    print(f"{'measure':44} {'per second':>12} {'ratio':>8} {'target':>8}  verdict")
-    missed = 0
-    for name, value, rate, goal, below in rows:
-        shown = "n/a" if value is None else f"{value:,.0f}"
-        ratio_text = "" if rate is None else f"{rate:.2f}"
-        goal_text = "" if goal is None else (f"< {goal}" if below else f">= {goal}")
-        mark = "" if goal is None else verdict(rate, goal, below)
-        missed += mark == "MISSED"
-        print(f"{name:44} {shown:>12} {ratio_text:>8} {goal_text:>8}  {mark}")
+    missed = print_rates(rows)
     print()
     print(f"{'read latency (median)':44} {'small':>12} {'large':>12} {'ratio':>8} {'target':>8}  verdict")
     balance_ratio = ratio(big["balance"], small["balance"])

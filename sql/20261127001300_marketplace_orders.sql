@@ -150,20 +150,22 @@ create policy order_refunds_of_visible_orders on public.order_refunds
 -- Helpers shared by the order functions
 -- ---------------------------------------------------------------------------------------
 
--- What every order function returns: the order with its items.
+-- What every order function returns: the order with its items. (plpgsql: its plan is cached.)
 create or replace function mycelium_private.order_object(p_order uuid)
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select to_jsonb(o) || jsonb_build_object('items', (
+begin
+  return (select to_jsonb(o) || jsonb_build_object('items', (
     select coalesce(jsonb_agg(jsonb_build_object(
              'product_id', i.product_id, 'product_name', i.product_name, 'category', i.category,
              'unit', i.unit, 'quantity', i.quantity, 'unit_price', i.unit_price, 'line_total', i.line_total)
            order by i.id), '[]'::jsonb)
     from public.order_items i where i.order_id = o.id))
-  from public.orders o where o.id = p_order
+  from public.orders o where o.id = p_order);
+end;
 $$;
 
 create or replace function mycelium_private.record_order_status(
@@ -328,14 +330,15 @@ begin
     end if;
   end if;
 
-  -- Lock the products (see the lock order above), then read them under the lock.
+  -- Lock the products (see the lock order above): those with a capacity first, then all of them
+  -- FOR SHARE as they are read (a no-op on the rows this transaction holds already).
   perform 1 from public.products p where p.id = any(v_ids) and p.capacity is not null order by p.id for no key update;
-  perform 1 from public.products p where p.id = any(v_ids) and p.capacity is null order by p.id for share;
   v_found := 0;
   for v_product in
     select p.*, q.quantity from public.products p
     join unnest(v_ids, v_quantities) q(product_id, quantity) on q.product_id = p.id
     order by p.id
+    for share of p
   loop
     v_found := v_found + 1;
     if not v_product.active then
@@ -383,12 +386,14 @@ begin
   order by p.id;
   -- Guarded again in the UPDATE: a capacity set on a product between its lock and its read
   -- (the provider's change committed in between) must not oversell either.
-  update public.products p set units_in_use = p.units_in_use + q.quantity
-  from unnest(v_ids, v_quantities) q(product_id, quantity)
-  where p.id = q.product_id and p.capacity is not null and p.units_in_use + q.quantity <= p.capacity;
-  get diagnostics v_found = row_count;
-  if v_found <> v_limited then
-    perform mycelium_private.fail('capacity_exceeded', 'a product''s capacity changed while ordering: try again', 409);
+  if v_limited > 0 then
+    update public.products p set units_in_use = p.units_in_use + q.quantity
+    from unnest(v_ids, v_quantities) q(product_id, quantity)
+    where p.id = q.product_id and p.capacity is not null and p.units_in_use + q.quantity <= p.capacity;
+    get diagnostics v_found = row_count;
+    if v_found <> v_limited then
+      perform mycelium_private.fail('capacity_exceeded', 'a product''s capacity changed while ordering: try again', 409);
+    end if;
   end if;
 
   -- The hold: the buyer's balance down and held up in one UPDATE (the account lock), credits

@@ -70,6 +70,7 @@ declare
   v_earning numeric;
   v_transfer uuid;
   v_balance numeric;
+  v_result jsonb;
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
     perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fulfil an order', 403);
@@ -80,29 +81,40 @@ begin
   v_fee := round(v_order.total * v_order.fee_percent / 100, 6);
   v_earning := v_order.total - v_fee;
 
-  perform mycelium_private.lock_accounts(v_order.buyer_id, v_order.provider_id);
-  update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
-  where a.user_id = v_order.buyer_id;
-  if v_earning > 0 then
-    insert into mycelium_private.transfers (kind, from_system, to_user, amount, reference, initiated_by, initiated_role)
-    values ('provider_earning', 'holds', v_order.provider_id, v_earning, v_order.id::text,
-            auth.uid(), coalesce(auth.role(), session_user::text))
-    returning id into v_transfer;
-    v_balance := mycelium_private.credit_user(v_order.provider_id, v_earning, null, v_transfer);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, reference)
-    values (v_transfer, v_order.provider_id, v_earning, 'provider_earning', v_balance, v_order.buyer_id, v_order.id::text);
-  end if;
+  -- Everything but the accounts first: a popular provider's account is locked by every capture
+  -- of theirs, so it is updated last, and held only for the entry and the commit.
   if v_fee > 0 then
     insert into mycelium_private.transfers (kind, from_system, to_system, amount, reference, initiated_by, initiated_role)
     values ('platform_fee', 'holds', 'platform_revenue', v_fee, v_order.id::text,
             auth.uid(), coalesce(auth.role(), session_user::text));
   end if;
-
+  if v_earning > 0 then
+    insert into mycelium_private.transfers (kind, from_system, to_user, amount, reference, initiated_by, initiated_role)
+    values ('provider_earning', 'holds', v_order.provider_id, v_earning, v_order.id::text,
+            auth.uid(), coalesce(auth.role(), session_user::text))
+    returning id into v_transfer;
+  end if;
   update public.orders o
   set status = 'fulfilled', held_amount = 0, fee_amount = v_fee, fulfilled_at = now(), updated_at = now()
   where o.id = v_order.id;
   perform mycelium_private.record_order_status(v_order.id, 'pending', 'fulfilled');
-  return mycelium_private.order_object(v_order.id);
+  v_result := mycelium_private.order_object(v_order.id);
+
+  -- Then the two accounts in user_id order: the buyer's held goes down, the provider is paid.
+  if v_order.buyer_id < v_order.provider_id then
+    update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
+    where a.user_id = v_order.buyer_id;
+  end if;
+  if v_earning > 0 then
+    v_balance := mycelium_private.credit_user(v_order.provider_id, v_earning, null, v_transfer);
+    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, reference)
+    values (v_transfer, v_order.provider_id, v_earning, 'provider_earning', v_balance, v_order.buyer_id, v_order.id::text);
+  end if;
+  if v_order.buyer_id > v_order.provider_id then
+    update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
+    where a.user_id = v_order.buyer_id;
+  end if;
+  return v_result;
 end;
 $$;
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -69,3 +70,16 @@ def failure(reply: Any, status: int, reason: str) -> None:
 
 def audit_is_clean(service_api: Api) -> None:
     assert body(service_api.rpc("audit_ledger")) == []
+
+
+@contextmanager
+def setting(service_api: Api, table: str, column: str, value: str) -> Iterator[Decimal]:
+    """A known value of a global setting (`platform_fee_percent` of marketplace_config,
+    `tfc_to_usd_rate` of credit_config) for the block, put back afterwards."""
+    before = body(service_api.get(f"/{table}"))[0][column]
+    setter = {"marketplace_config": "set_marketplace_config", "credit_config": "set_credit_config"}[table]
+    assert service_api.rpc(setter, **{column: value}).status_code == 200
+    try:
+        yield D(value)
+    finally:
+        service_api.rpc(setter, **{column: str(before)})

@@ -10,17 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.marketplace_support import D, MakeUser, buyer, failure, list_product, placed
+from tests.marketplace_support import D, MakeUser, buyer, failure, list_product, placed, setting
 from tests.support import Api, User, body
 
 
 @pytest.fixture
 def usd_rate(service_api: Api) -> Iterator[Decimal]:
-    """A known TFC to USD rate for the test, restored afterwards."""
-    before = body(service_api.get("/credit_config"))[0]["tfc_to_usd_rate"]
-    assert service_api.rpc("set_credit_config", tfc_to_usd_rate="0.5").status_code == 200
-    yield D("0.5")
-    service_api.rpc("set_credit_config", tfc_to_usd_rate=str(before))
+    with setting(service_api, "credit_config", "tfc_to_usd_rate", "0.5") as rate:
+        yield rate
 
 
 def test_providers_list_edit_and_deactivate(anon_api: Api, service_api: Api, make_user: MakeUser) -> None:

@@ -9,16 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.marketplace_support import D, MakeUser, buyer, list_product, placed
+from tests.marketplace_support import D, MakeUser, buyer, list_product, placed, setting
 from tests.support import Api, body
 
 
 @pytest.fixture
 def fee_percent(service_api: Api) -> Iterator[Decimal]:
-    before = body(service_api.get("/marketplace_config"))[0]["platform_fee_percent"]
-    assert service_api.rpc("set_marketplace_config", platform_fee_percent="20").status_code == 200
-    yield D("20")
-    service_api.rpc("set_marketplace_config", platform_fee_percent=str(before))
+    with setting(service_api, "marketplace_config", "platform_fee_percent", "20") as fee:
+        yield fee
 
 
 def decimals(row: dict[str, Any], *columns: str) -> tuple[Decimal, ...]:

@@ -20,17 +20,15 @@ from tests.marketplace_support import (
     list_product,
     place,
     placed,
+    setting,
 )
 from tests.support import Api, body
 
 
 @pytest.fixture
 def fee_percent(service_api: Api) -> Iterator[Decimal]:
-    """A known platform fee for the test, restored afterwards."""
-    before = body(service_api.get("/marketplace_config"))[0]["platform_fee_percent"]
-    assert service_api.rpc("set_marketplace_config", platform_fee_percent="10").status_code == 200
-    yield D("10")
-    service_api.rpc("set_marketplace_config", platform_fee_percent=str(before))
+    with setting(service_api, "marketplace_config", "platform_fee_percent", "10") as fee:
+        yield fee
 
 
 def history(user_api: Api) -> list[tuple[str, Decimal, Decimal]]:

@@ -1,0 +1,325 @@
+"""Marketplace benchmark: orders placed and fulfilled per second through direct SQL and through
+PostgREST (8 workers, many buyers, 50 providers; then every order for one popular provider),
+against pgbench's tpcb-like transactions per second on the same server, and the latency of
+product search pages at 1,000 and at 100,000 products.
+
+    .venv/bin/python bench/orders.py                 # brings up its own local stack, then removes it
+    .venv/bin/python bench/orders.py --seconds 3 --rounds 1
+
+One order = place_order (the hold) then fulfil_order (the capture) by the product's provider: two
+transactions. Every figure is measured in this one run; throughput rounds interleave the
+yardstick with the measures and each keeps its best round. Targets (issue 4):
+  one popular provider       >= 0.6 x orders spread over 50 providers (platform revenue is a
+                             derived account: it must not serialise orders)
+  filtered search page       at 100,000 products / at 1,000 products < 2 (indexes, not scans)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from _common import (
+    WORKERS,
+    KeepAlive,
+    RateRow,
+    Target,
+    best_rounds,
+    create_users,
+    fund,
+    local_target,
+    pgbench_database,
+    print_rates,
+    ratio,
+    run_parallel,
+    script_rate,
+    time_reads,
+    tpcb_rate,
+    verdict,
+)
+
+PROVIDERS = 50
+PRODUCTS_PER_PROVIDER = 20
+
+# Direct SQL through pgbench: buyers and products looked up by number in bench-only tables; the
+# order id and its provider come back from place_order into pgbench variables (\gset).
+ORDER_SCRIPT = """
+\\set b random(1, :buyers)
+\\set p random(1, :products)
+select set_config('request.jwt.claims',
+                  json_build_object('sub', u.id, 'role', 'authenticated')::text, true) as claimed,
+       public.place_order(jsonb_build_array(jsonb_build_object('product_id', p.id, 'quantity', 1)))
+         ->> 'id' as order_id,
+       p.provider_id as provider_id
+from mycelium_bench.buyers u, mycelium_bench.{products} p where u.n = :b and p.n = :p
+\\gset
+select set_config('request.jwt.claims',
+                  json_build_object('sub', :provider_id::uuid, 'role', 'authenticated')::text, true),
+       public.fulfil_order(:order_id::uuid);
+"""
+
+
+def order_worker(
+    target: Target, buyers: list[str], products: list[tuple[str, str]], seconds: float, seed: int
+) -> tuple[int, int]:
+    """Place an order as a random buyer, then fulfil it as its provider; counts orders done."""
+    rng = random.Random(seed)
+    http = KeepAlive(target)
+    done = errors = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        product_id, provider_token = rng.choice(products)
+        status, reply = http.post(
+            "/rpc/place_order", rng.choice(buyers), {"items": [{"product_id": product_id, "quantity": 1}]}
+        )
+        if status == 200:
+            status, reply = http.post(
+                "/rpc/fulfil_order", provider_token, {"order_id": json.loads(reply)["id"]}
+            )
+        if status == 200:
+            done += 1
+        else:
+            errors += 1
+    http.close()
+    return done, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue
+# ---------------------------------------------------------------------------------------------
+
+LOCATIONS = ["BE", "DE", "NL", "FR", "CH", "AT", "US", "CA", "EG", "IN", "SG", "JP", "BR", "ZA", "AU"]
+
+
+def add_products(conn: psycopg.Connection[Any], providers: list[str], count: int) -> None:
+    """`count` products spread over `providers` (farmers): compute, node and gateway, prices from
+    0.1 to 100, cpu, memory, gpu (one in ten) and a location each (drawn independently, so that
+    no filter combination is empty by construction), created over the last days."""
+    conn.execute(
+        """
+        insert into public.products
+          (provider_id, category, name, description, price, unit, attributes, created_at)
+        select (%(providers)s::uuid[])[1 + g %% cardinality(%(providers)s::uuid[])],
+               (array['compute', 'compute', 'compute', 'node', 'gateway'])[1 + g %% 5],
+               (array['Ubuntu', 'Debian', 'Alpine', 'Fedora', 'NixOS', 'Arch'])[1 + (g * 7) %% 6]
+                 || (array[' slice', ' node', ' gateway'])[1 + g %% 3] || ' ' || g,
+               (array['fast NVMe storage', 'certified farm', 'public IPv4', 'low latency', 'green energy'])
+                 [1 + (g * 3) %% 5] || ', ' || (array['small', 'medium', 'large', 'huge'])[1 + g %% 4],
+               round((0.1 + random() * 99.9)::numeric, 6),
+               (array['hour', 'month', 'once'])[1 + g %% 3],
+               jsonb_build_object(
+                 'cpu', (array[1, 2, 4, 8, 16, 32])[1 + (g * 5) %% 6],
+                 'memory_gb', (array[2, 4, 8, 16, 64, 256])[1 + (g * 11) %% 6],
+                 'gpu', random() < 0.1,
+                 'location', (%(locations)s::text[])
+                   [1 + floor(random() * cardinality(%(locations)s::text[]))::int]),
+               now() - (g * interval '1 second')
+        from generate_series(1, %(count)s) g
+        """,
+        {"providers": providers, "locations": LOCATIONS, "count": count},
+    )
+    conn.execute("analyze public.products")
+
+
+# A filter mix a marketplace front end sends, and the next page of the first. Each fills its page
+# of 20 at 1,000 products already, so both sizes do the same work when indexes serve the page (a
+# filter too narrow to fill a page at 1,000 products would compare a short page with a full one).
+SEARCHES: dict[str, str] = {
+    "category + price range, by price": (
+        "select * from public.search_products(category => 'compute', min_price => 5, max_price => 20,"
+        " sort => 'price_asc')"
+    ),
+    "location, newest": "select * from public.search_products(location => 'BE')",
+    "full text + category, newest": (
+        "select * from public.search_products(query => 'ubuntu', category => 'compute')"
+    ),
+    "attribute minimums (cpu >= 16), by price": (
+        "select * from public.search_products(min_attributes => '{\"cpu\": 16}', sort => 'price_asc')"
+    ),
+    "gpu, price descending": (
+        "select * from public.search_products(attributes => '{\"gpu\": true}', sort => 'price_desc')"
+    ),
+}
+NEXT_PAGE = (
+    "select * from public.search_products(category => 'compute', min_price => 5, max_price => 20,"
+    " sort => 'price_asc', after => %s::jsonb)"
+)
+
+
+def search_latencies(conn: psycopg.Connection[Any], repeat: int) -> dict[str, float]:
+    """Median seconds per search page, as anon."""
+    out = {name: time_reads(conn, None, query, (), repeat) for name, query in SEARCHES.items()}
+    first = conn.execute(SEARCHES["category + price range, by price"]).fetchall()
+    cursor = json.dumps(first[-1][-1]) if first else None
+    out["next page (keyset) of the first"] = time_reads(conn, None, NEXT_PAGE, (cursor,), repeat)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def setup(conn: psycopg.Connection[Any], buyers_count: int) -> tuple[list[str], list[str]]:
+    print(
+        f"setup: {buyers_count} buyers, {PROVIDERS} providers x {PRODUCTS_PER_PROVIDER} products", flush=True
+    )
+    buyers = create_users(conn, buyers_count)
+    providers = create_users(conn, PROVIDERS)
+    conn.execute(
+        "insert into public.user_roles (user_id, role) select unnest(%s::uuid[]), 'farmer'", (providers,)
+    )
+    fund(conn, buyers, "1000000")
+    add_products(conn, providers, PROVIDERS * PRODUCTS_PER_PROVIDER)
+    conn.execute("drop schema if exists mycelium_bench cascade")
+    conn.execute("create schema mycelium_bench")
+    conn.execute("create table mycelium_bench.buyers (n integer primary key, id uuid not null)")
+    conn.execute(
+        "insert into mycelium_bench.buyers select n, id from unnest(%s::uuid[]) with ordinality u(id, n)",
+        (buyers,),
+    )
+    for table, only in (("products", None), ("popular", providers[0])):
+        conn.execute(
+            f"create table mycelium_bench.{table} as"
+            " select row_number() over (order by id)::integer as n, id, provider_id from public.products"
+            " where %s::uuid is null or provider_id = %s::uuid",
+            (only, only),
+        )
+    conn.execute("grant usage on schema mycelium_bench to postgres")
+    conn.execute("grant select on all tables in schema mycelium_bench to postgres")
+    return buyers, providers
+
+
+def measure(target: Target, args: argparse.Namespace) -> int:
+    seconds = args.seconds
+    admin_url = target.superuser_db_url or target.db_url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        buyers, providers = setup(conn, args.buyers)
+        product_rows = conn.execute("select id::text, provider_id::text from public.products").fetchall()
+        print(f"search at {len(product_rows):,} products", flush=True)
+        small = search_latencies(conn, args.repeat)
+
+    counts = {"buyers": len(buyers), "products": PROVIDERS * PRODUCTS_PER_PROVIDER}
+    popular_counts = {"buyers": len(buyers), "products": PRODUCTS_PER_PROVIDER}
+    samples: dict[str, list[float]] = {"tpcb": [], "sql_many": [], "sql_popular": []}
+    with pgbench_database(admin_url, args.pgbench_scale) as yardstick:
+        for round_number in range(1, args.rounds + 1):
+            print(
+                f"round {round_number}/{args.rounds} ({WORKERS} clients, {seconds:.0f}s each): "
+                "pgbench tpcb-like, direct SQL orders over 50 providers, then for one popular provider",
+                flush=True,
+            )
+            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
+            many = ORDER_SCRIPT.replace("{products}", "products")
+            samples["sql_many"].append(script_rate(target.db_url, many, counts, seconds))
+            popular = ORDER_SCRIPT.replace("{products}", "popular")
+            samples["sql_popular"].append(script_rate(target.db_url, popular, popular_counts, seconds))
+    results = best_rounds(samples)
+
+    results["http_many"] = results["http_popular"] = None
+    if target.api_url and target.jwt_secret:
+        from cli.keys import access_token
+
+        def token(user: str) -> str:
+            return access_token(target.jwt_secret or "", uuid.UUID(user), email=None)
+
+        buyer_tokens = [token(b) for b in buyers]
+        provider_tokens = {p: token(p) for p in providers}
+        spread = [(product, provider_tokens[provider]) for product, provider in product_rows]
+        hot = [(product, tok) for product, tok in spread if tok == provider_tokens[providers[0]]]
+        for name, products in (("http_many", spread), ("http_popular", hot)):
+            print(f"PostgREST: orders ({name.removeprefix('http_')}), best of {args.rounds}", flush=True)
+            results[name] = max(
+                run_parallel(
+                    order_worker,
+                    [(target, buyer_tokens, products, seconds, i) for i in range(WORKERS)],
+                    seconds,
+                )
+                for _ in range(args.rounds)
+            )
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        missing = args.products - int(conn.execute("select count(*) from public.products").fetchone()[0])  # type: ignore[index]
+        print(f"adding {missing:,} products", flush=True)
+        started = time.perf_counter()
+        add_products(conn, providers, missing)
+        print(
+            f"    added in {time.perf_counter() - started:.1f}s; search at {args.products:,} products",
+            flush=True,
+        )
+        large = search_latencies(conn, args.repeat)
+        problems = conn.execute("select count(*) from public.audit_ledger()").fetchone()
+
+    tpcb = results["tpcb"]
+    rows: list[RateRow] = [
+        ("pgbench tpcb-like (tps)", tpcb, None, None),
+        ("direct SQL orders, 50 providers", results["sql_many"], ratio(results["sql_many"], tpcb), None),
+        (
+            "direct SQL orders, one popular provider",
+            results["sql_popular"],
+            ratio(results["sql_popular"], results["sql_many"]),
+            0.6,
+        ),
+        (
+            "PostgREST orders, 50 providers",
+            results["http_many"],
+            ratio(results["http_many"], results["sql_many"]),
+            None,
+        ),
+        (
+            "PostgREST orders, one popular provider",
+            results["http_popular"],
+            ratio(results["http_popular"], results["http_many"]),
+            0.6,
+        ),
+    ]
+    print()
+    print(
+        "orders = place_order + fulfil_order; ratios: 50 providers against tpcb-like (direct SQL) or "
+        "direct SQL (PostgREST), one popular provider against 50 providers"
+    )
+    missed = print_rates(rows)
+    print()
+    print(
+        f"{'search page (median, anon)':44} {'1,000':>12} {f'{args.products:,}':>12}"
+        f" {'ratio':>8} {'target':>8}  verdict"
+    )
+    for name in small:
+        page_ratio = ratio(large[name], small[name])
+        mark = verdict(page_ratio, 2.0, below=True)
+        missed += mark == "MISSED"
+        print(
+            f"{name:44} {small[name] * 1e3:>10.3f}ms {large[name] * 1e3:>10.3f}ms"
+            f" {page_ratio or 0:>8.2f} {'< 2':>8}  {mark}"
+        )
+    print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
+    missed += bool(problems and problems[0])
+    return 1 if missed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--db-url", help="an existing database (role postgres): direct SQL and search only")
+    parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput phase")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per throughput measure (best is kept)")
+    parser.add_argument("--buyers", type=int, default=1000)
+    parser.add_argument("--products", type=int, default=100_000, help="catalogue size for the large search")
+    parser.add_argument("--repeat", type=int, default=200, help="samples per search latency")
+    parser.add_argument("--pgbench-scale", type=int, default=10)
+    args = parser.parse_args()
+    if args.db_url:
+        return measure(Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url), args)
+    with local_target(start_port=47500) as target:
+        return measure(target, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
