@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, cast
 
@@ -15,10 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cli.common import ServiceKeyOption, UrlOption, reported, resolve_api
+from cli.common import ApiSettings, ServiceKeyOption, UrlOption, reported, resolve_api
 from cli.errors import UsageError
 from cli.output import err, say
 from mycelium_client import MyceliumClient, MyceliumError
+from mycelium_client.amounts import loads
+from mycelium_client.errors import from_body
 
 DEFAULT_PORT = 9464
 
@@ -31,14 +34,29 @@ def sample(amount: Decimal) -> float:
     return cast(float, amount)
 
 
+def order_counts(http: httpx.Client, api: ApiSettings) -> dict[str, int]:
+    """Orders by status (rpc/order_status_counts, which the client does not wrap)."""
+    response = http.post(
+        f"{api.url}/rest/v1/rpc/order_status_counts",
+        headers={"apikey": api.service_role_key, "Authorization": f"Bearer {api.service_role_key}"},
+        json={},
+    )
+    if response.status_code != 200:
+        raise from_body(response.status_code, loads(response.content))
+    return {row["status"]: row["orders"] for row in response.json()}
+
+
 class CreditsCollector(Collector):
-    def __init__(self, client: MyceliumClient, requests: Counter) -> None:
-        self.client, self.requests = client, requests
+    def __init__(
+        self, client: MyceliumClient, http: httpx.Client, api: ApiSettings, requests: Counter
+    ) -> None:
+        self.client, self.http, self.api, self.requests = client, http, api, requests
 
     def collect(self) -> Iterator[Metric]:
         try:
             summary = self.client.admin.credit_summary()
             findings = self.client.admin.audit_ledger()
+            orders = order_counts(self.http, self.api)
         except (MyceliumError, httpx.HTTPError) as error:
             # No numbers rather than stale ones; mycelium_requests_total shows the failures.
             if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
@@ -64,6 +82,10 @@ class CreditsCollector(Collector):
         yield GaugeMetricFamily(
             "mycelium_holds_outstanding", "Credits held for open orders.", value=sample(summary.held)
         )
+        by_status = GaugeMetricFamily("mycelium_orders", "Orders by status.", labels=["status"])
+        for status, count in orders.items():
+            by_status.add_metric([status], count)
+        yield by_status
         yield GaugeMetricFamily(
             "mycelium_ledger_audit_ok",
             "1 when every ledger invariant holds, else 0.",
@@ -71,9 +93,22 @@ class CreditsCollector(Collector):
         )
 
 
-def build_registry(url: str, service_key: str) -> tuple[CollectorRegistry, MyceliumClient]:
-    """A registry with the credit metrics and mycelium_requests_total{status}: the exporter's own
-    API requests by HTTP status (or `error` when none came back)."""
+@dataclass
+class Exporter:
+    """The registry to serve, and the connections its collector reads through."""
+
+    registry: CollectorRegistry
+    client: MyceliumClient
+    http: httpx.Client
+
+    def close(self) -> None:
+        self.client.close()
+        self.http.close()
+
+
+def exporter(api: ApiSettings) -> Exporter:
+    """The credit metrics and mycelium_requests_total{status}: the exporter's own API requests by
+    HTTP status (or `error` when none came back)."""
     registry = CollectorRegistry()
     requests = Counter("mycelium_requests", "API requests made by the exporter.", ["status"], registry=None)
 
@@ -81,11 +116,11 @@ def build_registry(url: str, service_key: str) -> tuple[CollectorRegistry, Mycel
         requests.labels(status=str(response.status_code)).inc()
 
     http = httpx.Client(timeout=30, event_hooks={"response": [count]})
-    client = MyceliumClient(url, service_key, http_client=http)
+    client = MyceliumClient(api.url, api.service_role_key, http_client=http)
     # Collected in this order: a scrape's own requests are already counted in its answer.
-    registry.register(CreditsCollector(client, requests))
+    registry.register(CreditsCollector(client, http, api, requests))
     registry.register(requests)
-    return registry, client
+    return Exporter(registry, client, http)
 
 
 @app.command()
@@ -101,10 +136,11 @@ def serve(
     Example: mycelium metrics serve --port 9464
     """
     api = resolve_api(url, service_key)
-    registry, client = build_registry(api.url, api.service_role_key)
+    served = exporter(api)
     try:
-        server, thread = start_http_server(port, addr=address, registry=registry)
+        server, thread = start_http_server(port, addr=address, registry=served.registry)
     except OSError as error:
+        served.close()
         raise UsageError(f"cannot listen on {address}:{port}: {error.strerror}") from None
     say(f"Serving metrics on http://{address}:{port}/metrics (Ctrl-C to stop)")
     try:
@@ -114,4 +150,4 @@ def serve(
     finally:
         server.shutdown()
         thread.join()
-        client.close()
+        served.close()

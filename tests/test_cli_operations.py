@@ -24,7 +24,8 @@ from cli.dev.stack import LocalStack
 from cli.main import app
 from mycelium_client import MyceliumClient
 from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
-from tests.support import User
+from tests.marketplace_support import buyer, list_product, placed
+from tests.support import Api, User
 
 MYCELIUM = [sys.executable, "-m", "cli.main"]
 
@@ -93,8 +94,11 @@ def test_health_fails_on_pending_migrations_and_an_unreachable_database(
 
 
 def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
-    stack_env: dict[str, str], stack: LocalStack, make_user: Callable[..., User]
+    stack_env: dict[str, str], stack: LocalStack, make_user: Callable[..., User], service_api: Api
 ) -> None:
+    # A pending order: its hold is outstanding, and it counts among the orders.
+    farmer = make_user("farmer")
+    placed(buyer(service_api, make_user), (list_product(farmer)["id"], 2))
     port = free_port_base(start=47000)
     exporter = subprocess.Popen(
         [*MYCELIUM, "metrics", "serve", "--port", str(port), "--address", "127.0.0.1"],
@@ -120,14 +124,12 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
             ("mycelium_credits_issued_total", summary.issued),
         ):
             assert abs(Decimal(samples[name]) - exact) <= exact * Decimal("1e-14"), name
-        for name in (
-            "mycelium_credits_spent_total",
-            "mycelium_credits_expired_total",
-            "mycelium_holds_outstanding",
-        ):
+        for name in ("mycelium_credits_spent_total", "mycelium_credits_expired_total"):
             assert name in samples
+        assert Decimal(samples["mycelium_holds_outstanding"]) == summary.held >= 5
+        assert Decimal(samples['mycelium_orders{status="pending"}']) >= 1
         assert samples["mycelium_ledger_audit_ok"] == "1.0"
-        assert samples['mycelium_requests_total{status="200"}'] == "2.0"  # this scrape's two reads
+        assert samples['mycelium_requests_total{status="200"}'] == "3.0"  # this scrape's three reads
     finally:
         exporter.send_signal(signal.SIGINT)
         out, err = exporter.communicate(timeout=15)
