@@ -1,5 +1,5 @@
-"""`mycelium config`: the credit configuration from `marketplace.config` and the environment,
-compared with what the database holds, and pushed through the admin functions.
+"""`mycelium config`: the credit configuration and the platform fee from `marketplace.config` and
+the environment, compared with what the database holds, and pushed through the admin functions.
 
 The file is plain `key = value` lines with `#` comments; the environment overrides it. Every
 value is checked before anything is applied, and an error names its line (or variable).
@@ -19,7 +19,7 @@ import typer
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.errors import UsageError
 from cli.output import emit_json, say, table
-from mycelium_client import CreditConfig, MyceliumClient
+from mycelium_client import MyceliumClient
 
 DEFAULT_FILE = Path("marketplace.config")
 
@@ -68,7 +68,7 @@ class Key:
     name: str
     env: str
     parse: Callable[[str], Decimal | str]
-    marketplace: bool = False  # a marketplace setting, not one of the credit configuration
+    marketplace: bool = False  # in the marketplace configuration, not the credit configuration
 
 
 KEYS: dict[str, Key] = {
@@ -126,12 +126,14 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Setting]:
     }
 
 
-def database_values(config: CreditConfig) -> dict[str, Decimal | str]:
+def database_values(client: MyceliumClient) -> dict[str, Decimal | str]:
+    credit = client.credits.config(refresh=True)
     return {
-        "tfc_to_usd_rate": config.usd_rate,
-        "credit_currency_code": config.code,
-        "credit_display_name": config.name,
-        "credit_symbol": config.symbol,
+        "tfc_to_usd_rate": credit.usd_rate,
+        "credit_currency_code": credit.code,
+        "credit_display_name": credit.name,
+        "credit_symbol": credit.symbol,
+        "platform_fee_percent": client.marketplace.config().platform_fee_percent,
     }
 
 
@@ -152,43 +154,33 @@ def changes(wanted: Mapping[str, Setting], held: Mapping[str, Decimal | str]) ->
     ]
 
 
-def apply_changes(client: MyceliumClient, found: list[Change]) -> list[Change]:
-    """Push the credit settings in one call (all or none); returns the changes not applied
-    because this database has no marketplace configuration yet."""
-    new = {c.key: c.new for c in found if not KEYS[c.key].marketplace}
+def apply_changes(client: MyceliumClient, found: list[Change]) -> None:
+    """The credit settings in one call, then the marketplace's in another (each all or none;
+    every value was checked before either)."""
+    new = {c.key: c.new for c in found}
 
     def text(key: str) -> str | None:
         return None if key not in new else str(new[key])
 
-    if new:
+    if any(not KEYS[key].marketplace for key in new):
         client.admin.set_credit_config(
             usd_rate=new.get("tfc_to_usd_rate"),
             code=text("credit_currency_code"),
             name=text("credit_display_name"),
             symbol=text("credit_symbol"),
         )
-    return [c for c in found if KEYS[c.key].marketplace]
+    if "platform_fee_percent" in new:
+        client.admin.set_marketplace_config(platform_fee_percent=new["platform_fee_percent"])
 
 
-def _show_changes(found: list[Change], skipped: list[Change], as_json: bool) -> None:
-    applied = [c for c in found if c not in skipped]
+def _show_changes(found: list[Change], as_json: bool) -> None:
     if as_json:
-        emit_json(
-            {
-                "changed": [{"key": c.key, "old": c.old, "new": c.new, "from": c.origin} for c in applied],
-                "not_applied": [{"key": c.key, "value": c.new, "why": NO_MARKETPLACE} for c in skipped],
-            }
-        )
-        return
-    if applied:
-        table("Applied", ["key", "was", "now", "from"], [(c.key, c.old, c.new, c.origin) for c in applied])
+        emit_json({"changed": [{"key": c.key, "old": c.old, "new": c.new, "from": c.origin} for c in found]})
+    elif found:
+        table("Applied", ["key", "was", "now", "from"], [(c.key, c.old, c.new, c.origin) for c in found])
     else:
         say("Nothing to change: the database already holds this configuration.")
-    for change in skipped:
-        say(f"[yellow]not applied[/yellow]: {change.key} = {change.new} ({NO_MARKETPLACE})")
 
-
-NO_MARKETPLACE = "the marketplace configuration is not in this database yet"
 
 app = typer.Typer(help="The credit configuration: marketplace.config and the environment, and the database.")
 
@@ -208,7 +200,7 @@ def show(
     from_file, from_env = read_file(file), read_env(os.environ)
     wanted = {**from_file, **from_env}
     with service_client(url, service_key) as client:
-        held = database_values(client.credits.config(refresh=True))
+        held = database_values(client)
     differing = {c.key for c in changes(wanted, held)}
     rows = [
         {
@@ -252,9 +244,9 @@ def apply(
     if not wanted:
         raise UsageError(f"nothing to apply: {file} is absent and no MYCELIUM_*/TFC_USD_RATE variable is set")
     with service_client(url, service_key) as client:
-        found = changes(wanted, database_values(client.credits.config(refresh=True)))
-        skipped = apply_changes(client, found)
-    _show_changes(found, skipped, as_json)
+        found = changes(wanted, database_values(client))
+        apply_changes(client, found)
+    _show_changes(found, as_json)
 
 
 @app.command("set")
@@ -272,6 +264,6 @@ def set_value(
     """
     setting = parse_value(key, value, "argument")
     with service_client(url, service_key) as client:
-        found = changes({key: setting}, database_values(client.credits.config(refresh=True)))
-        skipped = apply_changes(client, found)
-    _show_changes(found, skipped, as_json)
+        found = changes({key: setting}, database_values(client))
+        apply_changes(client, found)
+    _show_changes(found, as_json)

@@ -249,17 +249,20 @@ def test_a_real_subprocess_with_settings_from_the_environment(
 # -- config -------------------------------------------------------------------------------------
 @pytest.fixture
 def restored_config(db: psycopg.Connection[tuple[object, ...]]) -> Iterator[None]:
-    """Config tests change the one credit configuration: put it back for the rest of the session."""
+    """Config tests change the one credit and marketplace configuration: put them back for the
+    rest of the session."""
     saved = db.execute(
         "select tfc_to_usd_rate, credit_currency_code, credit_display_name, credit_symbol"
         " from public.credit_config"
     ).fetchone()
+    fee = db.execute("select platform_fee_percent from public.marketplace_config").fetchone()
     yield
     db.execute(
         "update public.credit_config set tfc_to_usd_rate = %s, credit_currency_code = %s, "
         "credit_display_name = %s, credit_symbol = %s",
         saved,
     )
+    db.execute("update public.marketplace_config set platform_fee_percent = %s", fee)
 
 
 def write_config(folder: Path, text: str) -> Path:
@@ -273,7 +276,7 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
     path = write_config(
         tmp_path,
         "# the credit\ntfc_to_usd_rate = 1.25\ncredit_symbol = TC  # short\n"
-        "credit_display_name = Test Credits\n",
+        "credit_display_name = Test Credits\nplatform_fee_percent = 2.5\n",
     )
     applied = data(
         run("config", "apply", "--file", str(path), "--json", env={"MYCELIUM_CREDIT_SYMBOL": "T$"})
@@ -281,12 +284,21 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
     changed = {c["key"]: (c["new"], c["from"]) for c in applied["changed"]}
     assert changed["tfc_to_usd_rate"] == ("1.25", f"{path} line 2")
     assert changed["credit_symbol"] == ("T$", "env MYCELIUM_CREDIT_SYMBOL")
+    assert changed["platform_fee_percent"] == ("2.5", f"{path} line 5")
     again = run("config", "apply", "--file", str(path), env={"MYCELIUM_CREDIT_SYMBOL": "T$"})
     assert again.exit_code == 0 and "Nothing to change" in again.stdout
     shown = {row["key"]: row for row in data(run("config", "show", "--file", str(path), "--json"))}
     assert shown["tfc_to_usd_rate"]["database"] == "1.25" and not shown["tfc_to_usd_rate"]["differs"]
     assert shown["credit_symbol"]["file"] == "TC" and shown["credit_symbol"]["differs"]  # env not set now
     assert data(run("config", "set", "tfc_to_usd_rate", "1.5", "--json"))["changed"][0]["old"] == "1.25"
+    fee = data(
+        run(
+            "config", "set", "platform_fee_percent", "3", "--json", env={"MYCELIUM_PLATFORM_FEE_PERCENT": "9"}
+        )
+    )
+    assert fee["changed"] == [{"key": "platform_fee_percent", "old": "2.5", "new": "3", "from": "argument"}]
+    marketplace = {row["key"]: row for row in data(run("config", "show", "--json"))}["platform_fee_percent"]
+    assert marketplace["database"] == "3"
 
 
 @pytest.mark.usefixtures("restored_config")
