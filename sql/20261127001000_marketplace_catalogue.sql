@@ -52,7 +52,8 @@ as $$
 $$;
 
 -- Before every insert and update: the owner is the caller (never someone else, never changed),
--- the owner holds the role for the category, the price obeys the amount rules. Also keeps
+-- the owner holds the role for the category (except to deactivate), the price obeys the amount
+-- rules. Also keeps
 -- units_in_use right when a capacity is set on a product that had none: counted under the row
 -- lock of this UPDATE, which waits for orders in flight (they hold the row FOR SHARE).
 create or replace function mycelium_private.check_product()
@@ -85,8 +86,10 @@ begin
   if not v_service and new.provider_id is distinct from v_caller then
     perform mycelium_private.fail('not_authorized', 'providers list and edit only their own products', 403);
   end if;
-  if not exists (select 1 from public.user_roles r
-                 where r.user_id = new.provider_id and r.role = mycelium_private.role_for_category(new.category)) then
+  -- The role is needed to list and to sell; a provider who lost it may still take a product off sale.
+  if (tg_op = 'INSERT' or new.active)
+     and not exists (select 1 from public.user_roles r
+                     where r.user_id = new.provider_id and r.role = mycelium_private.role_for_category(new.category)) then
     perform mycelium_private.fail('not_authorized',
       format('listing %s products needs the role %s', new.category, mycelium_private.role_for_category(new.category)), 403);
   end if;

@@ -172,6 +172,22 @@ def test_products_are_written_by_their_provider_only(anon_api: Api, make_user: M
     assert (mine["provider_id"], D(str(mine["price"])), mine["active"]) == (farmer.id, D("3"), True)
 
 
+def test_a_provider_without_the_role_can_only_take_products_off_sale(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    farmer = make_user("farmer")
+    product = list_product(farmer)
+    assert service_api.rpc("revoke_role", user_id=farmer.id, role="farmer").status_code == 200
+    failure(farmer.api.patch("/products", {"price": "1"}, id=f"eq.{product['id']}"), 403, "not_authorized")
+    failure(
+        farmer.api.post("/products", {"category": "node", "name": "x", "price": "1", "unit": "hour"}),
+        403,
+        "not_authorized",
+    )
+    off = farmer.api.patch("/products", {"active": False}, id=f"eq.{product['id']}")
+    assert off.status_code == 200 and body(off)[0]["active"] is False
+
+
 def test_inactive_products_are_seen_by_their_provider_only(anon_api: Api, make_user: MakeUser) -> None:
     farmer = make_user("farmer")
     product = list_product(farmer, active=False)
