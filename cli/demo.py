@@ -1,9 +1,11 @@
-"""`mycelium demo`: bring up the local stack and tell the credits' story, printing each step.
+"""`mycelium demo`: bring up the local stack and tell the marketplace's story in credits,
+printing each step.
 
 Everything goes through `mycelium_client`, the gateway and PostgREST with real keys and user
 tokens, exactly as a service or a dashboard would; the business rules that answer are `sql/`.
-The database is used directly only where Auth would be (signing users up; the local stack has
-no GoTrue) and for the balance feed a trusted dashboard listens to.
+The database is used directly only where Auth would be (signing users up: the local stack has
+no GoTrue), to put the demo's credit package on sale, and for the balance feed a trusted
+dashboard listens to.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 import psycopg
@@ -21,22 +25,39 @@ import typer
 from cli import keys, migrations
 from cli.common import DevDirOption, JsonOption, reported
 from cli.dev.stack import DEFAULT_DIR, LocalStack
-from cli.dev.users import DevUser, create_user
+from cli.dev.users import create_user
 from cli.output import emit_json, progress, say, table
 from mycelium_client import BalanceChange, InsufficientCredits, MyceliumClient
 from mycelium_client.feeds import BalanceFeed
 
 STARTER_PACKAGE = "Demo starter"  # 50 USD buys 50 credits plus a 5 credit bonus
 PROMOTION_SECONDS = 2  # how long the demo's promotional credits last before the expiry sweep
+# Before each line of the story: the watcher prints the changes just committed first.
+WATCHER_PAUSE_SECONDS = 0.05
+Log = Callable[[str], None]
+
+
+@dataclass
+class Person:
+    name: str
+    id: uuid.UUID
+    email: str
+    client: MyceliumClient  # acting as this user, with their access token
+
+
+def plain(amount: Decimal) -> str:
+    """38.000000 as 38, 0.50 as 0.5: a change as the watcher prints it."""
+    return f"{amount.normalize():f}"
 
 
 class BalanceWatcher:
     """A dashboard's view: every committed balance change of the demo's users, printed as it
     arrives from the database feed (the local stack has no Realtime server)."""
 
-    def __init__(self, db_url: str, names: dict[uuid.UUID, str], log: Callable[[str], None]) -> None:
-        self.feed = BalanceFeed(db_url, user_ids=list(names))
-        self.names, self.log = names, log
+    def __init__(self, db_url: str, people: list[Person], log: Log) -> None:
+        self.names = {person.id: person.name for person in people}
+        self.feed = BalanceFeed(db_url, user_ids=list(self.names))
+        self.log = log
         self.changes: list[BalanceChange] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-balance-watcher", daemon=True)
@@ -49,7 +70,9 @@ class BalanceWatcher:
         while not self._stop.is_set():
             for change in self.feed.changes(timeout=0.1):
                 self.changes.append(change)
-                self.log(f"    [cyan]watcher:[/cyan] {self.names[change.user_id]} now holds {change.balance}")
+                held = f", {plain(change.held)} held" if change.held else ""
+                name = self.names[change.user_id]
+                self.log(f"    [cyan]watcher:[/cyan] {name} has {plain(change.balance)}{held}")
 
     def stop(self, settle_seconds: float = 0.3) -> None:
         time.sleep(settle_seconds)  # the last notifications are in flight
@@ -64,12 +87,12 @@ def demo(
     as_json: JsonOption = False,
     keep_quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final summary.")] = False,
 ) -> None:
-    """Bring up the local stack and show the credits working end to end.
+    """Bring up the local stack and show the credits and the marketplace working end to end.
 
     Example: mycelium demo
     """
     started = time.monotonic()
-    log: Callable[[str], None] = (lambda _: None) if (as_json or keep_quiet) else say
+    log: Log = (lambda _: None) if (as_json or keep_quiet) else say
     stack = LocalStack(directory)
     stack.up(progress=progress)
     # A stack started before the latest migrations gets them now (a no-op otherwise).
@@ -83,43 +106,46 @@ def demo(
         config = service.admin.set_credit_config(
             usd_rate="1", code="TFC", name="ThreeFold Credits", symbol="TFC"
         )
+        fee = service.admin.set_marketplace_config(platform_fee_percent="5").platform_fee_percent
         log(
             f"[bold]1.[/bold] The admin sets the credit configuration: {config.name} ({config.symbol}), "
-            f"1 {config.symbol} = {config.usd_rate} USD; anyone can read it."
+            f"1 {config.symbol} = {config.usd_rate} USD, and the platform fee: {fee}% of every order."
         )
+        run = uuid.uuid4().hex[:6]
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
             conn.execute(
                 "insert into public.credit_packages (name, description, price_usd, bonus_credits) "
                 "values (%s, 'Demo package: a bonus on top', 50, 5) on conflict (name) do nothing",
                 (STARTER_PACKAGE,),
             )
-            run = uuid.uuid4().hex[:6]
-            alice = create_user(conn, f"alice-{run}@demo.test")
-            bob = create_user(conn, f"bob-{run}@demo.test")
-        starter = next(p for p in public.credits.packages() if p.name == STARTER_PACKAGE)
+            people = [
+                _sign_up(conn, stack, public, name, run, roles)
+                for name, roles in (
+                    ("Alice", ()),
+                    ("Bob", ()),
+                    ("Fiona", ("farmer",)),
+                    ("Paul", ("app_provider",)),
+                )
+            ]
         log(
-            f"    and puts a package on sale: {starter.name}, {starter.price_usd} USD with "
-            f"{starter.bonus_credits} bonus credits."
+            "[bold]2.[/bold] Four people sign up: Alice and Bob buy, Fiona is a farmer, Paul an app provider "
+            "(each gets a credit account)."
         )
-        as_user: dict[uuid.UUID, MyceliumClient] = {
-            user.id: public.as_user(keys.access_token(stack.jwt_secret, user.id, email=user.email))
-            for user in (alice, bob)
-        }
-        log(f"[bold]2.[/bold] Two users sign up: {alice.email} and {bob.email} (each gets a credit account).")
-
-        watcher = BalanceWatcher(stack.db_url, {alice.id: "Alice", bob.id: "Bob"}, log)
+        watcher = BalanceWatcher(stack.db_url, people, log)
         watcher.start()
         log("[bold]3.[/bold] A dashboard starts watching their balances (the database feed).")
         try:
-            _story(service, public, as_user, alice, bob, starter.id, run, log)
+            _story(service, public, *people, run=run, log=log)
         finally:
             watcher.stop()
 
-        balances = [(user.email, as_user[user.id].credits.balance().balance) for user in (alice, bob)]
+        balances = [(person, person.client.credits.balance().balance) for person in people]
+        revenue = service.admin.credit_summary().platform_revenue
         findings = service.admin.audit_ledger()
         audit = "clean" if not findings else "; ".join(str(finding) for finding in findings)
         summary = {
-            "balances": {email: str(balance) for email, balance in balances},
+            "balances": {person.email: str(balance) for person, balance in balances},
+            "platform_revenue": str(revenue),
             "watched_changes": len(watcher.changes),
             "ledger_audit": audit,
             "seconds": round(time.monotonic() - started, 1),
@@ -130,53 +156,123 @@ def demo(
             return
         table(
             "Final balances",
-            ["user", "balance", "in USD"],
+            ["who", "e-mail", "balance", "in USD"],
             [
-                (email, public.credits.format(balance), f"{public.credits.to_usd(balance):,.2f}")
-                for email, balance in balances
+                (
+                    person.name,
+                    person.email,
+                    public.credits.format(balance),
+                    f"{public.credits.to_usd(balance):,.2f}",
+                )
+                for person, balance in balances
             ],
         )
-    say(f"Ledger audit: {audit}. Done in {summary['seconds']} s.")
-    say("The stack keeps running; its settings (`mycelium dev env`):")
+    say(f"Platform revenue, all time: {public.credits.format(revenue)}. Ledger audit: {audit}.")
+    say(f"Done in {summary['seconds']} s. The stack keeps running; its settings (`mycelium dev env`):")
     for key, value in stack.env().items():
         typer.echo(f"{key}={value}")
+
+
+def _sign_up(
+    conn: psycopg.Connection[tuple[object, ...]],
+    stack: LocalStack,
+    public: MyceliumClient,
+    name: str,
+    run: str,
+    roles: tuple[str, ...],
+) -> Person:
+    user = create_user(conn, f"{name.lower()}-{run}@demo.test", roles=roles)
+    token = keys.access_token(stack.jwt_secret, user.id, email=user.email)
+    return Person(name, user.id, user.email, public.as_user(token))
 
 
 def _story(
     service: MyceliumClient,
     public: MyceliumClient,
-    as_user: dict[uuid.UUID, MyceliumClient],
-    alice: DevUser,
-    bob: DevUser,
-    starter: uuid.UUID,
+    alice: Person,
+    bob: Person,
+    fiona: Person,
+    paul: Person,
+    *,
     run: str,
-    log: Callable[[str], None],
+    log: Log,
 ) -> None:
-    credits = public.credits
+    """Each step is announced, done, and its outcome told; the watcher's lines come in between,
+    as the changes are committed."""
+    show = public.credits.format
+    steps = iter(range(4, 100))
+
+    def step(text: str) -> None:
+        time.sleep(WATCHER_PAUSE_SECONDS)
+        log(f"[bold]{next(steps)}.[/bold] {text}")
+
+    def outcome(text: str) -> None:
+        time.sleep(WATCHER_PAUSE_SECONDS)
+        log(f"    → {text}")
+
+    step("Fiona lists a compute slice, Paul a Nextcloud app.")
+    slice_ = fiona.client.marketplace.create_product(
+        "compute",
+        f"Slice {run} 4 vCPU 8 GB",
+        "20",
+        "month",
+        attributes={"cpu": 4, "memory_gb": 8, "location": "BE"},
+    )
+    nextcloud = paul.client.marketplace.create_product("app", f"Nextcloud {run}", "10", "month")
+    outcome(
+        f"{slice_.name} at {show(slice_.price)} a month; {nextcloud.name} at {show(nextcloud.price)} a month"
+    )
+
+    step("The payment service confirms a 100 USD payment for Alice, and retries it.")
     payment = f"demo-payment-{run}"
     service.admin.purchase_credits(alice.id, "100.00", payment)
     replay = service.admin.purchase_credits(alice.id, "100.00", payment)
-    log(
-        "[bold]4.[/bold] The payment service confirms a 100 USD payment for Alice; retried, it moves "
-        f"nothing more (balance: {credits.format(replay.balance_after or 0)})."
-    )
-    bought = service.admin.purchase_credits(bob.id, "50", f"demo-package-{run}", package_id=starter)
-    log(f"[bold]5.[/bold] Bob buys the starter package: 50 USD gives him {credits.format(bought.amount)}.")
+    outcome(f"the retry moves nothing: she has {show(replay.balance_after or 0)}")
 
+    starter = next(p for p in public.credits.packages() if p.name == STARTER_PACKAGE)
+    step(f"Bob buys the {starter.name} package for {starter.price_usd} USD.")
+    bought = service.admin.purchase_credits(
+        bob.id, starter.price_usd, f"demo-package-{run}", package_id=starter.id
+    )
+    outcome(f"{show(bought.amount)}, the bonus included")
+
+    step("Alice searches for a compute slice in BE and orders 2 months of it.")
+    found = next(alice.client.marketplace.search(run, category="compute", location="BE"))
+    order = alice.client.orders.place({found.id: 2})
+    outcome(f"found {found.name} ({show(found.price)}, {found.price_usd} USD); {show(order.total)} held")
+
+    step("Fiona provisions the slice and fulfils the order.")
+    captured = fiona.client.orders.fulfil(order.id)
+    fee = captured.fee_amount or 0
+    outcome(
+        f"Fiona earns {show(captured.total - fee)}; the platform's {captured.fee_percent}% fee is {show(fee)}"
+    )
+
+    step("Alice sends Bob 25.5 credits.")
+    alice.client.credits.transfer(bob.id, "25.5", memo="for the gateway")
+
+    step(f"Bob orders {nextcloud.name}; Paul cannot provision it and fails the order.")
+    failed = bob.client.orders.place({nextcloud.id: 1})
+    paul.client.orders.fail(failed.id, "no capacity in that region")
+    outcome("the hold goes back to Bob")
+
+    step("Bob orders again; Paul fulfils, then refunds it in full.")
+    second = bob.client.orders.place({nextcloud.id: 1})
+    paul.client.orders.fulfil(second.id)
+    refunded = paul.client.orders.refund(second.id, "the instance never came up")
+    outcome(f"{show(refunded.refunded_amount)} back to Bob, {show(refunded.fee_refunded)} of it from the fee")
+
+    step(f"The admin grants Bob 10 promotional credits, valid for {PROMOTION_SECONDS} s.")
     expires = datetime.now(UTC) + timedelta(seconds=PROMOTION_SECONDS)
     service.admin.grant_credits(bob.id, "10", "demo promotion", expires_at=expires)
-    log(f"[bold]6.[/bold] The admin grants Bob 10 promotional credits, valid for {PROMOTION_SECONDS} s.")
 
-    as_user[alice.id].credits.transfer(bob.id, "25.5", memo="for the gateway")
-    log("[bold]7.[/bold] Alice sends Bob 25.5 credits.")
+    step("Bob tries to send Alice 1000 credits he does not have.")
     try:
-        as_user[bob.id].credits.transfer(alice.id, "1000")
+        bob.client.credits.transfer(alice.id, "1000")
     except InsufficientCredits as refused:
-        log(f"[bold]8.[/bold] Bob tries to send 1000 he does not have: refused ({refused.reason}).")
+        outcome(f"refused ({refused.reason}); nothing moved")
 
+    step("The promotion ends; the expiry sweep runs.")
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
     swept = service.admin.expire_credits()
-    log(
-        f"[bold]9.[/bold] The promotion ends; the expiry sweep takes what is left of it: "
-        f"{credits.format(swept.credits_expired)} from {swept.users} user(s)."
-    )
+    outcome(f"{show(swept.credits_expired)} expired from {swept.users} user(s)")
