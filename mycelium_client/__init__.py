@@ -77,7 +77,7 @@ from mycelium_client.models import (
     Transaction,
     TransactionKind,
 )
-from mycelium_client.orders import AsyncOrders, Items, OrderRef, Orders
+from mycelium_client.orders import AsyncOrders, Basket, OrderRef, Orders
 from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch
 
 __version__ = "0.1.0"
@@ -99,6 +99,7 @@ __all__ = [
     "BalanceChange",
     "BalanceSource",
     "BalanceWatch",
+    "Basket",
     "Capacity",
     "CategorySpending",
     "ConfigurationError",
@@ -114,7 +115,6 @@ __all__ = [
     "InsufficientCredits",
     "InvalidAmount",
     "InvalidArgument",
-    "Items",
     "Marketplace",
     "MarketplaceConfig",
     "Movement",

@@ -25,6 +25,7 @@ from mycelium_client._http import (
 )
 from mycelium_client._identity import Identity
 from mycelium_client.amounts import AmountLike, amount, to_decimal
+from mycelium_client.credits import UserRef
 from mycelium_client.errors import InvalidArgument
 from mycelium_client.models import (
     DisplayCurrency,
@@ -200,7 +201,7 @@ class Marketplace:
         """One product: active ones for anyone, your own (active or not) as their provider."""
         return self._transport.send(product_call(product_id))
 
-    def own_products(self, provider_id: ProductRef | None = None) -> list[Product]:
+    def own_products(self, provider_id: UserRef | None = None) -> list[Product]:
         """Your products as a provider, newest first, inactive ones included."""
         return self._transport.send(own_products_call(self._identity.user_or(provider_id)))
 
@@ -275,7 +276,7 @@ class AsyncMarketplace:
     async def product(self, product_id: ProductRef) -> Product:
         return await self._transport.send(product_call(product_id))
 
-    async def own_products(self, provider_id: ProductRef | None = None) -> list[Product]:
+    async def own_products(self, provider_id: UserRef | None = None) -> list[Product]:
         return await self._transport.send(own_products_call(self._identity.user_or(provider_id)))
 
     async def create_product(

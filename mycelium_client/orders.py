@@ -1,7 +1,11 @@
 """`client.orders`: buying and selling in TFC. A buyer places an order (its total is held from
 their balance) and may cancel it while pending; its provider (or the provisioning service)
 fulfils it (the hold is captured: the provider gets the total less the platform fee) or fails it
-(the hold is released), and may refund it after. Earnings and spending are summed by the SQL."""
+(the hold is released), and may refund it after. Earnings and spending are summed by the SQL.
+
+Placing and refunding carry idempotency keys and are retried safely. Cancel, fulfil and fail
+have none: a second call is refused (invalid_transition), so they are not retried once sent;
+after a ServiceUnavailable that says "may have been applied", read the order with `get`."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.models import CategorySpending, Order, OrderStatus, PeriodEarnings, ProductEarnings
 
 OrderRef = uuid.UUID | str
-Items = Mapping[uuid.UUID, int] | Mapping[str, int] | Iterable[tuple[uuid.UUID | str, int]]
+Basket = Mapping[uuid.UUID, int] | Mapping[str, int] | Iterable[tuple[uuid.UUID | str, int]]
 """What an order buys: {product_id: quantity}, or (product_id, quantity) pairs."""
 Side = Literal["buyer", "provider"]
 Period = Literal["day", "month"]
@@ -38,7 +42,7 @@ ORDER_COLUMNS = "*,items:order_items(product_id,product_name,category,unit,quant
 
 
 # -- requests, shared by both namespaces --------------------------------------------------------
-def place_call(items: Items, idempotency_key: str | None) -> Call[Order]:
+def place_call(items: Basket, idempotency_key: str | None) -> Call[Order]:
     # The key makes placing idempotent (the SQL replays the order for the same key and items),
     # so it is safe to retry with the same body.
     pairs = items.items() if isinstance(items, Mapping) else items
@@ -144,7 +148,7 @@ class Orders:
     def __init__(self, transport: SyncTransport, identity: Identity) -> None:
         self._transport, self._identity = transport, identity
 
-    def place(self, items: Items, idempotency_key: str | None = None) -> Order:
+    def place(self, items: Basket, idempotency_key: str | None = None) -> Order:
         """Order products of one provider at their current prices; the total is held from your
         balance until the order is fulfilled, cancelled, failed or its hold expires. Retried
         safely on network errors: the same idempotency key (yours, or one made up here) is sent
@@ -219,7 +223,7 @@ class AsyncOrders:
     def __init__(self, transport: AsyncTransport, identity: Identity) -> None:
         self._transport, self._identity = transport, identity
 
-    async def place(self, items: Items, idempotency_key: str | None = None) -> Order:
+    async def place(self, items: Basket, idempotency_key: str | None = None) -> Order:
         return await self._transport.send(place_call(items, idempotency_key))
 
     async def get(self, order_id: OrderRef) -> Order:
@@ -271,4 +275,4 @@ class AsyncOrders:
         return await self._transport.send(spending_call(buyer_id))
 
 
-__all__ = ["AsyncOrders", "Items", "OrderRef", "Orders"]
+__all__ = ["AsyncOrders", "Basket", "OrderRef", "Orders"]

@@ -4,6 +4,7 @@ display. No server: a transport that fails the test if anything is sent."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from mycelium_client import (
     ConfigurationError,
     Conflict,
+    HoldRelease,
     InsufficientCredits,
     InvalidAmount,
     InvalidArgument,
@@ -89,6 +91,15 @@ def test_json_is_read_without_float() -> None:
         (403, {"code": "not_authorized", "message": "m"}, NotAuthorized),
         (404, {"code": "unknown_recipient", "message": "m"}, NotFound),
         (409, {"code": "duplicate_reference", "message": "m"}, Conflict),
+        (404, {"code": "product_not_found", "message": "m"}, NotFound),
+        (404, {"code": "order_not_found", "message": "m"}, NotFound),
+        (409, {"code": "product_inactive", "message": "m"}, Conflict),
+        (409, {"code": "capacity_exceeded", "message": "m"}, Conflict),
+        (409, {"code": "invalid_transition", "message": "m"}, Conflict),
+        (409, {"code": "refund_exceeds_paid", "message": "m"}, Conflict),
+        (400, {"code": "mixed_providers", "message": "m"}, InvalidArgument),
+        (400, {"code": "own_product", "message": "m"}, InvalidArgument),
+        (400, {"code": "invalid_quantity", "message": "m"}, InvalidArgument),
         (401, {"code": "42501", "message": "permission denied"}, NotAuthorized),
         (401, {"message": "Invalid authentication credentials"}, NotAuthorized),
         (400, {"code": "22P02", "message": "invalid input syntax for type uuid"}, InvalidArgument),
@@ -99,6 +110,34 @@ def test_json_is_read_without_float() -> None:
 def test_errors_map_from_reason_then_status(status: int, body: object, expected: type[Exception]) -> None:
     error = from_body(status, body)
     assert type(error) is expected and error.status == status
+
+
+def test_marketplace_arguments_are_checked_before_sending(offline: MyceliumClient) -> None:
+    with pytest.raises(InvalidAmount):
+        offline.marketplace.create_product("compute", "slice", 2.5, "month")  # type: ignore[arg-type]
+    with pytest.raises(InvalidAmount):
+        offline.marketplace.update_product(USER, price="-1")
+    with pytest.raises(InvalidArgument, match="nothing to change"):
+        offline.marketplace.update_product(USER)
+    with pytest.raises(InvalidAmount):
+        offline.orders.refund(USER, "sorry", "0")
+    with pytest.raises(InvalidAmount):
+        next(offline.marketplace.search(max_price=1.5))  # type: ignore[arg-type]
+
+
+def test_intervals_are_exact_both_ways() -> None:
+    assert dumps({"ttl": timedelta(days=1, seconds=7, microseconds=5)}) == (
+        b'{"ttl":"1 days 7 seconds 5 microseconds"}'
+    )
+    read = HoldRelease.model_validate(
+        {
+            "as_of": "2026-01-01T00:00:00+00:00",
+            "orders_released": 0,
+            "credits_released": 0,
+            "hold_ttl": "1 year 2 mons 3 days 04:05:06.5",
+        }
+    )
+    assert read.hold_ttl == timedelta(days=360 + 60 + 3, hours=4, minutes=5, seconds=6, milliseconds=500)
 
 
 def test_no_user_means_no_request() -> None:

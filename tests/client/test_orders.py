@@ -162,6 +162,23 @@ def test_a_refund_whose_response_was_lost_is_applied_once(target: Target, accoun
     assert balances(buyer) == (Decimal("17.5"), Decimal(0))
 
 
+def test_a_trusted_service_fulfils_orders_and_reads_anyones(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    order = buyer.client.orders.place({listed(provider, "4").id: 1})
+    service = target.service()
+    assert [found.id for found in service.orders.history(user_id=buyer.id)] == [order.id]
+    assert service.orders.fulfil(order.id).status is OrderStatus.FULFILLED  # the provisioning service
+    provided = service.orders.history(side="provider", user_id=provider.id, statuses=["fulfilled"])
+    assert [found.id for found in provided] == [order.id]
+    [day] = service.orders.earnings(provider_id=provider.id)
+    assert day.provider_id == provider.id and day.gross == 4
+    assert [row.provider_id for row in service.orders.earnings_by_product(provider_id=provider.id)] == [
+        provider.id
+    ]
+    [spent] = service.orders.spending_by_category(buyer_id=buyer.id)
+    assert spent.buyer_id == buyer.id and spent.spent == 4
+
+
 def test_the_same_key_places_the_same_order(account: MakeAccount) -> None:
     provider, buyer = account(role=RoleName.FARMER), account(funded=10)
     product, key = listed(provider, "2"), f"basket-{uuid.uuid4()}"
