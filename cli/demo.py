@@ -34,6 +34,7 @@ STARTER_PACKAGE = "Demo starter"  # 50 USD buys 50 credits plus a 5 credit bonus
 PROMOTION_SECONDS = 2  # how long the demo's promotional credits last before the expiry sweep
 # Before each line of the story: the watcher prints the changes just committed first.
 WATCHER_PAUSE_SECONDS = 0.05
+WATCHER_SETTLE_SECONDS = 0.3
 Log = Callable[[str], None]
 
 
@@ -74,8 +75,8 @@ class BalanceWatcher:
                 name = self.names[change.user_id]
                 self.log(f"    [cyan]watcher:[/cyan] {name} has {plain(change.balance)}{held}")
 
-    def stop(self, settle_seconds: float = 0.3) -> None:
-        time.sleep(settle_seconds)  # the last notifications are in flight
+    def stop(self) -> None:
+        time.sleep(WATCHER_SETTLE_SECONDS)  # the last notifications are in flight
         self._stop.set()
         self._thread.join()
         self.feed.close()

@@ -29,8 +29,8 @@ app = typer.Typer(help="The Prometheus exporter for the credits.")
 
 
 def sample(amount: Decimal) -> float:
-    """prometheus_client writes every sample through float() when it exposes it (Prometheus keeps
-    float64): the Decimal is handed over as it is, for charts, never for money."""
+    """prometheus_client turns every sample into a binary floating-point number when it exposes it
+    (Prometheus keeps float64): the Decimal is handed over as it is, for charts, never for money."""
     return cast(float, amount)
 
 

@@ -177,10 +177,18 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
 
     # Ada signs up but has not confirmed her address: nothing is hers yet.
     unconfirmed = create_user(db, ada, confirmed=False)
-    assert balance(db, ada) == (Decimal(0),)
-    assert rows(db, "select role from public.user_roles where user_id = %s", unconfirmed.id) == []
-    confirm(db, ada)
-    assert balance(db, ada) == (Decimal("1.234"),)
+    token = access_token(stack.jwt_secret, unconfirmed.id, email=unconfirmed.email)
+    as_ada = Api(stack.api_url, stack.anon_key, token)
+    try:
+        # What she sees through PostgREST, as an attacker signing up with her address would.
+        assert body(as_ada.get("/credit_accounts", select="balance")) == [{"balance": 0}]
+        assert body(as_ada.get("/legacy_transactions")) == []
+        assert rows(db, "select role from public.user_roles where user_id = %s", unconfirmed.id) == []
+        confirm(db, ada)
+        assert body(as_ada.get("/credit_accounts", select="balance")) == [{"balance": Decimal("1.234")}]
+        assert [row["legacy_id"] for row in body(as_ada.get("/legacy_transactions"))] == ["t1"]
+    finally:
+        as_ada.close()
     assert rows(db, "select role from public.user_roles where user_id = %s", unconfirmed.id) == [("farmer",)]
     # Zed was confirmed from the start (an INSERT with the address confirmed).
     signed_up = create_user(db, zed)
