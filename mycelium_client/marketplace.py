@@ -83,6 +83,10 @@ def search_call(
     query: str | None, filters: SearchFilters, after: Mapping[str, Any] | None, page_size: int
 ) -> Call[list[ProductHit]]:
     """One page of hits after the row whose `cursor` is `after`."""
+    # A misspelt filter would otherwise name no SQL function, and read as NotFound.
+    unknown = sorted(filters.keys() - SearchFilters.__optional_keys__)
+    if unknown:
+        raise TypeError(f"search() got unexpected filters: {', '.join(unknown)}")
     body: dict[str, object] = {"query": query, **filters, "after": after, "page_size": page_size}
     for bound in ("min_price", "max_price"):
         if bound in body:

@@ -123,6 +123,8 @@ def test_marketplace_arguments_are_checked_before_sending(offline: MyceliumClien
         offline.orders.refund(USER, "sorry", "0")
     with pytest.raises(InvalidAmount):
         next(offline.marketplace.search(max_price=1.5))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="catgory"):
+        next(offline.marketplace.search(catgory="compute"))  # type: ignore[call-arg]
 
 
 def test_intervals_are_exact_both_ways() -> None:
