@@ -295,8 +295,23 @@ def time_reads(
 RateRow = tuple[str, float | None, float | None, float | None]
 
 
-def best_rounds(samples: dict[str, list[float]]) -> dict[str, float | None]:
-    """Print every round of each measure and keep its best."""
+def interleaved_rounds(
+    admin_url: str, pgbench_scale: int, rounds: int, seconds: float, measures: dict[str, Callable[[], float]]
+) -> dict[str, float | None]:
+    """`rounds` rounds of the tpcb-like yardstick (`tpcb`) then each measure; the best round of
+    each. Interleaved, so that on a shared machine a burst of outside load hurts one round, not
+    one side of a ratio."""
+    samples: dict[str, list[float]] = {"tpcb": [], **{name: [] for name in measures}}
+    with pgbench_database(admin_url, pgbench_scale) as yardstick:
+        for round_number in range(1, rounds + 1):
+            print(
+                f"round {round_number}/{rounds} ({WORKERS} clients, {seconds:.0f}s each): pgbench tpcb-like, "
+                + ", ".join(measures),
+                flush=True,
+            )
+            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
+            for name, measure in measures.items():
+                samples[name].append(measure())
     for name, values in samples.items():
         print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
     return {name: max(values) for name, values in samples.items()}

@@ -32,17 +32,15 @@ from _common import (
     KeepAlive,
     RateRow,
     Target,
-    best_rounds,
     create_users,
     fund,
+    interleaved_rounds,
     local_target,
-    pgbench_database,
     print_rates,
     ratio,
     run_parallel,
     script_rate,
     time_reads,
-    tpcb_rate,
     verdict,
 )
 
@@ -227,21 +225,20 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         conn.execute("grant usage on schema mycelium_bench to postgres")
         conn.execute("grant select on mycelium_bench.users to postgres")
 
-    # Rounds interleave the yardstick and the measures, and each keeps its best round: on a
-    # shared machine a burst of outside load then hurts one round, not one side of a ratio.
-    samples: dict[str, list[float]] = {"tpcb": [], "sql_transfer": [], "sql_purchase": [], "sql_hot": []}
-    with pgbench_database(admin_url, args.pgbench_scale) as yardstick:
-        for round_number in range(1, args.rounds + 1):
-            print(
-                f"round {round_number}/{args.rounds} ({WORKERS} clients, {seconds:.0f}s each): "
-                "pgbench tpcb-like, direct SQL transfers (spread), purchases, transfers into one account",
-                flush=True,
-            )
-            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
-            samples["sql_transfer"].append(sql_rate(target.db_url, "transfer", len(users), seconds))
-            samples["sql_purchase"].append(sql_rate(target.db_url, "purchase", len(users), seconds))
-            samples["sql_hot"].append(sql_rate(target.db_url, "hot", len(users), seconds))
-    results.update(best_rounds(samples))
+    accounts = len(users)
+    results.update(
+        interleaved_rounds(
+            admin_url,
+            args.pgbench_scale,
+            args.rounds,
+            seconds,
+            {
+                "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
+                "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
+                "sql_hot": lambda: sql_rate(target.db_url, "hot", accounts, seconds),
+            },
+        )
+    )
 
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token

@@ -29,17 +29,15 @@ from _common import (
     KeepAlive,
     RateRow,
     Target,
-    best_rounds,
     create_users,
     fund,
+    interleaved_rounds,
     local_target,
-    pgbench_database,
     print_rates,
     ratio,
     run_parallel,
     script_rate,
     time_reads,
-    tpcb_rate,
     verdict,
 )
 
@@ -206,20 +204,18 @@ def measure(target: Target, args: argparse.Namespace) -> int:
 
     counts = {"buyers": len(buyers), "products": PROVIDERS * PRODUCTS_PER_PROVIDER}
     popular_counts = {"buyers": len(buyers), "products": PRODUCTS_PER_PROVIDER}
-    samples: dict[str, list[float]] = {"tpcb": [], "sql_many": [], "sql_popular": []}
-    with pgbench_database(admin_url, args.pgbench_scale) as yardstick:
-        for round_number in range(1, args.rounds + 1):
-            print(
-                f"round {round_number}/{args.rounds} ({WORKERS} clients, {seconds:.0f}s each): "
-                "pgbench tpcb-like, direct SQL orders over 50 providers, then for one popular provider",
-                flush=True,
-            )
-            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
-            many = ORDER_SCRIPT.replace("{products}", "products")
-            samples["sql_many"].append(script_rate(target.db_url, many, counts, seconds))
-            popular = ORDER_SCRIPT.replace("{products}", "popular")
-            samples["sql_popular"].append(script_rate(target.db_url, popular, popular_counts, seconds))
-    results = best_rounds(samples)
+    many = ORDER_SCRIPT.replace("{products}", "products")
+    popular = ORDER_SCRIPT.replace("{products}", "popular")
+    results = interleaved_rounds(
+        admin_url,
+        args.pgbench_scale,
+        args.rounds,
+        seconds,
+        {
+            "sql_many": lambda: script_rate(target.db_url, many, counts, seconds),
+            "sql_popular": lambda: script_rate(target.db_url, popular, popular_counts, seconds),
+        },
+    )
 
     results["http_many"] = results["http_popular"] = None
     if target.api_url and target.jwt_secret:

@@ -241,7 +241,8 @@ EXPECTED_EXECUTE = {
 }
 
 
-def test_function_execute_privileges(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def function_grants(db: psycopg.Connection[tuple[object, ...]]) -> dict[str, set[str]]:
+    """Which API roles may execute each function in public."""
     rows = db.execute(
         """
         select p.proname,
@@ -251,7 +252,11 @@ def test_function_execute_privileges(db: psycopg.Connection[tuple[object, ...]])
         where n.nspname = 'public'
         """
     ).fetchall()
-    granted = {str(name): set(roles) for name, roles in rows}  # type: ignore[call-overload]
+    return {str(name): set(roles) for name, roles in rows}  # type: ignore[call-overload]
+
+
+def test_function_execute_privileges(db: psycopg.Connection[tuple[object, ...]]) -> None:
+    granted = function_grants(db)
     for name, roles in EXPECTED_EXECUTE.items():
         assert granted[name] == roles, name
     for name in ADMIN_ONLY:

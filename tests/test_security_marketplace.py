@@ -20,7 +20,7 @@ from tests.marketplace_support import (
     placed,
 )
 from tests.support import Api, body
-from tests.test_security_credits import denied
+from tests.test_security_credits import denied, function_grants
 
 ORDER_TABLES = ["orders", "order_items", "order_status_history", "order_refunds"]
 PRIVATE_VIEWS = [
@@ -225,14 +225,5 @@ EXPECTED_EXECUTE = {
 
 
 def test_marketplace_execute_privileges(db: psycopg.Connection[tuple[object, ...]]) -> None:
-    rows = db.execute(
-        """
-        select p.proname,
-               array(select r from unnest(array['anon', 'authenticated', 'service_role']) r
-                     where has_function_privilege(r, p.oid, 'execute'))
-        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-        where n.nspname = 'public' and p.proname = any(%s)
-        """,
-        (list(EXPECTED_EXECUTE),),
-    ).fetchall()
-    assert {str(name): set(roles) for name, roles in rows} == EXPECTED_EXECUTE  # type: ignore[call-overload]
+    granted = function_grants(db)
+    assert {name: granted[name] for name in EXPECTED_EXECUTE} == EXPECTED_EXECUTE
