@@ -279,3 +279,31 @@ def test_expired_holds_are_released_by_the_service(
     assert (trail[-1]["reason"], trail[-1]["changed_role"]) == ("hold expired", "service_role")
     failure(service_api.rpc("release_expired_holds", as_of="2999-01-01T00:00:00Z"), 400, "invalid_argument")
     audit_is_clean(service_api)
+
+
+def test_audit_reports_broken_orders(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
+    node = list_product(provider, category="node", price="2", capacity=5)
+    pending, paid = placed(alice, (node["id"], 1)), placed(alice, (node["id"], 2))
+    assert provider.api.rpc("fulfil_order", order_id=paid["id"]).status_code == 200
+    audit_is_clean(service_api)
+    with db.transaction(force_rollback=True):
+        # Credits held behind the ledger's back, an order whose hold vanished, a capture that
+        # paid too much, a capacity miscounted.
+        db.execute("update public.credit_accounts set held = held + 1 where user_id = %s", (alice.id,))
+        db.execute("update public.orders set held_amount = 0 where id = %s", (pending["id"],))
+        db.execute(
+            "insert into mycelium_private.transfers (kind, from_system, to_system, amount, reference) "
+            "values ('platform_fee', 'holds', 'platform_revenue', 1, %s)",
+            (paid["id"],),
+        )
+        db.execute("update public.products set units_in_use = 1 where id = %s", (node["id"],))
+        found = {(check, subject) for check, subject, _ in db.execute("select * from public.audit_ledger()")}
+    assert ("holds_equal_held", "holds") in found
+    assert ("held_equals_open_orders", alice.id) in found
+    assert ("order_held_amount", pending["id"]) in found
+    assert ("order_transfers", paid["id"]) in found
+    assert ("units_in_use", node["id"]) in found
+    audit_is_clean(service_api)
