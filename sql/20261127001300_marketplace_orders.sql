@@ -266,25 +266,28 @@ begin
     end if;
   end loop;
   return query
-    select (e ->> 'product_id')::uuid, sum((e ->> 'quantity')::integer)::integer
+    select (e ->> 'product_id')::uuid, sum((e ->> 'quantity')::numeric)::integer
     from jsonb_array_elements(p_items) e
     group by 1 order by 1;
 end;
 $$;
 
+-- A retry with the same key: the same order back, if it asked for the same items (an order has
+-- one item per product, as parse_order_items merges them).
 create or replace function mycelium_private.order_replay(p_order public.orders, p_product_ids uuid[], p_quantities integer[])
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 as $$
+declare
+  v_product_ids uuid[];
+  v_quantities integer[];
 begin
-  if (select array_agg(x.product_id order by x.product_id) from (
-        select i.product_id, sum(i.quantity)::integer as quantity from public.order_items i
-        where i.order_id = p_order.id group by 1) x) is distinct from p_product_ids
-     or (select array_agg(x.quantity order by x.product_id) from (
-        select i.product_id, sum(i.quantity)::integer as quantity from public.order_items i
-        where i.order_id = p_order.id group by 1) x) is distinct from p_quantities then
+  select array_agg(i.product_id order by i.product_id), array_agg(i.quantity order by i.product_id)
+  into v_product_ids, v_quantities
+  from public.order_items i where i.order_id = p_order.id;
+  if v_product_ids is distinct from p_product_ids or v_quantities is distinct from p_quantities then
     perform mycelium_private.fail('duplicate_reference',
       'idempotency_key was already used for a different order', 409);
   end if;

@@ -50,14 +50,14 @@ def account(user: User) -> tuple[Decimal, Decimal]:
     return D(str(row["balance"])), D(str(row["held"]))
 
 
-def place(user: User, *items: tuple[str, int], key: str | None = None) -> Any:
+def place(user: User, *items: tuple[str, float], key: str | None = None) -> Any:
     args: dict[str, Any] = {"items": [{"product_id": p, "quantity": q} for p, q in items]}
     if key is not None:
         args["idempotency_key"] = key
     return user.api.rpc("place_order", **args)
 
 
-def placed(user: User, *items: tuple[str, int], key: str | None = None) -> dict[str, Any]:
+def placed(user: User, *items: tuple[str, float], key: str | None = None) -> dict[str, Any]:
     reply = place(user, *items, key=key)
     assert reply.status_code == 200, reply.text
     order: dict[str, Any] = body(reply)
