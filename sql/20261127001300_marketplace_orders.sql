@@ -194,7 +194,7 @@ begin
   if p_order is null then
     perform mycelium_private.fail('invalid_argument', 'order_id is required');
   end if;
-  select * into v_order from public.orders o where o.id = p_order for update;
+  select * into v_order from public.orders o where o.id = p_order for no key update;
   if not found or not (v_order.buyer_id = auth.uid() or v_order.provider_id = auth.uid()
                        or mycelium_private.is_admin_or_service()) then
     perform mycelium_private.fail('order_not_found', 'no order ' || p_order, 404);

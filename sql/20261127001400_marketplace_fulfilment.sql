@@ -190,7 +190,7 @@ begin
     where o.status = 'pending' and o.created_at < v_as_of - v_ttl
     order by o.created_at
     limit 1000
-    for update skip locked) x;
+    for no key update skip locked) x;
   perform 1 from public.products p
   where p.capacity is not null and p.id in (select i.product_id from public.order_items i where i.order_id = any(v_ids))
   order by p.id for no key update;
