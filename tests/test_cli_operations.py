@@ -99,7 +99,7 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
     # A pending order: its hold is outstanding, and it counts among the orders.
     farmer = make_user("farmer")
     placed(buyer(service_api, make_user), (list_product(farmer)["id"], 2))
-    port = free_port_base(start=47000)
+    port = free_port_base(span=2, start=47000) + 1  # the base itself is not checked
     exporter = subprocess.Popen(
         [*MYCELIUM, "metrics", "serve", "--port", str(port), "--address", "127.0.0.1"],
         env=stack_env,
@@ -109,7 +109,8 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
     )
     try:
         assert exporter.stdout is not None
-        assert "Serving metrics" in exporter.stdout.readline()
+        first = exporter.stdout.readline()
+        assert "Serving metrics" in first, first + (exporter.stderr.read() if exporter.stderr else "")
         page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
         samples = {
             line.split(" ")[0]: line.split(" ")[1]
