@@ -3,9 +3,9 @@ their balance) and may cancel it while pending; its provider (or the provisionin
 fulfils it (the hold is captured: the provider gets the total less the platform fee) or fails it
 (the hold is released), and may refund it after. Earnings and spending are summed by the SQL.
 
-Placing and refunding carry idempotency keys and are retried safely. Cancel, fulfil and fail
-have none: a second call is refused (invalid_transition), so they are not retried once sent;
-after a ServiceUnavailable that says "may have been applied", read the order with `get`."""
+Every call that moves credits is retried safely on network errors: placing and refunding carry
+idempotency keys; cancel, fulfil and fail repeated on an order already in that state return it
+unchanged and move nothing."""
 
 from __future__ import annotations
 
@@ -87,13 +87,12 @@ def order_pages(
 
 
 def transition_call(function: Literal["cancel_order", "fulfil_order"], order_id: OrderRef) -> Call[Order]:
-    # A second call is refused (invalid_transition), so a retry after a lost response would
-    # report a conflict for a change that was made: only retried if never sent.
-    return rpc(function, Order.model_validate, safe=False, order_id=str(order_id))
+    # Repeated on an order already in the target state, the SQL returns it and moves nothing.
+    return rpc(function, Order.model_validate, safe=True, order_id=str(order_id))
 
 
 def fail_call(order_id: OrderRef, reason: str) -> Call[Order]:
-    return rpc("fail_order", Order.model_validate, safe=False, order_id=str(order_id), reason=reason)
+    return rpc("fail_order", Order.model_validate, safe=True, order_id=str(order_id), reason=reason)
 
 
 def refund_call(

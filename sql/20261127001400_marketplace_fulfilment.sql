@@ -56,7 +56,8 @@ $$;
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/fulfil_order: the order's provider or service_role (the provisioning service) captures
--- the hold. A second call is invalid_transition: a hold is captured once.
+-- the hold. A hold is captured once: a repeated call (a retry after a lost response) returns the
+-- fulfilled order and moves nothing; from any other state it is invalid_transition.
 -- ---------------------------------------------------------------------------------------
 create or replace function public.fulfil_order(order_id uuid)
 returns jsonb
@@ -74,6 +75,9 @@ declare
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
     perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fulfil an order', 403);
+  end if;
+  if v_order.status = 'fulfilled' then
+    return mycelium_private.order_object(v_order.id);
   end if;
   if v_order.status <> 'pending' then
     perform mycelium_private.refuse_transition(v_order, 'fulfilled');
@@ -134,6 +138,9 @@ begin
   if v_order.buyer_id is distinct from auth.uid() then
     perform mycelium_private.fail('not_authorized', 'only the buyer cancels an order (providers: fail_order)', 403);
   end if;
+  if v_order.status = 'cancelled' then  -- a retry: already done, nothing moves
+    return mycelium_private.order_object(v_order.id);
+  end if;
   if v_order.status <> 'pending' then
     perform mycelium_private.refuse_transition(v_order, 'cancelled');
   end if;
@@ -153,6 +160,9 @@ declare
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
     perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fail an order', 403);
+  end if;
+  if v_order.status = 'failed' then  -- a retry: already done, nothing moves
+    return mycelium_private.order_object(v_order.id);
   end if;
   if v_order.status <> 'pending' then
     perform mycelium_private.refuse_transition(v_order, 'failed');

@@ -103,7 +103,15 @@ def test_racing_transitions_move_credits_once(
             (provider, "fail_order", {"order_id": order["id"], "reason": "race"}),
         ]
     results = race(stack, calls)
-    assert reasons(results) == {"ok": 8, "409 invalid_transition": 24}
+    # Per order one transition wins; a second fulfil may replay the win, everything else is refused.
+    outcomes = [results[i : i + 4] for i in range(0, len(results), 4)]
+    for outcome in outcomes:
+        won = {payload["status"] for status, payload in outcome if status == 200}
+        assert len(won) == 1, outcome
+        assert all(
+            status == 200 or (status, payload["code"]) == (409, "invalid_transition")
+            for status, payload in outcome
+        )
     refunds = race(
         stack,
         [
@@ -112,7 +120,7 @@ def test_racing_transitions_move_credits_once(
             for _ in range(3)
         ],
     )
-    fulfilled = sum(1 for status, payload in results if status == 200 and payload["status"] == "fulfilled")
+    fulfilled = sum(1 for outcome in outcomes if any(p.get("status") == "fulfilled" for _, p in outcome))
     assert reasons(refunds).get("ok", 0) == fulfilled
     assert account(alice) == (D("100"), D(0)) and account(provider) == (D(0), D(0))
     audit_is_clean(service_api)

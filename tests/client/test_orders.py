@@ -162,6 +162,16 @@ def test_a_refund_whose_response_was_lost_is_applied_once(target: Target, accoun
     assert balances(buyer) == (Decimal("17.5"), Decimal(0))
 
 
+def test_a_capture_whose_response_was_lost_is_applied_once(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=20)
+    order = buyer.client.orders.place({listed(provider, "4").id: 1})
+    transport = DropsResponses("/rpc/fulfil_order", drops=1)
+    fulfilled = signed_in(target, provider.email, transport).orders.fulfil(order.id)
+    assert transport.sent == 2 and fulfilled.status is OrderStatus.FULFILLED
+    assert balances(buyer) == (Decimal("16"), Decimal(0))
+    assert balances(provider)[0] == Decimal("4") - fulfilled.fee_amount
+
+
 def test_a_trusted_service_fulfils_orders_and_reads_anyones(target: Target, account: MakeAccount) -> None:
     provider, buyer = account(role=RoleName.FARMER), account(funded=10)
     order = buyer.client.orders.place({listed(provider, "4").id: 1})
@@ -215,8 +225,8 @@ def test_order_errors_are_typed(target: Target, account: MakeAccount) -> None:
     refused(NotFound, "PGRST116", 406, lambda: account().client.orders.get(order.id))  # not theirs to see
     sold = provider.client.orders
     refused(Conflict, "invalid_transition", 409, lambda: sold.refund(order.id, "x"))  # still pending
-    sold.fulfil(order.id)
-    refused(Conflict, "invalid_transition", 409, lambda: sold.fulfil(order.id))
+    fulfilled = sold.fulfil(order.id)
+    assert sold.fulfil(order.id) == fulfilled  # a repeat moves nothing
     refused(Conflict, "invalid_transition", 409, lambda: orders.cancel(order.id))
     refused(Conflict, "refund_exceeds_paid", 409, lambda: sold.refund(order.id, "x", "2.000001"))
 
