@@ -396,7 +396,7 @@ def test_the_old_platform_fee_comes_along_once(legacy_import: Import, folder: Fo
     (folder.root / "marketplace.config").write_text("tfp_to_usd_rate = 0.1\nplatform_fee_percent = 7.5\n")
     folder.user("fee", "1")
     report = summary(legacy_import(folder.root, "--json"))
-    assert report["settings_applied"] == {"platform_fee_percent": 7.5}
+    assert report["settings_applied"] == {"platform_fee_percent": "7.5"}
     assert db.execute("select platform_fee_percent from public.marketplace_config").fetchone() == (
         Decimal("7.5"),
     )

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import psycopg
 import typer
+from psycopg.types.json import set_json_loads
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli import migrations
@@ -25,6 +26,7 @@ from cli.legacy.files import (
     read_user_files,
 )
 from cli.output import emit_json, err, say, table
+from mycelium_client.amounts import loads
 
 app = typer.Typer(help="The move from the old marketplace's JSON files to PostgreSQL.")
 
@@ -114,6 +116,7 @@ def import_files(
     source = locate(directory)
     files = sorted(source.user_data.glob("*.json"))
     with migrations.connect(resolve_db_url(db_url)) as conn, conn.transaction() as transaction:
+        set_json_loads(loads, conn)  # the import's totals as Decimals, never floats
         converter = Converter(rate, _credit_usd_rate(conn), truncate_excess)
         reading = _read(files, converter, _role_for_category(conn), quiet=as_json)
         settings = read_old_config(source.config, rate, reading)
