@@ -132,3 +132,22 @@ as $$
 $$;
 
 revoke execute on all functions in schema mycelium_private from public;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/order_status_counts: how many orders are in each status (admins and service_role).
+-- ---------------------------------------------------------------------------------------
+create or replace function public.order_status_counts()
+returns table (status text, orders bigint)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.require_admin();
+  return query select o.status, count(*) from public.orders o group by o.status order by o.status;
+end;
+$$;
+
+revoke execute on function public.order_status_counts() from public, anon;
+grant execute on function public.order_status_counts() to authenticated, service_role;

@@ -77,6 +77,9 @@ create table mycelium_private.legacy_products (
   unit text,
   attributes jsonb not null default '{}',
   active boolean not null default true,
+  product_id uuid references public.products (id),  -- the product listed at the claim
+  -- Why the catalogue refused the listing at the claim (the import checks what it can first).
+  claim_error text,
   unique (email, legacy_id)
 );
 comment on table mycelium_private.legacy_products is 'Listings from the old files, by provider e-mail.';
@@ -98,7 +101,9 @@ create policy legacy_transactions_select_own on public.legacy_transactions
 
 -- ---------------------------------------------------------------------------------------
 -- A confirmed user takes over what waits for their address: the opening balance through the
--- ledger primitives, the roles, the history and the listings. Nothing waits: nothing happens.
+-- ledger primitives, the roles, the history and the listings (the catalogue's trigger checks the
+-- role for each category and the price). A listing the catalogue refuses is recorded, not
+-- raised: it must never stop the user confirming their address. Nothing waits: nothing happens.
 -- ---------------------------------------------------------------------------------------
 create or replace function mycelium_private.claim_legacy_account(p_user uuid, p_email text)
 returns void
@@ -109,6 +114,8 @@ declare
   v_account mycelium_private.legacy_accounts;
   v_transfer uuid;
   v_balance numeric;
+  v_product record;
+  v_product_id uuid;
 begin
   select * into v_account from mycelium_private.legacy_accounts a
   where a.email = lower(p_email) and a.user_id is null
@@ -116,7 +123,6 @@ begin
   if not found then
     return;
   end if;
-  perform mycelium_private.open_credit_account(p_user);
   if v_account.opening_credits > 0 then
     insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_role)
     values ('legacy_migration', 'issuance', p_user, v_account.opening_credits,
@@ -130,6 +136,22 @@ begin
   insert into public.user_roles (user_id, role)
   select p_user, r from unnest(v_account.roles) r
   on conflict do nothing;
+  for v_product in
+    select p.id, p.name, p.description, p.category, p.price, p.unit, p.attributes, p.active
+    from mycelium_private.legacy_products p
+    where p.email = v_account.email
+    order by p.id
+  loop
+    begin
+      insert into public.products (provider_id, category, name, description, price, unit, attributes, active)
+      values (p_user, v_product.category, v_product.name, coalesce(v_product.description, ''), v_product.price,
+              v_product.unit, v_product.attributes, v_product.active)
+      returning id into v_product_id;
+      update mycelium_private.legacy_products set product_id = v_product_id where id = v_product.id;
+    exception when others then
+      update mycelium_private.legacy_products set claim_error = sqlerrm where id = v_product.id;
+    end;
+  end loop;
   update mycelium_private.legacy_accounts
   set user_id = p_user, claimed_at = now(), opening_transfer_id = v_transfer
   where email = v_account.email;
@@ -153,11 +175,30 @@ begin
 end;
 $$;
 
--- After the triggers that open the credit account (names fire in alphabetical order; the claim
--- opens the account itself anyway).
-create trigger mycelium_legacy_claim_on_user_confirmed
+-- Triggers of one event fire in name order: this one comes after those that open the user's
+-- profile and credit account (mycelium_credit_account_..., mycelium_profile_...), which the
+-- claim's products and credits need at a sign-up that arrives confirmed.
+create trigger mycelium_user_confirmed_claims_legacy_account
   after insert or update of email_confirmed_at, email on auth.users
   for each row execute function mycelium_private.claim_legacy_account_on_confirmation();
+
+-- The old platform fee becomes the marketplace's, when an import writes anything and the fee
+-- differs (a re-run changes nothing). Returns the settings applied.
+create or replace function mycelium_private.apply_legacy_settings(p_settings jsonb)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_fee numeric := (p_settings ->> 'platform_fee_percent')::numeric;
+begin
+  if v_fee is null or v_fee = (select c.platform_fee_percent from public.marketplace_config c where c.id) then
+    return '{}';
+  end if;
+  perform public.set_marketplace_config(platform_fee_percent => v_fee);
+  return jsonb_build_object('platform_fee_percent', v_fee);
+end;
+$$;
 
 -- ---------------------------------------------------------------------------------------
 -- The import itself, for the operator's database login (never through the API).
