@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,16 +41,22 @@ def stack_folder(prefix: str) -> Path:
     return folder
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
+    # A run stopped with SIGTERM (a timeout, a cancelled CI job) still tears its servers down.
+    signal.signal(signal.SIGTERM, _interrupt)
     folder = stack_folder("mycelium-tests-")
     local = LocalStack(folder / "stack")
-    local.up(port_base=free_port_base())
     try:
+        local.up(port_base=free_port_base())
         yield local
     finally:
         local.destroy()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
