@@ -46,6 +46,8 @@ class PostgREST:
             "db-pool": 20,
             "db-channel-enabled": True,
             "jwt-secret": jwt_secret,
+            # Verify each token once an hour, not on every request: most requests repeat a token.
+            "jwt-cache-max-lifetime": 3600,
             "server-host": "127.0.0.1",
             "server-port": self.port,
             "admin-server-port": self.admin_port,
