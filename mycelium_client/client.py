@@ -60,6 +60,31 @@ class _Core:
         # Every event but SIGNED_OUT carries the current session (a refresh carries the new token).
         self.identity.access_token = session.access_token if session else None
 
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        key: str,
+        access_token: str | None,
+        retry: RetryPolicy | None,
+        watch: WatchSettings | None,
+    ) -> _Core:
+        return cls(
+            Project(url, key), Identity(key, access_token), retry or RetryPolicy(), watch or WatchSettings()
+        )
+
+    @classmethod
+    def of_supabase(
+        cls,
+        client: supabase.Client | supabase.AsyncClient,
+        retry: RetryPolicy | None,
+        watch: WatchSettings | None,
+    ) -> _Core:
+        """The project, key and current user token of an existing supabase-py client."""
+        key = client.supabase_key
+        url = str(client.supabase_url).rstrip("/")
+        return cls.create(url, key, _token_in(client.options.headers, key), retry, watch)
+
     def derived(self, access_token: str) -> _Core:
         return _Core(self.project, Identity(self.project.key, access_token), self.retry, self.watch)
 
@@ -80,10 +105,9 @@ class MyceliumClient:
     ) -> None:
         """`key` is the project's anon key (users sign in) or service_role key (trusted services);
         `access_token` makes the client act for that user, as `as_user` does."""
-        project = Project(url, key)
         options = SyncClientOptions(headers={}, persist_session=False)
         self._build(
-            _Core(project, Identity(key, access_token), retry or RetryPolicy(), watch or WatchSettings()),
+            _Core.create(url, key, access_token, retry, watch),
             supabase.Client(url, key, options),
             http_client or httpx.Client(timeout=timeout),
             owns_http=http_client is None,
@@ -117,10 +141,7 @@ class MyceliumClient:
     ) -> Self:
         """Over an existing supabase-py client: its project, key and auth session (which it keeps
         owning: closing this client does not close it)."""
-        key = client.supabase_key
-        url = str(client.supabase_url).rstrip("/")
-        identity = Identity(key, _token_in(client.options.headers, key))
-        core = _Core(Project(url, key), identity, retry or RetryPolicy(), watch or WatchSettings())
+        core = _Core.of_supabase(client, retry, watch)
         self = cls.__new__(cls)
         http = client.options.httpx_client
         self._build(
@@ -181,10 +202,9 @@ class AsyncMyceliumClient:
         watch: WatchSettings | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        project = Project(url, key)
         options = AsyncClientOptions(headers={}, persist_session=False)
         self._build(
-            _Core(project, Identity(key, access_token), retry or RetryPolicy(), watch or WatchSettings()),
+            _Core.create(url, key, access_token, retry, watch),
             supabase.AsyncClient(url, key, options),
             http_client or httpx.AsyncClient(timeout=timeout),
             owns_http=http_client is None,
@@ -220,10 +240,7 @@ class AsyncMyceliumClient:
         retry: RetryPolicy | None = None,
         watch: WatchSettings | None = None,
     ) -> Self:
-        key = client.supabase_key
-        url = str(client.supabase_url).rstrip("/")
-        identity = Identity(key, _token_in(client.options.headers, key))
-        core = _Core(Project(url, key), identity, retry or RetryPolicy(), watch or WatchSettings())
+        core = _Core.of_supabase(client, retry, watch)
         self = cls.__new__(cls)
         http = client.options.httpx_client
         self._build(
