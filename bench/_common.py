@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import random
+import re
 import shutil
 import socket
 import statistics
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -157,6 +160,67 @@ def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# wrk: HTTP load from a C client, as pgbench is for direct SQL, so that a ratio of the two compares
+# the servers, not the load generators (a Python client would take a third of two cores).
+# ---------------------------------------------------------------------------------------------
+
+# Every wrk thread gets its own number (`thread_number`) and random sequence: scripts use them
+# for unique references. RUN is unique per measure.
+WRK_PRELUDE = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+function init(args)
+  math.randomseed(thread_number * 7919 + {seed})
+end
+local RUN = "{run}"
+"""
+
+
+def lua_locals(**values: str | list[str]) -> str:
+    """Lua `local` definitions of strings and arrays of strings (JSON's string syntax is Lua's for
+    ASCII)."""
+    lines = []
+    for name, value in values.items():
+        strings = [value] if isinstance(value, str) else value
+        literal = ",".join(map(json.dumps, strings))
+        if not isinstance(value, str):
+            literal = "{" + literal + "}"
+        lines.append(f"local {name} = {literal}\n")
+    return "".join(lines)
+
+
+def wrk_rate(base_url: str, script: str, seconds: float) -> float:
+    """Successful requests per second of a wrk `script` (it defines `request`), WORKERS keep-alive
+    connections for `seconds`."""
+    program = shutil.which("wrk")
+    if program is None:
+        raise SystemExit("the HTTP measures need wrk: `./run bench NAME` installs it (Debian: wrk)")
+    prelude = WRK_PRELUDE.replace("{seed}", str(random.randrange(1 << 30))).replace("{run}", uuid.uuid4().hex)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(prelude + script)
+    try:
+        done = subprocess.run(
+            [program, "-t", "2", "-c", str(WORKERS), "-d", f"{int(seconds)}s", "-s", file.name, base_url],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        os.unlink(file.name)
+    totals = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
+    if done.returncode != 0 or totals is None:
+        raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+    failures = r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)"
+    failed = sum(int(n) for n in re.findall(failures, done.stdout))
+    if failed:
+        print(f"    ({failed} failed calls)", flush=True)
+    elapsed = float(totals.group(2)) * (60 if totals.group(3) == "m" else 1)
+    return (int(totals.group(1)) - failed) / elapsed
+
+
+# ---------------------------------------------------------------------------------------------
 # HTTP workers (separate processes, so the client side is never the bottleneck of one GIL)
 # ---------------------------------------------------------------------------------------------
 
@@ -252,8 +316,6 @@ def create_users(conn: psycopg.Connection[Any], count: int) -> list[str]:
 
 
 def fund(conn: psycopg.Connection[Any], users: list[str], usd: str) -> None:
-    import uuid
-
     with conn.cursor() as cur:
         cur.executemany(
             "select public.purchase_credits(%s::uuid, %s::numeric, %s)",

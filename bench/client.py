@@ -7,7 +7,7 @@
    not lock each other) versus the sync client doing the same transfers one after the other;
 3. latency from COMMIT to the callback of `mycelium_client.feeds.BalanceFeed` (LISTEN/NOTIFY).
 
-    .venv/bin/python bench/client.py [--calls 1000] [--transfers 640] [--commits 300]
+    ./run bench client [--calls 1000] [--transfers 640] [--commits 300]
 """
 
 from __future__ import annotations

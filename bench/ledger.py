@@ -2,10 +2,10 @@
 against pgbench's built-in tpcb-like transactions per second on the same server, plus read
 latencies that must not grow with the size of the ledger.
 
-    .venv/bin/python bench/ledger.py                 # brings up its own local stack, then removes it
-    .venv/bin/python bench/ledger.py --seconds 5     # shorter phases
-    .venv/bin/python bench/ledger.py --db-url postgresql://postgres@127.0.0.1:54322/postgres
-                                                     # an existing database: direct SQL and pgbench only
+    ./run bench ledger                 # brings up its own local stack, then removes it
+    ./run bench ledger --seconds 5     # shorter phases
+    ./run bench ledger --db-url postgresql://postgres@127.0.0.1:54322/postgres
+                                       # an existing database: direct SQL and pgbench only
 
 Every figure is measured in this one run. Throughput measures run in rounds that interleave the
 pgbench yardstick with them; each keeps its best round (a shared machine's bursts of outside load
@@ -21,31 +21,29 @@ then spoil a round, not one side of a ratio). Targets (issue 3):
 from __future__ import annotations
 
 import argparse
-import random
 import time
 import uuid
 from typing import Any
 
 import psycopg
 from _common import (
-    WORKERS,
-    KeepAlive,
     RateRow,
     Target,
     create_users,
     fund,
     interleaved_rounds,
     local_target,
+    lua_locals,
     print_rates,
     ratio,
-    run_parallel,
     script_rate,
     time_reads,
     verdict,
+    wrk_rate,
 )
 
 # ---------------------------------------------------------------------------------------------
-# Workers (separate processes, so the client side is never the bottleneck of one GIL)
+# Load: pgbench for direct SQL, wrk for PostgREST (both C clients)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -79,31 +77,48 @@ def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
     return script_rate(db_url, SQL_SCRIPTS[kind], {"accounts": accounts}, seconds)
 
 
-def http_worker(
-    kind: str, target: Target, users: list[tuple[str, str]], seconds: float, seed: int, direct: bool = False
-) -> tuple[int, int]:
-    assert target.service_role_key
-    rng = random.Random(seed)
-    http = KeepAlive(target, direct)
-    done = errors = 0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        if kind == "purchase":
-            user_id, _ = rng.choice(users)
-            key = target.service_role_key
-            path = "/rpc/purchase_credits"
-            payload = {"user_id": user_id, "usd_amount": "1", "payment_reference": f"bench-{uuid.uuid4()}"}
-        else:
-            (_, key), (recipient, _) = rng.sample(users, 2)
-            path = "/rpc/transfer_credits"
-            payload = {"recipient": recipient, "amount": "0.01"}
-        status, _ = http.post(path, key, payload)
-        if status == 200:
-            done += 1
-        else:
-            errors += 1
-    http.close()
-    return done, errors
+# PostgREST is driven by wrk: transfers signed by a random user's JWT to another random user, and
+# purchases with the service_role key, each with a unique payment reference.
+HTTP_SCRIPTS = {
+    "transfer": """
+request = function()
+  local i = math.random(#users)
+  local j = math.random(#users - 1)
+  if j >= i then j = j + 1 end
+  return wrk.format("POST", prefix .. "/rpc/transfer_credits",
+    {["apikey"] = apikey, ["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"},
+    '{"recipient":"' .. users[j] .. '","amount":"0.01"}')
+end
+""",
+    "purchase": """
+local sent = 0
+request = function()
+  sent = sent + 1
+  local reference = "bench-" .. RUN .. "-" .. thread_number .. "-" .. sent
+  return wrk.format("POST", prefix .. "/rpc/purchase_credits",
+    {["apikey"] = apikey, ["Authorization"] = "Bearer " .. service_key,
+     ["Content-Type"] = "application/json"},
+    '{"user_id":"' .. users[math.random(#users)] .. '","usd_amount":"1","payment_reference":"'
+      .. reference .. '"}')
+end
+""",
+}
+
+
+def http_rate(
+    target: Target, kind: str, users: list[str], tokens: list[str], seconds: float, direct: bool = False
+) -> float:
+    """Calls per second of HTTP_SCRIPTS[kind] through the gateway, or to PostgREST itself."""
+    assert target.api_url and target.anon_key and target.service_role_key
+    base_url = target.postgrest_url if direct and target.postgrest_url else target.api_url
+    data = lua_locals(
+        users=users,
+        tokens=tokens,
+        apikey=target.anon_key,
+        service_key=target.service_role_key,
+        prefix="" if direct else "/rest/v1",
+    )
+    return wrk_rate(base_url, data + HTTP_SCRIPTS[kind], seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +134,7 @@ def ledger_rows(conn: psycopg.Connection[Any]) -> int:
 def fill_ledger(
     conn: psycopg.Connection[Any], users: list[str], deep_user: str, total_rows: int, deep_rows: int
 ) -> None:
-    """Add balanced grant transfers (and their entries, lots, balances) until the ledger has
+    """Add balanced grant transfers (and their entries and balances) until the ledger has
     `total_rows` entries, `deep_rows` of them for `deep_user`. Bench data only."""
     missing = total_rows - ledger_rows(conn)
     if missing <= 0:
@@ -157,13 +172,6 @@ def fill_ledger(
                    'bench fill', now() + f.seq * interval '1 microsecond'
             from fill f join public.credit_accounts a on a.user_id = f.user_id
             order by f.user_id, f.seq
-            """
-        )
-        conn.execute(
-            """
-            with added as (select user_id, count(*) as n from fill group by user_id)
-            update public.credit_lots l set amount = l.amount + added.n, remaining = l.remaining + added.n
-            from added where l.user_id = added.user_id and l.expires_at is null
             """
         )
         conn.execute(
@@ -226,39 +234,22 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         conn.execute("grant select on mycelium_bench.users to postgres")
 
     accounts = len(users)
-    results.update(
-        interleaved_rounds(
-            admin_url,
-            args.pgbench_scale,
-            args.rounds,
-            seconds,
-            {
-                "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
-                "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
-                "sql_hot": lambda: sql_rate(target.db_url, "hot", accounts, seconds),
-            },
-        )
-    )
-
+    measures = {
+        "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
+        "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
+        "sql_hot": lambda: sql_rate(target.db_url, "hot", accounts, seconds),
+    }
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
-        tokens = [(u, access_token(target.jwt_secret, uuid.UUID(u), email=None)) for u in users]
-        for kind in ("transfer", "purchase"):
-            print(f"PostgREST: {kind}s, best of {args.rounds}", flush=True)
-            results[f"http_{kind}"] = max(
-                run_parallel(
-                    http_worker, [(kind, target, tokens, seconds, i) for i in range(WORKERS)], seconds
-                )
-                for _ in range(args.rounds)
-            )
+        tokens = [access_token(target.jwt_secret, uuid.UUID(u), email=None) for u in users]
+        measures["http_transfer"] = lambda: http_rate(target, "transfer", users, tokens, seconds)
+        measures["http_purchase"] = lambda: http_rate(target, "purchase", users, tokens, seconds)
         if target.postgrest_url:
-            print("PostgREST without the gateway: transfers", flush=True)
-            results["direct_transfer"] = run_parallel(
-                http_worker, [("transfer", target, tokens, seconds, i, True) for i in range(WORKERS)], seconds
+            measures["direct_transfer"] = lambda: http_rate(
+                target, "transfer", users, tokens, seconds, direct=True
             )
-    else:
-        results["http_transfer"] = results["http_purchase"] = None
+    results.update(interleaved_rounds(admin_url, args.pgbench_scale, args.rounds, seconds, measures))
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(
@@ -295,8 +286,8 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         ),
         (
             "PostgREST transfers",
-            results["http_transfer"],
-            ratio(results["http_transfer"], results["sql_transfer"]),
+            results.get("http_transfer"),
+            ratio(results.get("http_transfer"), results["sql_transfer"]),
             0.5,
         ),
         (
@@ -307,8 +298,8 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         ),
         (
             "PostgREST purchases",
-            results["http_purchase"],
-            ratio(results["http_purchase"], results["sql_purchase"]),
+            results.get("http_purchase"),
+            ratio(results.get("http_purchase"), results["sql_purchase"]),
             0.5,
         ),
     ]

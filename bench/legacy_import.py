@@ -3,7 +3,7 @@ transactions and, for one in five, two products), on a local stack of its own: t
 the import, and the re-run that writes nothing. Then 2,000 of those users confirm their
 address and claim their credits. Prints a table; measured in one run.
 
-    .venv/bin/python bench/legacy_import.py [--users 10000]
+    ./run bench legacy_import [--users 10000]
 """
 
 from __future__ import annotations

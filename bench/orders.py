@@ -3,8 +3,8 @@ PostgREST (8 workers, many buyers, 50 providers; then every order for one popula
 against pgbench's tpcb-like transactions per second on the same server, and the latency of
 product search pages at 1,000 and at 100,000 products.
 
-    .venv/bin/python bench/orders.py                 # brings up its own local stack, then removes it
-    .venv/bin/python bench/orders.py --seconds 3 --rounds 1
+    ./run bench orders                 # brings up its own local stack, then removes it
+    ./run bench orders --seconds 3 --rounds 1
 
 One order = place_order (the hold) then fulfil_order (the capture) by the product's provider: two
 transactions. Every figure is measured in this one run; throughput rounds interleave the

@@ -1,7 +1,7 @@
 """How long `mycelium sql push` takes: a full push of `sql/` on an empty Supabase-like database,
 and a no-op re-push, on a local stack of its own. Prints a table; measured in one run.
 
-    .venv/bin/python bench/sql_push.py [--rounds 5]
+    ./run bench sql_push [--rounds 5]
 """
 
 from __future__ import annotations

@@ -16,27 +16,32 @@
 -- equals the sum of `held`, which audit_ledger() checks. `refund` moves credits back to a buyer
 -- from the provider and from platform_revenue.
 --
--- Lots: what a user holds is split into lots (public.credit_lots); the non-expiring credits
--- of a user are ONE lot, credits with an expiry each form their own. An account's balance is
--- always the sum of its lots' remaining amounts.
+-- Lots: credits with an expiry (from a grant or a purchase) each form a lot (public.credit_lots);
+-- the account's `expiring` column is what its lots still hold, and the rest of its balance,
+-- `balance - expiring`, is its one lot of non-expiring credits. So an account's balance is always
+-- the sum of its lots, and a movement of non-expiring credits (almost every one) writes only the
+-- account row: no second row to update while the account is locked, which is what bounds the
+-- rate of transfers into one popular account.
 --
 -- Kinds are CHECK constraints (not enums: a new enum value cannot be used in the transaction that
 -- adds it, and a push is one transaction). They already list the marketplace's kinds; to add one,
 -- drop the constraint and add the new list `not valid`, then `validate constraint`.
 --
 -- Lock order: a movement updates the user accounts it touches in ascending user_id order (the
--- UPDATE of the balance is the lock), and touches lots only after its account's UPDATE. So two
+-- UPDATE of the balance is the lock), and touches lots only after its account's lock. So two
 -- transfers between the same accounts in opposite directions never deadlock.
 
 create table public.credit_accounts (
   user_id uuid primary key,
   balance numeric not null default 0 check (balance >= 0 and balance < 'Infinity'::numeric),
   held numeric not null default 0 check (held >= 0 and held < 'Infinity'::numeric),
+  expiring numeric not null default 0 check (expiring >= 0 and expiring <= balance),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 ) with (fillfactor = 70);
 comment on table public.credit_accounts is
-  'One credit account per user: spendable balance, and credits held for open orders (not in balance).';
+  'One credit account per user: balance, of which `expiring` sits in lots that expire (credit_lots), '
+  'and credits held for open orders (not in balance).';
 
 create table mycelium_private.transfers (
   id uuid primary key default gen_random_uuid(),
@@ -109,24 +114,22 @@ create index credit_transactions_user_history_idx on public.credit_transactions 
 create table public.credit_lots (
   id bigint generated always as identity primary key,
   user_id uuid not null references public.credit_accounts (user_id),
-  amount numeric not null check (amount >= 0),
+  amount numeric not null check (amount > 0),
   remaining numeric not null check (remaining >= 0),
-  expires_at timestamptz,
+  expires_at timestamptz not null,
   source_transfer_id uuid references mycelium_private.transfers (id),
-  -- Indexed instead of `remaining > 0`, so that changing `remaining` of a lot that stays live
-  -- (every payment from the non-expiring lot) is a HOT update touching no index.
+  -- Indexed instead of `remaining > 0`, so that spending part of a lot that stays live is a HOT
+  -- update touching no index.
   live boolean generated always as (remaining > 0) stored,
   created_at timestamptz not null default now(),
   check (remaining <= amount)
 ) with (fillfactor = 70);
 comment on table public.credit_lots is
-  'Your credits by lot: one lot for non-expiring credits, one per grant or purchase that expires.';
+  'Your credits that expire, one lot per grant or purchase with an expiry. The rest of your balance '
+  '(credit_accounts.balance - expiring) never expires.';
 
-create unique index credit_lots_permanent_key on public.credit_lots (user_id) where expires_at is null;
-create index credit_lots_expiring_idx on public.credit_lots (user_id, expires_at, id)
-  where expires_at is not null and live;
-create index credit_lots_sweep_idx on public.credit_lots (expires_at)
-  where expires_at is not null and live;
+create index credit_lots_expiring_idx on public.credit_lots (user_id, expires_at, id) where live;
+create index credit_lots_sweep_idx on public.credit_lots (expires_at) where live;
 
 -- Append-only ledger, for every role.
 create trigger transfers_append_only
@@ -155,7 +158,7 @@ create policy credit_lots_select_own on public.credit_lots
   for select to authenticated using (user_id = (select auth.uid()));
 
 -- ---------------------------------------------------------------------------------------
--- A credit account (and its non-expiring lot) for every new auth user.
+-- A credit account for every new auth user.
 -- ---------------------------------------------------------------------------------------
 create or replace function mycelium_private.open_credit_account(p_user uuid)
 returns void
@@ -164,8 +167,6 @@ set search_path = ''
 as $$
 begin
   insert into public.credit_accounts (user_id) values (p_user) on conflict (user_id) do nothing;
-  insert into public.credit_lots (user_id, amount, remaining) values (p_user, 0, 0)
-  on conflict (user_id) where expires_at is null do nothing;
 end;
 $$;
 
@@ -215,7 +216,7 @@ begin
 end;
 $$;
 
--- Spendable credits of a locked account: balance minus what sits in expired, unswept lots.
+-- Spendable credits of an account: its balance less what sits in expired, unswept lots.
 create or replace function mycelium_private.spendable(p_user uuid)
 returns numeric
 language plpgsql
@@ -224,111 +225,98 @@ set search_path = ''
 as $$
 begin
   return (
-    select a.balance - coalesce((
+    select a.balance - case when a.expiring = 0 then 0 else coalesce((
       select sum(l.remaining) from public.credit_lots l
-      where l.user_id = p_user and l.expires_at is not null and l.live and l.expires_at <= now()
-    ), 0)
+      where l.user_id = p_user and l.live and l.expires_at <= now()
+    ), 0) end
     from public.credit_accounts a where a.user_id = p_user
   );
 end;
 $$;
 
--- After `p_amount` was taken from the balance of `p_user` (now `p_new_balance`, account locked):
--- refuse when what is left does not cover the expired, unswept lots (not spendable), then take
--- the amount from unexpired expiring lots, soonest expiry first. Returns what is left to take
--- from the non-expiring lot. Never touches an expired lot.
+-- Take up to `p_amount` from the unexpired lots of a locked account, soonest expiry first; never
+-- from an expired lot. Returns what the lots gave; the caller takes the rest from the account's
+-- non-expiring credits and lowers `expiring` by what the lots gave.
 -- With `p_hold_order` (an order's hold), what each expiry date gave is remembered in
 -- mycelium_private.order_hold_lots (marketplace orders migration): releasing the hold gives the
 -- credits back with the expiry they had, so cancelling an order cannot turn expiring credits into
 -- non-expiring ones.
 create or replace function mycelium_private.spend_expiring_lots(
-  p_user uuid, p_amount numeric, p_new_balance numeric, p_hold_order uuid default null)
+  p_user uuid, p_amount numeric, p_hold_order uuid default null)
 returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  expired numeric;
-  live_lots integer;
   left_to_take numeric := p_amount;
   lot record;
   taken numeric;
 begin
-  select coalesce(sum(l.remaining) filter (where l.expires_at <= now()), 0),
-         count(*) filter (where l.expires_at > now())
-  into expired, live_lots
-  from public.credit_lots l
-  where l.user_id = p_user and l.expires_at is not null and l.live;
-  if p_new_balance < expired then
-    perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', p_new_balance + p_amount - expired, p_amount), 409);
-  end if;
-  if live_lots > 0 then
-    for lot in
-      select l.id, l.remaining, l.expires_at from public.credit_lots l
-      where l.user_id = p_user and l.expires_at is not null and l.live and l.expires_at > now()
-      order by l.expires_at, l.id
-    loop
-      taken := least(lot.remaining, left_to_take);
-      update public.credit_lots set remaining = remaining - taken where id = lot.id;
-      if p_hold_order is not null then
-        insert into mycelium_private.order_hold_lots as h (order_id, expires_at, amount)
-        values (p_hold_order, lot.expires_at, taken)
-        on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
-      end if;
-      left_to_take := left_to_take - taken;
-      exit when left_to_take = 0;
-    end loop;
-  end if;
-  return left_to_take;
-end;
-$$;
-
--- The UPDATE that takes `p_amount` from a balance; it is what locks the account (callers order
--- their account updates by user_id). Fails with insufficient_credits or not_found.
-create or replace function mycelium_private.take_balance(p_user uuid, p_amount numeric)
-returns numeric
-language plpgsql
-set search_path = ''
-as $$
-declare
-  new_balance numeric;
-begin
-  update public.credit_accounts set balance = balance - p_amount, updated_at = now()
-  where user_id = p_user and balance >= p_amount
-  returning balance into new_balance;
-  if not found then
-    if not exists (select 1 from public.credit_accounts a where a.user_id = p_user) then
-      perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
+  for lot in
+    select l.id, l.remaining, l.expires_at from public.credit_lots l
+    where l.user_id = p_user and l.live and l.expires_at > now()
+    order by l.expires_at, l.id
+  loop
+    taken := least(lot.remaining, left_to_take);
+    update public.credit_lots set remaining = remaining - taken where id = lot.id;
+    if p_hold_order is not null then
+      insert into mycelium_private.order_hold_lots as h (order_id, expires_at, amount)
+      values (p_hold_order, lot.expires_at, taken)
+      on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
     end if;
-    perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', mycelium_private.spendable(p_user), p_amount), 409);
-  end if;
-  return new_balance;
+    left_to_take := left_to_take - taken;
+    exit when left_to_take = 0;
+  end loop;
+  return p_amount - left_to_take;
 end;
 $$;
 
--- Take `amount` from a user account: from unexpired expiring lots, soonest expiry first, then
--- from the non-expiring lot; never from an expired lot. Returns the new balance.
-create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric)
+-- Take `p_amount` from a user's balance: from unexpired lots first, soonest expiry first, then
+-- from the non-expiring credits; never from an expired lot. With `p_hold_order` the amount goes
+-- to `held` (an order's hold). The UPDATE is what locks the account (callers order their account
+-- updates by user_id). Returns the new balance; fails with insufficient_credits or not_found.
+create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric, p_hold_order uuid default null)
 returns numeric
 language plpgsql
 set search_path = ''
 as $$
 declare
-  new_balance numeric := mycelium_private.take_balance(p_user, p_amount);
-  left_to_take numeric := mycelium_private.spend_expiring_lots(p_user, p_amount, new_balance);
+  v_held numeric := case when p_hold_order is null then 0 else p_amount end;
+  v_account public.credit_accounts;
+  v_available numeric;
+  v_from_lots numeric := 0;
+  v_balance numeric;
 begin
-  if left_to_take > 0 then
-    update public.credit_lots set remaining = remaining - left_to_take
-    where user_id = p_user and expires_at is null;
+  -- Most accounts hold no expiring credits: one UPDATE takes the amount and locks the account.
+  update public.credit_accounts a set balance = a.balance - p_amount, held = a.held + v_held, updated_at = now()
+  where a.user_id = p_user and a.expiring = 0 and a.balance >= p_amount
+  returning a.balance into v_balance;
+  if found then
+    return v_balance;
   end if;
-  return new_balance;
+
+  select * into v_account from public.credit_accounts a where a.user_id = p_user for no key update;
+  if not found then
+    perform mycelium_private.fail('not_found', 'no credit account for this user', 404);
+  end if;
+  v_available := mycelium_private.spendable(p_user);
+  if v_available < p_amount then
+    perform mycelium_private.fail('insufficient_credits',
+      format('insufficient credits: %s available, %s needed', v_available, p_amount), 409);
+  end if;
+  if v_account.expiring > 0 then
+    v_from_lots := mycelium_private.spend_expiring_lots(p_user, p_amount, p_hold_order);
+  end if;
+  update public.credit_accounts a
+  set balance = a.balance - p_amount, expiring = a.expiring - v_from_lots, held = a.held + v_held, updated_at = now()
+  where a.user_id = p_user
+  returning a.balance into v_balance;
+  return v_balance;
 end;
 $$;
 
--- Add `amount` to a user account, as a new expiring lot or into the non-expiring lot. The UPDATE
--- of the balance locks the account; no account: unknown_recipient. Returns the new balance.
+-- Add `amount` to a user account: non-expiring, or as a new lot expiring at `p_expires_at`. The
+-- UPDATE of the balance locks the account; no account: unknown_recipient. Returns the new balance.
 create or replace function mycelium_private.credit_user(p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
 returns numeric
 language plpgsql
@@ -337,16 +325,16 @@ as $$
 declare
   new_balance numeric;
 begin
-  update public.credit_accounts set balance = balance + p_amount, updated_at = now()
-  where user_id = p_user
-  returning balance into new_balance;
+  update public.credit_accounts a
+  set balance = a.balance + p_amount,
+      expiring = a.expiring + case when p_expires_at is null then 0 else p_amount end,
+      updated_at = now()
+  where a.user_id = p_user
+  returning a.balance into new_balance;
   if not found then
     perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_user, 404);
   end if;
-  if p_expires_at is null then
-    update public.credit_lots set amount = amount + p_amount, remaining = remaining + p_amount
-    where user_id = p_user and expires_at is null;
-  else
+  if p_expires_at is not null then
     insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
     values (p_user, p_amount, p_amount, p_expires_at, p_transfer);
   end if;

@@ -243,7 +243,6 @@ declare
   v_created timestamptz;
   v_sender_balance numeric;
   v_recipient_balance numeric;
-  v_left numeric;
 begin
   if p_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
     perform mycelium_private.fail('not_authorized', 'sign in to transfer credits', 403);
@@ -282,28 +281,15 @@ begin
   end if;
 
   -- Update (lock) the two accounts in ascending user_id order: no deadlock between opposite
-  -- transfers. A missing recipient account fails the whole transfer.
+  -- transfers. A missing recipient account fails the whole transfer. Transferred credits never
+  -- expire: the recipient's side is one UPDATE of its account row.
   if p_sender < p_recipient then
-    v_sender_balance := mycelium_private.take_balance(p_sender, v_amount);
+    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
   end if;
-  update public.credit_accounts set balance = balance + v_amount, updated_at = now()
-  where user_id = p_recipient
-  returning balance into v_recipient_balance;
-  if not found then
-    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_recipient, 404);
-  end if;
+  v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
   if p_sender > p_recipient then
-    v_sender_balance := mycelium_private.take_balance(p_sender, v_amount);
+    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
   end if;
-
-  -- Lots, under both account locks: the sender's expiring lots first, then one statement for the
-  -- two non-expiring lots (transferred credits never expire).
-  v_left := mycelium_private.spend_expiring_lots(p_sender, v_amount, v_sender_balance);
-  update public.credit_lots l
-  set amount = l.amount + case when l.user_id = p_recipient then v_amount else 0 end,
-      remaining = l.remaining + case when l.user_id = p_recipient then v_amount else -v_left end
-  where l.user_id in (p_sender, p_recipient) and l.expires_at is null
-    and (l.user_id = p_recipient or v_left > 0);
 
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values

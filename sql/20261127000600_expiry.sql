@@ -24,7 +24,7 @@ begin
 
   for v_user in
     select distinct l.user_id from public.credit_lots l
-    where l.expires_at is not null and l.live and l.expires_at <= v_as_of
+    where l.live and l.expires_at <= v_as_of
     order by l.user_id
   loop
     perform mycelium_private.lock_accounts(v_user);
@@ -32,7 +32,7 @@ begin
     -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
     for v_lot in
       select l.id, l.remaining, l.expires_at from public.credit_lots l
-      where l.user_id = v_user and l.expires_at is not null and l.live and l.expires_at <= v_as_of
+      where l.user_id = v_user and l.live and l.expires_at <= v_as_of
       order by l.expires_at, l.id
     loop
       insert into mycelium_private.transfers
@@ -42,7 +42,8 @@ begin
          auth.uid(), coalesce(auth.role(), session_user::text))
       returning id into v_transfer;
       update public.credit_lots set remaining = 0 where id = v_lot.id;
-      update public.credit_accounts set balance = balance - v_lot.remaining, updated_at = now()
+      update public.credit_accounts
+      set balance = balance - v_lot.remaining, expiring = expiring - v_lot.remaining, updated_at = now()
       where user_id = v_user
       returning balance into v_balance;
       insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)

@@ -300,7 +300,8 @@ $$;
 -- ---------------------------------------------------------------------------------------
 -- Per-user aggregates (a few scans, no per-transfer join), so it stays usable on millions of rows:
 -- each user's entries must match the transfers that touch the user (sum and count), the last
--- entry's balance_after and the lots must match the stored balance.
+-- entry's balance_after must match the stored balance, and the lots the stored `expiring`
+-- (the rest of the balance is the account's non-expiring lot).
 create or replace function mycelium_private.audit_ledger()
 returns table (check_name text, subject text, detail text)
 language sql
@@ -319,9 +320,7 @@ as $$
     ) s
     group by s.user_id
   ), lot_sums as (
-    select l.user_id, sum(l.remaining) as total,
-           count(*) filter (where l.expires_at is null) as permanent_lots
-    from public.credit_lots l group by l.user_id
+    select l.user_id, sum(l.remaining) as total from public.credit_lots l group by l.user_id
   ), system_balances as (
     select s.code,
       coalesce((select sum(t.amount) from mycelium_private.transfers t where t.to_system = s.code), 0)
@@ -365,14 +364,10 @@ as $$
   from entry_sums s full join transfer_sums t on t.user_id = s.user_id
   where coalesce(s.total, 0) <> coalesce(t.total, 0) or coalesce(s.entries, 0) <> coalesce(t.entries, 0)
   union all
-  select 'lots_equal_balance', a.user_id::text,
-         format('balance %s but lots hold %s', a.balance, coalesce(l.total, 0))
+  select 'lots_equal_expiring', a.user_id::text,
+         format('expiring %s but lots hold %s', a.expiring, coalesce(l.total, 0))
   from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
-  where a.balance <> coalesce(l.total, 0)
-  union all
-  select 'one_permanent_lot', a.user_id::text, format('%s non-expiring lots', coalesce(l.permanent_lots, 0))
-  from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
-  where coalesce(l.permanent_lots, 0) <> 1
+  where a.expiring <> coalesce(l.total, 0)
   union all
   select 'lot_bounds', l.id::text, format('lot of %s has %s remaining', l.amount, l.remaining)
   from public.credit_lots l where l.remaining < 0 or l.remaining > l.amount

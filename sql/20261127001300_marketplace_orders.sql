@@ -105,7 +105,7 @@ create unique index order_refunds_idempotency_key on public.order_refunds (order
   where idempotency_key is not null;
 
 -- What a hold took from the buyer's expiring lots, by expiry (the rest came from the
--- non-expiring lot). Written by spend_expiring_lots, read when the hold is released.
+-- non-expiring credits). Written by spend_expiring_lots, read when the hold is released.
 create table mycelium_private.order_hold_lots (
   order_id uuid not null,
   expires_at timestamptz not null,
@@ -317,7 +317,6 @@ declare
   v_order uuid;
   v_transfer uuid;
   v_balance numeric;
-  v_left numeric;
 begin
   if v_buyer is null or coalesce(auth.role(), '') <> 'authenticated' then
     perform mycelium_private.fail('not_authorized', 'sign in to place an order', 403);
@@ -399,19 +398,9 @@ begin
     end if;
   end if;
 
-  -- The hold: the buyer's balance down and held up in one UPDATE (the account lock), credits
-  -- taken from expiring lots first and remembered per expiry, the rest from the non-expiring lot.
-  update public.credit_accounts a set balance = a.balance - v_total, held = a.held + v_total, updated_at = now()
-  where a.user_id = v_buyer and a.balance >= v_total
-  returning a.balance into v_balance;
-  if not found then
-    perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', coalesce(mycelium_private.spendable(v_buyer), 0), v_total), 409);
-  end if;
-  v_left := mycelium_private.spend_expiring_lots(v_buyer, v_total, v_balance, v_order);
-  if v_left > 0 then
-    update public.credit_lots set remaining = remaining - v_left where user_id = v_buyer and expires_at is null;
-  end if;
+  -- The hold: the buyer's balance down and held up (the account lock), credits taken from
+  -- expiring lots first and remembered per expiry, the rest from the non-expiring credits.
+  v_balance := mycelium_private.debit_user(v_buyer, v_total, v_order);
   insert into mycelium_private.transfers (kind, from_user, to_system, amount, reference, initiated_by, initiated_role)
   values ('order_hold', v_buyer, 'holds', v_total, v_order::text, v_buyer, 'authenticated')
   returning id into v_transfer;

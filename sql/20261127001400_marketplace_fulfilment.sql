@@ -6,7 +6,7 @@
 -- fee (`platform_fee`, holds -> platform_revenue, a derived system account: no row, so a popular
 -- provider's orders serialise only on that provider's own account).
 -- Release: `order_release` (holds -> buyer); the credits come back with the expiry they had
--- (order_hold_lots): non-expiring into the non-expiring lot, expiring ones as lots with their
+-- (order_hold_lots): non-expiring as non-expiring credits, expiring ones as lots with their
 -- old expires_at (already past: swept by the next expire_credits, as they would have been).
 -- Refund: `refund` transfers to the buyer from the provider and from platform_revenue, in the
 -- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
@@ -30,20 +30,15 @@ begin
   values ('order_release', 'holds', p_order.buyer_id, p_order.held_amount, p_reason, p_order.id::text,
           auth.uid(), coalesce(auth.role(), session_user::text))
   returning id into v_transfer;
+  select coalesce(sum(h.amount), 0) into v_expiring from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
   update public.credit_accounts a
-  set balance = a.balance + p_order.held_amount, held = a.held - p_order.held_amount, updated_at = now()
+  set balance = a.balance + p_order.held_amount, held = a.held - p_order.held_amount,
+      expiring = a.expiring + v_expiring, updated_at = now()
   where a.user_id = p_order.buyer_id
   returning a.balance into v_balance;
-
   insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
   select p_order.buyer_id, h.amount, h.amount, h.expires_at, v_transfer
   from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
-  select coalesce(sum(h.amount), 0) into v_expiring from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
-  if p_order.held_amount > v_expiring then
-    update public.credit_lots l
-    set amount = l.amount + (p_order.held_amount - v_expiring), remaining = l.remaining + (p_order.held_amount - v_expiring)
-    where l.user_id = p_order.buyer_id and l.expires_at is null;
-  end if;
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values (v_transfer, p_order.buyer_id, p_order.held_amount, 'order_release', v_balance, p_order.provider_id, p_reason,
           p_order.id::text);

@@ -20,9 +20,12 @@ def balance(user: User) -> Decimal:
     return D(str(body(user.api.get("/credit_accounts"))[0]["balance"]))
 
 
-def lots(user: User) -> list[tuple[Decimal, bool]]:
+def lots(user: User) -> tuple[Decimal, list[Decimal]]:
+    """What never expires (the account's balance less `expiring`), and what each lot holds."""
+    account = body(user.api.get("/credit_accounts"))[0]
     rows = body(user.api.get("/credit_lots", order="id"))
-    return [(D(str(r["remaining"])), r["expires_at"] is not None) for r in rows]
+    non_expiring = D(str(account["balance"])) - D(str(account["expiring"]))
+    return non_expiring, [D(str(r["remaining"])) for r in rows]
 
 
 def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
@@ -41,7 +44,7 @@ def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
 
     # Spending takes the expiring lot first.
     assert user.api.rpc("transfer_credits", recipient=friend.id, amount="3").status_code == 200
-    assert sorted(lots(user)) == [(D("5"), False), (D("7"), True)]
+    assert lots(user) == (D("5"), [D("7")])
 
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
     # Past expiry, before the sweep: those 7 credits are in the balance but cannot be spent.
@@ -54,7 +57,7 @@ def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
     swept = service_api.rpc("expire_credits")
     assert swept.status_code == 200, swept.text
     assert body(swept)["credits_expired"] >= D("7")
-    assert balance(user) == D("0")
+    assert balance(user) == D("0") and lots(user) == (D("0"), [D("0")])
     last = body(user.api.get("/credit_transactions", order="id.desc", limit=1))[0]
     assert (last["kind"], last["amount"], last["balance_after"]) == ("expiry", D("-7"), D("0"))
 
@@ -82,7 +85,7 @@ def test_soonest_expiry_first_and_partial_sweep(
         )
         assert reply.status_code == 200, reply.text
     assert user.api.rpc("transfer_credits", recipient=friend.id, amount="7").status_code == 200
-    remaining = body(user.api.get("/credit_lots", order="expires_at.asc", expires_at="not.is.null"))
+    remaining = body(user.api.get("/credit_lots", order="expires_at.asc"))
     assert [D(str(r["remaining"])) for r in remaining] == [D(0), D(1), D(4)]
     # Let the 2-hour lot expire early (lots are not ledger rows) and sweep as of now.
     db.execute(
@@ -91,7 +94,7 @@ def test_soonest_expiry_first_and_partial_sweep(
         (user.id,),
     )
     assert service_api.rpc("expire_credits").status_code == 200
-    assert balance(user) == D("4")
+    assert balance(user) == D("4") and lots(user) == (D("0"), [D(4), D(0), D(0)])  # in grant order
     assert body(service_api.rpc("audit_ledger")) == []
 
 

@@ -22,7 +22,7 @@ from tests.marketplace_support import (
     placed,
     setting,
 )
-from tests.support import Api, body
+from tests.support import Api, User, body
 
 
 @pytest.fixture
@@ -140,6 +140,17 @@ def test_cancel_and_fail_release_the_hold_in_full(service_api: Api, make_user: M
     audit_is_clean(service_api)
 
 
+def lots_and_account(user: User) -> tuple[list[tuple[Decimal, dt.datetime]], Decimal, Decimal]:
+    """The user's lots (remaining, expires_at), balance and expiring."""
+    lots = body(user.api.get("/credit_lots", select="remaining,expires_at", order="id"))
+    account = body(user.api.get("/credit_accounts", select="balance,expiring"))[0]
+    return (
+        [(D(str(lot["remaining"])), dt.datetime.fromisoformat(lot["expires_at"])) for lot in lots],
+        D(str(account["balance"])),
+        D(str(account["expiring"])),
+    )
+
+
 def test_released_credits_keep_their_expiry(service_api: Api, make_user: MakeUser) -> None:
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "5")
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3)).replace(microsecond=0)
@@ -148,18 +159,11 @@ def test_released_credits_keep_their_expiry(service_api: Api, make_user: MakeUse
     )
     assert grant.status_code == 200, grant.text
     order = placed(alice, (list_product(provider, price="6")["id"], 1))
-    lots = body(alice.api.get("/credit_lots", select="remaining,expires_at", order="id"))
-    assert sorted(D(str(lot["remaining"])) for lot in lots) == [0, 3]  # expiring credits went first
+    # The expiring credits went first: the lot is spent, 2 of the 5 non-expiring credits too.
+    assert lots_and_account(alice) == ([(D(0), expires)], D(3), D(0))
     assert alice.api.rpc("cancel_order", order_id=order["id"]).status_code == 200
-    live = [
-        (D(str(lot["remaining"])), lot["expires_at"])
-        for lot in body(alice.api.get("/credit_lots", select="remaining,expires_at", order="id"))
-        if D(str(lot["remaining"])) > 0
-    ]
-    assert sorted((amount, when and dt.datetime.fromisoformat(when)) for amount, when in live) == [
-        (D("4"), expires),
-        (D("5"), None),
-    ]
+    # Released: a lot of 4 with the old expiry, and the 2 non-expiring credits back.
+    assert lots_and_account(alice) == ([(D(0), expires), (D(4), expires)], D(9), D(4))
     audit_is_clean(service_api)
 
 

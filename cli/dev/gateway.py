@@ -84,7 +84,7 @@ class Gateway:
                 prefix=self.directory,
                 port=self.port,
                 cors_headers=CORS_HEADERS,
-                rest=f"http://127.0.0.1:{rest_port}/",
+                rest_port=rest_port,
                 anon_key=anon_key,
                 service_role_key=service_role_key,
                 auth=_upstream(auth_upstream, "Supabase Auth (GoTrue)", "auth_upstream"),
@@ -167,6 +167,13 @@ http {{
     "" close;
   }}
 
+  # Connections to PostgREST are kept open and reused, as Kong keeps its upstream connections:
+  # a new TCP connection per request would cost nginx and PostgREST more than the proxying.
+  upstream postgrest {{
+    server 127.0.0.1:{rest_port};
+    keepalive 32;
+  }}
+
   server {{
     listen 127.0.0.1:{port};
     server_name localhost;
@@ -199,7 +206,9 @@ http {{
       proxy_set_header apikey "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_pass {rest};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://postgrest/;
     }}
 
     location /auth/v1/ {{
