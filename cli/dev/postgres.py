@@ -14,7 +14,8 @@ SUPERUSER = "supabase_admin"
 DATABASE = "postgres"
 
 # Loopback only, no Unix socket (its path would depend on the folder and could be too long),
-# logical WAL so that a database feed can decode changes.
+# logical WAL so that a database feed can decode changes, and WAL flush times in pg_stat_wal (the
+# commit flush is what bounds transfers into one account; bench/ledger.py reports it).
 SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",
@@ -23,6 +24,7 @@ SETTINGS = {
     "shared_buffers": "256MB",
     "log_min_messages": "warning",
     "timezone": "'UTC'",
+    "track_wal_io_timing": "on",
 }
 
 
