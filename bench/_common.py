@@ -1,15 +1,13 @@
 """What the benchmarks share: the target, pgbench (the tpcb-like yardstick and custom scripts),
-keep-alive HTTP workers in separate processes, users, read latencies, a local stack, verdicts."""
+wrk (HTTP load), users, read latencies, a local stack, verdicts."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 
@@ -165,12 +162,12 @@ def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 # Every wrk thread gets its own number (`thread_number`) and random sequence: scripts use them
-# for unique references. RUN is unique per measure.
+# for unique references. RUN is unique per measure; `threads` lets done() read the threads' counts.
 WRK_PRELUDE = """
-local threads = 0
+local threads = {}
 function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
+  table.insert(threads, thread)
+  thread:set("thread_number", #threads)
 end
 function init(args)
   math.randomseed(thread_number * 7919 + {seed})
@@ -217,82 +214,9 @@ def wrk_rate(base_url: str, script: str, seconds: float) -> float:
     if failed:
         print(f"    ({failed} failed calls)", flush=True)
     elapsed = float(totals.group(2)) * (60 if totals.group(3) == "m" else 1)
-    return (int(totals.group(1)) - failed) / elapsed
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP workers (separate processes, so the client side is never the bottleneck of one GIL)
-# ---------------------------------------------------------------------------------------------
-
-
-class KeepAlive:
-    """HTTP/1.1 keep-alive over a raw socket to PostgREST (through the gateway unless `direct`):
-    the client costs little next to the server."""
-
-    def __init__(self, target: Target, direct: bool = False) -> None:
-        assert target.api_url and target.anon_key
-        url = urlsplit(target.postgrest_url if direct and target.postgrest_url else target.api_url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
-        self.prefix = "" if direct else "/rest/v1"
-        self.anon_key = target.anon_key
-        self.sock: socket.socket | None = None
-        self.reader: Any = None
-
-    def post(self, path: str, token: str, payload: dict[str, Any]) -> tuple[int, bytes]:
-        """POST `payload` as JSON to `/rpc/...`-style `path`; (status, body)."""
-        if self.sock is None:
-            self.sock = socket.create_connection((self.host, self.port))
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.reader = self.sock.makefile("rb")
-        content = json.dumps(payload).encode()
-        request = (
-            f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"apikey: {self.anon_key}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(content)}\r\n\r\n"
-        ).encode() + content
-        self.sock.sendall(request)
-        status = int(self.reader.readline().split()[1])
-        length, chunked, close = 0, False, False
-        while (line := self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value:
-                chunked = True
-            elif name == "connection" and value == "close":
-                close = True
-        if chunked:
-            parts = []
-            while (size := int(self.reader.readline().strip(), 16)) > 0:
-                parts.append(self.reader.read(size + 2)[:-2])
-            self.reader.readline()
-            body = b"".join(parts)
-        else:
-            body = self.reader.read(length)
-        if close:
-            self.close()
-        return status, body
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-def run_parallel(
-    function: Callable[..., tuple[int, int]], args: list[tuple[Any, ...]], seconds: float
-) -> float:
-    """Run `function(*args[i])` in one process each; each returns (done, errors). Done per second."""
-    with mp.get_context("fork").Pool(len(args)) as pool:
-        started = time.perf_counter()
-        results = pool.starmap(function, args)
-        elapsed = max(time.perf_counter() - started, seconds)
-    done = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    if errors:
-        print(f"    ({errors} failed calls)", flush=True)
-    return done / elapsed
+    # A script that counts its own units (an order is two calls) prints `counted: N` from done().
+    counted = re.search(r"^counted: (\d+)$", done.stdout, re.MULTILINE)
+    return int(counted.group(1)) / elapsed if counted else (int(totals.group(1)) - failed) / elapsed
 
 
 # ---------------------------------------------------------------------------------------------
