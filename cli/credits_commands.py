@@ -65,10 +65,11 @@ def balance(
             return
         table(
             f"Balance of {who.email or who.id}",
-            ["balance", "held", "in USD", "updated"],
+            ["balance", "of which expiring", "held", "in USD", "updated"],
             [
                 (
                     client.credits.format(account.balance),
+                    client.credits.format(account.expiring),
                     client.credits.format(account.held),
                     f"{in_usd:,.2f}",
                     account.updated_at,

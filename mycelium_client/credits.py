@@ -42,7 +42,7 @@ def config_call() -> Call[CreditConfig]:
 
 
 def balance_call(user: uuid.UUID) -> Call[Balance]:
-    params = {"select": "user_id,balance,held,updated_at", "user_id": f"eq.{user}"}
+    params = {"select": "user_id,balance,expiring,held,updated_at", "user_id": f"eq.{user}"}
     return Call("GET", "/credit_accounts", Balance.model_validate, params, accept=OBJECT)
 
 

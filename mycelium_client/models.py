@@ -83,8 +83,12 @@ class CreditConfig(Row):
 
 
 class Balance(Row):
+    """An account: its balance, the part of it that expires (in lots), and what open orders hold
+    (not in the balance)."""
+
     user_id: uuid.UUID
     balance: Money
+    expiring: Money
     held: Money
     updated_at: AwareDatetime
 

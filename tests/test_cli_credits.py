@@ -80,6 +80,8 @@ def test_grant_purchase_and_history(funded: User, run: Run) -> None:
         )
     )
     assert granted["balance_after"] == "102.5" and granted["expires_at"].startswith("2099-01-01")
+    account = data(run("credits", "balance", funded.id, "--json"))
+    assert (account["balance"], account["expiring"]) == ("102.5", "2.5")
     reference = f"pay-{uuid.uuid4()}"
     first = data(
         run("credits", "purchase", funded.id, "--usd", "10.25", "--payment-ref", reference, "--json")

@@ -33,6 +33,7 @@ def test_balance_and_transfer(account: MakeAccount) -> None:
     balance = sender.client.credits.balance()
     assert isinstance(balance, Balance)
     assert balance.user_id == sender.id and balance.balance == Decimal("100.25") and balance.held == 0
+    assert balance.expiring == 0
 
     movement = sender.client.credits.transfer(recipient.id, "40.123456", memo="lunch")
     assert movement.kind is MovementKind.TRANSFER
