@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -186,3 +188,52 @@ def test_opposite_transfers_do_not_deadlock(
         statuses = list(pool.map(lambda job: transfer_once(stack, job[0], job[1], "1", None)[0], jobs))
     assert statuses == [200] * 60
     assert balances(db, [a, b]) == {a.id: D(100), b.id: D(100)}
+
+
+def test_spending_expiring_credits_races_the_sweep_and_keeps_the_ledger_sound(
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """Transfers spend expiring lots while some of those lots expire and sweeps run: every account
+    still equals its entries, `expiring` its lots, and nothing is created or lost."""
+    users = [make_user() for _ in range(4)]
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for user in users:
+        # More expiring soon than a user can send in the run: some of it is always left to expire.
+        for amount, expires in (("40", soon.isoformat()), ("6", later.isoformat()), ("6", None)):
+            reply = service_api.rpc(
+                "grant_credits", user_id=user.id, amount=amount, reason="race", expires_at=expires
+            )
+            assert reply.status_code == 200, reply.text
+    rng = random.Random(11)
+    jobs: list[tuple[User, str] | None] = [
+        (sender, recipient.id) for sender, recipient in (rng.sample(users, 2) for _ in range(120))
+    ]
+    jobs += [None] * 12  # sweeps
+    rng.shuffle(jobs)
+    clients = Clients(stack)
+
+    def run(job: tuple[User, str] | None) -> tuple[int, Any]:
+        if job is None:
+            reply = clients.api(stack.service_role_key).rpc("expire_credits")
+        else:
+            reply = clients.api(job[0].token).rpc("transfer_credits", recipient=job[1], amount="0.75")
+        return reply.status_code, body(reply)
+
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(run, jobs))
+    finally:
+        clients.close()
+    for status, payload in results:
+        assert status == 200 or (status == 409 and payload["code"] == "insufficient_credits"), payload
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert service_api.rpc("expire_credits").status_code == 200
+    expired = db.execute(
+        "select coalesce(sum(amount), 0) from mycelium_private.transfers "
+        "where kind = 'expiry' and from_user = any(%s::uuid[])",
+        ([u.id for u in users],),
+    ).fetchone()
+    assert expired is not None and D(str(expired[0])) > 0
+    assert sum(balances(db, users).values()) + D(str(expired[0])) == D(52 * len(users))
+    assert body(service_api.rpc("audit_ledger")) == []
