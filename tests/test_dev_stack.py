@@ -12,10 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from cli import keys
+from cli.dev.postgres import socket_folder
 from cli.dev.processes import free_port_base, pid_alive, port_open, read_pid
+from cli.dev.stack import LocalStack, StackSettings
 from tests.conftest import stack_folder
 from tests.support import loads
 
@@ -136,6 +139,41 @@ def test_user_create_inserts_like_gotrue_and_its_token_works_through_postgrest(
 
     duplicate = mycelium("dev", "user", "create", "dev.user@example.test", "--dir", str(dev_dir))
     assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
+
+
+def test_postgrest_reaches_the_database_through_a_unix_socket_that_still_wants_a_password(
+    running: dict[str, str], dev_dir: Path
+) -> None:
+    stack = LocalStack(dev_dir)
+    assert stack.socket_dir == (dev_dir / "run").resolve()
+    assert (stack.socket_dir / f".s.PGSQL.{stack.db_port}").is_socket()
+    assert "host=" in (dev_dir / "run" / "postgrest.conf").read_text()
+
+    with psycopg.connect(stack.superuser_db_url) as conn:
+        pooled = conn.execute(
+            "select count(*), count(client_addr) from pg_stat_activity where usename = 'authenticator'"
+        ).fetchone()
+    assert pooled is not None and pooled[0] > 0 and pooled[1] == 0  # no client address: the socket
+
+    with psycopg.connect(stack.local_db_url()) as conn:
+        row = conn.execute("select current_user, inet_client_addr()").fetchone()
+    assert row == ("postgres", None)
+    without_password = f"host={stack.socket_dir} port={stack.db_port} dbname=postgres user=postgres"
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(without_password, connect_timeout=5)
+
+
+def test_a_stack_folder_that_cannot_hold_a_socket_uses_loopback_only(tmp_path: Path) -> None:
+    assert socket_folder(Path("/srv/stack/run"), 54322) == Path("/srv/stack/run")
+    assert socket_folder(Path("/srv/" + "x" * 90 + "/run"), 54322) is None  # longer than a socket path may be
+    for unsafe in ("/srv/my stack/run", "/srv/a,b/run", "/srv/it's/run"):
+        assert socket_folder(Path(unsafe), 54322) is None
+
+    stack = LocalStack(tmp_path / ("deep-" * 20) / "stack")
+    stack._save(StackSettings.generate(54320))
+    assert stack.socket_dir is None
+    assert stack.local_db_url() == stack.db_url
+    assert stack.local_db_url().startswith("postgresql://postgres:") and "@127.0.0.1:54322/" in stack.db_url
 
 
 def test_keys_generates_a_matching_secret_and_keys() -> None:

@@ -4,6 +4,8 @@ only, with `supabase_admin` as the superuser, as on a Supabase database."""
 from __future__ import annotations
 
 import glob
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from cli.errors import UsageError
 SUPERUSER = "supabase_admin"
 DATABASE = "postgres"
 
-# Loopback only, no Unix socket (its path would depend on the folder and could be too long),
+# Loopback, plus a Unix socket where the stack has one (`Cluster.socket_dir`, given at each start);
 # logical WAL so that a database feed can decode changes, and WAL flush times in pg_stat_wal (the
 # commit flush is what bounds transfers into one account; bench/ledger.py reports it).
 SETTINGS = {
@@ -41,12 +43,32 @@ def server_binaries() -> Path:
     return initdb.parent
 
 
+# Who may log in, and how: passwords always, over loopback and the local socket. Written at every
+# start, so that a cluster made before the socket existed accepts it too.
+PG_HBA = """# mycelium dev: password logins over loopback and the local Unix socket only
+host all all 127.0.0.1/32 scram-sha-256
+local all all scram-sha-256
+"""
+
+# A Unix socket's path (folder + "/.s.PGSQL.<port>") must fit in sockaddr_un's 108 bytes, and the
+# folder goes through a shell (pg_ctl) and a comma- and space-separated list (the server's setting).
+SOCKET_PATH_MAX = 107
+SOCKET_FOLDER_UNSAFE = re.compile(r"[\s'\",\\]")
+
+
+def socket_folder(candidate: Path, port: int) -> Path | None:
+    """`candidate` when a socket there is possible, else None (the cluster then listens on TCP only)."""
+    too_long = len(os.fsencode(candidate / f".s.PGSQL.{port}")) > SOCKET_PATH_MAX
+    return None if too_long or SOCKET_FOLDER_UNSAFE.search(str(candidate)) else candidate
+
+
 @dataclass(frozen=True)
 class Cluster:
     data: Path
     log: Path
     port: int
     run_as: RunAs
+    socket_dir: Path | None = None
 
     @property
     def pg_ctl(self) -> Path:
@@ -84,9 +106,6 @@ class Cluster:
             for key, value in SETTINGS.items():
                 conf.write(f"{key} = {value}\n")
             conf.write(f"port = {self.port}\n")
-        (self.data / "pg_hba.conf").write_text(
-            "# mycelium dev: password logins over loopback only\nhost all all 127.0.0.1/32 scram-sha-256\n"
-        )
 
     def running(self) -> bool:
         if not self.initialised():
@@ -96,8 +115,15 @@ class Cluster:
     def start(self) -> None:
         if not self.initialised():
             raise UsageError(f"no database cluster in {self.data}")
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        self.run_as.own(hba)
+        # `-k` names the socket's folder (quoted: the server splits its value on commas and spaces).
+        options = f"-p {self.port}"
+        if self.socket_dir is not None:
+            options += f" -k '{self.socket_dir}'"
         result = self.run_as.run(
-            [self.pg_ctl, "start", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", f"-p {self.port}"]
+            [self.pg_ctl, "start", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", options]
         )
         if result.returncode != 0:
             raise ServiceFailed(f"PostgreSQL did not start on port {self.port}: {log_tail(self.log)}")

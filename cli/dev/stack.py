@@ -16,13 +16,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 
 from cli import migrations
 from cli.dev.bootstrap import bootstrap
 from cli.dev.gateway import Gateway
-from cli.dev.postgres import DATABASE, SUPERUSER, Cluster
+from cli.dev.postgres import DATABASE, SUPERUSER, Cluster, socket_folder
 from cli.dev.postgrest import PostgREST
 from cli.dev.processes import RunAs, port_in_use
 from cli.errors import UsageError
@@ -130,9 +131,24 @@ class LocalStack:
     def jwt_secret(self) -> str:
         return self.settings.jwt_secret
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """The folder of the database's Unix socket; None where the stack's path cannot hold one."""
+        return socket_folder((self.directory / "run").resolve(), self.db_port)
+
     def _db_url(self, role: str) -> str:
         password = self.settings.passwords[role]
         return f"postgresql://{role}:{password}@127.0.0.1:{self.db_port}/{DATABASE}?sslmode=disable"
+
+    def local_db_url(self, role: str = "postgres") -> str:
+        """`role`'s URL through the Unix socket where there is one, else over loopback. Processes on
+        this machine that talk to the database all the time use it (PostgREST, the benchmarks): a
+        round trip through a Unix socket costs less CPU than one through TCP."""
+        if self.socket_dir is None:
+            return self._db_url(role)
+        password = self.settings.passwords[role]
+        folder = quote(str(self.socket_dir), safe="/")
+        return f"postgresql://{role}:{password}@/{DATABASE}?host={folder}&port={self.db_port}"
 
     @property
     def db_url(self) -> str:
@@ -159,7 +175,8 @@ class LocalStack:
 
     @property
     def cluster(self) -> Cluster:
-        return Cluster(self.directory / "postgres", self.logs / "postgres.log", self.db_port, self.run_as)
+        data, log = self.directory / "postgres", self.logs / "postgres.log"
+        return Cluster(data, log, self.db_port, self.run_as, self.socket_dir)
 
     @property
     def postgrest(self) -> PostgREST:
@@ -181,12 +198,16 @@ class LocalStack:
     def status(self) -> list[ComponentStatus]:
         base = self.settings.port_base
         return [
-            ComponentStatus("postgres", self.cluster.running(), f"127.0.0.1:{self.db_port}"),
+            ComponentStatus("postgres", self.cluster.running(), self._database_address()),
             ComponentStatus(
                 "postgrest", self.postgrest.running() and self.postgrest.ready(), f"127.0.0.1:{base + 3}"
             ),
             ComponentStatus("gateway", self.gateway.running() and self.gateway.ready(), self.api_url),
         ]
+
+    def _database_address(self) -> str:
+        tcp = f"127.0.0.1:{self.db_port}"
+        return tcp if self.socket_dir is None else f"{tcp} and {self.socket_dir}/.s.PGSQL.{self.db_port}"
 
     def running(self) -> bool:
         return self.exists() and all(component.running for component in self.status())
@@ -268,7 +289,7 @@ class LocalStack:
             self._check_port(postgrest.port, "PostgREST")
             self._check_port(postgrest.admin_port, "PostgREST admin")
             progress(f"starting PostgREST on 127.0.0.1:{postgrest.port}")
-            authenticator = self._db_url("authenticator").replace("?sslmode=disable", "")
+            authenticator = self.local_db_url("authenticator").replace("?sslmode=disable", "")
             postgrest.write_config(db_uri=authenticator, jwt_secret=settings.jwt_secret)
             postgrest.start()
             report.started.append("postgrest")
