@@ -103,6 +103,7 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
     exporter = subprocess.Popen(
         [*MYCELIUM, "metrics", "serve", "--port", str(port), "--address", "127.0.0.1"],
         env=stack_env,
+        preexec_fn=interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -138,6 +139,13 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
     assert "Stopped." in out and "Traceback" not in err
 
 
+def interruptible() -> None:
+    """In the child, before exec: let Ctrl-C (SIGINT) in. A shell without job control starts
+    background commands with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: `./run test &` would otherwise see these commands ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watcher:
     """`mycelium credits watch ... --json` in a subprocess: one JSON change per line."""
 
@@ -145,6 +153,7 @@ class Watcher:
         self.process = subprocess.Popen(
             [*MYCELIUM, "credits", "watch", *args, "--json"],
             env=env,
+            preexec_fn=interruptible,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
