@@ -52,7 +52,9 @@ def local_target(start_port: int) -> Iterator[Target]:
     stack.up(port_base=free_port_base(start=start_port))
     try:
         yield Target(
-            db_url=stack.db_url,
+            # Through the Unix socket, as PostgREST connects: direct SQL and PostgREST then pay the
+            # same for a round trip to the database.
+            db_url=stack.local_db_url(),
             superuser_db_url=stack.superuser_db_url,
             api_url=stack.api_url,
             anon_key=stack.anon_key,
@@ -247,28 +249,42 @@ def fund(conn: psycopg.Connection[Any], users: list[str], usd: str) -> None:
         )
 
 
-def time_reads(
-    conn: psycopg.Connection[Any],
-    user: str | None,
-    query: str,
-    params: tuple[Any, ...],
-    repeat: int,
-) -> float:
-    """Median seconds of `query` run as `user` (RLS applies), or as anon without one, after a warm-up."""
-    samples = []
+# A read to time: as whom (a user id: RLS applies; None: anon), the query, its parameters.
+Read = tuple[str | None, str, tuple[Any, ...]]
+
+# Timed alongside every set of reads: a read that touches no table, whose time is the machine's
+# speed at that moment (a round trip, a transaction, a role switch) and nothing else.
+REFERENCE = "reference"
+
+
+def timed_reads(conn: psycopg.Connection[Any], reads: dict[str, Read], repeat: int) -> dict[str, float]:
+    """Median seconds of each read, plus REFERENCE (`select 1`), after a warm-up. Their samples are
+    taken in turn, one of each then again, so that a shared machine's slow moments fall on all of
+    them alike."""
+    first_user = next(iter(reads.values()))[0] if reads else None
+    reads = {**reads, REFERENCE: (first_user, "select 1", ())}
+    samples: dict[str, list[float]] = {name: [] for name in reads}
     for i in range(repeat + 50):
-        with conn.transaction():
-            if user is None:
-                conn.execute("set local role anon")
-            else:
-                conn.execute("select set_config('request.jwt.claims', %s, true)", (claims(user),))
-                conn.execute("set local role authenticated")
-            started = time.perf_counter()
-            conn.execute(query, params, prepare=True).fetchall()
-            elapsed = time.perf_counter() - started
-        if i >= 50:
-            samples.append(elapsed)
-    return statistics.median(samples)
+        for name, (user, query, params) in reads.items():
+            with conn.transaction():
+                if user is None:
+                    conn.execute("set local role anon")
+                else:
+                    conn.execute("select set_config('request.jwt.claims', %s, true)", (claims(user),))
+                    conn.execute("set local role authenticated")
+                started = time.perf_counter()
+                conn.execute(query, params, prepare=True).fetchall()
+                elapsed = time.perf_counter() - started
+            if i >= 50:
+                samples[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def growth(large: dict[str, float], small: dict[str, float], name: str) -> float | None:
+    """How much slower read `name` became from `small` to `large` (two timed_reads taken minutes
+    apart), each measured against the REFERENCE read timed with it: the machine's speed changes
+    between the two, what the data's growth does to the read is what remains."""
+    return ratio(ratio(large[name], large[REFERENCE]), ratio(small[name], small[REFERENCE]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,26 +297,35 @@ def time_reads(
 RateRow = tuple[str, float | None, float | None, float | None]
 
 
-def interleaved_rounds(
-    admin_url: str, pgbench_scale: int, rounds: int, seconds: float, measures: dict[str, Callable[[], float]]
+def cycled_rates(
+    admin_url: str, pgbench_scale: int, cycles: int, seconds: float, measures: dict[str, Callable[[], float]]
 ) -> dict[str, float | None]:
-    """`rounds` rounds of the tpcb-like yardstick (`tpcb`) then each measure; the best round of
-    each. Interleaved, so that on a shared machine a burst of outside load hurts one round, not
-    one side of a ratio."""
-    samples: dict[str, list[float]] = {"tpcb": [], **{name: [] for name in measures}}
+    """The tpcb-like yardstick (`tpcb`) and each measure, `seconds` each, cycled `cycles` times
+    after one unmeasured warm-up cycle, every other cycle in reverse order; each keeps its mean.
+    Short slices cycled many times spread a shared machine's bursts of outside load and its slow
+    drifts (checkpoints, a growing ledger) over both sides of every ratio alike, and the reversed
+    cycles cancel a steady drift between neighbours. (The best of a few long rounds did not: two
+    sides of a ratio measured a minute apart each caught a different moment.)"""
+    names = ["tpcb", *measures]
+    samples: dict[str, list[float]] = {name: [] for name in names}
     with pgbench_database(admin_url, pgbench_scale) as yardstick:
-        for round_number in range(1, rounds + 1):
-            print(
-                f"round {round_number}/{rounds} ({WORKERS} clients, {seconds:.0f}s each): pgbench tpcb-like, "
-                + ", ".join(measures),
-                flush=True,
-            )
-            samples["tpcb"].append(tpcb_rate(admin_url, yardstick, seconds))
-            for name, measure in measures.items():
-                samples[name].append(measure())
+        run = {"tpcb": lambda: tpcb_rate(admin_url, yardstick, seconds), **measures}
+        slices = f"{WORKERS} clients, {seconds:.0f}s a slice"
+        print(f"{cycles} cycles after a warm-up ({slices}): " + ", ".join(names), flush=True)
+        for cycle in range(cycles + 1):
+            order = names if cycle % 2 == 0 else names[::-1]
+            for name in order:
+                rate = run[name]()
+                if cycle:
+                    samples[name].append(rate)
+            print(f"    cycle {cycle or 'warm-up'} done", flush=True)
     for name, values in samples.items():
-        print(f"    {name}: " + ", ".join(f"{v:,.0f}" for v in values), flush=True)
-    return {name: max(values) for name, values in samples.items()}
+        print(
+            f"    {name}: mean {statistics.fmean(values):,.0f} per second "
+            f"(slices {min(values):,.0f} to {max(values):,.0f})",
+            flush=True,
+        )
+    return {name: statistics.fmean(values) for name, values in samples.items()}
 
 
 def print_rates(rows: list[RateRow]) -> int:

@@ -3,18 +3,19 @@ against pgbench's built-in tpcb-like transactions per second on the same server,
 latencies that must not grow with the size of the ledger.
 
     ./run bench ledger                 # brings up its own local stack, then removes it
-    ./run bench ledger --seconds 5     # shorter phases
+    ./run bench ledger --cycles 3      # a quicker, noisier run
     ./run bench ledger --db-url postgresql://postgres@127.0.0.1:54322/postgres
                                        # an existing database: direct SQL and pgbench only
 
-Every figure is measured in this one run. Throughput measures run in rounds that interleave the
-pgbench yardstick with them; each keeps its best round (a shared machine's bursts of outside load
-then spoil a round, not one side of a ratio). Targets (issue 3):
+Every figure is measured in this one run. Throughput measures run in short slices, cycling through
+the pgbench yardstick and every measure many times; each keeps its mean (a shared machine's outside
+load then falls on both sides of a ratio alike). Targets (issue 3):
   spread transfers    >= 0.8 x tpcb-like
   purchases           >= 0.8 x spread transfers
   one hot recipient   >= 0.6 x spread transfers
   PostgREST           >= 0.5 x direct SQL (transfers and purchases)
-  balance read        1,000,000 ledger rows / 1,000 ledger rows < 1.2
+  balance read        1,000,000 ledger rows / 1,000 ledger rows < 1.2 (each against a trivial read
+                      timed alongside: the two are minutes apart, on a machine whose speed varies)
   history page        at depth 100,000 / first page < 1.5
 """
 
@@ -28,17 +29,20 @@ from typing import Any
 
 import psycopg
 from _common import (
+    REFERENCE,
     RateRow,
+    Read,
     Target,
     create_users,
+    cycled_rates,
     fund,
-    interleaved_rounds,
+    growth,
     local_target,
     lua_locals,
     print_rates,
     ratio,
     script_rate,
-    time_reads,
+    timed_reads,
     verdict,
     wrk_rate,
 )
@@ -78,17 +82,36 @@ def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
     return script_rate(db_url, SQL_SCRIPTS[kind], {"accounts": accounts}, seconds)
 
 
-def flushing_rate(admin_url: str, measure: Callable[[], float], flushes: dict[float, float]) -> float:
-    """`measure()`, recording in `flushes` its rate -> the mean milliseconds of one WAL flush
-    meanwhile (pg_stat_wal; 0 where the server does not time them: track_wal_io_timing off).
-    Transfers into one account are a chain: each waits for the previous one's commit, flush
-    included."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("select pg_stat_reset_shared('wal')")
-        rate = measure()
-        row = conn.execute("select wal_sync_time / nullif(wal_sync, 0) from pg_stat_wal").fetchone()
-    flushes[rate] = float(row[0] or 0) if row else 0.0
-    return rate
+class WalFlushes:
+    """The WAL flushes of the measures it wraps, from pg_stat_wal (their time is 0 where the server
+    does not time them: track_wal_io_timing off). Transfers into one account are a chain: each
+    waits for the previous one's commit, flush included."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.count = 0
+        self.milliseconds = 0.0
+
+    def _totals(self, conn: psycopg.Connection[Any]) -> tuple[int, float]:
+        row = conn.execute("select wal_sync, wal_sync_time from pg_stat_wal").fetchone()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+    def around(self, measure: Callable[[], float]) -> Callable[[], float]:
+        def measured() -> float:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                count, milliseconds = self._totals(conn)
+                rate = measure()
+                count_after, milliseconds_after = self._totals(conn)
+            self.count += count_after - count
+            self.milliseconds += milliseconds_after - milliseconds
+            return rate
+
+        return measured
+
+    @property
+    def mean(self) -> float:
+        """Milliseconds of one flush, on average."""
+        return self.milliseconds / self.count if self.count else 0.0
 
 
 # PostgREST is driven by wrk: transfers signed by a random user's JWT to another random user, and
@@ -206,18 +229,18 @@ HISTORY = "select * from public.credit_history(%s::timestamptz, %s::bigint, 50)"
 
 
 def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, repeat: int) -> dict[str, float]:
-    out = {"balance": time_reads(conn, user, BALANCE, (user,), repeat)}
-    rows = ledger_rows(conn)
-    out["rows"] = rows
+    reads: dict[str, Read] = {
+        "balance": (user, BALANCE, (user,)),
+        "history_first": (deep_user, HISTORY, (None, None)),
+    }
     depth_row = conn.execute(
         "select created_at, id from public.credit_transactions where user_id = %s "
         "order by created_at desc, id desc offset 100000 limit 1",
         (deep_user,),
     ).fetchone()
-    out["history_first"] = time_reads(conn, deep_user, HISTORY, (None, None), repeat)
     if depth_row:
-        out["history_deep"] = time_reads(conn, deep_user, HISTORY, (depth_row[0], depth_row[1]), repeat)
-    return out
+        reads["history_deep"] = (deep_user, HISTORY, (depth_row[0], depth_row[1]))
+    return {**timed_reads(conn, reads, repeat), "rows": ledger_rows(conn)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,25 +273,23 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         conn.execute("grant select on mycelium_bench.users to postgres")
 
     accounts = len(users)
-    hot_flushes: dict[float, float] = {}
+    hot_flushes = WalFlushes(admin_url)
     measures = {
         "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
+        "sql_hot": hot_flushes.around(lambda: sql_rate(target.db_url, "hot", accounts, seconds)),
         "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
-        "sql_hot": lambda: flushing_rate(
-            admin_url, lambda: sql_rate(target.db_url, "hot", accounts, seconds), hot_flushes
-        ),
     }
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
         tokens = [access_token(target.jwt_secret, uuid.UUID(u), email=None) for u in users]
-        measures["http_transfer"] = lambda: http_rate(target, "transfer", users, tokens, seconds)
         measures["http_purchase"] = lambda: http_rate(target, "purchase", users, tokens, seconds)
+        measures["http_transfer"] = lambda: http_rate(target, "transfer", users, tokens, seconds)
         if target.postgrest_url:
             measures["direct_transfer"] = lambda: http_rate(
                 target, "transfer", users, tokens, seconds, direct=True
             )
-    results.update(interleaved_rounds(admin_url, args.pgbench_scale, args.rounds, seconds, measures))
+    results.update(cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures))
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(
@@ -325,21 +346,26 @@ def measure(target: Target, args: argparse.Namespace) -> int:
     print()
     missed = print_rates(rows)
     hot = results["sql_hot"]
-    if hot and hot_flushes.get(hot):
-        chain, flush = 1000 / hot, hot_flushes[hot]
+    if hot and hot_flushes.mean:
+        chain, flush = 1000 / hot, hot_flushes.mean
         print(
             f"  (into one account: {chain:.2f} ms a transfer, one after the other; the commit's WAL "
             f"flush took {flush:.2f} ms of it, {flush / chain:.0%})"
         )
     print()
     print(f"{'read latency (median)':44} {'small':>12} {'large':>12} {'ratio':>8} {'target':>8}  verdict")
-    balance_ratio = ratio(big["balance"], small["balance"])
+    balance_ratio = growth(big, small, "balance")
     label = f"balance, ledger rows {int(small['rows']):,} -> {int(big['rows']):,}"
     print(
         f"{label:44} {small['balance'] * 1e3:>10.3f}ms {big['balance'] * 1e3:>10.3f}ms "
         f"{balance_ratio or 0:>8.2f} {'< 1.2':>8}  {verdict(balance_ratio, 1.2, below=True)}"
     )
     missed += verdict(balance_ratio, 1.2, below=True) == "MISSED"
+    print(
+        f"{'  (select 1, timed alongside: the ratio above':44} {small[REFERENCE] * 1e3:>10.3f}ms "
+        f"{big[REFERENCE] * 1e3:>10.3f}ms {ratio(big[REFERENCE], small[REFERENCE]) or 0:>8.2f}"
+        "           is the balance's against it)"
+    )
     deep = big.get("history_deep")
     history_ratio = ratio(deep, big["history_first"])
     print(
@@ -359,8 +385,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--db-url", help="an existing database (role postgres); default: a fresh local stack")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput phase")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per throughput measure (best is kept)")
+    parser.add_argument("--seconds", type=int, default=2, help="length of one throughput slice")
+    parser.add_argument(
+        "--cycles", type=int, default=8, help="slices per throughput measure (their mean is kept)"
+    )
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument(
         "--ledger-rows", type=int, default=1_000_000, help="ledger size for the large read test"

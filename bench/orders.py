@@ -4,11 +4,12 @@ against pgbench's tpcb-like transactions per second on the same server, and the 
 product search pages at 1,000 and at 100,000 products.
 
     ./run bench orders                 # brings up its own local stack, then removes it
-    ./run bench orders --seconds 3 --rounds 1
+    ./run bench orders --cycles 2      # a quicker, noisier run
 
 One order = place_order (the hold) then fulfil_order (the capture) by the product's provider: two
-transactions. Every figure is measured in this one run; throughput rounds interleave the
-yardstick with the measures and each keeps its best round. Targets (issue 4):
+transactions. Every figure is measured in this one run; throughput measures run in short slices,
+cycling through the yardstick and every measure many times, and each keeps its mean. Targets
+(issue 4):
   one popular provider       >= 0.6 x orders spread over 50 providers (platform revenue is a
                              derived account: it must not serialise orders)
   filtered search page       at 100,000 products / at 1,000 products < 2 (indexes, not scans)
@@ -20,21 +21,25 @@ import argparse
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from _common import (
+    REFERENCE,
     RateRow,
+    Read,
     Target,
     create_users,
+    cycled_rates,
     fund,
-    interleaved_rounds,
+    growth,
     local_target,
     lua_locals,
     print_rates,
     ratio,
     script_rate,
-    time_reads,
+    timed_reads,
     verdict,
     wrk_rate,
 )
@@ -183,12 +188,12 @@ NEXT_PAGE = (
 
 
 def search_latencies(conn: psycopg.Connection[Any], repeat: int) -> dict[str, float]:
-    """Median seconds per search page, as anon."""
-    out = {name: time_reads(conn, None, query, (), repeat) for name, query in SEARCHES.items()}
+    """Median seconds per search page, as anon (and of REFERENCE, timed alongside)."""
+    reads: dict[str, Read] = {name: (None, query, ()) for name, query in SEARCHES.items()}
     first = conn.execute(SEARCHES["category + price range, by price"]).fetchall()
     cursor = json.dumps(first[-1][-1]) if first else None
-    out["next page (keyset) of the first"] = time_reads(conn, None, NEXT_PAGE, (cursor,), repeat)
-    return out
+    reads["next page (keyset) of the first"] = (None, NEXT_PAGE, (cursor,))
+    return timed_reads(conn, reads, repeat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,18 +244,10 @@ def measure(target: Target, args: argparse.Namespace) -> int:
     popular_counts = {"buyers": len(buyers), "products": PRODUCTS_PER_PROVIDER}
     many = ORDER_SCRIPT.replace("{products}", "products")
     popular = ORDER_SCRIPT.replace("{products}", "popular")
-    results = interleaved_rounds(
-        admin_url,
-        args.pgbench_scale,
-        args.rounds,
-        seconds,
-        {
-            "sql_many": lambda: script_rate(target.db_url, many, counts, seconds),
-            "sql_popular": lambda: script_rate(target.db_url, popular, popular_counts, seconds),
-        },
-    )
-
-    results["http_many"] = results["http_popular"] = None
+    measures = {
+        "sql_many": lambda: script_rate(target.db_url, many, counts, seconds),
+        "sql_popular": lambda: script_rate(target.db_url, popular, popular_counts, seconds),
+    }
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
@@ -259,14 +256,15 @@ def measure(target: Target, args: argparse.Namespace) -> int:
 
         buyer_tokens = [token(b) for b in buyers]
         provider_tokens = {p: token(p) for p in providers}
-        popular = [(product, provider) for product, provider in product_rows if provider == providers[0]]
-        http = {
-            "http_many": lambda: http_rate(target, buyer_tokens, product_rows, provider_tokens, seconds),
-            "http_popular": lambda: http_rate(target, buyer_tokens, popular, provider_tokens, seconds),
-        }
-        for name, measure in http.items():
-            print(f"PostgREST: orders ({name.removeprefix('http_')}), best of {args.rounds}", flush=True)
-            results[name] = max(measure() for _ in range(args.rounds))
+        popular_rows = [(product, provider) for product, provider in product_rows if provider == providers[0]]
+
+        def orders_rate(rows: list[tuple[str, str]]) -> Callable[[], float]:
+            return lambda: http_rate(target, buyer_tokens, rows, provider_tokens, seconds)
+
+        measures["http_popular"] = orders_rate(popular_rows)
+        measures["http_many"] = orders_rate(product_rows)
+    results: dict[str, float | None] = {"http_many": None, "http_popular": None}
+    results.update(cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures))
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         missing = args.products - int(conn.execute("select count(*) from public.products").fetchone()[0])  # type: ignore[index]
@@ -314,14 +312,19 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         f"{'search page (median, anon)':44} {'1,000':>12} {f'{args.products:,}':>12}"
         f" {'ratio':>8} {'target':>8}  verdict"
     )
-    for name in small:
-        page_ratio = ratio(large[name], small[name])
+    for name in (name for name in small if name != REFERENCE):
+        page_ratio = growth(large, small, name)
         mark = verdict(page_ratio, 2.0, below=True)
         missed += mark == "MISSED"
         print(
             f"{name:44} {small[name] * 1e3:>10.3f}ms {large[name] * 1e3:>10.3f}ms"
             f" {page_ratio or 0:>8.2f} {'< 2':>8}  {mark}"
         )
+    print(
+        f"{'  (select 1, timed alongside: the ratios':44} {small[REFERENCE] * 1e3:>10.3f}ms "
+        f"{large[REFERENCE] * 1e3:>10.3f}ms {ratio(large[REFERENCE], small[REFERENCE]) or 0:>8.2f}"
+        "           above are the pages' against it)"
+    )
     print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
     missed += bool(problems and problems[0])
     return 1 if missed else 0
@@ -333,8 +336,10 @@ def main() -> int:
     )
     parser.add_argument("--db-url", help="an existing database (role postgres): direct SQL and search only")
     parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput phase")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per throughput measure (best is kept)")
+    parser.add_argument("--seconds", type=int, default=2, help="length of one throughput slice")
+    parser.add_argument(
+        "--cycles", type=int, default=6, help="slices per throughput measure (their mean is kept)"
+    )
     parser.add_argument("--buyers", type=int, default=1000)
     parser.add_argument("--products", type=int, default=100_000, help="catalogue size for the large search")
     parser.add_argument("--repeat", type=int, default=200, help="samples per search latency")
