@@ -334,7 +334,7 @@ def print_rates(rows: list[RateRow]) -> int:
     missed = 0
     for name, value, rate, goal in rows:
         shown = "n/a" if value is None else f"{value:,.0f}"
-        ratio_text = "" if rate is None else f"{rate:.2f}"
+        ratio_text = "" if rate is None else f"{rate:.3f}"
         goal_text = "" if goal is None else f">= {goal}"
         mark = "" if goal is None else verdict(rate, goal)
         missed += mark == "MISSED"

@@ -358,19 +358,19 @@ def measure(target: Target, args: argparse.Namespace) -> int:
     label = f"balance, ledger rows {int(small['rows']):,} -> {int(big['rows']):,}"
     print(
         f"{label:44} {small['balance'] * 1e3:>10.3f}ms {big['balance'] * 1e3:>10.3f}ms "
-        f"{balance_ratio or 0:>8.2f} {'< 1.2':>8}  {verdict(balance_ratio, 1.2, below=True)}"
+        f"{balance_ratio or 0:>8.3f} {'< 1.2':>8}  {verdict(balance_ratio, 1.2, below=True)}"
     )
     missed += verdict(balance_ratio, 1.2, below=True) == "MISSED"
     print(
         f"{'  (select 1, timed alongside: the ratio above':44} {small[REFERENCE] * 1e3:>10.3f}ms "
-        f"{big[REFERENCE] * 1e3:>10.3f}ms {ratio(big[REFERENCE], small[REFERENCE]) or 0:>8.2f}"
+        f"{big[REFERENCE] * 1e3:>10.3f}ms {ratio(big[REFERENCE], small[REFERENCE]) or 0:>8.3f}"
         "           is the balance's against it)"
     )
     deep = big.get("history_deep")
     history_ratio = ratio(deep, big["history_first"])
     print(
         f"{'history page: first -> depth 100,000':44} {big['history_first'] * 1e3:>10.3f}ms "
-        f"{(deep or 0) * 1e3:>10.3f}ms {history_ratio or 0:>8.2f} {'< 1.5':>8}  "
+        f"{(deep or 0) * 1e3:>10.3f}ms {history_ratio or 0:>8.3f} {'< 1.5':>8}  "
         f"{verdict(history_ratio, 1.5, below=True)}"
     )
     missed += verdict(history_ratio, 1.5, below=True) == "MISSED"

@@ -318,11 +318,11 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         missed += mark == "MISSED"
         print(
             f"{name:44} {small[name] * 1e3:>10.3f}ms {large[name] * 1e3:>10.3f}ms"
-            f" {page_ratio or 0:>8.2f} {'< 2':>8}  {mark}"
+            f" {page_ratio or 0:>8.3f} {'< 2':>8}  {mark}"
         )
     print(
         f"{'  (select 1, timed alongside: the ratios':44} {small[REFERENCE] * 1e3:>10.3f}ms "
-        f"{large[REFERENCE] * 1e3:>10.3f}ms {ratio(large[REFERENCE], small[REFERENCE]) or 0:>8.2f}"
+        f"{large[REFERENCE] * 1e3:>10.3f}ms {ratio(large[REFERENCE], small[REFERENCE]) or 0:>8.3f}"
         "           above are the pages' against it)"
     )
     print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
