@@ -118,7 +118,8 @@ class Cluster:
         hba = self.data / "pg_hba.conf"
         hba.write_text(PG_HBA)
         self.run_as.own(hba)
-        # `-k` names the socket's folder (quoted: the server splits its value on commas and spaces).
+        # `-k` names the socket's folder, quoted for the shell pg_ctl starts the server through
+        # (socket_folder refuses the characters this quoting could not carry).
         options = f"-p {self.port}"
         if self.socket_dir is not None:
             options += f" -k '{self.socket_dir}'"
