@@ -287,6 +287,15 @@ def growth(large: dict[str, float], small: dict[str, float], name: str) -> float
     return ratio(ratio(large[name], large[REFERENCE]), ratio(small[name], small[REFERENCE]))
 
 
+def print_reference(small: dict[str, float], large: dict[str, float]) -> None:
+    """The REFERENCE row under a table of `growth` ratios: what the machine's speed did meanwhile."""
+    print(
+        f"{'  (select 1, timed alongside; the ratios':44} {small[REFERENCE] * 1e3:>10.3f}ms "
+        f"{large[REFERENCE] * 1e3:>10.3f}ms {ratio(large[REFERENCE], small[REFERENCE]) or 0:>8.3f}"
+        "           above are against it)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Verdicts
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from typing import Any
 
 import psycopg
 from _common import (
-    REFERENCE,
     RateRow,
     Read,
     Target,
@@ -40,6 +39,7 @@ from _common import (
     local_target,
     lua_locals,
     print_rates,
+    print_reference,
     ratio,
     script_rate,
     timed_reads,
@@ -361,11 +361,7 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         f"{balance_ratio or 0:>8.3f} {'< 1.2':>8}  {verdict(balance_ratio, 1.2, below=True)}"
     )
     missed += verdict(balance_ratio, 1.2, below=True) == "MISSED"
-    print(
-        f"{'  (select 1, timed alongside: the ratio above':44} {small[REFERENCE] * 1e3:>10.3f}ms "
-        f"{big[REFERENCE] * 1e3:>10.3f}ms {ratio(big[REFERENCE], small[REFERENCE]) or 0:>8.3f}"
-        "           is the balance's against it)"
-    )
+    print_reference(small, big)
     deep = big.get("history_deep")
     history_ratio = ratio(deep, big["history_first"])
     print(

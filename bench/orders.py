@@ -37,6 +37,7 @@ from _common import (
     local_target,
     lua_locals,
     print_rates,
+    print_reference,
     ratio,
     script_rate,
     timed_reads,
@@ -320,11 +321,7 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             f"{name:44} {small[name] * 1e3:>10.3f}ms {large[name] * 1e3:>10.3f}ms"
             f" {page_ratio or 0:>8.3f} {'< 2':>8}  {mark}"
         )
-    print(
-        f"{'  (select 1, timed alongside: the ratios':44} {small[REFERENCE] * 1e3:>10.3f}ms "
-        f"{large[REFERENCE] * 1e3:>10.3f}ms {ratio(large[REFERENCE], small[REFERENCE]) or 0:>8.3f}"
-        "           above are the pages' against it)"
-    )
+    print_reference(small, large)
     print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
     missed += bool(problems and problems[0])
     return 1 if missed else 0
