@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 from _common import (
+    WORKERS,
     RateRow,
     Read,
     Target,
@@ -69,6 +70,11 @@ from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :r;
 select set_config('request.jwt.claims', json_build_object('sub', s.id, 'role', 'authenticated')::text, true),
        public.transfer_credits(r.id, 0.01)
 from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :accounts;
+""",
+    # Not a transfer: one row updated by every client, each update its own transaction. The bare
+    # chain of lock handoffs and commit flushes, the floor under any chain into one account here.
+    "floor": """
+update mycelium_bench.chain_floor set updates = updates + 1 where id = 1;
 """,
     "purchase": """
 \\set a random(1, :accounts)
@@ -269,8 +275,11 @@ def measure(target: Target, args: argparse.Namespace) -> int:
                 "insert into mycelium_bench.users values (%s, %s)",
                 [(n, u) for n, u in enumerate(users, start=1)],
             )
+        conn.execute("create table mycelium_bench.chain_floor (id integer primary key, updates bigint)")
+        conn.execute("insert into mycelium_bench.chain_floor values (1, 0)")
         conn.execute("grant usage on schema mycelium_bench to postgres")
         conn.execute("grant select on mycelium_bench.users to postgres")
+        conn.execute("grant select, update on mycelium_bench.chain_floor to postgres")
 
     accounts = len(users)
     hot_flushes = WalFlushes(admin_url)
@@ -278,6 +287,7 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
         "sql_hot": hot_flushes.around(lambda: sql_rate(target.db_url, "hot", accounts, seconds)),
         "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
+        "sql_floor": lambda: sql_rate(target.db_url, "floor", accounts, seconds),
     }
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
@@ -351,6 +361,12 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         print(
             f"  (into one account: {chain:.2f} ms a transfer, one after the other; the commit's WAL "
             f"flush took {flush:.2f} ms of it, {flush / chain:.0%})"
+        )
+    floor = results["sql_floor"]
+    if hot and floor:
+        print(
+            f"  (one row updated by all {WORKERS} clients, nothing else: {1000 / floor:.2f} ms an update, "
+            f"the floor under any chain into one account on this server)"
         )
     print()
     print(f"{'read latency (median)':44} {'small':>12} {'large':>12} {'ratio':>8} {'target':>8}  verdict")
