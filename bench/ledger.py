@@ -17,6 +17,8 @@ load then falls on both sides of a ratio alike). Targets (issue 3):
   balance read        1,000,000 ledger rows / 1,000 ledger rows < 1.2 (each against a trivial read
                       timed alongside: the two are minutes apart, on a machine whose speed varies)
   history page        at depth 100,000 / first page < 1.5
+Beside the chain of transfers into one account it prints that chain's floor on the server: one row
+updated by every client, nothing else in the transaction (lock handoff and commit flush alone).
 """
 
 from __future__ import annotations
