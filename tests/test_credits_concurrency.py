@@ -106,19 +106,22 @@ def test_parallel_transfers_and_purchases_keep_the_ledger_sound(
 def test_racing_transfers_cannot_overdraw(
     stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:
-    sender, recipient = make_user(), make_user()
-    assert (
-        service_api.rpc(
-            "purchase_credits", user_id=sender.id, usd_amount="10", payment_reference=f"r-{uuid.uuid4()}"
-        ).status_code
-        == 200
-    )
+    sender, recipient = sender_with_ten_credits(service_api, make_user), make_user()
     with ThreadPoolExecutor(max_workers=10) as pool:
         statuses = list(
             pool.map(lambda _: transfer_once(stack, sender, recipient.id, "3", None)[0], range(10))
         )
     assert sorted(statuses) == [200] * 3 + [409] * 7
     assert balances(db, [sender, recipient]) == {sender.id: D(1), recipient.id: D(9)}
+
+
+def sender_with_ten_credits(service_api: Api, make_user: MakeUser) -> User:
+    sender = make_user()
+    reply = service_api.rpc(
+        "purchase_credits", user_id=sender.id, usd_amount="10", payment_reference=f"r-{uuid.uuid4()}"
+    )
+    assert reply.status_code == 200, reply.text
+    return sender
 
 
 def transfer_once(
@@ -135,13 +138,7 @@ def transfer_once(
 def test_concurrent_retries_with_one_idempotency_key_move_once(
     stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:
-    sender, recipient = make_user(), make_user()
-    assert (
-        service_api.rpc(
-            "purchase_credits", user_id=sender.id, usd_amount="10", payment_reference=f"r-{uuid.uuid4()}"
-        ).status_code
-        == 200
-    )
+    sender, recipient = sender_with_ten_credits(service_api, make_user), make_user()
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(
             pool.map(lambda _: transfer_once(stack, sender, recipient.id, "4", "retry-me"), range(8))
