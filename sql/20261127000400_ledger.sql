@@ -23,13 +23,32 @@
 -- account row: no second row to update while the account is locked, which is what bounds the
 -- rate of transfers into one popular account.
 --
--- Kinds are CHECK constraints (not enums: a new enum value cannot be used in the transaction that
--- adds it, and a push is one transaction). They already list the marketplace's kinds; to add one,
--- drop the constraint and add the new list `not valid`, then `validate constraint`.
+-- The ledger's column rules are domains, not table CHECKs: PostgreSQL parses a table's CHECKs
+-- again for every statement that writes it, a domain's once per connection, and every movement
+-- writes both ledger tables. Rules across columns stay CHECKs. credit_accounts keeps plain
+-- numeric columns: Realtime sends its rows to dashboards with their column types.
+-- Kinds are domains over text, not enums: a new enum value cannot be used in the transaction
+-- that adds it, and a push is one transaction. They already list the marketplace's kinds; to add
+-- one, `alter domain ... drop constraint`, add the new list `not valid`, then validate it.
 --
 -- Lock order: a movement updates the user accounts it touches in ascending user_id order (the
 -- UPDATE of the balance is the lock), and touches lots only after its account's lock. So two
 -- transfers between the same accounts in opposite directions never deadlock.
+
+create domain public.credit_amount as numeric
+  check (value <> 'NaN'::numeric and value > 0 and value < 1e15 and scale(value) <= 6);
+comment on domain public.credit_amount is 'A movement''s amount of credits: positive, at most 6 decimals, below 1e15.';
+create domain public.credit_entry_amount as numeric check (value <> 0 and value <> 'NaN'::numeric);
+comment on domain public.credit_entry_amount is 'An entry''s signed amount: positive in, negative out.';
+create domain public.credit_balance as numeric check (value >= 0 and value < 'Infinity'::numeric);
+create domain public.credit_transfer_kind as text check (value in (
+  'purchase', 'grant', 'transfer', 'expiry', 'legacy_migration',
+  'order_hold', 'order_release', 'provider_earning', 'platform_fee', 'refund', 'adjustment'));
+create domain public.credit_entry_kind as text check (value in (
+  'purchase', 'grant', 'transfer_in', 'transfer_out', 'expiry', 'legacy_migration',
+  'order_hold', 'order_release', 'provider_earning', 'refund', 'adjustment'));
+create domain public.credit_system_account as text
+  check (value in ('issuance', 'platform_revenue', 'expiry', 'holds'));
 
 create table public.credit_accounts (
   user_id uuid primary key,
@@ -43,16 +62,36 @@ comment on table public.credit_accounts is
   'One credit account per user: balance, of which `expiring` sits in lots that expire (credit_lots), '
   'and credits held for open orders (not in balance).';
 
+-- The key that makes a movement safe to retry, unique over the ledger: a purchase's payment
+-- reference, an expired lot, a migrated legacy account; a transfer's key per sender and a grant's
+-- per recipient. Null for the kinds no key guards (an order's movements share its id). One key
+-- column under one unique index, not one partial index per kind: every movement written opens
+-- and locks each index of the ledger, and a transfer into a popular account does it while that
+-- account is locked. SQL, immutable and without settings, so that it is inlined. Stored keys are
+-- not recomputed when it changes: extend it for new kinds only, never re-key an existing one.
+create or replace function mycelium_private.retry_key(
+  p_kind text, p_from_user uuid, p_to_user uuid, p_reference text)
+returns text
+language sql
+immutable
+parallel safe
+as $$
+  select case
+    when p_reference is null then null
+    when p_kind = 'transfer' then 'transfer:' || p_from_user::text || ':' || p_reference
+    when p_kind = 'grant' then 'grant:' || p_to_user::text || ':' || p_reference
+    when p_kind in ('purchase', 'expiry', 'legacy_migration') then p_kind || ':' || p_reference
+  end
+$$;
+
 create table mycelium_private.transfers (
   id uuid primary key default gen_random_uuid(),
-  kind text not null check (kind in (
-    'purchase', 'grant', 'transfer', 'expiry', 'legacy_migration',
-    'order_hold', 'order_release', 'provider_earning', 'platform_fee', 'refund', 'adjustment')),
+  kind public.credit_transfer_kind not null,
   from_user uuid,
-  from_system text check (from_system in ('issuance', 'platform_revenue', 'expiry', 'holds')),
+  from_system public.credit_system_account,
   to_user uuid,
-  to_system text check (to_system in ('issuance', 'platform_revenue', 'expiry', 'holds')),
-  amount numeric not null check (amount <> 'NaN'::numeric and amount > 0 and amount < 1e15 and scale(amount) <= 6),
+  to_system public.credit_system_account,
+  amount public.credit_amount not null,
   usd_amount numeric,
   rate numeric,
   package_id uuid,
@@ -62,6 +101,8 @@ create table mycelium_private.transfers (
   initiated_by uuid,
   initiated_role text,
   created_at timestamptz not null default now(),
+  retry_key text generated always as
+    (mycelium_private.retry_key(kind, from_user, to_user, reference)) stored,
   check ((from_user is null) <> (from_system is null)),
   check ((to_user is null) <> (to_system is null)),
   check (from_user is distinct from to_user or from_user is null),
@@ -69,16 +110,10 @@ create table mycelium_private.transfers (
 );
 comment on table mycelium_private.transfers is 'The ledger: one row per movement, append-only.';
 
--- Idempotency: concurrent retries serialise on these unique indexes; the loser returns the
+-- Idempotency: concurrent retries serialise on this unique index; the loser returns the
 -- winner's result.
-create unique index transfers_purchase_reference_key on mycelium_private.transfers (reference)
-  where kind = 'purchase';
-create unique index transfers_transfer_idempotency_key on mycelium_private.transfers (from_user, reference)
-  where kind = 'transfer' and reference is not null;
-create unique index transfers_expiry_lot_key on mycelium_private.transfers (reference)
-  where kind = 'expiry';
-create unique index transfers_grant_idempotency_key on mycelium_private.transfers (to_user, reference)
-  where kind = 'grant' and reference is not null;
+create unique index transfers_retry_key on mycelium_private.transfers (retry_key)
+  where retry_key is not null;
 -- Platform analytics by day and system balances.
 create index transfers_created_at_idx on mycelium_private.transfers (created_at);
 create index transfers_from_system_idx on mycelium_private.transfers (from_system, created_at)
@@ -93,11 +128,9 @@ create table public.credit_transactions (
   -- lock, and audit_ledger() checks that every entry has its transfer and its account.
   transfer_id uuid not null,
   user_id uuid not null,
-  amount numeric not null check (amount <> 0 and amount <> 'NaN'::numeric),
-  kind text not null check (kind in (
-    'purchase', 'grant', 'transfer_in', 'transfer_out', 'expiry', 'legacy_migration',
-    'order_hold', 'order_release', 'provider_earning', 'refund', 'adjustment')),
-  balance_after numeric not null check (balance_after >= 0),
+  amount public.credit_entry_amount not null,
+  kind public.credit_entry_kind not null,
+  balance_after public.credit_balance not null,
   counterparty_id uuid,
   memo text,
   reference text,

@@ -147,7 +147,7 @@ begin
   v_reference := mycelium_private.check_text(purchase_credits.payment_reference, 'payment_reference', 200, true);
 
   select * into v_existing from mycelium_private.transfers t
-  where t.kind = 'purchase' and t.reference = v_reference;
+  where t.retry_key = mycelium_private.retry_key('purchase', null, v_user, v_reference);
   if found then
     return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
   end if;
@@ -184,13 +184,13 @@ begin
   values
     ('purchase', 'issuance', v_user, v_credits, v_usd, v_rate, purchase_credits.package_id, v_reference, v_expires,
      auth.uid(), coalesce(auth.role(), session_user::text))
-  on conflict (reference) where kind = 'purchase' do nothing
+  on conflict (retry_key) where retry_key is not null do nothing
   returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     -- A concurrent call with the same reference won; it has committed: replay it.
     select * into v_existing from mycelium_private.transfers t
-    where t.kind = 'purchase' and t.reference = v_reference;
+    where t.retry_key = mycelium_private.retry_key('purchase', null, v_user, v_reference);
     return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
   end if;
 
@@ -259,7 +259,7 @@ begin
 
   if v_key is not null then
     select * into v_existing from mycelium_private.transfers t
-    where t.kind = 'transfer' and t.from_user = p_sender and t.reference = v_key;
+    where t.retry_key = mycelium_private.retry_key('transfer', p_sender, p_recipient, v_key);
     if found then
       return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
     end if;
@@ -271,12 +271,12 @@ begin
     (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
   values
     ('transfer', p_sender, p_recipient, v_amount, v_memo, v_key, p_sender, coalesce(auth.role(), session_user::text))
-  on conflict (from_user, reference) where kind = 'transfer' and reference is not null do nothing
+  on conflict (retry_key) where retry_key is not null do nothing
   returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     select * into v_existing from mycelium_private.transfers t
-    where t.kind = 'transfer' and t.from_user = p_sender and t.reference = v_key;
+    where t.retry_key = mycelium_private.retry_key('transfer', p_sender, p_recipient, v_key);
     return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
   end if;
 
@@ -357,7 +357,7 @@ begin
 
   if v_key is not null then
     select * into v_existing from mycelium_private.transfers t
-    where t.kind = 'grant' and t.to_user = v_user and t.reference = v_key;
+    where t.retry_key = mycelium_private.retry_key('grant', null, v_user, v_key);
     if found then
       return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
     end if;
@@ -367,12 +367,12 @@ begin
     (kind, from_system, to_user, amount, memo, reference, expires_at, initiated_by, initiated_role)
   values
     ('grant', 'issuance', v_user, v_amount, v_reason, v_key, v_expires, auth.uid(), coalesce(auth.role(), session_user::text))
-  on conflict (to_user, reference) where kind = 'grant' and reference is not null do nothing
+  on conflict (retry_key) where retry_key is not null do nothing
   returning id, created_at into v_transfer, v_created;
 
   if v_transfer is null then
     select * into v_existing from mycelium_private.transfers t
-    where t.kind = 'grant' and t.to_user = v_user and t.reference = v_key;
+    where t.retry_key = mycelium_private.retry_key('grant', null, v_user, v_key);
     return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
   end if;
 

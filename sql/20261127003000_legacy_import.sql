@@ -84,10 +84,6 @@ create table mycelium_private.legacy_products (
 );
 comment on table mycelium_private.legacy_products is 'Listings from the old files, by provider e-mail.';
 
--- An opening balance is credited once per imported address, whatever happens.
-create unique index transfers_legacy_migration_key on mycelium_private.transfers (reference)
-  where kind = 'legacy_migration';
-
 alter table mycelium_private.legacy_import_runs enable row level security;
 alter table mycelium_private.legacy_accounts enable row level security;
 alter table mycelium_private.legacy_products enable row level security;
@@ -123,6 +119,8 @@ begin
   if not found then
     return;
   end if;
+  -- Credited once per imported address, whatever happens: the ledger's retry_key
+  -- (`legacy_migration:legacy:<email>`) is unique.
   if v_account.opening_credits > 0 then
     insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_role)
     values ('legacy_migration', 'issuance', p_user, v_account.opening_credits,

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.support import Api, User, body
@@ -264,6 +265,22 @@ def test_admin_grants_credits_idempotently(service_api: Api, make_user: MakeUser
     )
     fails(user.api.rpc("grant_credits", user_id=user.id, amount="5", reason="me"), 403, "not_authorized")
     assert balance(user) == D("7")
+    # A grant's key is per recipient: the same key for someone else is another grant.
+    other = make_user()
+    ok(admin.api.rpc("grant_credits", user_id=other.id, amount="5", reason="welcome", idempotency_key="w"))
+    assert balance(other) == D("5")
+
+
+def test_one_key_in_different_kinds_of_movement_are_different_movements(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    alice, bob = make_user(), make_user()
+    key = f"shared-{uuid.uuid4()}"
+    buy(service_api, alice, "10", key)
+    ok(service_api.rpc("grant_credits", user_id=alice.id, amount="2", reason="promo", idempotency_key=key))
+    ok(alice.api.rpc("transfer_credits", recipient=bob.id, amount="3", idempotency_key=key))
+    assert (balance(alice), balance(bob)) == (D("9"), D("3"))
+    assert audit(service_api) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,3 +383,54 @@ def test_only_the_service_role_records_purchases(make_user: MakeUser) -> None:
     )
     assert refused.status_code in (401, 403), refused.text
     assert balance(admin) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger's own rules: the last line behind the functions' checks
+# ---------------------------------------------------------------------------------------------
+
+BAD_LEDGER_ROWS = {
+    "NaN amount": ("transfers", "amount", "'NaN'"),
+    "zero amount": ("transfers", "amount", "0"),
+    "negative amount": ("transfers", "amount", "-1"),
+    "seven decimals": ("transfers", "amount", "1.0000001"),
+    "amount too large": ("transfers", "amount", "1e15"),
+    "unknown kind": ("transfers", "kind", "'gift'"),
+    "unknown system account": ("transfers", "from_system", "'bank'"),
+    "entry of zero": ("credit_transactions", "amount", "0"),
+    "entry of NaN": ("credit_transactions", "amount", "'NaN'"),
+    "unknown entry kind": ("credit_transactions", "kind", "'gift'"),
+    "negative balance": ("credit_transactions", "balance_after", "-1"),
+}
+
+
+def ledger_insert(table: str, row: dict[str, str]) -> str:
+    schema = "mycelium_private" if table == "transfers" else "public"
+    return f"insert into {schema}.{table} ({', '.join(row)}) values ({', '.join(row.values())})"
+
+
+@pytest.mark.parametrize("case", BAD_LEDGER_ROWS)
+def test_the_ledger_refuses_what_no_function_may_write(
+    case: str, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    table, column, value = BAD_LEDGER_ROWS[case]
+    user = make_user()
+    sound = {
+        "transfers": {
+            "kind": "'grant'",
+            "from_system": "'issuance'",
+            "to_user": f"'{user.id}'",
+            "amount": "1",
+        },
+        "credit_transactions": {
+            "transfer_id": f"'{uuid.uuid4()}'",
+            "user_id": f"'{user.id}'",
+            "amount": "1",
+            "kind": "'grant'",
+            "balance_after": "1",
+        },
+    }[table]
+    with db.transaction(force_rollback=True):
+        with pytest.raises(psycopg.errors.CheckViolation), db.transaction():
+            db.execute(ledger_insert(table, {**sound, column: value}))
+        db.execute(ledger_insert(table, sound))  # the same row with sound values is taken
