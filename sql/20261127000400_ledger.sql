@@ -67,8 +67,9 @@ comment on table public.credit_accounts is
 -- per recipient. Null for the kinds no key guards (an order's movements share its id). One key
 -- column under one unique index, not one partial index per kind: every movement written opens
 -- and locks each index of the ledger, and a transfer into a popular account does it while that
--- account is locked. SQL, immutable and without settings, so that it is inlined. Stored keys are
--- not recomputed when it changes: extend it for new kinds only, never re-key an existing one.
+-- account is locked. SQL, immutable and without a SET clause, so that it is inlined; it names
+-- nothing outside pg_catalog. Stored keys are not recomputed when it changes: extend it for new
+-- kinds only, never re-key an existing one.
 create or replace function mycelium_private.retry_key(
   p_kind text, p_from_user uuid, p_to_user uuid, p_reference text)
 returns text
