@@ -301,16 +301,48 @@ def print_reference(small: dict[str, float], large: dict[str, float]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-# A throughput to show: name, per second, its ratio to what it is compared with, the target of
-# that ratio (at least; None for information only).
-RateRow = tuple[str, float | None, float | None, float | None]
+@dataclass(frozen=True)
+class Rate:
+    """One measure's rates per second, one a cycle."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
+
+@dataclass(frozen=True)
+class RateRow:
+    """A throughput to show and, where it is compared with another (`against`), their ratio: the
+    ratio of the means, and the lowest and highest ratio within one cycle, where both sides ran
+    seconds apart; that range shows how far the machine's noise moves the ratio. `target` is the
+    least ratio wanted (None: shown for information)."""
+
+    name: str
+    rate: Rate | None
+    against: Rate | None = None
+    target: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.rate is None or self.against is None or not self.against.mean:
+            return None
+        return self.rate.mean / self.against.mean
+
+    @property
+    def cycle_range(self) -> tuple[float, float] | None:
+        if self.rate is None or self.against is None:
+            return None
+        pairs = [a / b for a, b in zip(self.rate.samples, self.against.samples, strict=True) if b]
+        return (min(pairs), max(pairs)) if pairs else None
 
 
 def cycled_rates(
     admin_url: str, pgbench_scale: int, cycles: int, seconds: float, measures: dict[str, Callable[[], float]]
-) -> dict[str, float | None]:
+) -> dict[str, Rate]:
     """The tpcb-like yardstick (`tpcb`) and each measure, `seconds` each, cycled `cycles` times
-    after one unmeasured warm-up cycle, every other cycle in reverse order; each keeps its mean.
+    after one unmeasured warm-up cycle, every other cycle in reverse order.
     Short slices cycled many times spread a shared machine's bursts of outside load and its slow
     drifts (checkpoints, a growing ledger) over both sides of every ratio alike, and the reversed
     cycles cancel a steady drift between neighbours. (The best of a few long rounds did not: two
@@ -334,20 +366,22 @@ def cycled_rates(
             f"(slices {min(values):,.0f} to {max(values):,.0f})",
             flush=True,
         )
-    return {name: statistics.fmean(values) for name, values in samples.items()}
+    return {name: Rate(tuple(values)) for name, values in samples.items()}
 
 
 def print_rates(rows: list[RateRow]) -> int:
     """The throughput table; returns how many targets were missed."""
-    print(f"{'measure':44} {'per second':>12} {'ratio':>8} {'target':>8}  verdict")
+    print(f"{'measure':44} {'per second':>12} {'ratio':>8} {'in a cycle':>14} {'target':>8}  verdict")
     missed = 0
-    for name, value, rate, goal in rows:
-        shown = "n/a" if value is None else f"{value:,.0f}"
-        ratio_text = "" if rate is None else f"{rate:.3f}"
-        goal_text = "" if goal is None else f">= {goal}"
-        mark = "" if goal is None else verdict(rate, goal)
+    for row in rows:
+        shown = "n/a" if row.rate is None else f"{row.rate.mean:,.0f}"
+        ratio_text = "" if row.ratio is None else f"{row.ratio:.3f}"
+        band = row.cycle_range
+        band_text = "" if band is None else f"{band[0]:.2f} to {band[1]:.2f}"
+        goal_text = "" if row.target is None else f">= {row.target}"
+        mark = "" if row.target is None else verdict(row.ratio, row.target)
         missed += mark == "MISSED"
-        print(f"{name:44} {shown:>12} {ratio_text:>8} {goal_text:>8}  {mark}")
+        print(f"{row.name:44} {shown:>12} {ratio_text:>8} {band_text:>14} {goal_text:>8}  {mark}")
     return missed
 
 

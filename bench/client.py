@@ -93,7 +93,7 @@ def overhead(
         response.raise_for_status()
         return json.loads(response.content, parse_float=Decimal)
 
-    pairs = {
+    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
         "balance()": (raw_balance, client.credits.balance),
         "transfer()": (raw_transfer, lambda: client.credits.transfer(recipient, "0.01")),
     }

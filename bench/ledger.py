@@ -258,7 +258,6 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 
 def measure(target: Target, args: argparse.Namespace) -> int:
     seconds = args.seconds
-    results: dict[str, float | None] = {}
     admin_url = target.superuser_db_url or target.db_url
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(f"setup: {args.accounts} accounts, funded through purchase_credits", flush=True)
@@ -301,7 +300,7 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             measures["direct_transfer"] = lambda: http_rate(
                 target, "transfer", users, tokens, seconds, direct=True
             )
-    results.update(cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures))
+    rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures)
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(
@@ -315,56 +314,26 @@ def measure(target: Target, args: argparse.Namespace) -> int:
             conn.execute("select count(*) from public.audit_ledger()").fetchone() if args.audit else None
         )
 
-    tpcb = results["tpcb"]
-    rows: list[RateRow] = [
-        ("pgbench tpcb-like (tps)", tpcb, None, None),
-        (
-            "direct SQL transfers, 1,000 accounts",
-            results["sql_transfer"],
-            ratio(results["sql_transfer"], tpcb),
-            0.8,
-        ),
-        (
-            "direct SQL purchases",
-            results["sql_purchase"],
-            ratio(results["sql_purchase"], results["sql_transfer"]),
-            0.8,
-        ),
-        (
-            "direct SQL transfers into one account",
-            results["sql_hot"],
-            ratio(results["sql_hot"], results["sql_transfer"]),
-            0.6,
-        ),
-        (
-            "PostgREST transfers",
-            results.get("http_transfer"),
-            ratio(results.get("http_transfer"), results["sql_transfer"]),
-            0.5,
-        ),
-        (
-            "  (PostgREST transfers, no gateway)",
-            results.get("direct_transfer"),
-            ratio(results.get("direct_transfer"), results["sql_transfer"]),
-            None,
-        ),
-        (
-            "PostgREST purchases",
-            results.get("http_purchase"),
-            ratio(results.get("http_purchase"), results["sql_purchase"]),
-            0.5,
-        ),
+    tpcb, sql_transfer, sql_purchase = rates["tpcb"], rates["sql_transfer"], rates["sql_purchase"]
+    rows = [
+        RateRow("pgbench tpcb-like (tps)", tpcb),
+        RateRow("direct SQL transfers, 1,000 accounts", sql_transfer, tpcb, 0.8),
+        RateRow("direct SQL purchases", sql_purchase, sql_transfer, 0.8),
+        RateRow("direct SQL transfers into one account", rates["sql_hot"], sql_transfer, 0.6),
+        RateRow("PostgREST transfers", rates.get("http_transfer"), sql_transfer, 0.5),
+        RateRow("  (PostgREST transfers, no gateway)", rates.get("direct_transfer"), sql_transfer),
+        RateRow("PostgREST purchases", rates.get("http_purchase"), sql_purchase, 0.5),
     ]
     print()
     missed = print_rates(rows)
-    hot = results["sql_hot"]
+    hot = rates["sql_hot"].mean
     if hot and hot_flushes.mean:
         chain, flush = 1000 / hot, hot_flushes.mean
         print(
             f"  (into one account: {chain:.2f} ms a transfer, one after the other; the commit's WAL "
             f"flush took {flush:.2f} ms of it, {flush / chain:.0%})"
         )
-    floor = results["sql_floor"]
+    floor = rates["sql_floor"].mean
     if hot and floor:
         print(
             f"  (one row updated by all {WORKERS} clients, nothing else: {1000 / floor:.2f} ms an update, "
