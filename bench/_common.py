@@ -1,8 +1,9 @@
 """What the benchmarks share: the target, pgbench (the tpcb-like yardstick and custom scripts),
-wrk (HTTP load), users, read latencies, a local stack, verdicts."""
+wrk (HTTP load), users, read latencies, a local stack, verdicts, results for scripts (--json)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,20 @@ class RateRow:
         pairs = [a / b for a, b in zip(self.rate.samples, self.against.samples, strict=True) if b]
         return (min(pairs), max(pairs)) if pairs else None
 
+    @property
+    def verdict(self) -> str | None:
+        return None if self.target is None else verdict(self.ratio, self.target)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "measure": self.name.strip(" ()"),
+            "per_second": None if self.rate is None else self.rate.mean,
+            "ratio": self.ratio,
+            "ratio_in_a_cycle": self.cycle_range,
+            "target_at_least": self.target,
+            "verdict": self.verdict,
+        }
+
 
 def cycled_rates(
     admin_url: str, pgbench_scale: int, cycles: int, seconds: float, measures: dict[str, Callable[[], float]]
@@ -379,10 +394,52 @@ def print_rates(rows: list[RateRow]) -> int:
         band = row.cycle_range
         band_text = "" if band is None else f"{band[0]:.2f} to {band[1]:.2f}"
         goal_text = "" if row.target is None else f">= {row.target}"
-        mark = "" if row.target is None else verdict(row.ratio, row.target)
+        mark = row.verdict or ""
         missed += mark == "MISSED"
         print(f"{row.name:44} {shown:>12} {ratio_text:>8} {band_text:>14} {goal_text:>8}  {mark}")
     return missed
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """A read timed in two situations (median seconds) and how much slower the second is (`ratio`,
+    against the REFERENCE read where the two were timed minutes apart); it must stay under
+    `target`. `second` is None where it could not be timed."""
+
+    name: str
+    first: float
+    second: float | None
+    ratio: float | None
+    target: float
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.ratio, self.target, below=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.name,
+            "first_ms": self.first * 1e3,
+            "second_ms": None if self.second is None else self.second * 1e3,
+            "ratio": self.ratio,
+            "target_below": self.target,
+            "verdict": self.verdict,
+        }
+
+
+def print_latencies(rows: list[LatencyRow], header: tuple[str, str, str] | None = None) -> int:
+    """Latency rows under an optional header (title, first, second); returns how many missed."""
+    if header:
+        title, first, second = header
+        print(f"{title:44} {first:>12} {second:>12} {'ratio':>8} {'target':>8}  verdict")
+    for row in rows:
+        second = "n/a" if row.second is None else f"{row.second * 1e3:.3f}ms"
+        shown_ratio = "n/a" if row.ratio is None else f"{row.ratio:.3f}"
+        print(
+            f"{row.name:44} {row.first * 1e3:>10.3f}ms {second:>12} "
+            f"{shown_ratio:>8} {f'< {row.target:g}':>8}  {row.verdict}"
+        )
+    return sum(row.verdict == "MISSED" for row in rows)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -394,3 +451,29 @@ def verdict(value: float | None, target: float, below: bool = False) -> str:
         return "n/a"
     good = value < target if below else value >= target
     return "ok" if good else "MISSED"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results for scripts
+# ---------------------------------------------------------------------------------------------
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results as one JSON object on stdout (what people read goes to stderr)",
+    )
+
+
+@contextmanager
+def results_for_scripts(as_json: bool) -> Iterator[dict[str, Any]]:
+    """A dict the benchmark fills with what it measured. With --json, everything printed for people
+    goes to stderr meanwhile, and the dict, as JSON, to stdout once the benchmark is done."""
+    results: dict[str, Any] = {}
+    if not as_json:
+        yield results
+        return
+    with redirect_stdout(sys.stderr):
+        yield results
+    print(json.dumps(results, indent=2))

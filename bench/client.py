@@ -24,9 +24,11 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
+from _common import add_json_option, results_for_scripts
 from rich.console import Console
 from rich.table import Table
 
@@ -177,7 +179,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--transfers", type=int, default=640)
     parser.add_argument("--commits", type=int, default=300)
+    add_json_option(parser)
     args = parser.parse_args()
+    with results_for_scripts(args.json) as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-client-"))
     folder.chmod(0o755)
@@ -196,14 +204,20 @@ def main() -> None:
     table = Table(title="mycelium_client overhead over raw httpx (median per call)")
     for column in ("call", "raw httpx", "client", "overhead", f"target < {OVERHEAD_TARGET:.0%}"):
         table.add_column(column)
+    results["overhead"] = []
     for name, raw, typed in calls:
         ratio = typed / raw - 1
-        table.add_row(
-            name,
-            f"{raw * 1000:.2f} ms",
-            f"{typed * 1000:.2f} ms",
-            f"{ratio:+.1%}",
-            "ok" if ratio < OVERHEAD_TARGET else "MISSED",
+        mark = "ok" if ratio < OVERHEAD_TARGET else "MISSED"
+        table.add_row(name, f"{raw * 1000:.2f} ms", f"{typed * 1000:.2f} ms", f"{ratio:+.1%}", mark)
+        results["overhead"].append(
+            {
+                "call": name,
+                "raw_ms": raw * 1000,
+                "client_ms": typed * 1000,
+                "overhead": ratio,
+                "target_below": OVERHEAD_TARGET,
+                "verdict": mark,
+            }
         )
     console.print(table)
     console.print(
@@ -211,6 +225,17 @@ def main() -> None:
         f"(x{async_rate / sync_rate:.1f})"
     )
     median, p95 = statistics.median(latencies), latencies[int(len(latencies) * 0.95)]
+    results["transfers_per_second"] = {
+        "sync": sync_rate,
+        "async": async_rate,
+        "async_concurrency": CONCURRENCY,
+    }
+    results["feed_latency_ms"] = {
+        "commits": len(latencies),
+        "median": median * 1000,
+        "p95": p95 * 1000,
+        "max": latencies[-1] * 1000,
+    }
     console.print(
         f"feed latency, COMMIT to callback over {len(latencies)} commits: median {median * 1000:.2f} ms, "
         f"p95 {p95 * 1000:.2f} ms, max {latencies[-1] * 1000:.2f} ms"

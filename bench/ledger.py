@@ -32,21 +32,24 @@ from typing import Any
 import psycopg
 from _common import (
     WORKERS,
+    LatencyRow,
     RateRow,
     Read,
     Target,
+    add_json_option,
     create_users,
     cycled_rates,
     fund,
     growth,
     local_target,
     lua_locals,
+    print_latencies,
     print_rates,
     print_reference,
     ratio,
+    results_for_scripts,
     script_rate,
     timed_reads,
-    verdict,
     wrk_rate,
 )
 
@@ -256,7 +259,7 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 # ---------------------------------------------------------------------------------------------
 
 
-def measure(target: Target, args: argparse.Namespace) -> int:
+def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -> int:
     seconds = args.seconds
     admin_url = target.superuser_db_url or target.db_url
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -326,40 +329,44 @@ def measure(target: Target, args: argparse.Namespace) -> int:
     ]
     print()
     missed = print_rates(rows)
-    hot = rates["sql_hot"].mean
-    if hot and hot_flushes.mean:
-        chain, flush = 1000 / hot, hot_flushes.mean
+    results["throughput"] = [row.as_dict() for row in rows]
+    results["rates"] = {name: {"mean": rate.mean, "cycles": rate.samples} for name, rate in rates.items()}
+    hot, floor = rates["sql_hot"].mean, rates["sql_floor"].mean
+    chain = {"transfer_ms": 1000 / hot, "wal_flush_ms": hot_flushes.mean, "floor_update_ms": 1000 / floor}
+    results["chain_into_one_account"] = chain
+    if hot_flushes.mean:
         print(
-            f"  (into one account: {chain:.2f} ms a transfer, one after the other; the commit's WAL "
-            f"flush took {flush:.2f} ms of it, {flush / chain:.0%})"
+            f"  (into one account: {chain['transfer_ms']:.2f} ms a transfer, one after the other; the "
+            f"commit's WAL flush took {hot_flushes.mean:.2f} ms of it, {hot_flushes.mean * hot / 1000:.0%})"
         )
-    floor = rates["sql_floor"].mean
-    if hot and floor:
-        print(
-            f"  (one row updated by all {WORKERS} clients, nothing else: {1000 / floor:.2f} ms an update, "
-            f"the floor under any chain into one account on this server)"
-        )
+    print(
+        f"  (one row updated by all {WORKERS} clients, nothing else: {chain['floor_update_ms']:.2f} ms an "
+        f"update, the floor under any chain into one account on this server)"
+    )
     print()
-    print(f"{'read latency (median)':44} {'small':>12} {'large':>12} {'ratio':>8} {'target':>8}  verdict")
-    balance_ratio = growth(big, small, "balance")
-    label = f"balance, ledger rows {int(small['rows']):,} -> {int(big['rows']):,}"
-    print(
-        f"{label:44} {small['balance'] * 1e3:>10.3f}ms {big['balance'] * 1e3:>10.3f}ms "
-        f"{balance_ratio or 0:>8.3f} {'< 1.2':>8}  {verdict(balance_ratio, 1.2, below=True)}"
+    balance = LatencyRow(
+        f"balance, ledger rows {int(small['rows']):,} -> {int(big['rows']):,}",
+        small["balance"],
+        big["balance"],
+        growth(big, small, "balance"),
+        1.2,
     )
-    missed += verdict(balance_ratio, 1.2, below=True) == "MISSED"
+    history = LatencyRow(
+        "history page: first -> depth 100,000",
+        big["history_first"],
+        big.get("history_deep"),
+        ratio(big.get("history_deep"), big["history_first"]),
+        1.5,
+    )
+    missed += print_latencies([balance], ("read latency (median)", "small", "large"))
     print_reference(small, big)
-    deep = big.get("history_deep")
-    history_ratio = ratio(deep, big["history_first"])
-    print(
-        f"{'history page: first -> depth 100,000':44} {big['history_first'] * 1e3:>10.3f}ms "
-        f"{(deep or 0) * 1e3:>10.3f}ms {history_ratio or 0:>8.3f} {'< 1.5':>8}  "
-        f"{verdict(history_ratio, 1.5, below=True)}"
-    )
-    missed += verdict(history_ratio, 1.5, below=True) == "MISSED"
+    missed += print_latencies([history])
+    results["reads"] = [balance.as_dict(), history.as_dict()]
     if problems is not None:
         print(f"\naudit_ledger(): {problems[0]} problems")
         missed += bool(problems[0])
+        results["audit_problems"] = problems[0]
+    results["targets_missed"] = missed
     return 1 if missed else 0
 
 
@@ -382,13 +389,14 @@ def main() -> int:
     parser.add_argument(
         "--audit", action="store_true", help="run audit_ledger() at the end (slow on big ledgers)"
     )
+    add_json_option(parser)
     args = parser.parse_args()
 
-    if args.db_url:
-        return measure(Target(db_url=args.db_url), args)
-
-    with local_target(start_port=47000) as target:
-        return measure(target, args)
+    with results_for_scripts(args.json) as results:
+        if args.db_url:
+            return measure(Target(db_url=args.db_url), args, results)
+        with local_target(start_port=47000) as target:
+            return measure(target, args, results)
 
 
 if __name__ == "__main__":

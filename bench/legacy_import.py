@@ -16,8 +16,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from _common import add_json_option, results_for_scripts
 from rich.console import Console
 from rich.table import Table
 
@@ -93,7 +95,13 @@ def timed_import(folder: Path, db_url: str, *extra: str) -> tuple[float, dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=10_000)
+    add_json_option(parser)
     args = parser.parse_args()
+    with results_for_scripts(args.json) as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-legacy-"))
     folder.chmod(0o755)
@@ -130,6 +138,13 @@ def main() -> None:
         for step, seconds in (("dry run", dry), ("import", full), ("re-run (writes nothing)", rerun)):
             table.add_row(step, f"{seconds:.2f}", f"{args.users / seconds:,.0f}")
         table.add_row(f"{claims:,} sign-ups claiming their credits", f"{claimed:.2f}", "")
+        results.update(
+            users=args.users,
+            seconds={"dry_run": dry, "import": full, "re_run": rerun, "claims": claimed},
+            claims=claims,
+            expected_import_under_seconds=EXPECTED_SECONDS,
+            audit_problems=audit[0] if audit else None,
+        )
         console = Console()
         console.print(table)
         console.print(

@@ -27,20 +27,23 @@ from typing import Any
 import psycopg
 from _common import (
     REFERENCE,
+    LatencyRow,
     RateRow,
     Read,
     Target,
+    add_json_option,
     create_users,
     cycled_rates,
     fund,
     growth,
     local_target,
     lua_locals,
+    print_latencies,
     print_rates,
     print_reference,
+    results_for_scripts,
     script_rate,
     timed_reads,
-    verdict,
     wrk_rate,
 )
 
@@ -231,7 +234,7 @@ def setup(conn: psycopg.Connection[Any], buyers_count: int) -> tuple[list[str], 
     return buyers, providers
 
 
-def measure(target: Target, args: argparse.Namespace) -> int:
+def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -> int:
     seconds = args.seconds
     admin_url = target.superuser_db_url or target.db_url
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -291,22 +294,21 @@ def measure(target: Target, args: argparse.Namespace) -> int:
         "direct SQL (PostgREST), one popular provider against 50 providers"
     )
     missed = print_rates(rows)
+    results["throughput"] = [row.as_dict() for row in rows]
+    results["rates"] = {name: {"mean": rate.mean, "cycles": rate.samples} for name, rate in rates.items()}
     print()
-    print(
-        f"{'search page (median, anon)':44} {'1,000':>12} {f'{args.products:,}':>12}"
-        f" {'ratio':>8} {'target':>8}  verdict"
-    )
-    for name in (name for name in small if name != REFERENCE):
-        page_ratio = growth(large, small, name)
-        mark = verdict(page_ratio, 2.0, below=True)
-        missed += mark == "MISSED"
-        print(
-            f"{name:44} {small[name] * 1e3:>10.3f}ms {large[name] * 1e3:>10.3f}ms"
-            f" {page_ratio or 0:>8.3f} {'< 2':>8}  {mark}"
-        )
+    pages = [
+        LatencyRow(name, small[name], large[name], growth(large, small, name), 2)
+        for name in small
+        if name != REFERENCE
+    ]
+    missed += print_latencies(pages, ("search page (median, anon)", "1,000", f"{args.products:,}"))
     print_reference(small, large)
+    results["search_pages"] = [page.as_dict() for page in pages]
     print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
     missed += bool(problems and problems[0])
+    results["audit_problems"] = problems[0] if problems else None
+    results["targets_missed"] = missed
     return 1 if missed else 0
 
 
@@ -324,11 +326,14 @@ def main() -> int:
     parser.add_argument("--products", type=int, default=100_000, help="catalogue size for the large search")
     parser.add_argument("--repeat", type=int, default=200, help="samples per search latency")
     parser.add_argument("--pgbench-scale", type=int, default=10)
+    add_json_option(parser)
     args = parser.parse_args()
-    if args.db_url:
-        return measure(Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url), args)
-    with local_target(start_port=47500) as target:
-        return measure(target, args)
+    with results_for_scripts(args.json) as results:
+        if args.db_url:
+            target = Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url)
+            return measure(target, args, results)
+        with local_target(start_port=47500) as target:
+            return measure(target, args, results)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from _common import add_json_option, results_for_scripts
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
@@ -37,7 +39,13 @@ def timed_push(url: str, files: list[migrations.MigrationFile]) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
+    add_json_option(parser)
     args = parser.parse_args()
+    with results_for_scripts(args.json) as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
     files = migrations.discover(migrations.bundled_sql_dir())
     folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-"))
@@ -79,6 +87,18 @@ def main() -> None:
             f"{median / EXPECTED_SECONDS[name]:.2f}",
         )
     Console().print(grid)
+    results.update(
+        migrations=len(files),
+        rounds=args.rounds,
+        cases={
+            name: {
+                "median_s": statistics.median(values),
+                "best_s": min(values),
+                "expected_under_s": EXPECTED_SECONDS[name],
+            }
+            for name, values in timings.items()
+        },
+    )
 
 
 if __name__ == "__main__":
