@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
@@ -60,13 +61,13 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="session")
-def superuser_conn(stack: LocalStack) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def superuser_conn(stack: LocalStack) -> Iterator[psycopg.Connection[TupleRow]]:
     with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
         yield conn
 
 
 @pytest.fixture
-def db(superuser_conn: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[tuple[object, ...]]:
+def db(superuser_conn: psycopg.Connection[TupleRow]) -> psycopg.Connection[TupleRow]:
     """A superuser connection (autocommit) for SQL-level setup and assertions."""
     return superuser_conn
 
@@ -87,7 +88,7 @@ def service_api(stack: LocalStack) -> Iterator[Api]:
 
 @pytest.fixture
 def make_user(
-    stack: LocalStack, superuser_conn: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow]
 ) -> Iterator[Callable[..., User]]:
     """`make_user("farmer", email=None)`: a fresh user, created as GoTrue would, with a real JWT."""
     made: list[User] = []

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import TupleRow
 
 from cli.dev.bootstrap import AlreadySupabase, bootstrap
 from cli.dev.stack import LocalStack
@@ -50,7 +51,7 @@ def test_the_trap_is_open_a_table_without_rls_is_anons_to_read_and_write(
     assert anon_api.delete(f"/{open_table}", id="eq.1").status_code == 200
 
 
-def test_roles_have_supabases_attributes(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_roles_have_supabases_attributes(db: psycopg.Connection[TupleRow]) -> None:
     rows = db.execute(
         "select rolname, rolsuper, rolcanlogin, rolinherit, rolbypassrls from pg_roles "
         "where rolname in ('anon','authenticated','service_role','authenticator','postgres') order by rolname"
@@ -67,7 +68,7 @@ def test_roles_have_supabases_attributes(db: psycopg.Connection[tuple[object, ..
         "join pg_roles u on u.oid = m.member where u.rolname = 'authenticator' order by 1"
     ).fetchall()
     assert members == [("anon",), ("authenticated",), ("service_role",)]
-    timeouts = dict(
+    timeouts: dict[str, str] = dict(
         db.execute(
             "select r.rolname, s.cfg from pg_db_role_setting d join pg_roles r on r.oid = d.setrole, "
             "unnest(d.setconfig) s(cfg) where s.cfg like 'statement_timeout%'"
@@ -76,7 +77,7 @@ def test_roles_have_supabases_attributes(db: psycopg.Connection[tuple[object, ..
     assert timeouts["anon"] == "statement_timeout=3s" and timeouts["authenticated"] == "statement_timeout=8s"
 
 
-def test_auth_helpers_read_the_jwt_claims_postgrest_sets(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_auth_helpers_read_the_jwt_claims_postgrest_sets(db: psycopg.Connection[TupleRow]) -> None:
     user_id = uuid.uuid4()
     claims = json.dumps({"sub": str(user_id), "role": "authenticated", "email": "a@example.test"})
     with db.transaction():
@@ -85,7 +86,7 @@ def test_auth_helpers_read_the_jwt_claims_postgrest_sets(db: psycopg.Connection[
     assert row == (user_id, "authenticated", "a@example.test", str(user_id))
 
 
-def test_realtime_send_writes_a_broadcast_message(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_realtime_send_writes_a_broadcast_message(db: psycopg.Connection[TupleRow]) -> None:
     topic = f"test:{uuid.uuid4()}"
     db.execute("select realtime.send(%s::jsonb, 'ping', %s, true)", (json.dumps({"n": 1}), topic))
     row = db.execute(
@@ -99,7 +100,7 @@ def test_realtime_send_writes_a_broadcast_message(db: psycopg.Connection[tuple[o
 
 
 def test_bootstrap_is_idempotent_and_refuses_a_real_supabase(
-    stack: LocalStack, superuser_conn: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow]
 ) -> None:
     bootstrap(superuser_conn, passwords=stack.settings.passwords)  # a second run changes nothing
     assert superuser_conn.execute("select count(*) from auth.users where false").fetchone() == (0,)

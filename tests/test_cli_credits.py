@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 from typer.testing import CliRunner, Result
 
 from cli.dev.stack import LocalStack
@@ -62,7 +63,7 @@ def funded(make_user: Callable[..., User], run: Run) -> User:
 
 
 def test_balance_by_email_in_any_case_or_by_id(
-    funded: User, run: Run, db: psycopg.Connection[tuple[object, ...]]
+    funded: User, run: Run, db: psycopg.Connection[TupleRow]
 ) -> None:
     by_email = data(run("credits", "balance", funded.email.upper(), "--json"))
     by_id = data(run("credits", "balance", funded.id, "--json"))
@@ -96,7 +97,7 @@ def test_grant_purchase_and_history(funded: User, run: Run) -> None:
 
 
 def test_purchase_with_a_package_adds_its_bonus(
-    funded: User, run: Run, db: psycopg.Connection[tuple[object, ...]]
+    funded: User, run: Run, db: psycopg.Connection[TupleRow]
 ) -> None:
     name = f"Bonus {uuid.uuid4().hex[:6]}"
     db.execute(
@@ -163,7 +164,7 @@ def test_expire_and_a_clean_audit(run: Run) -> None:
 
 
 def test_a_broken_ledger_fails_the_audit_with_a_report(
-    make_user: Callable[..., User], run: Run, db: psycopg.Connection[tuple[object, ...]]
+    make_user: Callable[..., User], run: Run, db: psycopg.Connection[TupleRow]
 ) -> None:
     user = make_user()
     try:
@@ -250,7 +251,7 @@ def test_a_real_subprocess_with_settings_from_the_environment(
 
 # -- config -------------------------------------------------------------------------------------
 @pytest.fixture
-def restored_config(db: psycopg.Connection[tuple[object, ...]]) -> Iterator[None]:
+def restored_config(db: psycopg.Connection[TupleRow]) -> Iterator[None]:
     """Config tests change the one credit and marketplace configuration: put them back for the
     rest of the session."""
     saved = db.execute(
@@ -319,7 +320,7 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
 def test_bad_config_names_the_line_and_applies_nothing(
     run: Run,
     tmp_path: Path,
-    db: psycopg.Connection[tuple[object, ...]],
+    db: psycopg.Connection[TupleRow],
     text: str,
     env: dict[str, str],
     message: str,

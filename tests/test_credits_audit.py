@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
 
@@ -13,7 +14,7 @@ MakeUser = Callable[..., User]
 
 
 def test_audit_reports_each_broken_invariant(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     rich, poor, lonely = make_user(), make_user(), make_user()
     for user in (rich, poor):
@@ -48,7 +49,7 @@ def test_audit_reports_each_broken_invariant(
 
 
 def test_daily_rollups_give_the_same_stats_as_live_sums(
-    make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     user = make_user()
     stats = "select * from public.platform_daily_stats(current_date - 20, current_date)"

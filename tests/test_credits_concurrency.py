@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
 from tests.support import Api, User, body
@@ -44,7 +45,7 @@ class Clients:
             api.close()
 
 
-def balances(db: psycopg.Connection[tuple[object, ...]], users: list[User]) -> dict[str, Decimal]:
+def balances(db: psycopg.Connection[TupleRow], users: list[User]) -> dict[str, Decimal]:
     rows = db.execute(
         "select user_id::text, balance from public.credit_accounts where user_id = any(%s::uuid[])",
         ([u.id for u in users],),
@@ -53,7 +54,7 @@ def balances(db: psycopg.Connection[tuple[object, ...]], users: list[User]) -> d
 
 
 def test_parallel_transfers_and_purchases_keep_the_ledger_sound(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     users = [make_user() for _ in range(5)]
     for user in users:
@@ -104,7 +105,7 @@ def test_parallel_transfers_and_purchases_keep_the_ledger_sound(
 
 
 def test_racing_transfers_cannot_overdraw(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     sender, recipient = sender_with_ten_credits(service_api, make_user), make_user()
     with ThreadPoolExecutor(max_workers=10) as pool:
@@ -136,7 +137,7 @@ def transfer_once(
 
 
 def test_concurrent_retries_with_one_idempotency_key_move_once(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     sender, recipient = sender_with_ten_credits(service_api, make_user), make_user()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -149,7 +150,7 @@ def test_concurrent_retries_with_one_idempotency_key_move_once(
 
 
 def test_concurrent_webhook_retries_credit_once(
-    stack: LocalStack, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     user = make_user()
     reference = f"stripe-{uuid.uuid4()}"
@@ -170,7 +171,7 @@ def test_concurrent_webhook_retries_credit_once(
 
 
 def test_opposite_transfers_do_not_deadlock(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     a, b = make_user(), make_user()
     for user in (a, b):
@@ -188,7 +189,7 @@ def test_opposite_transfers_do_not_deadlock(
 
 
 def test_spending_expiring_credits_races_the_sweep_and_keeps_the_ledger_sound(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     """Transfers spend expiring lots while some of those lots expire and sweeps run: every account
     still equals its entries, `expiring` its lots, and nothing is created or lost."""

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
 
@@ -71,7 +72,7 @@ def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
 
 
 def test_soonest_expiry_first_and_partial_sweep(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     user, friend = make_user(), make_user()
     now = datetime.now(UTC)

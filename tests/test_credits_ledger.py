@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
 
@@ -24,7 +25,7 @@ def ok(response: httpx.Response) -> Any:
 
 def fails(response: httpx.Response, status: int, reason: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    error = body(response)
+    error: dict[str, Any] = body(response)
     assert error["code"] == reason, error
     assert error["message"]
     return error
@@ -49,7 +50,8 @@ def balance(user: User) -> Decimal:
 
 
 def audit(service_api: Api) -> list[Any]:
-    return ok(service_api.rpc("audit_ledger"))
+    problems: list[Any] = ok(service_api.rpc("audit_ledger"))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +62,8 @@ def audit(service_api: Api) -> list[Any]:
 def test_new_user_gets_profile_and_empty_account(make_user: MakeUser) -> None:
     user = make_user()
     accounts = ok(user.api.get("/credit_accounts"))
-    assert [(a["user_id"], D(str(a["balance"])), D(str(a["held"]))) for a in accounts] == [(user.id, 0, 0)]
+    seen = [(a["user_id"], D(str(a["balance"])), D(str(a["held"]))) for a in accounts]
+    assert seen == [(user.id, D(0), D(0))]
     profiles = ok(user.api.get("/profiles"))
     assert [(p["id"], p["email"]) for p in profiles] == [(user.id, user.email)]
 
@@ -411,7 +414,7 @@ def ledger_insert(table: str, row: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("case", BAD_LEDGER_ROWS)
 def test_the_ledger_refuses_what_no_function_may_write(
-    case: str, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    case: str, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     table, column, value = BAD_LEDGER_ROWS[case]
     user = make_user()

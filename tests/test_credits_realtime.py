@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User
 
@@ -14,7 +15,7 @@ MakeUser = Callable[..., User]
 
 
 def test_credit_accounts_are_published_with_full_replica_identity(
-    db: psycopg.Connection[tuple[object, ...]],
+    db: psycopg.Connection[TupleRow],
 ) -> None:
     published = db.execute(
         "select 1 from pg_publication_tables where pubname = 'supabase_realtime' "
@@ -26,7 +27,7 @@ def test_credit_accounts_are_published_with_full_replica_identity(
     ).fetchone() == ("f",)
 
 
-def visible_broadcasts(db: psycopg.Connection[tuple[object, ...]], viewer: str, topic: str) -> list[object]:
+def visible_broadcasts(db: psycopg.Connection[TupleRow], viewer: str, topic: str) -> list[object]:
     """What `viewer` may receive on `topic`: Realtime checks it as the user, with the topic set."""
     with db.transaction():
         db.execute(
@@ -44,7 +45,7 @@ def visible_broadcasts(db: psycopg.Connection[tuple[object, ...]], viewer: str, 
 
 
 def test_balance_changes_are_broadcast_to_their_owner_only(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     owner, other = make_user(), make_user()
     reply = service_api.rpc(

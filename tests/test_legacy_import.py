@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 from typer.testing import CliRunner, Result
 
 from cli.dev.stack import LocalStack
@@ -26,7 +27,7 @@ from tests.support import Api, User, body
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "legacy" / "sample"
 Import = Callable[..., Result]
-Conn = psycopg.Connection[tuple[object, ...]]
+Conn = psycopg.Connection[TupleRow]
 
 
 @pytest.fixture
@@ -69,11 +70,11 @@ def folder(tmp_path: Path) -> Folder:
     return Folder(tmp_path)
 
 
-def rows(db: Conn, sql: str, *params: object) -> list[tuple[object, ...]]:
+def rows(db: Conn, sql: str, *params: object) -> list[TupleRow]:
     return db.execute(sql, params).fetchall()
 
 
-def footprint(db: Conn) -> tuple[object, ...]:
+def footprint(db: Conn) -> TupleRow:
     """Everything an import writes, counted."""
     row = db.execute(
         """select (select count(*) from mycelium_private.legacy_import_runs),

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
 from tests.marketplace_support import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
@@ -127,7 +128,7 @@ def test_racing_transitions_move_credits_once(
 
 
 def test_any_mix_of_order_operations_keeps_the_ledger_sound(
-    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     rng = random.Random(4)
     providers = [make_user("farmer") for _ in range(3)]

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from tests.marketplace_support import (
     D,
@@ -270,7 +271,7 @@ def test_capacity_counts_open_orders(service_api: Api, make_user: MakeUser) -> N
 
 
 def test_expired_holds_are_released_by_the_service(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
     product = list_product(provider, price="1")
@@ -291,7 +292,7 @@ def test_expired_holds_are_released_by_the_service(
 
 
 def test_audit_reports_broken_orders(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
     node = list_product(provider, category="node", price="2", capacity=5)

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import TupleRow
 
 from cli import migrations
 from cli.dev.postgrest import PROJECT_ROOT
@@ -26,7 +27,7 @@ SECOND = "-- adds a column\nalter table public.first\n  add column label text;\n
 
 
 @pytest.fixture
-def fresh_db(stack: LocalStack, superuser_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
+def fresh_db(stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow]) -> Iterator[str]:
     """An empty database owned by the migration role; yields its URL for `postgres`."""
     name = f"push_{uuid.uuid4().hex[:10]}"
     superuser_conn.execute(sql.SQL("create database {} owner postgres").format(sql.Identifier(name)))
@@ -57,7 +58,7 @@ def status(url: str, folder: Path) -> dict[str, migrations.State]:
         return {row.version: row.state for row in migrations.status(conn, migrations.discover(folder))}
 
 
-def query(url: str, text: str) -> list[tuple[object, ...]]:
+def query(url: str, text: str) -> list[TupleRow]:
     with psycopg.connect(url) as conn:
         return conn.execute(text.encode()).fetchall()
 

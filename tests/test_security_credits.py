@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
 
@@ -86,7 +87,7 @@ def write_attempts(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """A row to insert, a change to apply and a filter, each valid for `table`."""
     mine, theirs = attacker.id, victim.id
-    return {
+    attempts: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, str]]] = {
         "credit_accounts": (
             {"user_id": str(uuid.uuid4()), "balance": "1000000"},
             {"balance": "1000000"},
@@ -120,7 +121,8 @@ def write_attempts(
             {"id": "eq.true"},
         ),
         "credit_config_history": ({"old_config": {}, "new_config": {}}, {"new_config": {}}, {"id": "gt.0"}),
-    }[table]
+    }
+    return attempts[table]
 
 
 @pytest.mark.parametrize("table", LEDGER_TABLES)
@@ -219,7 +221,7 @@ def test_cannot_mint_by_self_transfer_negative_or_nan(service_api: Api, make_use
 # ---------------------------------------------------------------------------------------------
 
 
-def test_rls_enabled_on_every_public_table(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_rls_enabled_on_every_public_table(db: psycopg.Connection[TupleRow]) -> None:
     rows = db.execute(
         "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
         "where n.nspname = 'public' and c.relkind in ('r', 'p') and not c.relrowsecurity"
@@ -227,7 +229,7 @@ def test_rls_enabled_on_every_public_table(db: psycopg.Connection[tuple[object, 
     assert rows == []
 
 
-def test_private_schema_is_closed(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_private_schema_is_closed(db: psycopg.Connection[TupleRow]) -> None:
     for role in ("anon", "authenticated", "service_role"):
         usage = db.execute("select has_schema_privilege(%s, 'mycelium_private', 'usage')", (role,)).fetchone()
         assert usage == (False,), role
@@ -241,7 +243,7 @@ EXPECTED_EXECUTE = {
 }
 
 
-def function_grants(db: psycopg.Connection[tuple[object, ...]]) -> dict[str, set[str]]:
+def function_grants(db: psycopg.Connection[TupleRow]) -> dict[str, set[str]]:
     """Which API roles may execute each function in public."""
     rows = db.execute(
         """
@@ -252,10 +254,10 @@ def function_grants(db: psycopg.Connection[tuple[object, ...]]) -> dict[str, set
         where n.nspname = 'public'
         """
     ).fetchall()
-    return {str(name): set(roles) for name, roles in rows}  # type: ignore[call-overload]
+    return {str(name): set(roles) for name, roles in rows}
 
 
-def test_function_execute_privileges(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_function_execute_privileges(db: psycopg.Connection[TupleRow]) -> None:
     granted = function_grants(db)
     for name, roles in EXPECTED_EXECUTE.items():
         assert granted[name] == roles, name
@@ -275,7 +277,7 @@ def test_function_execute_privileges(db: psycopg.Connection[tuple[object, ...]])
 
 
 def test_ledger_is_append_only_even_for_the_owner(
-    service_api: Api, make_user: MakeUser, db: psycopg.Connection[tuple[object, ...]]
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     victim, _ = funded_pair(service_api, make_user)
     for statement in (

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from tests.marketplace_support import (
     D,
@@ -224,6 +225,6 @@ EXPECTED_EXECUTE = {
 }
 
 
-def test_marketplace_execute_privileges(db: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_marketplace_execute_privileges(db: psycopg.Connection[TupleRow]) -> None:
     granted = function_grants(db)
     assert {name: granted[name] for name in EXPECTED_EXECUTE} == EXPECTED_EXECUTE

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
 from mycelium_client import (
@@ -99,7 +100,7 @@ class Target:
     def service(self) -> MyceliumClient:
         return self.client(service_role=True)
 
-    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(self) -> psycopg.Connection[TupleRow]:
         return psycopg.connect(self.db_url, autocommit=True)
 
     def close(self) -> None:

@@ -169,6 +169,7 @@ def test_a_capture_whose_response_was_lost_is_applied_once(target: Target, accou
     fulfilled = signed_in(target, provider.email, transport).orders.fulfil(order.id)
     assert transport.sent == 2 and fulfilled.status is OrderStatus.FULFILLED
     assert balances(buyer) == (Decimal("16"), Decimal(0))
+    assert fulfilled.fee_amount is not None
     assert balances(provider)[0] == Decimal("4") - fulfilled.fee_amount
 
 
