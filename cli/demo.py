@@ -98,7 +98,13 @@ def demo(
     stack.up(progress=progress)
     # A stack started before the latest migrations gets them now (a no-op otherwise).
     with migrations.connect(stack.db_url) as conn:
-        migrations.push(conn, migrations.discover(stack.sql_dir))
+        try:
+            migrations.push(conn, migrations.discover(stack.sql_dir))
+        except migrations.DriftDetected as drift:
+            raise migrations.DriftDetected(
+                f"{drift}; this local stack was built from earlier versions of them: "
+                "`mycelium dev reset` gives it a fresh database (its data goes)"
+            ) from drift
 
     with (
         MyceliumClient(stack.api_url, stack.anon_key) as public,

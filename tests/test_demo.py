@@ -7,7 +7,11 @@ import subprocess
 import sys
 from decimal import Decimal
 
+import psycopg
+from psycopg.rows import TupleRow
+
 from cli.dev.stack import LocalStack
+from cli.errors import EXIT_DRIFT
 
 
 def test_the_demo_tells_its_story_and_leaves_a_clean_ledger(stack: LocalStack) -> None:
@@ -57,3 +61,33 @@ def test_the_demo_prints_each_step_for_a_person(stack: LocalStack) -> None:
     ):
         assert step in ran.stdout
     assert "Ledger audit: clean" in ran.stdout and f"SUPABASE_URL={stack.api_url}" in ran.stdout
+
+
+def test_a_stack_built_from_older_migrations_is_told_to_reset(
+    stack: LocalStack, db: psycopg.Connection[TupleRow]
+) -> None:
+    version = "20261127000400"
+    (checksum,) = db.execute(
+        "select checksum from supabase_migrations.mycelium_checksums where version = %s", (version,)
+    ).fetchone() or (None,)
+    assert checksum, "the session stack records a checksum for every migration it pushed"
+    db.execute(
+        "update supabase_migrations.mycelium_checksums set checksum = 'an earlier file' where version = %s",
+        (version,),
+    )
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "cli.main", "demo", "--dir", str(stack.directory)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        db.execute(
+            "update supabase_migrations.mycelium_checksums set checksum = %s where version = %s",
+            (checksum, version),
+        )
+    assert ran.returncode == EXIT_DRIFT, ran.stdout + ran.stderr
+    said = " ".join((ran.stdout + ran.stderr).split())
+    assert "20261127000400_ledger.sql" in said and "mycelium dev reset" in said
