@@ -14,14 +14,18 @@ from cli.dev.stack import LocalStack
 from cli.errors import EXIT_DRIFT
 
 
-def test_the_demo_tells_its_story_and_leaves_a_clean_ledger(stack: LocalStack) -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--dir", str(stack.directory), "--json"],
+def run_demo(stack: LocalStack, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--dir", str(stack.directory), *options],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_the_demo_tells_its_story_and_leaves_a_clean_ledger(stack: LocalStack) -> None:
+    ran = run_demo(stack, "--json")
     assert ran.returncode == 0, ran.stderr
     summary = json.loads(ran.stdout)
     by_name = {email.split("-")[0]: balance for email, balance in summary["balances"].items()}
@@ -41,13 +45,7 @@ def test_the_demo_tells_its_story_and_leaves_a_clean_ledger(stack: LocalStack) -
 
 
 def test_the_demo_prints_each_step_for_a_person(stack: LocalStack) -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--dir", str(stack.directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    ran = run_demo(stack)
     assert ran.returncode == 0, ran.stderr
     for step in (
         "1. The admin sets the credit configuration",
@@ -76,13 +74,7 @@ def test_a_stack_built_from_older_migrations_is_told_to_reset(
         (version,),
     )
     try:
-        ran = subprocess.run(
-            [sys.executable, "-m", "cli.main", "demo", "--dir", str(stack.directory)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        ran = run_demo(stack)
     finally:
         db.execute(
             "update supabase_migrations.mycelium_checksums set checksum = %s where version = %s",
