@@ -31,7 +31,7 @@ class Row(BaseModel):
 
 
 class TransactionKind(StrEnum):
-    """What a movement was, seen from one account."""
+    """What a movement was, seen from one account: the database's `credit_entry_kind`."""
 
     PURCHASE = "purchase"
     GRANT = "grant"
@@ -41,14 +41,13 @@ class TransactionKind(StrEnum):
     LEGACY_MIGRATION = "legacy_migration"
     ORDER_HOLD = "order_hold"
     ORDER_RELEASE = "order_release"
-    ORDER_PAYMENT = "order_payment"
     PROVIDER_EARNING = "provider_earning"
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
 
 
 class MovementKind(StrEnum):
-    """What a movement in the ledger was."""
+    """What a movement in the ledger was: the database's `credit_transfer_kind`."""
 
     PURCHASE = "purchase"
     GRANT = "grant"
@@ -57,8 +56,8 @@ class MovementKind(StrEnum):
     LEGACY_MIGRATION = "legacy_migration"
     ORDER_HOLD = "order_hold"
     ORDER_RELEASE = "order_release"
-    ORDER_PAYMENT = "order_payment"
     PROVIDER_EARNING = "provider_earning"
+    PLATFORM_FEE = "platform_fee"
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
 
