@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -156,8 +157,10 @@ def port_in_use(port: int) -> bool:
 
 
 def free_port_base(span: int = 5, start: int = 42000) -> int:
-    """A port base whose next `span` ports are all free on 127.0.0.1."""
-    probe = start
+    """A port base whose next `span` ports are all free on 127.0.0.1. Probing begins a random
+    number of steps above `start`: nothing holds the ports between this probe and the servers
+    binding them, so runs starting together (parallel CI jobs) must not probe in step."""
+    probe = start + span * 7 * random.randrange(64)
     while probe < 64000:
         if not any(port_in_use(probe + offset) for offset in range(1, span)):
             return probe
