@@ -80,6 +80,37 @@ begin
 end;
 $$;
 
+-- ---------------------------------------------------------------------------------------
+-- Exact division of amounts. PostgreSQL's numeric division keeps about 16 significant digits
+-- (more only where an operand has more decimals), so trunc(a / b, 6) and round(a / b, 6) go
+-- wrong on large amounts: 1e14 / 0.6 gives 166666666666666.6667, which trunc(_, 6) leaves as it
+-- is. These divide whole numbers (div and mod are exact) and cut or round once, like trunc()
+-- and round() (half away from zero), to p_scale decimals. SQL without a SET clause, so that they
+-- are inlined; they name nothing outside pg_catalog.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.divide_truncated(a numeric, b numeric, p_scale integer)
+returns numeric
+language sql
+immutable
+parallel safe
+as $$
+  select trunc(div(a * 10::numeric ^ p_scale, b) * 10::numeric ^ (-p_scale), p_scale)
+$$;
+
+create or replace function mycelium_private.divide_rounded(a numeric, b numeric, p_scale integer)
+returns numeric
+language sql
+immutable
+parallel safe
+as $$
+  select round(sign(a) * sign(b) * 10::numeric ^ (-p_scale) * (
+    div(abs(a) * 10::numeric ^ p_scale, abs(b))
+    + case when 2 * mod(abs(a) * 10::numeric ^ p_scale, abs(b)) >= abs(b) then 1 else 0 end), p_scale)
+$$;
+-- Arithmetic only: the marketplace's security invoker views (each order item's share of a fee)
+-- call it as the reader.
+grant execute on function mycelium_private.divide_rounded(numeric, numeric, integer) to authenticated, service_role;
+
 -- Text arguments: required or optional, trimmed, bounded.
 create or replace function mycelium_private.check_text(value text, what text, max_length integer, required boolean default false)
 returns text

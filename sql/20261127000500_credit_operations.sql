@@ -172,7 +172,7 @@ begin
   end if;
 
   select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
-  v_credits := trim_scale(trunc(v_usd / v_rate, 6) + coalesce(v_package.bonus_credits, 0));
+  v_credits := trim_scale(mycelium_private.divide_truncated(v_usd, v_rate, 6) + coalesce(v_package.bonus_credits, 0));
   if v_credits <= 0 then
     perform mycelium_private.fail('invalid_amount', 'usd_amount buys less than 0.000001 credits');
   elsif v_credits >= 1e15 then

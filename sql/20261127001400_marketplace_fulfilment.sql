@@ -77,7 +77,8 @@ begin
   if v_order.status <> 'pending' then
     perform mycelium_private.refuse_transition(v_order, 'fulfilled');
   end if;
-  v_fee := round(v_order.total * v_order.fee_percent / 100, 6);
+  -- Times 0.01, not divided by 100: numeric multiplication is exact, division is not.
+  v_fee := round(v_order.total * v_order.fee_percent * 0.01, 6);
   v_earning := v_order.total - v_fee;
 
   -- Everything but the accounts first: a popular provider's account is locked by every capture
@@ -266,7 +267,7 @@ begin
 
   v_refunded := v_order.refunded_amount + v_amount;
   v_fee_refunded := case when v_refunded = v_order.total then v_order.fee_amount
-                         else round(v_refunded * v_order.fee_amount / v_order.total, 6) end;
+                         else mycelium_private.divide_rounded(v_refunded * v_order.fee_amount, v_order.total, 6) end;
   v_platform := v_fee_refunded - v_order.fee_refunded;
   v_provider := v_amount - v_platform;
   v_to := case when v_refunded = v_order.total then 'refunded' else 'partially_refunded' end;

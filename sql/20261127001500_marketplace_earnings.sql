@@ -35,9 +35,9 @@ comment on view public.provider_earnings_monthly is 'Your earnings as a provider
 create view public.order_item_shares with (security_invoker = true) as
 select i.order_id, i.product_id, i.product_name, i.category, i.quantity, i.line_total,
        o.buyer_id, o.provider_id, o.fulfilled_at,
-       round(i.line_total * o.fee_amount / o.total, 6) as fee,
-       round(i.line_total * o.refunded_amount / o.total, 6) as refunded,
-       round(i.line_total * o.fee_refunded / o.total, 6) as fee_refunded
+       mycelium_private.divide_rounded(i.line_total * o.fee_amount, o.total, 6) as fee,
+       mycelium_private.divide_rounded(i.line_total * o.refunded_amount, o.total, 6) as refunded,
+       mycelium_private.divide_rounded(i.line_total * o.fee_refunded, o.total, 6) as fee_refunded
 from public.order_items i join public.orders o on o.id = i.order_id
 where o.fulfilled_at is not null;
 comment on view public.order_item_shares is 'Items of captured orders you may see, with their share of the fee and of refunds.';

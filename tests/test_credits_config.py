@@ -82,3 +82,22 @@ def test_bad_config_is_rejected(service_api: Api, args: dict[str, str]) -> None:
     reply = service_api.rpc("set_credit_config", **args)
     assert reply.status_code == 400, reply.text
     assert body(reply)["code"] in ("invalid_amount", "invalid_argument")
+
+
+def test_large_purchases_convert_exactly_truncated_to_six_decimals(
+    service_api: Api, make_user: MakeUser, restore_config: None
+) -> None:
+    # numeric division keeps about 16 significant digits: 1e14 / 0.6 came out as ...666.6667,
+    # more credits than were paid for.
+    user = make_user()
+    assert service_api.rpc("set_credit_config", tfc_to_usd_rate="0.6").status_code == 200
+    bought = body(
+        service_api.rpc(
+            "purchase_credits",
+            user_id=user.id,
+            usd_amount="100000000000000",
+            payment_reference=f"c-{uuid.uuid4()}",
+        )
+    )
+    assert bought["amount"] == Decimal("166666666666666.666666")
+    assert bought["balance_after"] == Decimal("166666666666666.666666")
