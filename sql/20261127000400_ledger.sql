@@ -16,7 +16,8 @@
 -- equals the sum of `held`, which audit_ledger() checks. `refund` moves credits back to a buyer
 -- from the provider and from platform_revenue.
 --
--- Lots: credits with an expiry (from a grant or a purchase) each form a lot (public.credit_lots);
+-- Lots: credits with an expiry (from a grant or a purchase) each form a lot (public.credit_lots),
+-- and keep it when they move to another user (a transfer, a refund: the recipient gets lots);
 -- the account's `expiring` column is what its lots still hold, and the rest of its balance,
 -- `balance - expiring`, is its one lot of non-expiring credits. So an account's balance is always
 -- the sum of its lots, and a movement of non-expiring credits (almost every one) writes only the
@@ -181,6 +182,7 @@ alter table mycelium_private.transfers enable row level security;
 
 revoke all on public.credit_accounts, public.credit_transactions, public.credit_lots
   from anon, authenticated, service_role;
+revoke all on sequence public.credit_transactions_id_seq, public.credit_lots_id_seq from anon, authenticated, service_role;
 grant select on public.credit_accounts, public.credit_transactions, public.credit_lots
   to authenticated, service_role;
 
@@ -271,12 +273,17 @@ $$;
 -- Take up to `p_amount` from the unexpired lots of a locked account, soonest expiry first; never
 -- from an expired lot. Returns what the lots gave; the caller takes the rest from the account's
 -- non-expiring credits and lowers `expiring` by what the lots gave.
--- With `p_hold_order` (an order's hold), what each expiry date gave is remembered in
--- mycelium_private.order_hold_lots (marketplace orders migration): releasing the hold gives the
--- credits back with the expiry they had, so cancelling an order cannot turn expiring credits into
--- non-expiring ones.
+-- Credits keep their expiry wherever they go, so that no movement turns expiring credits into
+-- non-expiring ones:
+-- - with `p_hold_order` (an order's hold), what each expiry date gave is remembered in
+--   mycelium_private.order_hold_lots (marketplace orders migration): releasing the hold gives the
+--   credits back with the expiry they had;
+-- - with `p_pass_to` (a transfer to that user), each part taken becomes a lot of the recipient
+--   with the same expires_at, from transfer `p_transfer`; the caller raises the recipient's
+--   `expiring` by what the lots gave once the recipient's balance holds it.
 create or replace function mycelium_private.spend_expiring_lots(
-  p_user uuid, p_amount numeric, p_hold_order uuid default null)
+  p_user uuid, p_amount numeric, p_hold_order uuid default null, p_pass_to uuid default null,
+  p_transfer uuid default null)
 returns numeric
 language plpgsql
 set search_path = ''
@@ -298,6 +305,10 @@ begin
       values (p_hold_order, lot.expires_at, taken)
       on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
     end if;
+    if p_pass_to is not null then
+      insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
+      values (p_pass_to, taken, taken, lot.expires_at, p_transfer);
+    end if;
     left_to_take := left_to_take - taken;
     exit when left_to_take = 0;
   end loop;
@@ -307,10 +318,13 @@ $$;
 
 -- Take `p_amount` from a user's balance: from unexpired lots first, soonest expiry first, then
 -- from the non-expiring credits; never from an expired lot. With `p_hold_order` the amount goes
--- to `held` (an order's hold). The UPDATE is what locks the account (callers order their account
--- updates by user_id). Returns the new balance; fails with insufficient_credits or not_found.
-create or replace function mycelium_private.debit_user(p_user uuid, p_amount numeric, p_hold_order uuid default null)
-returns numeric
+-- to `held` (an order's hold); with `p_pass_to` what the lots gave becomes lots of that user
+-- (spend_expiring_lots). The UPDATE is what locks the account (callers order their account
+-- updates by user_id). Returns the new balance and what the expiring lots gave (`from_lots`);
+-- fails with insufficient_credits or not_found.
+create or replace function mycelium_private.debit_user(
+  p_user uuid, p_amount numeric, p_hold_order uuid default null, p_pass_to uuid default null,
+  p_transfer uuid default null, out balance numeric, out from_lots numeric)
 language plpgsql
 set search_path = ''
 as $$
@@ -318,15 +332,14 @@ declare
   v_held numeric := case when p_hold_order is null then 0 else p_amount end;
   v_account public.credit_accounts;
   v_available numeric;
-  v_from_lots numeric := 0;
-  v_balance numeric;
 begin
+  from_lots := 0;
   -- Most accounts hold no expiring credits: one UPDATE takes the amount and locks the account.
   update public.credit_accounts a set balance = a.balance - p_amount, held = a.held + v_held, updated_at = now()
   where a.user_id = p_user and a.expiring = 0 and a.balance >= p_amount
-  returning a.balance into v_balance;
+  returning a.balance into debit_user.balance;
   if found then
-    return v_balance;
+    return;
   end if;
 
   select * into v_account from public.credit_accounts a where a.user_id = p_user for no key update;
@@ -339,19 +352,21 @@ begin
       format('insufficient credits: %s available, %s needed', v_available, p_amount), 409);
   end if;
   if v_account.expiring > 0 then
-    v_from_lots := mycelium_private.spend_expiring_lots(p_user, p_amount, p_hold_order);
+    from_lots := mycelium_private.spend_expiring_lots(p_user, p_amount, p_hold_order, p_pass_to, p_transfer);
   end if;
   update public.credit_accounts a
-  set balance = a.balance - p_amount, expiring = a.expiring - v_from_lots, held = a.held + v_held, updated_at = now()
+  set balance = a.balance - p_amount, expiring = a.expiring - from_lots, held = a.held + v_held, updated_at = now()
   where a.user_id = p_user
-  returning a.balance into v_balance;
-  return v_balance;
+  returning a.balance into debit_user.balance;
 end;
 $$;
 
--- Add `amount` to a user account: non-expiring, or as a new lot expiring at `p_expires_at`. The
--- UPDATE of the balance locks the account; no account: unknown_recipient. Returns the new balance.
-create or replace function mycelium_private.credit_user(p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
+-- Add `amount` to a user account: non-expiring, or as a new lot expiring at `p_expires_at`; of
+-- non-expiring credits, `p_from_lots` arrive in lots the sender's debit already made
+-- (debit_user's p_pass_to). The UPDATE of the balance locks the account; no account:
+-- unknown_recipient. Returns the new balance.
+create or replace function mycelium_private.credit_user(
+  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric default 0)
 returns numeric
 language plpgsql
 set search_path = ''
@@ -361,7 +376,7 @@ declare
 begin
   update public.credit_accounts a
   set balance = a.balance + p_amount,
-      expiring = a.expiring + case when p_expires_at is null then 0 else p_amount end,
+      expiring = a.expiring + case when p_expires_at is null then p_from_lots else p_amount end,
       updated_at = now()
   where a.user_id = p_user
   returning a.balance into new_balance;

@@ -241,7 +241,7 @@ declare
   v_existing mycelium_private.transfers;
   v_transfer uuid;
   v_created timestamptz;
-  v_sender_balance numeric;
+  v_debit record;
   v_recipient_balance numeric;
 begin
   if p_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
@@ -281,22 +281,28 @@ begin
   end if;
 
   -- Update (lock) the two accounts in ascending user_id order: no deadlock between opposite
-  -- transfers. A missing recipient account fails the whole transfer. Transferred credits never
-  -- expire: the recipient's side is one UPDATE of its account row.
+  -- transfers. A missing recipient account fails the whole transfer. Credits keep their expiry:
+  -- what the sender's expiring lots give becomes lots of the recipient with the same expires_at
+  -- (debit_user's p_pass_to), so a transfer never makes expiring credits permanent. Most senders
+  -- have none, and then the recipient's side is one UPDATE of its account row.
   if p_sender < p_recipient then
-    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
-  end if;
-  v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
-  if p_sender > p_recipient then
-    v_sender_balance := mycelium_private.debit_user(p_sender, v_amount);
+    v_debit := mycelium_private.debit_user(p_sender, v_amount, null, p_recipient, v_transfer);
+    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer, v_debit.from_lots);
+  else
+    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
+    v_debit := mycelium_private.debit_user(p_sender, v_amount, null, p_recipient, v_transfer);
+    if v_debit.from_lots > 0 then
+      -- The recipient's balance already holds the amount: its lots can now count as expiring.
+      update public.credit_accounts a set expiring = a.expiring + v_debit.from_lots where a.user_id = p_recipient;
+    end if;
   end if;
 
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values
-    (v_transfer, p_sender, -v_amount, 'transfer_out', v_sender_balance, p_recipient, v_memo, v_key),
+    (v_transfer, p_sender, -v_amount, 'transfer_out', v_debit.balance, p_recipient, v_memo, v_key),
     (v_transfer, p_recipient, v_amount, 'transfer_in', v_recipient_balance, p_sender, v_memo, null);
   return mycelium_private.movement_object(v_transfer, 'transfer', v_amount, p_sender, p_recipient, null, null,
-    v_memo, v_key, null, v_created, v_sender_balance);
+    v_memo, v_key, null, v_created, v_debit.balance);
 end;
 $$;
 

@@ -129,6 +129,8 @@ alter table public.order_status_history enable row level security;
 alter table public.order_refunds enable row level security;
 revoke all on public.orders, public.order_items, public.order_status_history, public.order_refunds
   from anon, authenticated, service_role;
+revoke all on sequence public.order_items_id_seq, public.order_status_history_id_seq
+  from anon, authenticated, service_role;
 grant select on public.orders, public.order_items, public.order_status_history, public.order_refunds
   to authenticated, service_role;
 
@@ -400,7 +402,7 @@ begin
 
   -- The hold: the buyer's balance down and held up (the account lock), credits taken from
   -- expiring lots first and remembered per expiry, the rest from the non-expiring credits.
-  v_balance := mycelium_private.debit_user(v_buyer, v_total, v_order);
+  v_balance := (mycelium_private.debit_user(v_buyer, v_total, v_order)).balance;
   insert into mycelium_private.transfers (kind, from_user, to_system, amount, reference, initiated_by, initiated_role)
   values ('order_hold', v_buyer, 'holds', v_total, v_order::text, v_buyer, 'authenticated')
   returning id into v_transfer;

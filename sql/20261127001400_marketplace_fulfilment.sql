@@ -12,7 +12,9 @@
 -- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
 -- amount (the last refund takes exactly what is left of the fee), the provider's part is the
 -- rest: every part has 6 decimals, the parts sum exactly to each refund and, refund after refund,
--- to exactly what was paid. Refunded credits do not expire.
+-- to exactly what was paid. The platform's part does not expire; the provider's part is debited
+-- like any spending (their expiring lots first), and what those lots give reaches the buyer as
+-- lots with the same expiry. A provider's earnings themselves never expire.
 
 -- Give back an order's hold in full; the order is locked by the caller.
 create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
@@ -236,6 +238,7 @@ declare
   v_provider numeric;
   v_to text;
   v_transfer uuid;
+  v_debit record;
   v_balance numeric;
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service()) then
@@ -281,10 +284,11 @@ begin
     values ('refund', v_order.provider_id, v_order.buyer_id, v_provider, v_reason, v_order.id::text,
             auth.uid(), coalesce(auth.role(), session_user::text))
     returning id into v_transfer;
-    v_balance := mycelium_private.debit_user(v_order.provider_id, v_provider);
+    -- As in a transfer, what the provider's expiring lots give reaches the buyer as lots.
+    v_debit := mycelium_private.debit_user(v_order.provider_id, v_provider, null, v_order.buyer_id, v_transfer);
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
-    values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_balance, v_order.buyer_id, v_reason, v_order.id::text);
-    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer);
+    values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_debit.balance, v_order.buyer_id, v_reason, v_order.id::text);
+    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer, v_debit.from_lots);
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
     values (v_transfer, v_order.buyer_id, v_provider, 'refund', v_balance, v_order.provider_id, v_reason, v_order.id::text);
   end if;

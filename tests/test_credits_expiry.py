@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
+import pytest
 from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
@@ -96,6 +97,45 @@ def test_soonest_expiry_first_and_partial_sweep(
     )
     assert service_api.rpc("expire_credits").status_code == 200
     assert balance(user) == D("4") and lots(user) == (D("0"), [D(4), D(0), D(0)])  # in grant order
+    assert body(service_api.rpc("audit_ledger")) == []
+
+
+@pytest.mark.parametrize("sender_locks_first", [True, False], ids=["sender-first", "recipient-first"])
+def test_transferred_credits_keep_their_expiry(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow], sender_locks_first: bool
+) -> None:
+    # Accounts are locked in user_id order, and the transfer is written in that order: both orders.
+    low, high = sorted((make_user(), make_user()), key=lambda user: uuid.UUID(user.id))
+    sender, recipient = (low, high) if sender_locks_first else (high, low)
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    grant = service_api.rpc(
+        "grant_credits", user_id=sender.id, amount="10", reason="promo", expires_at=expires.isoformat()
+    )
+    assert grant.status_code == 200, grant.text
+    bought = service_api.rpc(
+        "purchase_credits", user_id=sender.id, usd_amount="5", payment_reference=f"e-{uuid.uuid4()}"
+    )
+    assert bought.status_code == 200, bought.text
+
+    sent = sender.api.rpc("transfer_credits", recipient=recipient.id, amount="12")
+    assert sent.status_code == 200, sent.text
+    # The 10 expiring credits go first and stay expiring; 2 of the 5 bought ones follow.
+    assert lots(sender) == (D("3"), [D("0")])
+    assert lots(recipient) == (D("2"), [D("10")])
+    passed = body(recipient.api.get("/credit_lots"))[0]
+    assert datetime.fromisoformat(passed["expires_at"]) == expires
+    assert passed["source_transfer_id"] == body(sent)["transfer_id"]
+    entry = body(recipient.api.get("/credit_transactions"))[0]
+    assert (entry["kind"], entry["balance_after"]) == ("transfer_in", D("12"))
+    assert body(service_api.rpc("audit_ledger")) == []
+
+    # They expire with the recipient as they would have with the sender.
+    db.execute(
+        "update public.credit_lots set expires_at = now() - interval '1 minute' where user_id = %s",
+        (recipient.id,),
+    )
+    assert service_api.rpc("expire_credits").status_code == 200
+    assert balance(recipient) == D("2") and lots(recipient) == (D("2"), [D("0")])
     assert body(service_api.rpc("audit_ledger")) == []
 
 
