@@ -21,7 +21,7 @@ import httpx
 from pydantic import BaseModel
 
 from mycelium_client.amounts import dumps, loads
-from mycelium_client.errors import ServiceUnavailable, from_body
+from mycelium_client.errors import InvalidArgument, ServiceUnavailable, from_body
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -97,9 +97,32 @@ def newest_first_after(created_at: datetime, row_id: object) -> dict[str, str]:
     }
 
 
+# PostgREST returns at most db-max-rows rows a request (1000 here and on Supabase) and says
+# nothing of the rows it left out: a longer page would come back short and read as the last one.
+MAX_PAGE_SIZE = 1000
+
+
+def _checked(page_size: int) -> int:
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            f"page_size must be between 1 and {MAX_PAGE_SIZE} (PostgREST's max-rows), not {page_size!r}",
+            reason="invalid_argument",
+        )
+    return page_size
+
+
 def pages(fetch: Callable[[T | None], list[T]], page_size: int) -> Iterator[T]:
     """The rows of page after page, each page fetched (after the last row of the previous one)
-    only when the caller has iterated that far."""
+    only when the caller has iterated that far. A bad `page_size` is refused here and now."""
+    return _sync_pages(fetch, _checked(page_size))
+
+
+def async_pages(fetch: Callable[[T | None], Awaitable[list[T]]], page_size: int) -> AsyncIterator[T]:
+    """The async twin of `pages`."""
+    return _async_pages(fetch, _checked(page_size))
+
+
+def _sync_pages(fetch: Callable[[T | None], list[T]], page_size: int) -> Iterator[T]:
     last: T | None = None
     while True:
         page = fetch(last)
@@ -109,8 +132,7 @@ def pages(fetch: Callable[[T | None], list[T]], page_size: int) -> Iterator[T]:
         last = page[-1]
 
 
-async def async_pages(fetch: Callable[[T | None], Awaitable[list[T]]], page_size: int) -> AsyncIterator[T]:
-    """The async twin of `pages`."""
+async def _async_pages(fetch: Callable[[T | None], Awaitable[list[T]]], page_size: int) -> AsyncIterator[T]:
     last: T | None = None
     while True:
         page = await fetch(last)

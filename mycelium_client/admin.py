@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 
 from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
-from mycelium_client.amounts import AmountLike, amount, to_decimal
+from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
 from mycelium_client.models import (
@@ -142,7 +142,7 @@ def set_currency_call(
         DisplayCurrency.model_validate,
         safe=True,
         code=code,
-        usd_per_unit=amount(usd_per_unit, "usd_per_unit"),
+        usd_per_unit=rate(usd_per_unit, "usd_per_unit"),
         symbol=symbol,
         name=name,
         decimals=decimals,

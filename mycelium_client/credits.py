@@ -21,7 +21,7 @@ from mycelium_client._http import (
 )
 from mycelium_client._identity import Identity, Project
 from mycelium_client._realtime import BalanceChannel, WatchSettings
-from mycelium_client.amounts import AmountLike, amount, to_decimal
+from mycelium_client.amounts import AmountLike, amount, exact_product, fraction_digits, to_decimal
 from mycelium_client.models import (
     Balance,
     CreditConfig,
@@ -89,13 +89,13 @@ def new_idempotency_key() -> str:
 def format_amount(value: AmountLike, config: CreditConfig) -> str:
     """`1,250.50 TFC`: thousands separators, at least 2 and at most 6 fractional digits."""
     number = to_decimal(value)
-    digits = min(max(2, -int(number.normalize().as_tuple().exponent)), 6)
+    digits = min(max(2, fraction_digits(number)), 6)
     return f"{number:,.{digits}f} {config.symbol}"
 
 
 def usd(value: AmountLike, config: CreditConfig) -> Decimal:
     """An amount of credits in USD at the configured rate, exact (for display)."""
-    return to_decimal(value) * config.usd_rate
+    return exact_product(to_decimal(value), config.usd_rate)
 
 
 class _Display:

@@ -53,8 +53,15 @@ class BalanceFeed:
     def start(self) -> Self:
         """Connect and LISTEN: changes committed from now on are delivered."""
         if self._conn is None:
-            self._conn = psycopg.connect(self._db_url, autocommit=True)
-            self._conn.execute(REGISTER.encode(), prepare=False)
+            # Kept only once registered: a failed start leaves no connection, and the next one
+            # tries again rather than waiting on a channel nothing will notify.
+            conn = psycopg.connect(self._db_url, autocommit=True)
+            try:
+                conn.execute(REGISTER.encode(), prepare=False)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self
 
     def changes(self, timeout: float | None = None) -> Iterator[BalanceChange]:
@@ -99,8 +106,13 @@ class AsyncBalanceFeed:
 
     async def start(self) -> Self:
         if self._conn is None:
-            self._conn = await psycopg.AsyncConnection.connect(self._db_url, autocommit=True)
-            await self._conn.execute(REGISTER.encode(), prepare=False)
+            conn = await psycopg.AsyncConnection.connect(self._db_url, autocommit=True)
+            try:
+                await conn.execute(REGISTER.encode(), prepare=False)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self
 
     async def changes(self, timeout: float | None = None) -> AsyncIterator[BalanceChange]:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from mycelium_client import Conflict, MovementKind, NotAuthorized, RoleName, TransactionKind
+from mycelium_client import Conflict, InvalidAmount, MovementKind, NotAuthorized, RoleName, TransactionKind
 from tests.client.conftest import MakeAccount, Target
 
 
@@ -52,6 +52,22 @@ def test_credit_config_changes_and_comes_back(target: Target) -> None:
         assert fresh.format("1000") == "1,000.00 cr" and fresh.to_usd(8) == 2
     finally:
         admin.set_credit_config(usd_rate=before.usd_rate, symbol=before.symbol)
+
+
+def test_display_currencies_take_rates_as_fine_as_the_sql_does(target: Target) -> None:
+    admin = target.service().admin
+    code = "R" + uuid.uuid4().hex[:6].upper()
+    try:
+        rupiah = admin.set_display_currency(code, "0.0000616", symbol="Rp", decimals=0)
+        assert rupiah.usd_per_unit == Decimal("0.0000616")
+        for rate in ("0.000000000001", "999999999.999999999999"):  # the SQL's bounds
+            assert admin.set_display_currency(code, rate).usd_per_unit == Decimal(rate)
+        for rate in ("0.0000000000001", "1000000000"):
+            with pytest.raises(InvalidAmount) as raised:
+                admin.set_display_currency(code, rate)
+            assert raised.value.reason == "invalid_amount" and raised.value.status == 0  # never sent
+    finally:
+        admin.remove_display_currency(code)
 
 
 def test_roles(target: Target, account: MakeAccount) -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from mycelium_client import BalanceSource
 from mycelium_client.feeds import CHANNEL, AsyncBalanceFeed, BalanceFeed
@@ -62,3 +68,63 @@ def test_a_feed_that_died_without_leaving_is_forgotten(target: Target) -> None:
             "select backend_pid from mycelium_private.balance_feed_listeners"
         ).fetchall()
         assert (pid,) not in registered
+
+
+@pytest.fixture
+def unprivileged_db_url(target: Target) -> Iterator[str]:
+    """A database login that may LISTEN but not register a feed (no mycelium_private)."""
+    role, password = f"feed_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with target.connect() as conn:
+        conn.execute(
+            sql.SQL("create role {} login password {}").format(sql.Identifier(role), sql.Literal(password))
+        )
+    try:
+        yield make_conninfo(target.db_url, user=role, password=password)
+    finally:
+        with target.connect() as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+def test_a_feed_that_cannot_register_closes_its_connection(
+    unprivileged_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[psycopg.Connection[Any]] = []
+    connect = psycopg.connect
+
+    def recorded(*args: Any, **kwargs: Any) -> psycopg.Connection[Any]:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(psycopg, "connect", recorded)
+    feed = BalanceFeed(unprivileged_db_url)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        feed.start()
+    # Not taken for registered: trying again fails again, instead of waiting for what never comes.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        list(feed.changes(timeout=0.1))
+    assert len(opened) == 2 and all(conn.closed for conn in opened)
+    feed.close()
+
+
+def test_an_async_feed_that_cannot_register_closes_its_connection(
+    unprivileged_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[psycopg.AsyncConnection[Any]] = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def recorded(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        opened.append(await connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", recorded)
+
+    async def scenario() -> None:
+        feed = AsyncBalanceFeed(unprivileged_db_url)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await feed.start()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            [change async for change in feed.changes(timeout=0.1)]
+        await feed.close()
+
+    asyncio.run(scenario())
+    assert len(opened) == 2 and all(conn.closed for conn in opened)

@@ -97,6 +97,29 @@ def test_search_pages_by_keyset_and_resumes_after_a_hit(target: Target, account:
     assert [hit.id for hit in newest] == [product.id for product in reversed(made)]
 
 
+def test_fractional_attributes_stay_numbers_through_a_read_and_an_update(
+    target: Target, account: MakeAccount
+) -> None:
+    provider, marker = farmer(account), uuid.uuid4().hex
+    product = listed(provider, "2.5", name=f"fractional {marker}", attributes={"memory_gb": Decimal("7.5")})
+    cheaper = listed(provider, "2.25", name=f"fractional {marker}", attributes={"memory_gb": 2})
+    market = provider.client.marketplace
+    read = market.product(product.id)
+    assert read.attributes == {"memory_gb": Decimal("7.5")}
+    market.update_product(product.id, attributes={**read.attributes, "cpu": 4})
+    anyone = target.client().marketplace
+
+    def found(**filters: object) -> list[uuid.UUID]:
+        return [hit.id for hit in anyone.search(marker, **filters)]  # type: ignore[arg-type]
+
+    assert found(min_attributes={"memory_gb": 4}) == [product.id]
+    assert found(min_attributes={"memory_gb": Decimal("7.5"), "cpu": 4}) == [product.id]
+    assert found(min_attributes={"memory_gb": Decimal("7.500001")}) == []
+    assert found(attributes={"memory_gb": Decimal("7.50")}) == [product.id]
+    # The cursor carries a fractional price back as a number.
+    assert found(sort="price_asc", page_size=1) == [cheaper.id, product.id]
+
+
 def test_prices_in_every_display_currency(target: Target, account: MakeAccount) -> None:
     product = listed(farmer(account), "12.345678")
     market = target.client().marketplace

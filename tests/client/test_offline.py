@@ -3,6 +3,8 @@ display. No server: a transport that fails the test if anything is sent."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from datetime import timedelta
 from decimal import Decimal
@@ -11,8 +13,10 @@ import httpx
 import pytest
 
 from mycelium_client import (
+    AsyncMyceliumClient,
     ConfigurationError,
     Conflict,
+    CreditConfig,
     HoldRelease,
     InsufficientCredits,
     InvalidAmount,
@@ -23,7 +27,8 @@ from mycelium_client import (
     ServiceUnavailable,
     Transaction,
 )
-from mycelium_client.amounts import amount, dumps, loads
+from mycelium_client.amounts import amount, dumps, loads, rate
+from mycelium_client.credits import format_amount, usd
 from mycelium_client.errors import from_body
 
 USER = "6f9619ff-8b86-d011-b42d-00cf4fc964ff"
@@ -33,19 +38,35 @@ def never(request: httpx.Request) -> httpx.Response:
     raise AssertionError(f"nothing should be sent, but {request.method} {request.url} was")
 
 
+def offline_token() -> str:
+    return "x." + base64.urlsafe_b64encode(json.dumps({"sub": USER}).encode()).decode() + ".y"
+
+
 @pytest.fixture
 def offline() -> MyceliumClient:
-    token = "x." + __import__("base64").urlsafe_b64encode(json.dumps({"sub": USER}).encode()).decode() + ".y"
     return MyceliumClient(
         "http://127.0.0.1:9",
         "anon",
-        access_token=token,
+        access_token=offline_token(),
         http_client=httpx.Client(transport=httpx.MockTransport(never)),
     )
 
 
 @pytest.mark.parametrize(
-    "bad", [1.5, float("nan"), "NaN", "Infinity", "-1", "0", "1.0000001", "1e15", "abc", True]
+    "bad",
+    [
+        1.5,
+        float("nan"),
+        "NaN",
+        "Infinity",
+        "-1",
+        "0",
+        "1.0000001",
+        "1e15",
+        "abc",
+        True,
+        "1.0000000000000000000000000001",  # 29 digits: the default context would round it to 1
+    ],
 )
 def test_bad_amounts_are_refused_before_sending(offline: MyceliumClient, bad: object) -> None:
     with pytest.raises(InvalidAmount) as raised:
@@ -61,9 +82,95 @@ def test_a_float_is_refused_with_a_clear_message() -> None:
 def test_good_amounts_are_exact() -> None:
     assert amount("1250.500000") == Decimal("1250.5")
     assert amount(7) == 7 and amount(Decimal("0.000001")) == Decimal("0.000001")
-    assert json.loads(dumps({"amount": amount("999999999999999.999999")})) == {
-        "amount": "999999999999999.999999"
+    assert amount("1.000000000000000000000000000000000") == 1  # trailing zeros are no digits
+    assert dumps({"amount": amount("999999999999999.999999")}) == b'{"amount":999999999999999.999999}'
+
+
+def test_decimals_are_sent_as_the_json_numbers_they_are() -> None:
+    """Inside jsonb (product attributes, search filters, the search cursor) a string is not a
+    number: "7.5" >= 4 is false in a jsonpath. So every Decimal is a JSON number, digit for digit."""
+    body = {
+        "attributes": {"memory_gb": Decimal("7.5"), "tiny": Decimal("1E-7"), "cpu": 4, "gpu": True},
+        "min_attributes": {"x": Decimal("1.50")},
+        "after": {"price": Decimal("123456789012345.123456789012345678901234567890"), "id": USER},
+        "tags": ['naïve "quoted"', None, Decimal("-0.10")],
     }
+    sent = dumps(body)
+    assert sent == (
+        b'{"attributes":{"memory_gb":7.5,"tiny":1E-7,"cpu":4,"gpu":true},"min_attributes":{"x":1.50},'
+        b'"after":{"price":123456789012345.123456789012345678901234567890,'
+        b'"id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"},"tags":["na\\u00efve \\"quoted\\"",null,-0.10]}'
+    )
+    assert loads(sent) == body
+    product = b'{"attributes":{"memory_gb":7.5,"cpu":4,"location":"BE"},"price":2.500000}'
+    assert dumps(loads(product)) == product  # read, then written back: the same JSON
+
+
+@pytest.mark.parametrize("bad", [Decimal("NaN"), Decimal("-Infinity"), Decimal("sNaN"), 7.5])
+def test_what_json_cannot_hold_exactly_is_not_sent(bad: object) -> None:
+    with pytest.raises(InvalidAmount) as raised:
+        dumps({"attributes": {"memory_gb": bad}})
+    assert raised.value.reason == "invalid_amount"
+
+
+@pytest.mark.parametrize("page_size", [0, -1, 1001, 5000])
+def test_page_sizes_postgrest_would_cut_short_are_refused(offline: MyceliumClient, page_size: int) -> None:
+    """PostgREST returns at most db-max-rows (1000) rows: a longer page would come back short
+    and read as the last one."""
+    for history in (offline.credits.history, offline.orders.history):
+        with pytest.raises(InvalidArgument, match="between 1 and 1000") as raised:
+            history(page_size=page_size)
+        assert raised.value.reason == "invalid_argument"
+
+    async def async_history() -> None:
+        async with AsyncMyceliumClient(
+            "http://127.0.0.1:9",
+            "anon",
+            access_token=offline_token(),
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(never)),
+        ) as client:
+            for history in (client.credits.history, client.orders.history):
+                with pytest.raises(InvalidArgument, match="between 1 and 1000"):
+                    history(page_size=page_size)
+
+    asyncio.run(async_history())
+
+
+def test_the_largest_page_is_accepted(offline: MyceliumClient) -> None:
+    offline.credits.history(page_size=1000)  # lazy: nothing is fetched until iterated
+    offline.orders.history(page_size=1)
+
+
+def test_usd_is_exact_beyond_the_default_precision() -> None:
+    config = CreditConfig.model_validate(
+        {
+            "tfc_to_usd_rate": Decimal("0.123456789012"),
+            "credit_currency_code": "TFC",
+            "credit_display_name": "ThreeFold Credits",
+            "credit_symbol": "TFC",
+            "updated_at": "2026-01-01T00:00:00+00:00",
+        }
+    )
+    # 33 significant digits: the default context (28) would round away the last five.
+    assert usd("999999999999999.999999", config) == Decimal("123456789011999.999999876543210988")
+    assert format_amount("1250.5", config) == "1,250.50 TFC"
+    assert format_amount("0.1234567", config) == "0.123457 TFC"  # display only: at most 6 digits
+
+
+@pytest.mark.parametrize("value", ["0.000061600000", "0.000000000001", "999999999.999999999999", 5])
+def test_display_currency_rates_the_sql_accepts_pass(value: str | int) -> None:
+    assert rate(value, "usd_per_unit") == Decimal(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["0.0000000000001", "1e9", "1000000000", "0", "-0.5", "NaN", "Infinity", 0.5, "1e-13"]
+)
+def test_display_currency_rates_the_sql_refuses_are_refused_before_sending(
+    offline: MyceliumClient, value: object
+) -> None:
+    with pytest.raises(InvalidAmount) as raised:
+        offline.admin.set_display_currency("IDR", value)  # type: ignore[arg-type]
+    assert raised.value.reason == "invalid_amount"
 
 
 def test_json_is_read_without_float() -> None:
