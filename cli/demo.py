@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import psycopg
 import typer
@@ -27,14 +27,15 @@ from cli.common import DevDirOption, JsonOption, reported
 from cli.dev.stack import DEFAULT_DIR, LocalStack
 from cli.dev.users import create_user
 from cli.output import emit_json, progress, say, table
-from mycelium_client import BalanceChange, InsufficientCredits, MyceliumClient
+from mycelium_client import Balance, BalanceChange, InsufficientCredits, MyceliumClient
 from mycelium_client.feeds import BalanceFeed
 
 STARTER_PACKAGE = "Demo starter"  # 50 USD buys 50 credits plus a 5 credit bonus
 PROMOTION_SECONDS = 2  # how long the demo's promotional credits last before the expiry sweep
 # Before each line of the story: the watcher prints the changes just committed first.
 WATCHER_PAUSE_SECONDS = 0.05
-WATCHER_SETTLE_SECONDS = 0.3
+# How long the watcher may take to print the last changes, in flight when the story ends.
+WATCHER_CATCH_UP_SECONDS = 10
 Log = Callable[[str], None]
 
 
@@ -51,32 +52,62 @@ def plain(amount: Decimal) -> str:
     return f"{amount.normalize():f}"
 
 
+class AccountState(NamedTuple):
+    """What a change notification and a balance read agree on: the row after an update."""
+
+    balance: Decimal
+    held: Decimal
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, account: Balance | BalanceChange) -> AccountState:
+        return cls(account.balance, account.held, account.updated_at)
+
+
 class BalanceWatcher:
     """A dashboard's view: every committed balance change of the demo's users, printed as it
     arrives from the database feed (the local stack has no Realtime server)."""
 
     def __init__(self, db_url: str, people: list[Person], log: Log) -> None:
+        self.people = people
         self.names = {person.id: person.name for person in people}
         self.feed = BalanceFeed(db_url, user_ids=list(self.names))
         self.log = log
         self.changes: list[BalanceChange] = []
+        self.seen: dict[uuid.UUID, AccountState] = {}  # each person's account as last printed
+        self._printed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-balance-watcher", daemon=True)
 
     def start(self) -> None:
         self.feed.start()  # listening before the first movement: none is missed
+        # Read after listening: someone whose balance never moves has been seen as they are.
+        self.seen = {person.id: AccountState.of(person.client.credits.balance()) for person in self.people}
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             for change in self.feed.changes(timeout=0.1):
-                self.changes.append(change)
                 held = f", {plain(change.held)} held" if change.held else ""
                 name = self.names[change.user_id]
                 self.log(f"    [cyan]watcher:[/cyan] {name} has {plain(change.balance)}{held}")
+                with self._printed:
+                    self.changes.append(change)
+                    self.seen[change.user_id] = AccountState.of(change)
+                    self._printed.notify_all()
+
+    def catch_up(self, final: dict[uuid.UUID, Balance]) -> bool:
+        """Wait until the watcher has printed each person's `final` (committed) balance; False
+        when WATCHER_CATCH_UP_SECONDS pass first. The same balance may come back (Bob's 80.5
+        before and after his promotion): the update time tells the last change from earlier ones."""
+        wanted = {user: AccountState.of(balance) for user, balance in final.items()}
+        with self._printed:
+            return self._printed.wait_for(
+                lambda: all(self.seen.get(user) == state for user, state in wanted.items()),
+                timeout=WATCHER_CATCH_UP_SECONDS,
+            )
 
     def stop(self) -> None:
-        time.sleep(WATCHER_SETTLE_SECONDS)  # the last notifications are in flight
         self._stop.set()
         self._thread.join()
         self.feed.close()
@@ -143,10 +174,13 @@ def demo(
         log("[bold]3.[/bold] A dashboard starts watching their balances (the database feed).")
         try:
             _story(service, public, *people, run=run, log=log)
+            final = {person.id: person.client.credits.balance() for person in people}
+            if not watcher.catch_up(final):
+                progress(f"the watcher had not seen every final balance after {WATCHER_CATCH_UP_SECONDS} s")
         finally:
             watcher.stop()
 
-        balances = [(person, person.client.credits.balance().balance) for person in people]
+        balances = [(person, final[person.id].balance) for person in people]
         revenue = service.admin.credit_summary().platform_revenue
         findings = service.admin.audit_ledger()
         audit = "clean" if not findings else "; ".join(str(finding) for finding in findings)
@@ -154,6 +188,7 @@ def demo(
             "balances": {person.email: str(balance) for person, balance in balances},
             "platform_revenue": str(revenue),
             "watched_changes": len(watcher.changes),
+            "watched_balances": {person.email: str(watcher.seen[person.id].balance) for person in people},
             "ledger_audit": audit,
             "seconds": round(time.monotonic() - started, 1),
             "env": stack.env(),

@@ -46,6 +46,24 @@ def order_counts(http: httpx.Client, api: ApiSettings) -> dict[str, int]:
     return {row["status"]: row["orders"] for row in response.json()}
 
 
+def scrape_ok(read_everything: bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "mycelium_scrape_ok",
+        "1 when this scrape read every number from the project, 0 when a request failed "
+        "(the credit metrics are then left out).",
+        value=1 if read_everything else 0,
+    )
+
+
+def audit_ok(ledger_sound: bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "mycelium_ledger_audit_ok",
+        "1 when this scrape ran the ledger audit and every invariant holds; 0 when one is broken "
+        "or the audit could not run (mycelium_scrape_ok 0).",
+        value=1 if ledger_sound else 0,
+    )
+
+
 class CreditsCollector(Collector):
     def __init__(
         self, client: MyceliumClient, http: httpx.Client, api: ApiSettings, requests: Counter
@@ -62,7 +80,12 @@ class CreditsCollector(Collector):
             if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
                 self.requests.labels(status="error").inc()  # no response came back to count
             err.print(f"scrape failed: {error}")
+            yield scrape_ok(False)
+            # A ledger nobody could check is not known to be sound: 0, so that the alert on
+            # min(mycelium_ledger_audit_ok) < 1 fires rather than going quiet with the series.
+            yield audit_ok(False)
             return
+        yield scrape_ok(True)
         yield GaugeMetricFamily(
             "mycelium_credits_in_circulation",
             "Credits held by users (spendable and held for orders).",
@@ -86,11 +109,7 @@ class CreditsCollector(Collector):
         for status, count in orders.items():
             by_status.add_metric([status], count)
         yield by_status
-        yield GaugeMetricFamily(
-            "mycelium_ledger_audit_ok",
-            "1 when every ledger invariant holds, else 0.",
-            value=0 if findings else 1,
-        )
+        yield audit_ok(not findings)
 
 
 @dataclass

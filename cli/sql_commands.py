@@ -29,7 +29,8 @@ def push(
         bool, typer.Option("--dry-run", help="List what would be applied; apply nothing.")
     ] = False,
     lock_timeout: Annotated[
-        int, typer.Option(help="Seconds to wait for another push to finish.")
+        # At least 1: PostgreSQL would read 0 as "wait for ever" and refuse a negative timeout.
+        int, typer.Option(min=1, help="Seconds to wait for another push to finish.")
     ] = migrations.DEFAULT_LOCK_TIMEOUT_SECONDS,
     as_json: JsonOption = False,
 ) -> None:

@@ -99,12 +99,76 @@ def test_realtime_send_writes_a_broadcast_message(db: psycopg.Connection[TupleRo
     assert publication == (1,)
 
 
-def test_bootstrap_is_idempotent_and_refuses_a_real_supabase(
+def _sorted_acl(column: str) -> str:
+    return f"(select array_agg(a::text order by a::text) from unnest({column}) a)"
+
+
+# What the bootstrap sets up, as catalog rows without oids: roles and their attributes (not their
+# password hashes: setting the same password again salts it afresh), memberships and settings,
+# schemas, relations and functions with their owners and privileges, default privileges, the
+# database's privileges, extensions and publications. Privileges are sorted: the same grants in
+# another order are the same grants.
+FOOTPRINT = {
+    "roles": """
+        select rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication,
+               rolbypassrls, rolconnlimit, rolvaliduntil
+        from pg_roles order by rolname""",
+    "memberships": """
+        select r.rolname, m.rolname, a.admin_option from pg_auth_members a
+        join pg_roles r on r.oid = a.roleid join pg_roles m on m.oid = a.member order by 1, 2""",
+    "role_settings": """
+        select coalesce(d.datname, ''), coalesce(r.rolname, ''), s.setconfig from pg_db_role_setting s
+        left join pg_database d on d.oid = s.setdatabase left join pg_roles r on r.oid = s.setrole
+        order by 1, 2""",
+    "schemas": f"""
+        select nspname, pg_get_userbyid(nspowner), obj_description(oid, 'pg_namespace'),
+               {_sorted_acl("nspacl")}
+        from pg_namespace where nspname !~ '^pg_(toast|temp)' order by 1""",
+    "relations": f"""
+        select n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relrowsecurity,
+               c.relforcerowsecurity, {_sorted_acl("c.relacl")}
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp)'
+        order by 1, 2""",
+    "functions": f"""
+        select n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_userbyid(p.proowner),
+               p.prosecdef, p.proconfig, md5(p.prosrc),
+               {_sorted_acl("p.proacl")}
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname not in ('pg_catalog', 'information_schema') order by 1, 2, 3""",
+    "default_privileges": f"""
+        select pg_get_userbyid(d.defaclrole), coalesce(n.nspname, ''), d.defaclobjtype,
+               {_sorted_acl("d.defaclacl")}
+        from pg_default_acl d left join pg_namespace n on n.oid = d.defaclnamespace order by 1, 2, 3""",
+    "database": f"""
+        select datname, pg_get_userbyid(datdba), {_sorted_acl("datacl")}
+        from pg_database where datname = current_database()""",
+    "extensions": """
+        select e.extname, e.extversion, n.nspname from pg_extension e
+        join pg_namespace n on n.oid = e.extnamespace order by 1""",
+    "publications": """
+        select p.pubname, pg_get_userbyid(p.pubowner), p.puballtables,
+               array(select t.schemaname || '.' || t.tablename from pg_publication_tables t
+                     where t.pubname = p.pubname order by 1)
+        from pg_publication p order by 1""",
+}
+
+
+def footprint(conn: psycopg.Connection[TupleRow]) -> dict[str, list[TupleRow]]:
+    return {name: conn.execute(query).fetchall() for name, query in FOOTPRINT.items()}
+
+
+def test_a_second_bootstrap_changes_nothing(
     stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow]
 ) -> None:
-    bootstrap(superuser_conn, passwords=stack.settings.passwords)  # a second run changes nothing
-    assert superuser_conn.execute("select count(*) from auth.users where false").fetchone() == (0,)
+    before = footprint(superuser_conn)
+    bootstrap(superuser_conn, passwords=stack.settings.passwords)
+    assert footprint(superuser_conn) == before
 
+
+def test_bootstrap_refuses_a_real_supabase(
+    stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow]
+) -> None:
     name = f"real_{uuid.uuid4().hex[:8]}"
     superuser_conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:

@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from prometheus_client import generate_latest
+from psycopg import sql
+from psycopg.rows import TupleRow
 from typer.testing import CliRunner
 
+from cli import keys
+from cli.common import ApiSettings
 from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
 from cli.main import app
+from cli.metrics import exporter
 from mycelium_client import MyceliumClient
 from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
 from tests.marketplace_support import buyer, list_product, placed
@@ -112,12 +119,7 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
         assert exporter.stdout is not None
         first = exporter.stdout.readline()
         assert "Serving metrics" in first, first + (exporter.stderr.read() if exporter.stderr else "")
-        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        samples = {
-            line.split(" ")[0]: line.split(" ")[1]
-            for line in page.splitlines()
-            if line.startswith("mycelium_")
-        }
+        samples = mycelium_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text)
         with MyceliumClient(stack.api_url, stack.service_role_key) as client:
             summary = client.admin.credit_summary()
         # Prometheus samples are float64: equal to about 15 significant digits.
@@ -130,13 +132,34 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
             assert name in samples
         assert Decimal(samples["mycelium_holds_outstanding"]) == summary.held >= 5
         assert Decimal(samples['mycelium_orders{status="pending"}']) >= 1
-        assert samples["mycelium_ledger_audit_ok"] == "1.0"
+        assert samples["mycelium_ledger_audit_ok"] == "1.0" and samples["mycelium_scrape_ok"] == "1.0"
         assert samples['mycelium_requests_total{status="200"}'] == "3.0"  # this scrape's three reads
     finally:
         exporter.send_signal(signal.SIGINT)
         out, err = exporter.communicate(timeout=15)
     assert exporter.returncode == 0, err
     assert "Stopped." in out and "Traceback" not in err
+
+
+def mycelium_samples(page: str) -> dict[str, str]:
+    """The exporter's samples by name (with labels) from a /metrics page."""
+    return {
+        line.split(" ")[0]: line.split(" ")[1] for line in page.splitlines() if line.startswith("mycelium_")
+    }
+
+
+def test_a_failed_scrape_says_so_and_trips_the_documented_audit_alert(stack: LocalStack) -> None:
+    forged = keys.api_key("not-the-stacks-secret-not-the-stacks-secret", "service_role")
+    served = exporter(ApiSettings(stack.api_url, forged))
+    try:
+        samples = mycelium_samples(generate_latest(served.registry).decode())
+    finally:
+        served.close()
+    assert samples["mycelium_scrape_ok"] == "0.0"
+    # docs/deploy.md alerts on min(mycelium_ledger_audit_ok) < 1: an unchecked ledger must trip it.
+    assert samples["mycelium_ledger_audit_ok"] == "0.0"
+    assert "mycelium_credits_in_circulation" not in samples  # no numbers rather than stale ones
+    assert samples['mycelium_requests_total{status="401"}'] == "1.0"
 
 
 def interruptible() -> None:
@@ -216,3 +239,27 @@ def test_watch_through_realtime(
 def test_watching_everyone_needs_the_database_feed(stack_env: dict[str, str]) -> None:
     result = CliRunner().invoke(app, ["credits", "watch"], env=stack_env)
     assert result.exit_code == 2 and "pass --db-url to watch everyone" in result.stderr
+
+
+def test_legacy_import_into_a_database_without_the_migrations_says_to_push_them(
+    stack: LocalStack, db: psycopg.Connection[TupleRow], tmp_path: Path
+) -> None:
+    name = f"bare_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        bare = stack.superuser_db_url.replace("/postgres?", f"/{name}?")
+        result = CliRunner().invoke(
+            app, ["legacy", "import", str(tmp_path), "--tfp-usd-rate", "0.1", "--db-url", bare]
+        )
+    finally:
+        db.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    assert result.exit_code == 2, result.output
+    assert "push the migrations (mycelium sql push)" in result.stderr
+
+
+def test_a_lock_timeout_below_one_second_is_a_usage_error(stack_env: dict[str, str]) -> None:
+    """PostgreSQL reads a lock_timeout of 0 as "wait for ever" and refuses a negative one."""
+    for seconds in ("-1", "0"):
+        result = CliRunner().invoke(app, ["sql", "push", "--lock-timeout", seconds], env=stack_env)
+        assert result.exit_code == 2, result.output
+        assert "--lock-timeout" in result.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,14 +19,17 @@ import pytest
 from cli import keys
 from cli.dev.postgres import socket_folder
 from cli.dev.processes import free_port_base, pid_alive, port_open, read_pid
-from cli.dev.stack import LocalStack, StackSettings
+from cli.dev.stack import STACKS_HOME, LocalStack, StackSettings
 from tests.conftest import stack_folder
 from tests.support import loads
 
 
-def mycelium(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def mycelium(
+    *args: str, env: dict[str, str] | None = None, answer: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
+        input=answer,
         capture_output=True,
         text=True,
         timeout=180,
@@ -256,3 +260,48 @@ def test_reset_gives_a_fresh_database_with_the_same_keys(running: dict[str, str]
     gone = mycelium("dev", "token", "before-reset@example.test", "--dir", str(dev_dir))
     assert gone.returncode == 1 and "no user before-reset@example.test" in gone.stderr
     assert json.loads(mycelium("dev", "env", "--dir", str(dev_dir), "--json").stdout) == running
+
+
+def test_user_commands_on_a_stopped_stack_say_in_one_line_that_they_cannot_connect(tmp_path: Path) -> None:
+    stopped = LocalStack(tmp_path / "stack")
+    stopped._save(StackSettings.generate(free_port_base(start=52000)))  # its settings, no server
+    for command in (("user", "create", "nobody@example.test"), ("token", "nobody@example.test")):
+        ran = mycelium("dev", *command, "--dir", str(stopped.directory))
+        assert ran.returncode == 2, ran.stderr
+        said = ran.stderr.strip()
+        assert said.startswith("error: cannot connect to the database") and len(said.splitlines()) == 1, said
+
+
+def test_reset_asks_on_stderr_so_that_json_output_stays_clean(tmp_path: Path) -> None:
+    declined = mycelium("dev", "reset", "--json", "--dir", str(tmp_path / "stack"), answer="n\n")
+    assert declined.returncode == 1
+    assert declined.stdout == ""
+    assert "Delete every row of the local database?" in declined.stderr and "Traceback" not in declined.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's stack runs its servers as another OS user")
+def test_as_root_a_stack_folder_the_servers_cannot_reach_moves_where_they_can() -> None:
+    """A clone under /root (mode 700): `.mycelium` becomes a link to a folder under STACKS_HOME."""
+    folder = stack_folder("mycelium-private-")
+    clone = folder / "clone"
+    clone.mkdir()
+    clone.chmod(0o700)
+    link = clone / ".mycelium"
+    try:
+        up = mycelium("dev", "up", "--dir", str(link), "--port-base", str(free_port_base(start=53000)))
+        assert up.returncode == 0, up.stderr
+        target = link.resolve()
+        assert link.is_symlink() and target.parent == STACKS_HOME
+        assert stat.S_IMODE(target.stat().st_mode) == 0o755
+        assert f"{link} links to {target}" in " ".join(up.stderr.split())
+        # The servers were given the folder they can reach, never the path through /root.
+        assert f"host={target / 'run'}" in (target / "run" / "postgrest.conf").read_text()
+        status = mycelium("dev", "status", "--dir", str(link), "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        again = mycelium("dev", "up", "--dir", str(link))
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        mycelium("dev", "down", "--dir", str(link))
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)

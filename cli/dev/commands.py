@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Annotated
 
-import psycopg
 import typer
 
-from cli import keys
+from cli import keys, migrations
 from cli.common import DevDirOption, JsonOption, reported
 from cli.dev.stack import DEFAULT_DIR, LocalStack
 from cli.dev.users import create_user, find_user
@@ -123,7 +124,10 @@ def reset(
     Example: mycelium dev reset --yes
     """
     if not yes:
-        typer.confirm("Delete every row of the local database?", abort=True)
+        # On stderr, as every prompt: stdout is the command's answer (JSON with --json). Click
+        # writes its prompt there with err=True, but a space after it to stdout: that goes too.
+        with contextlib.redirect_stdout(sys.stderr):
+            typer.confirm("Delete every row of the local database?", abort=True, err=True)
     stack = LocalStack(directory)
     report = stack.reset(progress=progress)
     if as_json:
@@ -175,7 +179,7 @@ def user_create(
     Example: mycelium dev user create alice@example.com --role farmer
     """
     stack = LocalStack(directory)
-    with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
+    with migrations.connect(stack.superuser_db_url) as conn:
         user = create_user(conn, email, password=password, confirmed=not unconfirmed, roles=role or ())
     token = keys.access_token(stack.jwt_secret, user.id, email=user.email)
     if as_json:
@@ -197,7 +201,7 @@ def token(
     Example: mycelium dev token alice@example.com
     """
     stack = LocalStack(directory)
-    with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
+    with migrations.connect(stack.superuser_db_url) as conn:
         found = find_user(conn, user)
     minted = keys.access_token(stack.jwt_secret, found.id, email=found.email)
     if as_json:

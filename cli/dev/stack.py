@@ -9,6 +9,7 @@ Everything lives under one folder (`.mycelium` by default) and listens on 127.0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -30,6 +31,9 @@ from cli.errors import UsageError
 from cli.keys import ApiKeys
 
 DEFAULT_DIR = Path(".mycelium")
+# Where a stack goes when the servers' OS user cannot reach the folder asked for (root's clone
+# under /root, mode 700): that folder becomes a link to one here.
+STACKS_HOME = Path("/var/lib/mycelium/stacks")
 DEFAULT_PORT_BASE = 54320
 PORT_SPAN = 5
 
@@ -38,6 +42,16 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
+
+
+SERVICE_USER = "the 'postgres' OS user (it runs the servers when you are root)"
+
+
+def _unreachable(folder: Path, detail: str = "") -> UsageError:
+    return UsageError(
+        f"{SERVICE_USER} cannot reach {folder}{detail}: "
+        "choose a --dir whose parent folders are world-readable"
+    )
 
 
 @dataclass
@@ -215,6 +229,8 @@ class LocalStack:
     # -- lifecycle ---------------------------------------------------------------------------
     def up(self, *, port_base: int | None = None, progress: Progress = _quiet) -> UpReport:
         """Start whatever is not running; on a running stack report it and change nothing."""
+        if not self.exists():
+            self._prepare_directory(progress)  # may find, through a new link, a stack made before
         if self.exists():
             if self.running():
                 if port_base is not None and port_base != self.settings.port_base:
@@ -227,7 +243,6 @@ class LocalStack:
                 self.settings.port_base = port_base
                 self._save(self.settings)
         else:
-            self._prepare_directory()
             self._save(StackSettings.generate(port_base or DEFAULT_PORT_BASE))
         report = UpReport(already_running=False)
         self._start_database(report, progress)
@@ -241,15 +256,35 @@ class LocalStack:
         self._start_api(report, progress)
         return report
 
-    def _prepare_directory(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.run_as.uid is not None:
-            reachable = self.run_as.run(["test", "-x", self.directory, "-a", "-r", self.directory])
-            if reachable.returncode != 0:
-                raise UsageError(
-                    f"the 'postgres' OS user, which runs the servers when you are root, cannot reach "
-                    f"{self.directory}: choose a --dir whose parent folders are world-readable"
-                )
+    def _prepare_directory(self, progress: Progress) -> None:
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        if not self._servers_reach(self.directory.parent):
+            self._move_to_stacks_home(progress)
+        self.directory.mkdir(exist_ok=True)
+        if not self._servers_reach(self.directory):
+            raise _unreachable(self.directory)
+
+    def _servers_reach(self, folder: Path) -> bool:
+        if self.run_as.uid is None:
+            return True  # the servers run as you
+        return self.run_as.run(["test", "-x", folder, "-a", "-r", folder]).returncode == 0
+
+    def _move_to_stacks_home(self, progress: Progress) -> None:
+        """Put the stack under STACKS_HOME, in a folder named after the path asked for, and make
+        that path a link to it: commands given the path find the stack, and the servers are given
+        the folder they can reach (every path of theirs derives from `self.directory`)."""
+        asked_for = self.directory
+        if asked_for.is_dir() and any(asked_for.iterdir()):
+            raise _unreachable(asked_for, ", which is not empty")
+        target = STACKS_HOME / hashlib.sha256(str(asked_for).encode()).hexdigest()[:12]
+        for folder in (STACKS_HOME.parent, STACKS_HOME, target):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)
+        if asked_for.is_dir():
+            asked_for.rmdir()  # empty: left by an attempt from before stacks could move
+        asked_for.symlink_to(target, target_is_directory=True)
+        progress(f"{asked_for} links to {target}: {SERVICE_USER} cannot reach {asked_for.parent}")
+        self.directory = target
 
     def _ensure_folders(self) -> None:
         for folder in (

@@ -49,8 +49,36 @@ def test_sign_in_user_refresh_sign_out(target: Target) -> None:
     assert client.auth.session() is None
     with pytest.raises(NotAuthorized):
         client.credits.balance()  # nobody to ask for
-    with pytest.raises(NotAuthorized):  # the refresh token was revoked on the server
-        target.client().auth.sign_in(email, "still wrong")
+    # Signing out ended the session on the server: Auth no longer knows its refresh tokens.
+    for revoked in (refreshed.refresh_token, session.refresh_token):
+        answer = httpx.post(
+            f"{target.url}/auth/v1/token",
+            params={"grant_type": "refresh_token"},
+            headers={"apikey": target.anon_key},
+            json={"refresh_token": revoked},
+            timeout=30,
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error_code"] == "refresh_token_not_found"
+
+
+def test_signing_in_before_confirming_the_email_is_refused_as_such(target: Target) -> None:
+    email = f"unconfirmed-{uuid.uuid4().hex[:10]}@example.test"
+    created = httpx.post(
+        f"{target.url}/auth/v1/admin/users",
+        headers={"apikey": target.service_role_key, "Authorization": f"Bearer {target.service_role_key}"},
+        json={"email": email, "password": PASSWORD, "email_confirm": False},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    client = target.client()
+    with pytest.raises(NotAuthorized) as wrong:  # the password first: nothing said about the account
+        client.auth.sign_in(email, "not the password")
+    assert wrong.value.reason == "invalid_credentials"
+    with pytest.raises(NotAuthorized) as unconfirmed:
+        client.auth.sign_in(email, PASSWORD)
+    assert (unconfirmed.value.reason, unconfirmed.value.status) == ("email_not_confirmed", 400)
+    assert client.auth.session() is None
 
 
 def test_as_user_acts_for_the_token_owner(target: Target, account: MakeAccount) -> None:

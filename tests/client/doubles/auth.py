@@ -234,18 +234,27 @@ class AuthDouble:
     def token(self, *, body: dict[str, Any], query: dict[str, str], **_: Any) -> tuple[int, Any]:
         grant = query.get("grant_type")
         if grant == "password":
-            row = self._query(
-                f"""
-                update auth.users set last_sign_in_at = now(), updated_at = now()
+            found = self._query(
+                """
+                select id, email_confirmed_at from auth.users
                 where lower(email) = lower(%(email)s)
                   and encrypted_password = extensions.crypt(%(password)s, encrypted_password)
-                  and email_confirmed_at is not null
-                returning {USER_COLUMNS}
                 """,
                 {"email": str(body.get("email") or ""), "password": str(body.get("password") or "")},
             )
-            if row is None:
+            if found is None:
                 raise AuthFailure(400, "invalid_credentials", "Invalid login credentials")
+            # After the password, as GoTrue checks it: only the account's owner learns this.
+            if found["email_confirmed_at"] is None:
+                raise AuthFailure(400, "email_not_confirmed", "Email not confirmed")
+            row = self._query(
+                f"""
+                update auth.users set last_sign_in_at = now(), updated_at = now()
+                where id = %(id)s returning {USER_COLUMNS}
+                """,
+                {"id": found["id"]},
+            )
+            assert row is not None
             return 200, self._session(row)
         if grant == "refresh_token":
             with self._lock:
@@ -272,11 +281,13 @@ class AuthDouble:
         claims = self._claims(bearer)
         scope = query.get("scope", "global")
         with self._lock:
-            for entry in self._refresh_tokens.values():
-                same_user = str(entry.user_id) == claims.get("sub")
-                same_session = entry.session_id == claims.get("session_id")
-                if same_user and (scope == "global" or (scope == "local") == same_session):
-                    entry.revoked = True
+            # GoTrue deletes the sessions, and their refresh tokens with them: a refresh with one
+            # of those is then refresh_token_not_found, not a reuse of a rotated token.
+            for token, entry in list(self._refresh_tokens.items()):
+                current = entry.session_id == claims.get("session_id")
+                in_scope = scope == "global" or current == (scope == "local")  # "others": all but this
+                if str(entry.user_id) == claims.get("sub") and in_scope:
+                    del self._refresh_tokens[token]
         return 204, None
 
     def create_user(self, *, body: dict[str, Any], bearer: str, **_: Any) -> tuple[int, Any]:
