@@ -29,6 +29,9 @@ alter table public.credit_config enable row level security;
 alter table public.credit_config_history enable row level security;
 
 revoke all on public.credit_config, public.credit_config_history from anon, authenticated, service_role;
+-- Identity sequences too (Supabase grants all on every new one): only the owner's functions insert,
+-- and one setval through the API would make every later insert collide.
+revoke all on sequence public.credit_config_history_id_seq from anon, authenticated, service_role;
 grant select on public.credit_config to anon, authenticated, service_role;
 grant select on public.credit_config_history to authenticated, service_role;
 

@@ -32,6 +32,7 @@ comment on table public.marketplace_config_history is 'Every change of marketpla
 alter table public.marketplace_config enable row level security;
 alter table public.marketplace_config_history enable row level security;
 revoke all on public.marketplace_config, public.marketplace_config_history from anon, authenticated, service_role;
+revoke all on sequence public.marketplace_config_history_id_seq from anon, authenticated, service_role;
 grant select on public.marketplace_config to anon, authenticated, service_role;
 grant select on public.marketplace_config_history to authenticated, service_role;
 create policy marketplace_config_readable_by_all on public.marketplace_config

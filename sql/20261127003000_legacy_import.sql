@@ -9,6 +9,11 @@
 -- claimed by the trigger below when a user with that address has a CONFIRMED e-mail (never at an
 -- unconfirmed sign-up, which could be anyone's). Users already confirmed are claimed at import.
 -- The opening balance is one ledger movement of kind 'legacy_migration' from `issuance`.
+--
+-- A claim never grants `admin`: whoever confirms an address (with Auth's autoconfirm on, or an
+-- OAuth provider passing unverified e-mails, that proves little) would take the platform over.
+-- The old admins wait in mycelium_private.legacy_admin_roles_waiting until an admin or an
+-- operator grants the role explicitly (public.grant_role).
 
 create table mycelium_private.legacy_import_runs (
   id uuid primary key default gen_random_uuid(),
@@ -40,6 +45,8 @@ create table mycelium_private.legacy_accounts (
   user_id uuid unique,
   claimed_at timestamptz,
   opening_transfer_id uuid,
+  -- Why a confirmed user with this address did not claim it (the account waits for an operator).
+  claim_error text,
   check ((user_id is null) = (claimed_at is null))
 );
 comment on table mycelium_private.legacy_accounts is
@@ -91,6 +98,7 @@ alter table public.legacy_transactions enable row level security;
 revoke all on mycelium_private.legacy_import_runs, mycelium_private.legacy_accounts,
   mycelium_private.legacy_products from public, anon, authenticated, service_role;
 revoke all on public.legacy_transactions from public, anon, authenticated, service_role;
+revoke all on sequence public.legacy_transactions_id_seq from public, anon, authenticated, service_role;
 grant select on public.legacy_transactions to authenticated, service_role;
 create policy legacy_transactions_select_own on public.legacy_transactions
   for select to authenticated using (user_id = (select auth.uid()));
@@ -112,11 +120,24 @@ declare
   v_balance numeric;
   v_product record;
   v_product_id uuid;
+  v_owned text;
 begin
   select * into v_account from mycelium_private.legacy_accounts a
   where a.email = lower(p_email) and a.user_id is null
   for update;
   if not found then
+    return;
+  end if;
+  -- One old account per user (user_id is unique). A user who owns one and confirms a second
+  -- address (an e-mail change) keeps the first; raising would make Auth refuse the change. The
+  -- user's lock makes an import claiming the address they leave and Auth confirming the new one
+  -- take turns, so the second sees the first's claim.
+  perform pg_advisory_xact_lock(hashtext('mycelium_private.claim_legacy_account'), hashtext(p_user::text));
+  select a.email into v_owned from mycelium_private.legacy_accounts a where a.user_id = p_user;
+  if found then
+    update mycelium_private.legacy_accounts
+    set claim_error = format('not claimed by user %s: it already owns the legacy account of %s', p_user, v_owned)
+    where email = v_account.email;
     return;
   end if;
   -- Credited once per imported address, whatever happens: the ledger's retry_key
@@ -133,6 +154,7 @@ begin
   end if;
   insert into public.user_roles (user_id, role)
   select p_user, r from unnest(v_account.roles) r
+  where r <> 'admin'  -- granted only explicitly (see the top of this file)
   on conflict do nothing;
   for v_product in
     select p.id, p.name, p.description, p.category, p.price, p.unit, p.attributes, p.active
@@ -151,7 +173,7 @@ begin
     end;
   end loop;
   update mycelium_private.legacy_accounts
-  set user_id = p_user, claimed_at = now(), opening_transfer_id = v_transfer
+  set user_id = p_user, claimed_at = now(), opening_transfer_id = v_transfer, claim_error = null
   where email = v_account.email;
   update public.legacy_transactions set user_id = p_user where email = v_account.email;
 end;
@@ -179,6 +201,17 @@ $$;
 create trigger mycelium_user_confirmed_claims_legacy_account
   after insert or update of email_confirmed_at, email on auth.users
   for each row execute function mycelium_private.claim_legacy_account_on_confirmation();
+
+-- The old admins whose account is claimed and who are not admins yet: for an admin or an operator
+-- to check who owns the address, then grant the role (public.grant_role).
+create view mycelium_private.legacy_admin_roles_waiting as
+select a.email, a.user_id, a.claimed_at
+from mycelium_private.legacy_accounts a
+where 'admin' = any (a.roles) and a.user_id is not null
+  and not exists (select 1 from public.user_roles r where r.user_id = a.user_id and r.role = 'admin');
+comment on view mycelium_private.legacy_admin_roles_waiting is
+  'Claimed legacy accounts whose admin role waits to be granted explicitly.';
+revoke all on mycelium_private.legacy_admin_roles_waiting from public, anon, authenticated, service_role;
 
 -- The old platform fee becomes the marketplace's, when an import writes anything and the fee
 -- differs (a re-run changes nothing). Returns the settings applied.
@@ -223,6 +256,8 @@ declare
   v_transactions integer;
   v_products integer;
   v_claimed integer;
+  v_not_claimed jsonb;
+  v_admin_not_granted jsonb;
 begin
   -- Concurrent imports of overlapping files: one after the other.
   perform pg_advisory_xact_lock(hashtext('mycelium_private.legacy_import'));
@@ -240,7 +275,8 @@ begin
   if v_users = 0 then
     drop table legacy_incoming;
     return jsonb_build_object('run_id', null, 'users', 0, 'already_imported', v_offered, 'credits', 0,
-      'transactions', 0, 'products', 0, 'claimed', 0, 'credit_usd_rate', v_rate);
+      'transactions', 0, 'products', 0, 'claimed', 0, 'not_claimed', '[]'::jsonb,
+      'admin_not_granted', '[]'::jsonb, 'credit_usd_rate', v_rate);
   end if;
 
   insert into mycelium_private.legacy_import_runs (source, legacy_usd_rate, credit_usd_rate, settings)
@@ -278,6 +314,11 @@ begin
   join legacy_incoming i on i.email = lower(u.email)
   where u.email_confirmed_at is not null and not coalesce(u.is_anonymous, false);
   select count(*) into v_claimed from mycelium_private.legacy_accounts a where a.run_id = v_run and a.user_id is not null;
+  select coalesce(jsonb_agg(jsonb_build_object('email', a.email, 'reason', a.claim_error) order by a.email), '[]')
+  into v_not_claimed
+  from mycelium_private.legacy_accounts a where a.run_id = v_run and a.claim_error is not null;
+  select coalesce(jsonb_agg(i.email order by i.email), '[]') into v_admin_not_granted
+  from legacy_incoming i where 'admin' = any (i.roles);
 
   update mycelium_private.legacy_import_runs
   set users = v_users, credits = v_credits, transactions = v_transactions, products = v_products
@@ -285,7 +326,7 @@ begin
   drop table legacy_incoming;
   return jsonb_build_object('run_id', v_run, 'users', v_users, 'already_imported', v_offered - v_users,
     'credits', v_credits, 'transactions', v_transactions, 'products', v_products, 'claimed', v_claimed,
-    'credit_usd_rate', v_rate);
+    'not_claimed', v_not_claimed, 'admin_not_granted', v_admin_not_granted, 'credit_usd_rate', v_rate);
 end;
 $$;
 

@@ -7,8 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -415,3 +417,128 @@ def test_a_bad_old_setting_is_a_problem_of_the_config_file(legacy_import: Import
     ]
     assert "must be a percentage from 0 to 100" in report["problems"][0]["message"]
     assert [w["message"] for w in report["warnings"]] == ["the old rate 0.2 differs from --tfp-usd-rate 0.1"]
+
+
+# -- claims that must not happen ------------------------------------------------------------------
+def change_email(db: Conn, user_id: uuid.UUID, email: str) -> None:
+    """Auth confirming a user's new address: the same row, a new e-mail, still confirmed."""
+    db.execute("update auth.users set email = %s where id = %s", (email, user_id))
+
+
+def roles_of(db: Conn, user_id: uuid.UUID) -> list[str]:
+    return [
+        str(role) for (role,) in rows(db, "select role from public.user_roles where user_id = %s", user_id)
+    ]
+
+
+def legacy_owner(db: Conn, email: str) -> TupleRow | None:
+    return db.execute(
+        "select user_id, claim_error from mycelium_private.legacy_accounts where email = %s", (email,)
+    ).fetchone()
+
+
+def test_an_email_change_to_a_second_legacy_address_goes_through_and_claims_nothing(
+    legacy_import: Import, folder: Folder, db: Conn
+) -> None:
+    first = folder.user("first", "10", roles=["farmer"])
+    second = folder.user(
+        "second",
+        "20",
+        roles=["app_provider"],
+        transactions=[{"id": "s1", "amount": "20", "status": "Completed"}],
+    )
+    assert legacy_import(folder.root).exit_code == 0
+    user = create_user(db, first)
+    change_email(db, user.id, second)
+    assert db.execute("select email from auth.users where id = %s", (user.id,)).fetchone() == (second,)
+    assert balance(db, second) == (Decimal(1),)  # the first account's credits, not the second's
+    assert roles_of(db, user.id) == ["farmer"]
+    assert rows(db, "select user_id from public.legacy_transactions where email = %s", second) == [(None,)]
+    assert legacy_owner(db, second) == (
+        None,
+        f"not claimed by user {user.id}: it already owns the legacy account of {first}",
+    )
+
+
+def test_an_import_never_claims_a_second_account_for_a_user_and_says_so(
+    legacy_import: Import, folder: Folder, db: Conn
+) -> None:
+    first = folder.user("one", "10")
+    assert legacy_import(folder.root).exit_code == 0
+    user = create_user(db, first)
+    second = folder.user("two", "5")  # imported after the user moved to this address
+    change_email(db, user.id, second)
+    done = legacy_import(folder.root, "--json")
+    assert done.exit_code == 0, done.stderr
+    report = summary(done)
+    reason = f"not claimed by user {user.id}: it already owns the legacy account of {first}"
+    assert (report["users"], report["claimed_now"]) == (1, 0)
+    assert report["not_claimed"] == [{"email": second, "reason": reason}]
+    assert balance(db, second) == (Decimal(1),)
+
+
+def test_an_import_and_an_email_change_of_one_user_take_turns(
+    legacy_import: Import, folder: Folder, db: Conn, stack: LocalStack
+) -> None:
+    """The import claims the address the user leaves while Auth confirms the new one."""
+    leaving, joining = folder.user("leaving", "10"), folder.user("joining", "20")
+    assert legacy_import(folder.root).exit_code == 0
+    user = create_user(db, folder.email("elsewhere"))
+    with (
+        psycopg.connect(stack.superuser_db_url) as importing,
+        psycopg.connect(stack.superuser_db_url, autocommit=True) as gotrue,
+    ):
+        importing.execute("select mycelium_private.claim_legacy_account(%s, %s)", (user.id, leaving))
+        with ThreadPoolExecutor(1) as auth:
+            confirming = auth.submit(change_email, gotrue, user.id, joining)
+            try:
+                wait_until_blocked_by(db, importing.info.backend_pid)
+            finally:
+                importing.commit()  # whatever happened, the waiting e-mail change goes on
+            confirming.result()
+    assert legacy_owner(db, leaving) == (user.id, None)
+    assert legacy_owner(db, joining) == (
+        None,
+        f"not claimed by user {user.id}: it already owns the legacy account of {leaving}",
+    )
+    assert balance(db, joining) == (Decimal(1),)
+
+
+def wait_until_blocked_by(db: Conn, backend: int) -> None:
+    """Until some session waits for a lock that `backend` holds (failing after a minute)."""
+    deadline = time.monotonic() + 60
+    query = "select exists (select 1 from pg_stat_activity a where %s = any (pg_blocking_pids(a.pid)))"
+    while db.execute(query, (backend,)).fetchone() != (True,):
+        assert time.monotonic() < deadline, "nobody waited for the importing transaction"
+        time.sleep(0.01)
+
+
+def test_admin_from_the_old_files_waits_to_be_granted_explicitly(
+    legacy_import: Import, folder: Folder, db: Conn
+) -> None:
+    boss = folder.user("boss", "1", roles=["admin", "farmer"])
+    early = folder.email("early")
+    early_user = create_user(db, early)
+    folder.user("early", "1", roles=["admin"])
+
+    dry = legacy_import(folder.root, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    said = " ".join(dry.stdout.split())
+    assert "Admin is never granted automatically: 2 imported account(s) had it in the old files" in said
+    done = legacy_import(folder.root, "--json")
+    assert done.exit_code == 0, done.stderr
+    assert summary(done)["admin_not_granted"] == sorted([boss, early])
+
+    assert roles_of(db, early_user.id) == []  # claimed at the import, admin withheld
+    user = create_user(db, boss)  # confirmed at sign-up, as with Auth's autoconfirm
+    assert roles_of(db, user.id) == ["farmer"]
+    waiting = (
+        "select email, user_id from mycelium_private.legacy_admin_roles_waiting"
+        " where email like %s order by email"
+    )
+    assert rows(db, waiting, f"%{folder.tag}%") == [(boss, user.id), (early, early_user.id)]
+
+    # The operator, having checked who owns the address, grants it as the database login.
+    db.execute("select public.grant_role(%s, 'admin')", (user.id,))
+    assert sorted(roles_of(db, user.id)) == ["admin", "farmer"]
+    assert rows(db, waiting, f"%{folder.tag}%") == [(early, early_user.id)]

@@ -43,7 +43,10 @@ def _sql_json(data: Any) -> str:
 
 
 def _credit_usd_rate(conn: psycopg.Connection[tuple[object, ...]]) -> Decimal:
-    row = conn.execute("select tfc_to_usd_rate from public.credit_config where id").fetchone()
+    try:
+        row = conn.execute("select tfc_to_usd_rate from public.credit_config where id").fetchone()
+    except psycopg.errors.UndefinedTable:  # the migrations never reached this database
+        row = None
     if row is None or not isinstance(row[0], Decimal):
         raise UsageError("the database has no credit configuration: push the migrations (mycelium sql push)")
     return row[0]
@@ -76,6 +79,23 @@ def _findings(title: str, findings: list[Finding]) -> None:
         table(title, ["file", "field", "what"], [(f.file, f.field, f.message) for f in findings])
 
 
+def _not_claimed(accounts: list[dict[str, str]]) -> None:
+    if accounts:
+        table("Not claimed (waiting)", ["e-mail", "why"], [(a["email"], a["reason"]) for a in accounts])
+
+
+def _admin_not_granted(emails: list[str]) -> None:
+    # A claim proves only that someone confirmed the address: admin is for a person to grant.
+    if emails:
+        say(
+            f"[yellow]Admin is never granted automatically:[/yellow] {len(emails)} imported account(s) "
+            f"had it in the old files ({', '.join(emails)}). Once you have checked who owns the "
+            "address, grant it with rpc/grant_role (as an admin or with the service_role key) or "
+            "`select public.grant_role('<user id>', 'admin')` as the database login; claimed accounts "
+            "waiting for it are listed in mycelium_private.legacy_admin_roles_waiting."
+        )
+
+
 @app.command("import")
 @reported
 def import_files(
@@ -103,7 +123,8 @@ def import_files(
 ) -> None:
     """Import the old users: balances as opening credits, history, products, roles, settings.
     All or nothing; running it again writes nothing. Users not in Auth yet claim their credits
-    when they sign up and confirm their e-mail address.
+    when they sign up and confirm their e-mail address. The admin role is never granted by a
+    claim: grant it yourself (rpc/grant_role) once you know who owns the address.
 
     Example: mycelium legacy import /srv/old-marketplace --tfp-usd-rate 0.1 --dry-run
 
@@ -152,6 +173,8 @@ def import_files(
         "users": result.get("users", 0),
         "already_imported": result.get("already_imported", 0),
         "claimed_now": result.get("claimed", 0),
+        "not_claimed": result.get("not_claimed", []),
+        "admin_not_granted": result.get("admin_not_granted", []),
         "credits": str(result.get("credits", 0)),
         "transactions": result.get("transactions", 0),
         "products": result.get("products", 0),
@@ -191,6 +214,8 @@ def import_files(
                 )
             ],
         )
+        _not_claimed(summary["not_claimed"])
+        _admin_not_granted(summary["admin_not_granted"])
     if blocked:
         if not as_json:
             say(
