@@ -30,19 +30,24 @@ def lots(user: User) -> tuple[Decimal, list[Decimal]]:
     return non_expiring, [D(str(r["remaining"])) for r in rows]
 
 
+def grant_then_buy(service_api: Api, user: User, expires: datetime) -> None:
+    """10 promotional credits expiring at `expires`, then 5 bought ones that never expire."""
+    granted = service_api.rpc(
+        "grant_credits", user_id=user.id, amount="10", reason="promo", expires_at=expires.isoformat()
+    )
+    assert granted.status_code == 200, granted.text
+    bought = service_api.rpc(
+        "purchase_credits", user_id=user.id, usd_amount="5", payment_reference=f"e-{uuid.uuid4()}"
+    )
+    assert bought.status_code == 200, bought.text
+
+
 def test_expiring_credits_are_spent_first_then_unspendable_then_swept(
     service_api: Api, make_user: MakeUser
 ) -> None:
     user, friend = make_user(), make_user()
     expires = datetime.now(UTC) + timedelta(seconds=1.5)
-    granted = service_api.rpc(
-        "grant_credits", user_id=user.id, amount="10", reason="promo", expires_at=expires.isoformat()
-    )
-    assert granted.status_code == 200, granted.text
-    reply = service_api.rpc(
-        "purchase_credits", user_id=user.id, usd_amount="5", payment_reference=f"e-{uuid.uuid4()}"
-    )
-    assert reply.status_code == 200, reply.text
+    grant_then_buy(service_api, user, expires)
 
     # Spending takes the expiring lot first.
     assert user.api.rpc("transfer_credits", recipient=friend.id, amount="3").status_code == 200
@@ -108,14 +113,7 @@ def test_transferred_credits_keep_their_expiry(
     low, high = sorted((make_user(), make_user()), key=lambda user: uuid.UUID(user.id))
     sender, recipient = (low, high) if sender_locks_first else (high, low)
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-    grant = service_api.rpc(
-        "grant_credits", user_id=sender.id, amount="10", reason="promo", expires_at=expires.isoformat()
-    )
-    assert grant.status_code == 200, grant.text
-    bought = service_api.rpc(
-        "purchase_credits", user_id=sender.id, usd_amount="5", payment_reference=f"e-{uuid.uuid4()}"
-    )
-    assert bought.status_code == 200, bought.text
+    grant_then_buy(service_api, sender, expires)
 
     sent = sender.api.rpc("transfer_credits", recipient=recipient.id, amount="12")
     assert sent.status_code == 200, sent.text

@@ -73,13 +73,14 @@ class Target:
         self._clients.append(made)
         return made
 
-    def create_user(self, email: str | None = None) -> tuple[uuid.UUID, str]:
-        """A confirmed user with PASSWORD, through Auth's admin API (GoTrue, or the double)."""
+    def create_user(self, email: str | None = None, *, confirmed: bool = True) -> tuple[uuid.UUID, str]:
+        """A user with PASSWORD (its e-mail confirmed unless told), through Auth's admin API
+        (GoTrue, or the double)."""
         address = email or f"client-{uuid.uuid4().hex[:12]}@example.test"
         response = httpx.post(
             f"{self.url}/auth/v1/admin/users",
             headers={"apikey": self.service_role_key, "Authorization": f"Bearer {self.service_role_key}"},
-            json={"email": address, "password": PASSWORD, "email_confirm": True},
+            json={"email": address, "password": PASSWORD, "email_confirm": confirmed},
             timeout=30,
         )
         assert response.status_code == 200, response.text

@@ -63,14 +63,7 @@ def test_sign_in_user_refresh_sign_out(target: Target) -> None:
 
 
 def test_signing_in_before_confirming_the_email_is_refused_as_such(target: Target) -> None:
-    email = f"unconfirmed-{uuid.uuid4().hex[:10]}@example.test"
-    created = httpx.post(
-        f"{target.url}/auth/v1/admin/users",
-        headers={"apikey": target.service_role_key, "Authorization": f"Bearer {target.service_role_key}"},
-        json={"email": email, "password": PASSWORD, "email_confirm": False},
-        timeout=30,
-    )
-    assert created.status_code == 200, created.text
+    _, email = target.create_user(confirmed=False)
     client = target.client()
     with pytest.raises(NotAuthorized) as wrong:  # the password first: nothing said about the account
         client.auth.sign_in(email, "not the password")
