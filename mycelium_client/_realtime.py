@@ -2,12 +2,15 @@
 
 Why not realtime-py's channel: it parses frames with pydantic into floats, and amounts must never
 pass through float. This speaks the same protocol (see realtime-py and Supabase's docs): join the
-private Broadcast topic `balance:<user_id>`; when the project refuses it, fall back to Postgres
-Changes on the user's `credit_accounts` row. Heartbeats detect a dead connection; a dropped
-connection or a closed channel is rejoined with backoff, with the freshest access token, and a
-refreshed token is pushed to the joined channel. After each (re)join the balance is read once
-over REST, so a change made while disconnected is still delivered. (Changes committed while that
-read is under way may arrive just after it; the last change delivered is always the latest.)
+private Broadcast topic `balance:<user_id>`; when the project's RLS policy on `realtime.messages`
+refuses it, fall back to Postgres Changes on the user's `credit_accounts` row. Anything else that
+goes wrong (a refused token, a refusal the server may not repeat, a dropped connection, a closed
+channel, REST unavailable or refusing the token for the balance read) is retried with backoff,
+in the same mode; every join carries the access token of the moment (the client follows its
+session as it is refreshed), and a refreshed token is pushed to the joined channel. Heartbeats
+detect a dead connection. After each (re)join the balance is read once over REST, so a change
+made while disconnected is still delivered. (Changes committed while that read is under way may
+arrive just after it; the last change delivered is always the latest.)
 """
 
 from __future__ import annotations
@@ -25,15 +28,25 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from mycelium_client.amounts import loads
-from mycelium_client.errors import MyceliumError, NotAuthorized
+from mycelium_client.errors import MyceliumError, NotAuthorized, ServiceUnavailable
 from mycelium_client.models import Balance, BalanceChange, BalanceSource
 
 BALANCE_EVENT = "balance_changed"
 Emit = Callable[[BalanceChange], Awaitable[None]]
 
 
-class _Rejoin(Exception):
-    """The server closed our channel (an expired token, a restart): join again."""
+# How Realtime words the refusal of a private topic by the RLS policy on `realtime.messages`
+# ("Unauthorized: You do not have permissions to read from this Channel topic: balance:...").
+_POLICY_REFUSAL = "You do not have permissions to read from this Channel topic"
+_BINDING_FIELDS = ("event", "schema", "table", "filter")
+
+
+class _Retry(Exception):
+    """A failure that may pass (the message says which): join again after the backoff."""
+
+
+class _PolicyRefusal(Exception):
+    """The project's policy does not let this user join the topic."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +74,13 @@ class BalanceChannel:
         self.settings = settings
         self.subscribed = asyncio.Event()
         self.mode: BalanceSource | None = None  # BROADCAST, or POSTGRES_CHANGES after a refusal
+        self.last_failure: BaseException | None = None  # why it is not subscribed, while retrying
         self._refs = itertools.count(1)
         self._last: tuple[object, ...] | None = None
         self._binding_ids: set[int] = set()
         self._sent_token = ""
         self._heartbeat_answered = True
+        self._proven = False  # the channel answered a heartbeat: a later failure is a fresh one
 
     @property
     def topic(self) -> str:
@@ -77,27 +92,41 @@ class BalanceChannel:
         failures = 0
         self.mode = BalanceSource.BROADCAST
         while True:
+            self._proven = False
             try:
                 async with websockets.connect(
                     self.websocket_url, open_timeout=self.settings.join_timeout_seconds
                 ) as socket:
                     await self._join(socket)
-                    failures = 0
-                    await self._deliver(emit, self._from_balance(await self.resync()))
+                    await self._deliver(emit, await self._resynced())
+                    self.last_failure = None
                     self.subscribed.set()
                     await self._listen(socket, emit)
-                failures += 1  # the server ended the connection
-            except _Rejoin:
-                continue
-            except NotAuthorized:
+            except _PolicyRefusal as refusal:
                 if self.mode is BalanceSource.BROADCAST:
                     self.mode = BalanceSource.POSTGRES_CHANGES
                     continue
-                raise
-            except (OSError, TimeoutError, websockets.WebSocketException):
-                failures += 1
+                raise NotAuthorized(str(refusal), reason="realtime_join_refused") from None
+            except (_Retry, OSError, TimeoutError, websockets.WebSocketException) as failure:
+                self.last_failure = failure
             self.subscribed.clear()
+            # Counted until the channel proves itself, so a server that keeps refusing or closing
+            # it is asked less and less often, not in a loop (with a REST read each time).
+            failures = 1 if self._proven else failures + 1
             await asyncio.sleep(min(0.1 * 2**failures, self.settings.max_backoff_seconds))
+
+    async def _resynced(self) -> BalanceChange:
+        """The balance over REST. PostgREST unavailable, or refusing a token that expired (the
+        session's refresh brings the next one), is retried like a dropped connection; it says
+        nothing about Realtime, so the mode stays."""
+        try:
+            return self._from_balance(await self.resync())
+        except ServiceUnavailable as error:
+            raise _Retry(f"reading the balance: {error}") from error
+        except NotAuthorized as error:
+            if error.status != 401:
+                raise
+            raise _Retry(f"reading the balance: {error}") from error
 
     # -- the protocol -----------------------------------------------------------------------
     def _frame(self, topic: str, event: str, payload: dict[str, Any], ref: str | None) -> str:
@@ -137,18 +166,34 @@ class BalanceChannel:
                 if frame.get("event") == "phx_reply" and frame.get("ref") == ref:
                     break
         reply = frame.get("payload") or {}
+        response = reply.get("response") or {}
         if reply.get("status") != "ok":
-            reason = (reply.get("response") or {}).get("reason", "join refused")
-            raise NotAuthorized(f"Realtime refused {self.topic}: {reason}", reason="realtime_join_refused")
+            reason = str(response.get("reason", "join refused"))
+            refusal = f"Realtime refused {self.topic}: {reason}"
+            if _POLICY_REFUSAL in reason:
+                raise _PolicyRefusal(refusal)
+            raise _Retry(refusal)  # a token refused (the next join carries the current one), a restart...
         self._sent_token = token
-        wanted = self._join_payload(token)["config"]["postgres_changes"]
-        granted = (reply.get("response") or {}).get("postgres_changes") or []
-        if len(granted) != len(wanted):
-            raise MyceliumError("Realtime answered a different set of bindings", reason="realtime_bindings")
-        self._binding_ids = {int(binding["id"]) for binding in granted}
+        self._binding_ids = self._granted_ids(
+            self._join_payload(token)["config"]["postgres_changes"], response.get("postgres_changes") or []
+        )
+
+    def _granted_ids(self, wanted: list[dict[str, Any]], granted: list[dict[str, Any]]) -> set[int]:
+        """The server's ids of our bindings, granted one for one, in order, as asked (as realtime-py
+        and realtime-js match them); a subscription to anything else fails."""
+        if len(granted) != len(wanted) or not all(
+            isinstance(given.get("id"), int)
+            and all(given.get(field) == asked.get(field) for field in _BINDING_FIELDS)
+            for asked, given in zip(wanted, granted, strict=True)
+        ):
+            raise MyceliumError(
+                f"Realtime granted {granted} for the bindings {wanted} of {self.topic}",
+                reason="realtime_bindings",
+            )
+        return {int(given["id"]) for given in granted}
 
     async def _listen(self, socket: ClientConnection, emit: Emit) -> None:
-        """Until the connection ends (returns) or the server closes the channel (_Rejoin)."""
+        """Until the connection ends (returns) or the server closes the channel (_Retry)."""
         heartbeat = asyncio.create_task(self._heartbeat(socket))
         try:
             async for raw in socket:
@@ -163,12 +208,12 @@ class BalanceChannel:
     def _change(self, frame: dict[str, Any]) -> BalanceChange | None:
         event, topic, payload = frame.get("event"), frame.get("topic"), frame.get("payload") or {}
         if topic == "phoenix":
-            self._heartbeat_answered = True
+            self._heartbeat_answered = self._proven = True
             return None
         if topic != self.topic:
             return None
         if event in ("phx_close", "phx_error") or (event == "system" and payload.get("status") == "error"):
-            raise _Rejoin
+            raise _Retry(f"Realtime closed {self.topic}: {payload.get('message') or event}")
         if event == "broadcast" and payload.get("event") == BALANCE_EVENT:
             return BalanceChange.model_validate({**payload["payload"], "source": BalanceSource.BROADCAST})
         if event == "postgres_changes" and self._binding_ids.intersection(payload.get("ids") or []):

@@ -3,7 +3,9 @@
 The async one runs the channel as a task on your event loop; the sync one runs it on an event
 loop in a background thread. Starting waits until the channel is joined, so a change committed
 after `start()` (or entering the `with` block) is delivered. The first change is the balance at
-subscription time (source `resync`).
+subscription time (source `resync`). The error that ends a watch (its channel's, or its
+callback's) is raised once: by the iterator if it gets there first, else by `close()` (and so
+when the `with` block ends).
 """
 
 from __future__ import annotations
@@ -39,45 +41,100 @@ async def _start(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # The channel retries what may pass; say what it was retrying.
+        why = f" ({channel.last_failure})" if channel.last_failure is not None else ""
         raise ServiceUnavailable(
-            f"Realtime did not subscribe within {timeout:g} s", reason="realtime_timeout"
-        )
+            f"Realtime did not subscribe within {timeout:g} s{why}", reason="realtime_timeout"
+        ) from channel.last_failure
     return task
 
 
-class AsyncBalanceWatch:
+_ENDED = object()  # queued once the channel's task is over (and queued again for the next reader)
+
+
+class _Watch:
+    """What both twins share: delivering to the queue or the callback, and telling the end."""
+
+    def __init__(self, callback: Callback | None, put: Callable[[object], None]) -> None:
+        self._callback = callback
+        self._put = put
+        self._failure_lock = threading.Lock()  # the sync twin records on its thread, raises on yours
+        self._failure: BaseException | None = None
+        self._failure_raised = False
+
+    async def _emit(self, change: BalanceChange) -> None:
+        if self._callback is None:
+            self._put(change)
+            return
+        try:
+            result = self._callback(change)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as error:
+            # Recorded here too: close() cancels the task, which could otherwise win the race
+            # with this error ending it.
+            self._failed(error)
+            raise
+
+    async def _started_task(self, channel: BalanceChannel, timeout: float) -> asyncio.Task[None]:
+        try:
+            task = await _start(channel, self._emit, timeout)
+        except BaseException:
+            with self._failure_lock:
+                self._failure_raised = True  # by start(), which raises this
+            raise
+        task.add_done_callback(self._task_over)
+        return task
+
+    def _task_over(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._failed(error)
+        self._put(_ENDED)
+
+    def _failed(self, error: BaseException) -> None:
+        with self._failure_lock:
+            if self._failure is None:
+                self._failure = error
+
+    def _raise_failure(self) -> None:
+        """Raise the error that ended the watch, unless it was raised already."""
+        with self._failure_lock:
+            error = None if self._failure_raised else self._failure
+            self._failure_raised = self._failure_raised or error is not None
+        if error is not None:
+            raise error
+
+    def _change_in(self, item: object) -> BalanceChange | None:
+        """The change queued, or None at the end of the watch (after raising its error)."""
+        if item is _ENDED:
+            self._put(_ENDED)
+            self._raise_failure()
+            return None
+        assert isinstance(item, BalanceChange)
+        return item
+
+
+class AsyncBalanceWatch(_Watch):
     """Balance changes on your event loop. Use `async with`, then `async for change in watch`
     (or pass a callback, sync or async, and just keep the block open)."""
 
     def __init__(self, channel: BalanceChannel, callback: Callback | None = None) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        super().__init__(callback, self._queue.put_nowait)
         self._channel = channel
-        self._callback = callback
-        self._queue: asyncio.Queue[BalanceChange | BaseException] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-
-    async def _emit(self, change: BalanceChange) -> None:
-        if self._callback is None:
-            self._queue.put_nowait(change)
-            return
-        result = self._callback(change)
-        if inspect.isawaitable(result):
-            await result
-
-    def _on_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._queue.put_nowait(task.exception())  # type: ignore[arg-type]
 
     async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> AsyncBalanceWatch:
         if self._task is None:
-            self._task = await _start(self._channel, self._emit, timeout)
-            self._task.add_done_callback(self._on_done)
+            self._task = await self._started_task(self._channel, timeout)
         return self
 
     async def close(self) -> None:
+        """Stop; raises the error that ended the watch, if nothing raised it yet."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
+        self._raise_failure()
 
     async def __aenter__(self) -> AsyncBalanceWatch:
         return await self.start()
@@ -90,52 +147,36 @@ class AsyncBalanceWatch:
 
     async def __anext__(self) -> BalanceChange:
         await self.start()
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        change = self._change_in(await self._queue.get())
+        if change is None:
+            raise StopAsyncIteration
+        return change
 
 
-_CLOSED = object()
-
-
-class BalanceWatch:
+class BalanceWatch(_Watch):
     """Balance changes in a background thread. Use `with`, then `for change in watch` (or pass a
     callback, called on that thread, and keep the block open)."""
 
     def __init__(self, make_channel: Callable[[], BalanceChannel], callback: Callback | None = None) -> None:
-        self._make_channel = make_channel
-        self._callback = callback
         self._queue: queue.Queue[object] = queue.Queue()
+        super().__init__(callback, self._queue.put_nowait)
+        self._make_channel = make_channel
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
 
-    async def _emit(self, change: BalanceChange) -> None:
-        if self._callback is None:
-            self._queue.put(change)
-        else:
-            self._callback(change)
-
     async def _main(self, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            self._task = await _start(self._make_channel(), self._emit, timeout)
+            self._task = await self._started_task(self._make_channel(), timeout)
         except BaseException as error:
             self._start_error = error
             return
         finally:
             self._started.set()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        except BaseException as error:
-            self._queue.put(error)
-        finally:
-            self._queue.put(_CLOSED)
+        await asyncio.wait({self._task})
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> BalanceWatch:
         if self._thread is None:
@@ -149,12 +190,14 @@ class BalanceWatch:
         return self
 
     def close(self) -> None:
+        """Stop; raises the error that ended the watch, if nothing raised it yet."""
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
                 loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
             self._thread.join()
+        self._raise_failure()
 
     def __enter__(self) -> BalanceWatch:
         return self.start()
@@ -166,14 +209,8 @@ class BalanceWatch:
 
     def __iter__(self) -> Iterator[BalanceChange]:
         self.start()
-        while True:
-            item = self._queue.get()
-            if item is _CLOSED:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, BalanceChange)
-            yield item
+        while (change := self._change_in(self._queue.get())) is not None:
+            yield change
 
     def get(self, timeout: float | None = None) -> BalanceChange:
         """The next change; raises `TimeoutError` when none arrives in time."""
@@ -182,9 +219,7 @@ class BalanceWatch:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no balance change within {timeout} s") from None
-        if item is _CLOSED:
+        change = self._change_in(item)
+        if change is None:
             raise ServiceUnavailable("the balance watch is closed", reason="watch_closed")
-        if isinstance(item, BaseException):
-            raise item
-        assert isinstance(item, BalanceChange)
-        return item
+        return change

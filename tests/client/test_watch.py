@@ -4,25 +4,70 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from decimal import Decimal
+from typing import Any
 
+import httpx
 import pytest
 
-from mycelium_client import AsyncMyceliumClient, BalanceChange, BalanceSource, NotFound
+from mycelium_client import (
+    AsyncMyceliumClient,
+    BalanceChange,
+    BalanceSource,
+    BalanceWatch,
+    MyceliumError,
+    NotFound,
+    ServiceUnavailable,
+)
 from tests.client.conftest import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target
+from tests.client.doubles.realtime import RESTARTING, TOKEN_EXPIRED, JoinScript, policy_refusal
 
 WAIT = 10.0
+# FAST_WATCH's rejoin delays after 1, 2, 3... failures in a row: doubling, up to its maximum.
+BACKOFF = [0.2, 0.4, FAST_WATCH.max_backoff_seconds]
 
 
 def next_change(watch: object, source: BalanceSource | None = None) -> BalanceChange:
-    from mycelium_client import BalanceWatch
-
     assert isinstance(watch, BalanceWatch)
     while True:
         change = watch.get(timeout=WAIT)
         if source is None or change.source is source:
             return change
+
+
+def balance_reaching(watch: BalanceWatch, balance: Decimal | int) -> BalanceChange:
+    while True:
+        change = watch.get(timeout=WAIT)
+        if change.balance == balance:
+            return change
+
+
+def assert_backed_off(joins: list[float]) -> None:
+    """Each join came at least the backoff after the one before: a lower bound, which a slow
+    machine only makes easier to meet."""
+    waits = [later - earlier for earlier, later in itertools.pairwise(joins)]
+    assert all(waited >= delay for waited, delay in zip(waits, BACKOFF, strict=False)), waits
+
+
+class FailingBalanceReads(httpx.BaseTransport):
+    """PostgREST's answer `status`/`body` to the next `failing` balance reads (set it any time):
+    PostgREST without its database, or refusing a token; everything else goes through."""
+
+    def __init__(self, status: int, body: dict[str, Any], failing: int = 0) -> None:
+        self.inner, self.status, self.body, self.failing = httpx.HTTPTransport(), status, body, failing
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/credit_accounts") and self.failing > 0:
+            self.failing -= 1
+            return httpx.Response(self.status, json=self.body)
+        return self.inner.handle_request(request)
+
+
+UNAVAILABLE = (503, {"code": "PGRST001", "message": "Database client error"})
+TOKEN_REFUSED = (401, {"code": "PGRST301", "message": "JWT expired"})
 
 
 def test_a_transfer_reaches_both_watchers(account: MakeAccount) -> None:
@@ -128,9 +173,9 @@ def test_only_your_own_balance_is_delivered(
 
 
 def test_refreshes_its_access_token(target: Target, local_doubles: Doubles, account: MakeAccount) -> None:
-    """Tokens that live 3 s: supabase-py refreshes the session before expiry, the watch pushes
-    the new token to its channel, and the double (which closes channels whose token expired)
-    keeps delivering."""
+    """Tokens that live 3 s: supabase-py refreshes the session before expiry and the watch gives
+    the channel the new token, and the double (which closes channels whose token expired) keeps
+    delivering."""
     sender = account(funded=5)
     user_id, email = target.create_user()
     auth = local_doubles.auth
@@ -145,5 +190,173 @@ def test_refreshes_its_access_token(target: Target, local_doubles: Doubles, acco
             assert watch.get(timeout=WAIT).balance == 1
     finally:
         auth.token_lifetime_seconds = 3600
-    pushed = [frame["payload"]["access_token"] for frame in local_doubles.realtime.frames("access_token")]
-    assert pushed and first_token not in pushed
+    # Pushed to the open channel, or, when the refresh lands right at expiry and the double has
+    # closed the channel already, sent with the rejoin: a newer token reached the server either way.
+    given = [
+        frame["payload"]["access_token"]
+        for event in ("access_token", "phx_join")
+        for frame in local_doubles.realtime.frames(event)
+        if frame.get("topic") == f"realtime:balance:{user_id}"
+    ]
+    assert first_token in given and set(given) - {first_token}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reads"),
+    [(UNAVAILABLE, 2 * FAST_RETRY.attempts), (TOKEN_REFUSED, 2)],  # two resyncs fail, retries included
+    ids=["rest-unavailable", "rest-token-refused"],
+)
+def test_a_failed_balance_read_is_retried_in_the_same_mode(
+    target: Target, account: MakeAccount, answer: tuple[int, dict[str, Any]], reads: int
+) -> None:
+    sender = account(funded=3)
+    user_id, email = target.create_user()
+    rest = FailingBalanceReads(*answer, failing=reads)
+    client = target.client(http_client=httpx.Client(transport=rest))
+    client.auth.sign_in(email, PASSWORD)
+    with client.credits.watch() as watch:
+        assert watch.get(timeout=WAIT).source is BalanceSource.RESYNC
+        sender.client.credits.transfer(user_id, 1)
+        change = watch.get(timeout=WAIT)
+    assert rest.failing == 0
+    assert change.source is BalanceSource.BROADCAST and change.balance == 1
+
+
+def test_rest_unavailable_at_a_reconnect_is_retried(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    sender = account(funded=10)
+    user_id, email = target.create_user()
+    rest = FailingBalanceReads(*UNAVAILABLE)
+    client = target.client(http_client=httpx.Client(transport=rest))
+    client.auth.sign_in(email, PASSWORD)
+    with client.credits.watch() as watch:
+        assert watch.get(timeout=WAIT).balance == 0
+        rest.failing = 2 * FAST_RETRY.attempts
+        local_doubles.realtime.drop_connections()
+        sender.client.credits.transfer(user_id, 4)
+        assert watch.get(timeout=WAIT).balance == 4  # only after a resync succeeded
+        assert rest.failing == 0
+        sender.client.credits.transfer(user_id, 1)
+        change = watch.get(timeout=WAIT)
+    assert change.source is BalanceSource.BROADCAST and change.balance == 5
+
+
+@pytest.mark.parametrize("reason", [TOKEN_EXPIRED, RESTARTING], ids=["token", "restarting"])
+def test_a_join_refused_for_another_reason_than_the_policy_is_retried_with_backoff(
+    local_doubles: Doubles, account: MakeAccount, reason: str
+) -> None:
+    sender, recipient = account(funded=2), account()
+    topic = f"balance:{recipient.id}"
+    local_doubles.realtime.script_joins(topic, *[JoinScript(refuse=reason)] * 3)
+    with recipient.client.credits.watch() as watch:
+        assert watch.get(timeout=WAIT).balance == 0
+        sender.client.credits.transfer(recipient.id, 2)
+        change = watch.get(timeout=WAIT)
+    assert change.source is BalanceSource.BROADCAST and change.balance == 2
+    assert_backed_off(local_doubles.realtime.join_times(topic, 4, WAIT))
+
+
+def test_a_channel_the_server_keeps_closing_is_rejoined_with_backoff(
+    local_doubles: Doubles, account: MakeAccount
+) -> None:
+    sender, recipient = account(funded=2), account()
+    topic = f"balance:{recipient.id}"
+    local_doubles.realtime.script_joins(topic, *[JoinScript(close=RESTARTING)] * 3)
+    with recipient.client.credits.watch() as watch:
+        joins = local_doubles.realtime.join_times(topic, 4, WAIT)
+        sender.client.credits.transfer(recipient.id, 2)
+        assert balance_reaching(watch, 2).user_id == recipient.id
+    assert_backed_off(joins)
+
+
+def test_a_watch_that_cannot_subscribe_says_why(local_doubles: Doubles, account: MakeAccount) -> None:
+    recipient = account()
+    local_doubles.realtime.script_joins(f"balance:{recipient.id}", *[JoinScript(refuse=TOKEN_EXPIRED)] * 50)
+    with pytest.raises(ServiceUnavailable) as timed_out:
+        recipient.client.credits.watch().start(timeout=1)
+    assert timed_out.value.reason == "realtime_timeout" and TOKEN_EXPIRED in str(timed_out.value)
+
+
+class CallbackFailed(Exception):
+    pass
+
+
+def test_a_failing_callback_is_raised_when_the_block_ends(account: MakeAccount) -> None:
+    sender, recipient = account(funded=5), account()
+    failed = threading.Event()
+
+    def callback(change: BalanceChange) -> None:
+        if change.balance == 2:
+            failed.set()
+            raise CallbackFailed(f"no room for {change.balance}")
+
+    # Raised by the watch's __exit__, as the block ends.
+    with pytest.raises(CallbackFailed, match="no room for 2"), recipient.client.credits.watch(callback):
+        sender.client.credits.transfer(recipient.id, 2)
+        assert failed.wait(WAIT)
+
+
+def test_a_failing_async_callback_is_raised_when_the_block_ends(target: Target, account: MakeAccount) -> None:
+    sender, recipient = account(funded=5), account()
+
+    async def scenario() -> None:
+        async with AsyncMyceliumClient(
+            target.url, target.anon_key, retry=FAST_RETRY, watch=FAST_WATCH
+        ) as client:
+            await client.auth.sign_in(recipient.email, PASSWORD)
+            failed = asyncio.Event()
+
+            async def callback(change: BalanceChange) -> None:
+                if change.balance == 2:
+                    failed.set()
+                    raise CallbackFailed(f"no room for {change.balance}")
+
+            with pytest.raises(CallbackFailed, match="no room for 2"):
+                async with client.credits.watch(callback):
+                    await asyncio.to_thread(sender.client.credits.transfer, recipient.id, 2)
+                    await failed.wait()
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_the_error_that_ends_a_watch_is_raised_once(local_doubles: Doubles, account: MakeAccount) -> None:
+    """Ended by a rejoin whose bindings are not granted as asked: raised by `get`, not again when
+    the block ends."""
+    recipient, other = account(), account()
+    realtime = local_doubles.realtime
+    realtime.script_joins(
+        f"balance:{recipient.id}", JoinScript(refuse=policy_refusal(f"balance:{recipient.id}"))
+    )
+    realtime.script_joins(
+        f"balance-row:{recipient.id}", JoinScript(), JoinScript(grant={"filter": f"user_id=eq.{other.id}"})
+    )
+    with recipient.client.credits.watch() as watch:
+        assert watch.get(timeout=WAIT).source is BalanceSource.RESYNC
+        realtime.drop_connections()
+        with pytest.raises(MyceliumError) as ended:
+            watch.get(timeout=WAIT)
+    assert ended.value.reason == "realtime_bindings"
+
+
+@pytest.mark.parametrize(
+    "granted",
+    [
+        {"filter": "user_id=eq.00000000-0000-0000-0000-000000000000"},
+        {"event": "*"},
+        {"table": "credit_holds"},
+    ],
+    ids=["filter", "event", "table"],
+)
+def test_postgres_changes_bindings_granted_other_than_asked_fail_the_subscription(
+    local_doubles: Doubles, account: MakeAccount, granted: dict[str, str]
+) -> None:
+    recipient = account()
+    realtime = local_doubles.realtime
+    realtime.script_joins(
+        f"balance:{recipient.id}", JoinScript(refuse=policy_refusal(f"balance:{recipient.id}"))
+    )
+    realtime.script_joins(f"balance-row:{recipient.id}", JoinScript(grant=granted))
+    with pytest.raises(MyceliumError) as refused:
+        recipient.client.credits.watch().start(timeout=WAIT)
+    assert refused.value.reason == "realtime_bindings"

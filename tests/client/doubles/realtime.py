@@ -12,6 +12,9 @@
   (NOTIFY, so they arrive at commit, in commit order) and removes when it stops.
 - Tokens: checked at join, replaced by `access_token` pushes; a channel whose token expires
   gets a `system` error and `phx_close`, as on the real server.
+- Tests may script what the next joins of a topic meet (`script_joins`), for what a real server
+  does in circumstances a test cannot bring about: a refusal with one of its reasons, a channel
+  closed once joined, bindings granted other than asked.
 """
 
 from __future__ import annotations
@@ -64,6 +67,24 @@ def dumps(value: Any) -> str:
 
 _EXACT = "@@exact@@"
 
+# Join refusals, worded as the real server words them (`Code: message`).
+TOKEN_EXPIRED = "InvalidJWTToken: Token has expired 0 seconds ago"
+RESTARTING = "RealtimeRestarting: Realtime is restarting, please standby"
+
+
+def policy_refusal(topic: str) -> str:
+    """The refusal of a private topic that the RLS policy on `realtime.messages` does not open."""
+    return f"Unauthorized: You do not have permissions to read from this Channel topic: {topic}"
+
+
+@dataclass(frozen=True)
+class JoinScript:
+    """What one join of a topic meets instead of the usual (a valid token assumed)."""
+
+    refuse: str | None = None  # a `phx_reply` error with this reason
+    close: str | None = None  # joined, then closed at once (`system` error with this, `phx_close`)
+    grant: dict[str, Any] | None = None  # these fields answered in every granted binding
+
 
 @dataclass
 class Channel:
@@ -88,6 +109,9 @@ class RealtimeDouble:
     _check_lock: asyncio.Lock | None = None
     _check_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
     _stop: asyncio.Event | None = None
+    _scripts: dict[str, list[JoinScript]] = field(default_factory=dict)
+    _joins: dict[str, list[float]] = field(default_factory=dict)  # topic -> monotonic join times
+    _joined: threading.Condition = field(default_factory=threading.Condition)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> str:
@@ -152,6 +176,17 @@ class RealtimeDouble:
 
     def frames(self, event: str) -> list[dict[str, Any]]:
         return [frame for frame in list(self.received) if frame.get("event") == event]
+
+    def script_joins(self, topic: str, *scripts: JoinScript) -> None:
+        """The next joins of `topic` (without the "realtime:" prefix) meet `scripts`, in order."""
+        self._scripts.setdefault(topic, []).extend(scripts)
+
+    def join_times(self, topic: str, count: int, timeout: float) -> list[float]:
+        """When the first `count` joins of `topic` arrived (time.monotonic), once they have."""
+        with self._joined:
+            if not self._joined.wait_for(lambda: len(self._joins.get(topic, [])) >= count, timeout):
+                raise TimeoutError(f"{topic} was not joined {count} times within {timeout} s")
+            return self._joins[topic][:count]
 
     # -- connections ---------------------------------------------------------------------------
     def _claims(self, token: str) -> dict[str, Any] | None:
@@ -234,29 +269,36 @@ class RealtimeDouble:
     async def _join(self, socket: ServerConnection, frame: dict[str, Any]) -> None:
         wire_topic, payload = str(frame["topic"]), frame.get("payload") or {}
         config = payload.get("config") or {}
+        topic = wire_topic.removeprefix("realtime:")
+        with self._joined:
+            self._joins.setdefault(topic, []).append(time.monotonic())
+            self._joined.notify_all()
         claims = self._claims(str(payload.get("access_token") or ""))
         if claims is None:
             await self._reply(
                 socket, frame, "error", {"reason": "Invalid JWT: the token is invalid or has expired"}
             )
             return
-        topic = wire_topic.removeprefix("realtime:")
+        scripts = self._scripts.get(topic)
+        script = scripts.pop(0) if scripts else JoinScript()
+        if script.refuse is not None:
+            await self._reply(socket, frame, "error", {"reason": script.refuse})
+            return
         private = bool(config.get("private"))
         if private and not await self._may_read_topic(claims, topic):
-            await self._reply(
-                socket,
-                frame,
-                "error",
-                {
-                    "reason": "Unauthorized: You do not have permissions to read from this Channel topic: "
-                    + topic
-                },
-            )
+            await self._reply(socket, frame, "error", {"reason": policy_refusal(topic)})
             return
-        bindings = [{**binding, "id": next(self._ids)} for binding in config.get("postgres_changes") or []]
+        bindings = [
+            {**binding, **(script.grant or {}), "id": next(self._ids)}
+            for binding in config.get("postgres_changes") or []
+        ]
         self._drop(socket, wire_topic)
-        self.channels.append(Channel(socket, topic, frame.get("join_ref"), claims, private, bindings))
+        channel = Channel(socket, topic, frame.get("join_ref"), claims, private, bindings)
+        self.channels.append(channel)
         await self._reply(socket, frame, "ok", {"postgres_changes": bindings})
+        if script.close is not None:
+            await self._close(channel, script.close)
+            return
         if bindings:
             await self._send(
                 socket,
