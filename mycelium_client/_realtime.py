@@ -49,6 +49,15 @@ class _PolicyRefusal(Exception):
     """The project's policy does not let this user join the topic."""
 
 
+class _ReceiverFailed(Exception):
+    """Who receives the changes raised `error`: the watch ends with it, whatever its type (an
+    OSError from a callback is not a dropped connection, to be retried)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class WatchSettings:
     heartbeat_seconds: float = 25.0
@@ -102,6 +111,8 @@ class BalanceChannel:
                     self.last_failure = None
                     self.subscribed.set()
                     await self._listen(socket, emit)
+            except _ReceiverFailed as failed:
+                raise failed.error from None
             except _PolicyRefusal as refusal:
                 if self.mode is BalanceSource.BROADCAST:
                     self.mode = BalanceSource.POSTGRES_CHANGES
@@ -251,4 +262,7 @@ class BalanceChannel:
         key = (change.balance, change.held, change.updated_at)
         if key != self._last:
             self._last = key
-            await emit(change)
+            try:
+                await emit(change)
+            except Exception as error:
+                raise _ReceiverFailed(error) from error

@@ -297,6 +297,23 @@ def test_a_failing_callback_is_raised_when_the_block_ends(account: MakeAccount) 
         assert failed.wait(WAIT)
 
 
+def test_a_callback_failing_with_an_os_error_ends_the_watch_too(account: MakeAccount) -> None:
+    """Not taken for a dropped connection and retried in silence."""
+    sender, recipient = account(funded=5), account()
+    failed = threading.Event()
+
+    def callback(change: BalanceChange) -> None:
+        if change.balance == 2:
+            failed.set()
+            raise OSError("disk full")
+
+    with recipient.client.credits.watch(callback) as watch:
+        sender.client.credits.transfer(recipient.id, 2)
+        assert failed.wait(WAIT)
+        with pytest.raises(OSError, match="disk full"):
+            watch.get(timeout=WAIT)  # the watch has ended, with the callback's error
+
+
 def test_a_failing_async_callback_is_raised_when_the_block_ends(target: Target, account: MakeAccount) -> None:
     sender, recipient = account(funded=5), account()
 
