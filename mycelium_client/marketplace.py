@@ -146,6 +146,13 @@ def update_product_call(product_id: ProductRef, changes: ProductChanges) -> Call
     retry. A product that is not yours (or does not exist) matches no row: NotFound."""
     if not changes:
         raise InvalidArgument("nothing to change: pass at least one field", reason="invalid_argument")
+    # A None would be dropped from the request and change nothing, silently.
+    if unset := sorted(field for field, value in changes.items() if value is None):
+        raise InvalidArgument(
+            f"None is not a value for {', '.join(unset)}: leave out what stays "
+            "(capacity: 'unlimited' lifts a limit)",
+            reason="invalid_argument",
+        )
     body: dict[str, object] = dict(changes)
     if "price" in changes:
         body["price"] = amount(changes["price"], "price")

@@ -226,6 +226,8 @@ def test_marketplace_arguments_are_checked_before_sending(offline: MyceliumClien
         offline.marketplace.update_product(USER, price="-1")
     with pytest.raises(InvalidArgument, match="nothing to change"):
         offline.marketplace.update_product(USER)
+    with pytest.raises(InvalidArgument, match="None is not a value for capacity"):
+        offline.marketplace.update_product(USER, capacity=None)  # type: ignore[arg-type]
     with pytest.raises(InvalidAmount):
         offline.orders.refund(USER, "sorry", "0")
     with pytest.raises(InvalidAmount):
