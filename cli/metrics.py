@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cli.common import ApiSettings, ServiceKeyOption, UrlOption, reported, resolve_api
+from cli.common import ApiSettings, JsonOption, ServiceKeyOption, UrlOption, reported, resolve_api
 from cli.errors import UsageError
-from cli.output import err, say
+from cli.output import emit_json, err, say
 from mycelium_client import MyceliumClient, MyceliumError
 from mycelium_client.amounts import loads
 from mycelium_client.errors import from_body
@@ -149,8 +149,10 @@ def serve(
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     url: UrlOption = None,
     service_key: ServiceKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Serve the credit metrics on http://ADDRESS:PORT/metrics until interrupted.
+    """Serve the credit metrics on http://ADDRESS:PORT/metrics until interrupted (with --json,
+    where they are served is printed as one JSON object once listening).
 
     Example: mycelium metrics serve --port 9464
     """
@@ -161,11 +163,16 @@ def serve(
     except OSError as error:
         served.close()
         raise UsageError(f"cannot listen on {address}:{port}: {error.strerror}") from None
-    say(f"Serving metrics on http://{address}:{port}/metrics (Ctrl-C to stop)")
+    metrics_url = f"http://{address}:{port}/metrics"
+    if as_json:
+        emit_json({"metrics_url": metrics_url})
+    else:
+        say(f"Serving metrics on {metrics_url} (Ctrl-C to stop)")
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
-        say("Stopped.")
+        if not as_json:
+            say("Stopped.")
     finally:
         server.shutdown()
         thread.join()

@@ -23,6 +23,7 @@ def _default(value: object) -> object:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=_default, indent=2) + "\n")
+    sys.stdout.flush()  # a long-running command (metrics serve, credits watch) is read as it goes
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

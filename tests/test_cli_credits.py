@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import typer
 from psycopg.rows import TupleRow
 from typer.testing import CliRunner, Result
 
@@ -198,18 +199,24 @@ def test_report_tables_json_and_a_self_contained_html_page(funded: User, run: Ru
     assert Decimal(report["summary"]["issued"]) >= 100
 
 
-def test_every_command_has_help_with_an_example() -> None:
-    commands = (
-        [
-            ("credits", name)
-            for name in ("balance", "history", "grant", "purchase", "expire", "audit", "report", "watch")
-        ]
-        + [("config", name) for name in ("show", "apply", "set")]
-        + [("legacy", "import"), ("metrics", "serve"), ("health",)]
-    )
-    for command in commands:
-        result = CliRunner().invoke(app, [*command, "--help"])
-        assert result.exit_code == 0 and "Example: mycelium " in result.stdout, command
+def leaf_commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command `mycelium` runs (not its groups), with the words that name it."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        yield path, command
+        return
+    for name, subcommand in subcommands.items():
+        yield from leaf_commands(subcommand, (*path, name))
+
+
+def test_every_command_has_json_and_help_with_an_example() -> None:
+    commands = list(leaf_commands(typer.main.get_command(app)))
+    assert len(commands) > 20 and (("credits", "grant") in dict(commands))
+    for words, command in commands:
+        options = {name for parameter in command.params for name in getattr(parameter, "opts", [])}
+        assert "--json" in options, words
+        result = CliRunner().invoke(app, [*words, "--help"])
+        assert result.exit_code == 0 and "Example: " in result.stdout and "mycelium " in result.stdout, words
 
 
 def test_a_real_subprocess_with_settings_from_the_environment(
