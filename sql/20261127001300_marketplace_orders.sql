@@ -105,11 +105,13 @@ create unique index order_refunds_idempotency_key on public.order_refunds (order
   where idempotency_key is not null;
 
 -- What a hold took from the buyer's expiring lots, by expiry (the rest came from the
--- non-expiring credits). Written by spend_expiring_lots, read when the hold is released.
+-- non-expiring credits). Written by spend_expiring_lots, read when the hold is released, and by
+-- refunds, which give it back as lots (`returned` so far).
 create table mycelium_private.order_hold_lots (
   order_id uuid not null,
   expires_at timestamptz not null,
   amount numeric not null check (amount > 0),
+  returned numeric not null default 0 check (returned >= 0 and returned <= amount),
   primary key (order_id, expires_at)
 );
 alter table mycelium_private.order_hold_lots enable row level security;

@@ -12,9 +12,45 @@
 -- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
 -- amount (the last refund takes exactly what is left of the fee), the provider's part is the
 -- rest: every part has 6 decimals, the parts sum exactly to each refund and, refund after refund,
--- to exactly what was paid. The platform's part does not expire; the provider's part is debited
--- like any spending (their expiring lots first), and what those lots give reaches the buyer as
--- lots with the same expiry. A provider's earnings themselves never expire.
+-- to exactly what was paid. A refund never makes expiring credits permanent: the provider's part
+-- is debited like any spending (their expiring lots first) and what those lots give reaches the
+-- buyer as lots with the same expiry; and as far as the refund goes beyond that, the buyer gets
+-- back as lots what they paid from expiring lots (order_hold_lots, latest expiry first: the
+-- spending took the soonest first). A provider's earnings themselves never expire.
+
+-- Give back, as lots of the buyer with their old expires_at, up to `p_amount` of what the order
+-- paid from expiring lots and no refund has given back yet, latest expiry first. The buyer's
+-- account is locked and its balance holds the credits already. Returns what it gave back as lots.
+create or replace function mycelium_private.return_paid_lots(
+  p_order uuid, p_buyer uuid, p_amount numeric, p_transfer uuid)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  left_to_give numeric := p_amount;
+  part record;
+  given numeric;
+begin
+  for part in
+    select h.expires_at, h.amount - h.returned as open from mycelium_private.order_hold_lots h
+    where h.order_id = p_order and h.returned < h.amount
+    order by h.expires_at desc
+  loop
+    exit when left_to_give = 0;
+    given := least(part.open, left_to_give);
+    update mycelium_private.order_hold_lots h set returned = h.returned + given
+    where h.order_id = p_order and h.expires_at = part.expires_at;
+    insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
+    values (p_buyer, given, given, part.expires_at, p_transfer);
+    left_to_give := left_to_give - given;
+  end loop;
+  if left_to_give < p_amount then
+    update public.credit_accounts a set expiring = a.expiring + (p_amount - left_to_give) where a.user_id = p_buyer;
+  end if;
+  return p_amount - left_to_give;
+end;
+$$;
 
 -- Give back an order's hold in full; the order is locked by the caller.
 create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
@@ -239,6 +275,7 @@ declare
   v_to text;
   v_transfer uuid;
   v_debit record;
+  v_passed numeric := 0;
   v_balance numeric;
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service()) then
@@ -288,7 +325,8 @@ begin
     v_debit := mycelium_private.debit_user(v_order.provider_id, v_provider, null, v_order.buyer_id, v_transfer);
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
     values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_debit.balance, v_order.buyer_id, v_reason, v_order.id::text);
-    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer, v_debit.from_lots);
+    v_passed := v_debit.from_lots;
+    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer, v_passed);
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
     values (v_transfer, v_order.buyer_id, v_provider, 'refund', v_balance, v_order.provider_id, v_reason, v_order.id::text);
   end if;
@@ -301,6 +339,7 @@ begin
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference)
     values (v_transfer, v_order.buyer_id, v_platform, 'refund', v_balance, v_reason, v_order.id::text);
   end if;
+  perform mycelium_private.return_paid_lots(v_order.id, v_order.buyer_id, v_amount - v_passed, v_transfer);
 
   insert into public.order_refunds
     (order_id, amount, provider_part, platform_part, reason, idempotency_key, refunded_by, refunded_role)

@@ -240,6 +240,43 @@ def test_a_refund_passes_the_providers_expiring_credits_on_with_their_expiry(
     audit_is_clean(service_api)
 
 
+def test_a_refund_gives_back_as_lots_what_was_paid_from_expiring_credits(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    """Else a provider could turn a buyer's promotional credits into permanent ones: fulfil, then
+    refund."""
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    later = soon + dt.timedelta(days=1)
+    for amount, expires in (("4", soon), ("6", later)):
+        promo = service_api.rpc(
+            "grant_credits", user_id=alice.id, amount=amount, reason="promo", expires_at=expires.isoformat()
+        )
+        assert promo.status_code == 200, promo.text
+    # 15 paid: the 10 expiring credits (soonest first), then 5 of the 10 bought.
+    order = placed(alice, (list_product(provider, price="15")["id"], 1))
+    assert provider.api.rpc("fulfil_order", order_id=order["id"]).status_code == 200
+
+    def expiring_and_not() -> tuple[dict[dt.datetime, Decimal], Decimal]:
+        """What Alice's lots hold by expiry, and her credits that never expire."""
+        account = body(alice.api.get("/credit_accounts"))[0]
+        by_expiry: dict[dt.datetime, Decimal] = {}
+        for lot in body(alice.api.get("/credit_lots", remaining="gt.0")):
+            expires = dt.datetime.fromisoformat(lot["expires_at"])
+            by_expiry[expires] = by_expiry.get(expires, D(0)) + D(str(lot["remaining"]))
+        return by_expiry, D(str(account["balance"])) - D(str(account["expiring"]))
+
+    assert expiring_and_not() == ({}, D("5"))
+    # The refund undoes the spending: the latest expiry comes back first.
+    refunded = provider.api.rpc("refund_order", order_id=order["id"], reason="part", amount="4")
+    assert refunded.status_code == 200, refunded.text
+    assert expiring_and_not() == ({later: D("4")}, D("5"))
+    rest = provider.api.rpc("refund_order", order_id=order["id"], reason="rest")
+    assert rest.status_code == 200, rest.text
+    assert expiring_and_not() == ({soon: D("4"), later: D("6")}, D("10"))
+    audit_is_clean(service_api)
+
+
 def test_refund_before_fulfilment_is_refused(service_api: Api, make_user: MakeUser) -> None:
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
     order = placed(alice, (list_product(provider)["id"], 1))
