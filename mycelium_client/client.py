@@ -13,7 +13,7 @@ from typing import Any, Self
 import httpx
 import supabase
 from supabase.lib.client_options import AsyncClientOptions, SyncClientOptions
-from supabase_auth.types import AuthChangeEvent
+from supabase_auth.types import AuthChangeEvent, Subscription
 from supabase_auth.types import Session as GoTrueSession
 
 from mycelium_client._http import AsyncTransport, Credentials, RetryPolicy, SyncTransport
@@ -89,7 +89,18 @@ class _Core:
         return _Core(self.project, Identity(self.project.key, access_token), self.retry, self.watch)
 
 
-class MyceliumClient:
+class _FollowsSession:
+    """Both clients: their subscription to the auth client's session changes, ended by close()."""
+
+    _following: Subscription | None
+
+    def _stop_following(self) -> None:
+        if self._following is not None:
+            self._following.unsubscribe()
+            self._following = None
+
+
+class MyceliumClient(_FollowsSession):
     """The sync client. `with MyceliumClient(url, key) as client: client.credits.balance()`."""
 
     def __init__(
@@ -132,8 +143,9 @@ class MyceliumClient:
         self.marketplace = Marketplace(transport, core.identity)
         self.orders = Orders(transport, core.identity)
         self.admin = Admin(transport)
-        if not fixed_token:
-            client.auth.on_auth_state_change(core.follow_session)
+        # Following the auth client's session, until closed: a client made per request over a
+        # long-lived supabase client must not leave a subscriber behind.
+        self._following = None if fixed_token else client.auth.on_auth_state_change(core.follow_session)
 
     @classmethod
     def from_supabase(
@@ -174,6 +186,7 @@ class MyceliumClient:
         return derived
 
     def close(self) -> None:
+        self._stop_following()
         if self._owns_http:
             self._http.close()
         if self._owns_supabase:
@@ -188,7 +201,7 @@ class MyceliumClient:
         self.close()
 
 
-class AsyncMyceliumClient:
+class AsyncMyceliumClient(_FollowsSession):
     """The async client: `async with AsyncMyceliumClient(url, key) as client: ...`, calls awaited."""
 
     def __init__(
@@ -229,8 +242,9 @@ class AsyncMyceliumClient:
         self.marketplace = AsyncMarketplace(transport, core.identity)
         self.orders = AsyncOrders(transport, core.identity)
         self.admin = AsyncAdmin(transport)
-        if not fixed_token:
-            client.auth.on_auth_state_change(core.follow_session)
+        # Following the auth client's session, until closed: a client made per request over a
+        # long-lived supabase client must not leave a subscriber behind.
+        self._following = None if fixed_token else client.auth.on_auth_state_change(core.follow_session)
 
     @classmethod
     def from_supabase(
@@ -270,6 +284,7 @@ class AsyncMyceliumClient:
         return derived
 
     async def close(self) -> None:
+        self._stop_following()
         if self._owns_http:
             await self._http.aclose()
         if self._owns_supabase:

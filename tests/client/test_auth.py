@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+import supabase
+from supabase.lib.client_options import SyncClientOptions
 
-from mycelium_client import Conflict, InvalidArgument, NotAuthorized
-from tests.client.conftest import AUTH_SPEC, PASSWORD, Doubles, MakeAccount, Target
+from mycelium_client import Conflict, InvalidArgument, MyceliumClient, NotAuthorized
+from tests.client.conftest import AUTH_SPEC, FAST_RETRY, PASSWORD, Doubles, MakeAccount, Target
 
 
 def test_sign_up_gives_a_session_and_a_credit_account(target: Target) -> None:
@@ -188,3 +190,24 @@ def test_realtime_py_subscribes_to_the_realtime_double(
     message = asyncio.run(scenario())
     assert message["event"] == "balance_changed" and message["payload"]["user_id"] == str(user.id)
     assert Decimal(str(message["payload"]["balance"])) == 2
+
+
+def test_a_client_over_an_existing_supabase_client_follows_its_session_until_closed(
+    target: Target,
+) -> None:
+    user_id, email = target.create_user()
+    existing = supabase.Client(
+        target.url, target.anon_key, SyncClientOptions(headers={}, persist_session=False)
+    )
+    existing.auth.sign_in_with_password({"email": email, "password": PASSWORD})
+    followers = existing.auth._state_change_emitters  # supabase-auth's subscribers (pinned version)
+    before = len(followers)
+
+    client = MyceliumClient.from_supabase(existing, retry=FAST_RETRY)
+    assert len(followers) == before + 1
+    assert client.credits.balance().user_id == user_id  # acting as the session's user
+    client.close()
+    # It lets go of the session it followed, and leaves the existing client open and signed in.
+    assert len(followers) == before
+    session = existing.auth.get_session()
+    assert session is not None and session.user.id == str(user_id)
