@@ -163,7 +163,10 @@ comment on table public.credit_lots is
   'Your credits that expire, one lot per grant or purchase with an expiry. The rest of your balance '
   '(credit_accounts.balance - expiring) never expires.';
 
-create index credit_lots_expiring_idx on public.credit_lots (user_id, expires_at, id) where live;
+-- One live lot per user and expiry (mycelium_private.add_lot merges into it): credits passed on
+-- in many small movements must not split an account into thousands of lots that each later
+-- spending walks through, and hands on split again.
+create unique index credit_lots_one_live_per_expiry on public.credit_lots (user_id, expires_at) where live;
 create index credit_lots_sweep_idx on public.credit_lots (expires_at) where live;
 
 -- Append-only ledger, for every role.
@@ -229,6 +232,23 @@ select mycelium_private.open_credit_account(u.id) from auth.users u;
 -- accounts, in ascending user_id order (an UPDATE of the balance, or lock_accounts, locks one).
 -- ---------------------------------------------------------------------------------------
 
+-- Credits of a user expiring at `p_expires_at`: added to the user's live lot of that expiry, or a
+-- new lot (whose source is `p_transfer`; a lot merged into keeps its first source). The caller
+-- raises the account's `expiring` by `p_amount`.
+create or replace function mycelium_private.add_lot(
+  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into public.credit_lots as l (user_id, amount, remaining, expires_at, source_transfer_id)
+  values (p_user, p_amount, p_amount, p_expires_at, p_transfer)
+  on conflict (user_id, expires_at) where live
+  do update set amount = l.amount + excluded.amount, remaining = l.remaining + excluded.remaining;
+end;
+$$;
+
 -- Lock one or two user accounts in ascending user_id order. Returns how many exist.
 create or replace function mycelium_private.lock_accounts(a uuid, b uuid default null)
 returns integer
@@ -293,6 +313,10 @@ declare
   lot record;
   taken numeric;
 begin
+  -- The recipient's lots are written before its account is (lock order): check it exists first.
+  if p_pass_to is not null and not exists (select 1 from public.credit_accounts a where a.user_id = p_pass_to) then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_pass_to, 404);
+  end if;
   for lot in
     select l.id, l.remaining, l.expires_at from public.credit_lots l
     where l.user_id = p_user and l.live and l.expires_at > now()
@@ -306,8 +330,7 @@ begin
       on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
     end if;
     if p_pass_to is not null then
-      insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
-      values (p_pass_to, taken, taken, lot.expires_at, p_transfer);
+      perform mycelium_private.add_lot(p_pass_to, taken, lot.expires_at, p_transfer);
     end if;
     left_to_take := left_to_take - taken;
     exit when left_to_take = 0;
@@ -317,14 +340,15 @@ end;
 $$;
 
 -- Take `p_amount` from a user's balance: from unexpired lots first, soonest expiry first, then
--- from the non-expiring credits; never from an expired lot. With `p_hold_order` the amount goes
+-- from the non-expiring credits (with `p_lots_last`, the other way round: a refund gives back an
+-- earning, which never expires); never from an expired lot. With `p_hold_order` the amount goes
 -- to `held` (an order's hold); with `p_pass_to` what the lots gave becomes lots of that user
 -- (spend_expiring_lots). The UPDATE is what locks the account (callers order their account
 -- updates by user_id). Returns the new balance and what the expiring lots gave (`from_lots`);
 -- fails with insufficient_credits or not_found.
 create or replace function mycelium_private.debit_user(
   p_user uuid, p_amount numeric, p_hold_order uuid default null, p_pass_to uuid default null,
-  p_transfer uuid default null, out balance numeric, out from_lots numeric)
+  p_transfer uuid default null, p_lots_last boolean default false, out balance numeric, out from_lots numeric)
 language plpgsql
 set search_path = ''
 as $$
@@ -332,6 +356,7 @@ declare
   v_held numeric := case when p_hold_order is null then 0 else p_amount end;
   v_account public.credit_accounts;
   v_available numeric;
+  v_from_lots_wanted numeric;
 begin
   from_lots := 0;
   -- Most accounts hold no expiring credits: one UPDATE takes the amount and locks the account.
@@ -351,8 +376,10 @@ begin
     perform mycelium_private.fail('insufficient_credits',
       format('insufficient credits: %s available, %s needed', v_available, p_amount), 409);
   end if;
-  if v_account.expiring > 0 then
-    from_lots := mycelium_private.spend_expiring_lots(p_user, p_amount, p_hold_order, p_pass_to, p_transfer);
+  v_from_lots_wanted := case when p_lots_last then greatest(p_amount - (v_account.balance - v_account.expiring), 0)
+                             else p_amount end;
+  if v_account.expiring > 0 and v_from_lots_wanted > 0 then
+    from_lots := mycelium_private.spend_expiring_lots(p_user, v_from_lots_wanted, p_hold_order, p_pass_to, p_transfer);
   end if;
   update public.credit_accounts a
   set balance = a.balance - p_amount, expiring = a.expiring - from_lots, held = a.held + v_held, updated_at = now()
@@ -384,8 +411,7 @@ begin
     perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_user, 404);
   end if;
   if p_expires_at is not null then
-    insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
-    values (p_user, p_amount, p_amount, p_expires_at, p_transfer);
+    perform mycelium_private.add_lot(p_user, p_amount, p_expires_at, p_transfer);
   end if;
   return new_balance;
 end;

@@ -86,7 +86,7 @@ security definer
 set search_path = ''
 as $$
   select jsonb_build_object('TFC', amount, 'USD', amount * r.rate)
-         || coalesce((select jsonb_object_agg(c.code, round(amount * r.rate / c.usd_per_unit, c.decimals))
+         || coalesce((select jsonb_object_agg(c.code, mycelium_private.divide_rounded(amount * r.rate, c.usd_per_unit, c.decimals))
                       from public.display_currencies c where c.code <> 'USD'), '{}'::jsonb)
   from (select cfg.tfc_to_usd_rate as rate from public.credit_config cfg where cfg.id) r
 $$;

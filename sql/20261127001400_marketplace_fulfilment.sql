@@ -12,11 +12,14 @@
 -- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
 -- amount (the last refund takes exactly what is left of the fee), the provider's part is the
 -- rest: every part has 6 decimals, the parts sum exactly to each refund and, refund after refund,
--- to exactly what was paid. A refund never makes expiring credits permanent: the provider's part
--- is debited like any spending (their expiring lots first) and what those lots give reaches the
--- buyer as lots with the same expiry; and as far as the refund goes beyond that, the buyer gets
--- back as lots what they paid from expiring lots (order_hold_lots, latest expiry first: the
--- spending took the soonest first). A provider's earnings themselves never expire.
+-- to exactly what was paid. A refund never makes expiring credits permanent: it takes the
+-- provider's part from their credits that never expire first (it takes back an earning, which
+-- never expires) and only then from their expiring lots, which reach the buyer as lots with the
+-- same expiry; as far as the refund goes beyond those, the buyer gets back as lots what they paid
+-- from expiring lots (order_hold_lots, latest expiry first: the spending took the soonest first),
+-- with their old expiry even when it is past (swept by the next expire_credits, as after a
+-- release). A provider's earnings themselves never expire, so promotional credits spent on an
+-- order become the provider's for good: that is what they are for.
 
 -- Give back, as lots of the buyer with their old expires_at, up to `p_amount` of what the order
 -- paid from expiring lots and no refund has given back yet, latest expiry first. The buyer's
@@ -41,8 +44,7 @@ begin
     given := least(part.open, left_to_give);
     update mycelium_private.order_hold_lots h set returned = h.returned + given
     where h.order_id = p_order and h.expires_at = part.expires_at;
-    insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
-    values (p_buyer, given, given, part.expires_at, p_transfer);
+    perform mycelium_private.add_lot(p_buyer, given, part.expires_at, p_transfer);
     left_to_give := left_to_give - given;
   end loop;
   if left_to_give < p_amount then
@@ -74,8 +76,7 @@ begin
       expiring = a.expiring + v_expiring, updated_at = now()
   where a.user_id = p_order.buyer_id
   returning a.balance into v_balance;
-  insert into public.credit_lots (user_id, amount, remaining, expires_at, source_transfer_id)
-  select p_order.buyer_id, h.amount, h.amount, h.expires_at, v_transfer
+  perform mycelium_private.add_lot(p_order.buyer_id, h.amount, h.expires_at, v_transfer)
   from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
   insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values (v_transfer, p_order.buyer_id, p_order.held_amount, 'order_release', v_balance, p_order.provider_id, p_reason,
@@ -321,8 +322,9 @@ begin
     values ('refund', v_order.provider_id, v_order.buyer_id, v_provider, v_reason, v_order.id::text,
             auth.uid(), coalesce(auth.role(), session_user::text))
     returning id into v_transfer;
-    -- As in a transfer, what the provider's expiring lots give reaches the buyer as lots.
-    v_debit := mycelium_private.debit_user(v_order.provider_id, v_provider, null, v_order.buyer_id, v_transfer);
+    -- From the provider's credits that never expire first (the refund takes back an earning);
+    -- what their expiring lots must give reaches the buyer as lots, as in a transfer.
+    v_debit := mycelium_private.debit_user(v_order.provider_id, v_provider, null, v_order.buyer_id, v_transfer, true);
     insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
     values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_debit.balance, v_order.buyer_id, v_reason, v_order.id::text);
     v_passed := v_debit.from_lots;

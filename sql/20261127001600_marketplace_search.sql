@@ -140,7 +140,7 @@ begin
   return query execute format(
     'select p.id, p.provider_id, p.category, p.name, p.description, p.price, p.unit, p.attributes, p.capacity,'
     || ' case when p.capacity is null then null else greatest(p.capacity - p.units_in_use, 0) end,'
-    || ' p.location, p.created_at, p.price * $10, $11, round(p.price * $10 / $12, $13),'
+    || ' p.location, p.created_at, p.price * $10, $11, mycelium_private.divide_rounded(p.price * $10, $12, $13),'
     || ' case when $14 = ''newest'' then jsonb_build_object(''created_at'', p.created_at, ''id'', p.id)'
     || '      else jsonb_build_object(''price'', p.price, ''id'', p.id) end'
     || ' from public.products p where %s order by %s limit %s',

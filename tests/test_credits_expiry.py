@@ -137,6 +137,39 @@ def test_transferred_credits_keep_their_expiry(
     assert body(service_api.rpc("audit_ledger")) == []
 
 
+@pytest.mark.parametrize(
+    "unknown", ["00000000-0000-4000-8000-000000000000", "ffffffff-ffff-4fff-bfff-ffffffffffff"]
+)
+def test_a_transfer_to_no_one_is_unknown_recipient_when_the_sender_has_expiring_credits(
+    service_api: Api, make_user: MakeUser, unknown: str
+) -> None:
+    # Below and above any sender: the recipient's lots would be written before or after its account.
+    sender = make_user()
+    grant_then_buy(service_api, sender, datetime.now(UTC) + timedelta(hours=1))
+    refused = sender.api.rpc("transfer_credits", recipient=unknown, amount="12")
+    assert refused.status_code == 404 and body(refused)["code"] == "unknown_recipient", refused.text
+    assert lots(sender) == (D("5"), [D("10")])
+
+
+def test_credits_passed_on_in_many_movements_stay_one_lot_per_expiry(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    """Else anyone could split an account into thousands of lots, which each spending walks."""
+    sender, recipient = make_user(), make_user()
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    grant_then_buy(service_api, sender, expires)
+    for _ in range(20):
+        sent = sender.api.rpc("transfer_credits", recipient=recipient.id, amount="0.000001")
+        assert sent.status_code == 200, sent.text
+    # A grant with the same expiry joins the same lot.
+    again = service_api.rpc(
+        "grant_credits", user_id=recipient.id, amount="1", reason="promo", expires_at=expires.isoformat()
+    )
+    assert again.status_code == 200, again.text
+    assert lots(recipient) == (D("0"), [D("1.00002")])
+    assert body(service_api.rpc("audit_ledger")) == []
+
+
 def test_expire_credits_is_for_service_role_only(
     anon_api: Api, make_user: MakeUser, service_api: Api
 ) -> None:

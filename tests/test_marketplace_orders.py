@@ -211,32 +211,31 @@ def test_refunds_partial_then_full_split_exactly(
     audit_is_clean(service_api)
 
 
-def test_a_refund_passes_the_providers_expiring_credits_on_with_their_expiry(
+def test_a_refund_is_paid_from_the_providers_earnings_first_then_from_their_expiring_credits(
     service_api: Api, make_user: MakeUser
 ) -> None:
-    provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
+    provider, alice, friend = make_user("farmer"), buyer(service_api, make_user, "20"), make_user()
+    order = placed(alice, (list_product(provider, price="10")["id"], 1))
+    assert provider.api.rpc("fulfil_order", order_id=order["id"]).status_code == 200
+    # The provider passes 5 of the earning on, and then receives promotional credits.
+    assert provider.api.rpc("transfer_credits", recipient=friend.id, amount="5").status_code == 200
     expires = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
     promo = service_api.rpc(
         "grant_credits", user_id=provider.id, amount="50", reason="promo", expires_at=expires.isoformat()
     )
     assert promo.status_code == 200, promo.text
-    order = placed(alice, (list_product(provider, price="10")["id"], 1))
-    assert provider.api.rpc("fulfil_order", order_id=order["id"]).status_code == 200
     assert provider.api.rpc("refund_order", order_id=order["id"], reason="down").status_code == 200
 
-    refund = body(alice.api.get("/order_refunds", order_id=f"eq.{order['id']}"))[0]
-    provider_part, platform_part = D(str(refund["provider_part"])), D(str(refund["platform_part"]))
-    # The provider pays from their expiring credits first, as any debit does; they reach Alice
-    # as a lot with the same expiry, the platform's part as credits that do not expire.
+    # What is left of the earning goes back first; the 5 missing come from the expiring credits
+    # and reach Alice as a lot with the same expiry. Alice paid with credits that never expire.
     lots = body(alice.api.get("/credit_lots"))
     assert [(D(str(lot["remaining"])), dt.datetime.fromisoformat(lot["expires_at"])) for lot in lots] == [
-        (provider_part, expires)
+        (D("5"), expires)
     ]
     alice_account = body(alice.api.get("/credit_accounts"))[0]
-    assert (D(str(alice_account["balance"])), D(str(alice_account["expiring"]))) == (D("20"), provider_part)
+    assert (D(str(alice_account["balance"])), D(str(alice_account["expiring"]))) == (D("20"), D("5"))
     provider_account = body(provider.api.get("/credit_accounts"))[0]
-    assert D(str(provider_account["expiring"])) == D("50") - provider_part
-    assert provider_part + platform_part == D("10")
+    assert (D(str(provider_account["balance"])), D(str(provider_account["expiring"]))) == (D("45"), D("45"))
     audit_is_clean(service_api)
 
 
