@@ -46,22 +46,22 @@ def order_counts(http: httpx.Client, api: ApiSettings) -> dict[str, int]:
     return {row["status"]: row["orders"] for row in response.json()}
 
 
-def scrape_ok(read_everything: bool) -> GaugeMetricFamily:
-    return GaugeMetricFamily(
-        "mycelium_scrape_ok",
-        "1 when this scrape read every number from the project, 0 when a request failed "
-        "(the credit metrics are then left out).",
-        value=1 if read_everything else 0,
-    )
+SCRAPE_OK = (
+    "mycelium_scrape_ok",
+    "1 when this scrape read every number from the project, 0 when a request failed "
+    "(the credit metrics are then left out).",
+)
+AUDIT_OK = (
+    "mycelium_ledger_audit_ok",
+    "1 when this scrape ran the ledger audit and every invariant holds; 0 when one is broken "
+    "or the audit could not run (mycelium_scrape_ok 0).",
+)
 
 
-def audit_ok(ledger_sound: bool) -> GaugeMetricFamily:
-    return GaugeMetricFamily(
-        "mycelium_ledger_audit_ok",
-        "1 when this scrape ran the ledger audit and every invariant holds; 0 when one is broken "
-        "or the audit could not run (mycelium_scrape_ok 0).",
-        value=1 if ledger_sound else 0,
-    )
+def flag(metric: tuple[str, str], on: bool) -> GaugeMetricFamily:
+    """A gauge that is 1 or 0."""
+    name, documentation = metric
+    return GaugeMetricFamily(name, documentation, value=1 if on else 0)
 
 
 class CreditsCollector(Collector):
@@ -80,12 +80,12 @@ class CreditsCollector(Collector):
             if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
                 self.requests.labels(status="error").inc()  # no response came back to count
             err.print(f"scrape failed: {error}")
-            yield scrape_ok(False)
+            yield flag(SCRAPE_OK, False)
             # A ledger nobody could check is not known to be sound: 0, so that the alert on
             # min(mycelium_ledger_audit_ok) < 1 fires rather than going quiet with the series.
-            yield audit_ok(False)
+            yield flag(AUDIT_OK, False)
             return
-        yield scrape_ok(True)
+        yield flag(SCRAPE_OK, True)
         yield GaugeMetricFamily(
             "mycelium_credits_in_circulation",
             "Credits held by users (spendable and held for orders).",
@@ -109,7 +109,7 @@ class CreditsCollector(Collector):
         for status, count in orders.items():
             by_status.add_metric([status], count)
         yield by_status
-        yield audit_ok(not findings)
+        yield flag(AUDIT_OK, not findings)
 
 
 @dataclass
