@@ -313,9 +313,14 @@ declare
   lot record;
   taken numeric;
 begin
-  -- The recipient's lots are written before its account is (lock order): check it exists first.
-  if p_pass_to is not null and not exists (select 1 from public.credit_accounts a where a.user_id = p_pass_to) then
-    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_pass_to, 404);
+  -- Lots are touched only under their account's lock (a live lot of an expiry is merged into, so
+  -- it is a row others write too): lock the recipient's account now. The sender's is locked
+  -- already, and a recipient above the sender comes next in user_id order anyway.
+  if p_pass_to is not null then
+    perform 1 from public.credit_accounts a where a.user_id = p_pass_to for no key update;
+    if not found then
+      perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_pass_to, 404);
+    end if;
   end if;
   for lot in
     select l.id, l.remaining, l.expires_at from public.credit_lots l
