@@ -189,6 +189,9 @@ begin
   -- Only a confirmed address proves who this is; an unconfirmed sign-up claims nothing.
   if new.email is not null and new.email_confirmed_at is not null and not coalesce(new.is_anonymous, false)
      and (tg_op = 'INSERT' or old.email_confirmed_at is null or old.email is distinct from new.email) then
+    -- Wait for an import under way (it holds this lock alone): else an address it adds, confirmed
+    -- after it looked at the users and before it commits, would be claimed by neither side.
+    perform pg_advisory_xact_lock_shared(hashtext('mycelium_private.legacy_import'));
     perform mycelium_private.claim_legacy_account(new.id, new.email);
   end if;
   return null;

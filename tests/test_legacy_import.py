@@ -504,6 +504,40 @@ def test_an_import_and_an_email_change_of_one_user_take_turns(
     assert balance(db, joining) == (Decimal(1),)
 
 
+def test_an_address_confirmed_while_an_import_adds_it_is_claimed(db: Conn, stack: LocalStack) -> None:
+    """The import has looked at the users (this one not yet confirmed) and not committed yet."""
+    email = f"racing-{uuid.uuid4().hex[:10]}@example.test"
+    user = create_user(db, email, confirmed=False)
+    account = {
+        "email": email,
+        "source_file": "racing.json",
+        "display_name": "Racing",
+        "roles": [],
+        "opening_credits": "7",
+        "legacy_balance": "70",
+    }
+    with (
+        psycopg.connect(stack.superuser_db_url) as importing,
+        psycopg.connect(stack.superuser_db_url, autocommit=True) as gotrue,
+    ):
+        imported = importing.execute(
+            "select mycelium_private.legacy_import('racing', 0.1, %s::jsonb, '[]', '[]', '{}')",
+            (json.dumps([account]),),
+        ).fetchone()
+        assert imported is not None and imported[0]["claimed"] == 0
+        with ThreadPoolExecutor(1) as auth:
+            confirming = auth.submit(
+                gotrue.execute, "update auth.users set email_confirmed_at = now() where id = %s", (user.id,)
+            )
+            try:
+                wait_until_blocked_by(db, importing.info.backend_pid)
+            finally:
+                importing.commit()
+            confirming.result()
+    assert legacy_owner(db, email) == (user.id, None)
+    assert balance(db, email) == (Decimal(7),)
+
+
 def wait_until_blocked_by(db: Conn, backend: int) -> None:
     """Until some session waits for a lock that `backend` holds (failing after a minute)."""
     deadline = time.monotonic() + 60
