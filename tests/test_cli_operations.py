@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from prometheus_client import generate_latest
-from psycopg import sql
-from psycopg.rows import TupleRow
 from typer.testing import CliRunner
 
 from cli import keys
@@ -239,22 +236,6 @@ def test_watch_through_realtime(
 def test_watching_everyone_needs_the_database_feed(stack_env: dict[str, str]) -> None:
     result = CliRunner().invoke(app, ["credits", "watch"], env=stack_env)
     assert result.exit_code == 2 and "pass --db-url to watch everyone" in result.stderr
-
-
-def test_legacy_import_into_a_database_without_the_migrations_says_to_push_them(
-    stack: LocalStack, db: psycopg.Connection[TupleRow], tmp_path: Path
-) -> None:
-    name = f"bare_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        bare = stack.superuser_db_url.replace("/postgres?", f"/{name}?")
-        result = CliRunner().invoke(
-            app, ["legacy", "import", str(tmp_path), "--tfp-usd-rate", "0.1", "--db-url", bare]
-        )
-    finally:
-        db.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-    assert result.exit_code == 2, result.output
-    assert "push the migrations (mycelium sql push)" in result.stderr
 
 
 def test_a_lock_timeout_below_one_second_is_a_usage_error(stack_env: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import TupleRow
 from typer.testing import CliRunner, Result
 
@@ -576,3 +577,19 @@ def test_admin_from_the_old_files_waits_to_be_granted_explicitly(
     db.execute("select public.grant_role(%s, 'admin')", (user.id,))
     assert sorted(roles_of(db, user.id)) == ["admin", "farmer"]
     assert rows(db, waiting, f"%{folder.tag}%") == [(early, early_user.id)]
+
+
+def test_legacy_import_into_a_database_without_the_migrations_says_to_push_them(
+    stack: LocalStack, db: Conn, tmp_path: Path
+) -> None:
+    name = f"bare_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        bare = stack.superuser_db_url.replace("/postgres?", f"/{name}?")
+        result = CliRunner().invoke(
+            app, ["legacy", "import", str(tmp_path), "--tfp-usd-rate", "0.1", "--db-url", bare]
+        )
+    finally:
+        db.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    assert result.exit_code == 2, result.output
+    assert "push the migrations (mycelium sql push)" in result.stderr
