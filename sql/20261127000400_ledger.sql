@@ -160,7 +160,8 @@ create table public.credit_lots (
   check (remaining <= amount)
 ) with (fillfactor = 70);
 comment on table public.credit_lots is
-  'Your credits that expire, one lot per grant or purchase with an expiry. The rest of your balance '
+  'Your credits that expire: one live lot per expiry date (grants, purchases and credits passed on '
+  'with their expiry add to it). The rest of your balance '
   '(credit_accounts.balance - expiring) never expires.';
 
 -- One live lot per user and expiry (mycelium_private.add_lot merges into it): credits passed on

@@ -23,10 +23,10 @@
 
 -- Give back, as lots of the buyer with their old expires_at, up to `p_amount` of what the order
 -- paid from expiring lots and no refund has given back yet, latest expiry first. The buyer's
--- account is locked and its balance holds the credits already. Returns what it gave back as lots.
+-- account is locked and its balance holds the credits already.
 create or replace function mycelium_private.return_paid_lots(
   p_order uuid, p_buyer uuid, p_amount numeric, p_transfer uuid)
-returns numeric
+returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -50,7 +50,6 @@ begin
   if left_to_give < p_amount then
     update public.credit_accounts a set expiring = a.expiring + (p_amount - left_to_give) where a.user_id = p_buyer;
   end if;
-  return p_amount - left_to_give;
 end;
 $$;
 
