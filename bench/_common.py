@@ -134,9 +134,10 @@ def script_rate(db_url: str, script: str, variables: dict[str, int], seconds: fl
 
 
 @contextmanager
-def pgbench_database(db_url: str, scale: int) -> Iterator[str]:
-    """A scratch database on the same server, initialised for pgbench's tpcb-like."""
-    database = f"mycelium_pgbench_{os.getpid()}"
+def pgbench_database(db_url: str, scale: int, label: str = "yardstick") -> Iterator[str]:
+    """A scratch database on the same server, initialised for pgbench's tpcb-like at `scale`
+    (branches; `label` tells two such databases of one run apart)."""
+    database = f"mycelium_pgbench_{label}_{os.getpid()}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
     try:

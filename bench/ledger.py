@@ -18,12 +18,15 @@ load then falls on both sides of a ratio alike). Targets (issue 3):
                       timed alongside: the two are minutes apart, on a machine whose speed varies)
   history page        at depth 100,000 / first page < 1.5
 Beside the chain of transfers into one account it prints that chain's floor on the server: one row
-updated by every client, nothing else in the transaction (lock handoff and commit flush alone).
+updated by every client, nothing else in the transaction (lock handoff and commit flush alone); and
+the same contention in pgbench's own workload: tpcb-like with one branch, whose row every
+transaction updates, against the spread yardstick.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +46,7 @@ from _common import (
     growth,
     local_target,
     lua_locals,
+    pgbench_database,
     print_latencies,
     print_rates,
     print_reference,
@@ -50,6 +54,7 @@ from _common import (
     results_for_scripts,
     script_rate,
     timed_reads,
+    tpcb_rate,
     wrk_rate,
 )
 
@@ -303,7 +308,12 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
             measures["direct_transfer"] = lambda: http_rate(
                 target, "transfer", users, tokens, seconds, direct=True
             )
-    rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures)
+    with contextlib.ExitStack() as databases:
+        # pgbench's tpcb-like at scale 1: one branch row that every transaction updates, so the
+        # yardstick's own chain through one row, beside the transfers into one account.
+        one_branch = databases.enter_context(pgbench_database(admin_url, 1, label="one_branch"))
+        measures["tpcb_one_branch"] = lambda: tpcb_rate(admin_url, one_branch, seconds)
+        rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures)
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(
@@ -323,6 +333,7 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         RateRow("direct SQL transfers, 1,000 accounts", sql_transfer, tpcb, 0.8),
         RateRow("direct SQL purchases", sql_purchase, sql_transfer, 0.8),
         RateRow("direct SQL transfers into one account", rates["sql_hot"], sql_transfer, 0.6),
+        RateRow("  (pgbench tpcb-like, one branch for all)", rates["tpcb_one_branch"], tpcb),
         RateRow("PostgREST transfers", rates.get("http_transfer"), sql_transfer, 0.5),
         RateRow("  (PostgREST transfers, no gateway)", rates.get("direct_transfer"), sql_transfer),
         RateRow("PostgREST purchases", rates.get("http_purchase"), sql_purchase, 0.5),
