@@ -110,8 +110,38 @@ as $$
   group by 1
 $$;
 
--- rpc/refresh_ledger_rollups: roll up every complete UTC day not rolled up yet (a day counts as
--- complete an hour after it ended, well past any transaction that started in it). Admins and
+-- The start of the oldest transaction still open in this database, other than the caller's. A
+-- movement's created_at is its transaction's start, so a transaction that began before a day ended
+-- may still add movements to that day when it commits, however late. Sessions of other roles show
+-- here only where the owner has pg_read_all_stats (or their role); for those the roll-up relies on
+-- its hour of margin. (Prepared transactions are not counted: Supabase runs with
+-- max_prepared_transactions = 0.)
+create or replace function mycelium_private.oldest_open_transaction_start()
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+  select min(a.xact_start) from pg_catalog.pg_stat_activity a
+  where a.datname = pg_catalog.current_database()
+    and a.pid <> pg_catalog.pg_backend_pid()
+    and a.backend_type in ('client backend', 'background worker')
+$$;
+
+-- The last UTC day that no movement can still be added to, at `p_now` with the oldest open
+-- transaction begun at `p_oldest_open` (null: none): a day counts as complete an hour after it
+-- ended, and once every transaction that began before its end has ended.
+create or replace function mycelium_private.last_complete_day(p_now timestamptz, p_oldest_open timestamptz)
+returns date
+language sql
+immutable
+set search_path = ''
+as $$
+  select least(((p_now - interval '1 hour') at time zone 'UTC')::date,
+               (coalesce(p_oldest_open, 'infinity'::timestamptz) at time zone 'UTC')::date) - 1
+$$;
+
+-- rpc/refresh_ledger_rollups: roll up every complete UTC day not rolled up yet. Admins and
 -- service_role. Returns how many days were added.
 create or replace function public.refresh_ledger_rollups()
 returns integer
@@ -120,11 +150,15 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_last_complete date := ((now() - interval '1 hour') at time zone 'UTC')::date - 1;
+  v_last_complete date;
   v_start date;
   v_added integer;
 begin
   perform mycelium_private.require_admin();
+  -- Open transactions are read before the ledger is (its snapshot is taken by a later statement):
+  -- a transaction that is no longer listed has committed or aborted, so the later snapshot has all
+  -- it wrote.
+  v_last_complete := mycelium_private.last_complete_day(now(), mycelium_private.oldest_open_transaction_start());
   -- One refresh at a time.
   perform pg_advisory_xact_lock(hashtext('mycelium_private.ledger_days'));
   select max(d.day) + 1 into v_start from mycelium_private.ledger_days d;
