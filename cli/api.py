@@ -1,11 +1,12 @@
 """What the operator commands over the API share: finding a user by e-mail address or id, and
-reading amounts, dates and times from arguments."""
+reading amounts, dates, times and durations from arguments."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 import httpx
@@ -77,3 +78,14 @@ def parse_day(text: str | None, what: str) -> date | None:
         return date.fromisoformat(text)
     except ValueError:
         raise UsageError(f"{what} {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str) -> timedelta:
+    """A whole number of seconds, minutes, hours or days: 90s, 5m, 1h, 1d (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
+    if match is None or int(match[1]) == 0:
+        raise UsageError(f"{what} {text!r} is not a duration such as 90s, 5m, 1h or 1d")
+    return timedelta(seconds=int(match[1]) * DURATION_UNITS[match[2] or "s"])

@@ -353,7 +353,7 @@ def watch(
         with live:
             for change in _changes(user, db_url, url, service_key):
                 if as_json:
-                    emit_json_line(change)
+                    emit_json(_json(change), line=True)
                 elif isinstance(live, Live):
                     shown.append(_row(change))
                     live.update(render(), refresh=True)
@@ -362,8 +362,3 @@ def watch(
     except KeyboardInterrupt:
         if not as_json:
             say("Stopped.")
-
-
-def emit_json_line(change: BalanceChange) -> None:
-    """One change per line, flushed at once (a pipe reads it while the watch goes on)."""
-    typer.echo(change.model_dump_json())

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import config_commands, credits_commands, demo, health, metrics, sql_commands
+from cli import config_commands, credits_commands, demo, health, metrics, sql_commands, upkeep
 from cli.common import show_tracebacks
 from cli.dev import commands as dev_commands
 from cli.legacy import commands as legacy_commands
@@ -25,6 +25,7 @@ app.add_typer(legacy_commands.app, name="legacy")
 app.add_typer(metrics.app, name="metrics")
 app.command("health")(health.health)
 app.command("demo")(demo.demo)
+app.command("upkeep")(upkeep.upkeep)
 
 
 @app.callback()

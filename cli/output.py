@@ -21,8 +21,9 @@ def _default(value: object) -> object:
     return str(value)
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=_default, indent=2) + "\n")
+def emit_json(data: Any, *, line: bool = False) -> None:
+    """`data` as indented JSON, or on one line (`line`: JSON lines, for a command that goes on)."""
+    sys.stdout.write(json.dumps(data, default=_default, indent=None if line else 2) + "\n")
     sys.stdout.flush()  # a long-running command (metrics serve, credits watch) is read as it goes
 
 

@@ -114,6 +114,11 @@ def expire_call(as_of: datetime | None) -> Call[ExpiryResult]:
     return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of)
 
 
+def rollups_call() -> Call[int]:
+    # Each day is rolled up once: safe to retry.
+    return rpc("refresh_ledger_rollups", int, safe=True)
+
+
 def set_marketplace_config_call(
     platform_fee_percent: AmountLike | None, hold_ttl: timedelta | None
 ) -> Call[MarketplaceConfig]:
@@ -221,6 +226,11 @@ class Admin:
         """Sweep what is left of lots expired by `as_of` (default: now); service_role only."""
         return self._transport.send(expire_call(as_of))
 
+    def refresh_ledger_rollups(self) -> int:
+        """Roll up every complete UTC day not rolled up yet, so that platform analytics read one row
+        a day; returns how many days were added. Run it periodically (`mycelium upkeep` does)."""
+        return self._transport.send(rollups_call())
+
     def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
     ) -> MarketplaceConfig:
@@ -229,7 +239,7 @@ class Admin:
 
     def release_expired_holds(self, as_of: datetime | None = None) -> HoldRelease:
         """Cancel orders pending for longer than the hold TTL (service_role only), giving their
-        holds back; at most 1000 a call."""
+        holds back; at most HOLD_RELEASE_BATCH a call (call again while `more_waiting`)."""
         return self._transport.send(release_holds_call(as_of))
 
     def set_display_currency(
@@ -310,6 +320,9 @@ class AsyncAdmin:
 
     async def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
         return await self._transport.send(expire_call(as_of))
+
+    async def refresh_ledger_rollups(self) -> int:
+        return await self._transport.send(rollups_call())
 
     async def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from mycelium_client import Conflict, InvalidAmount, MovementKind, NotAuthorized, RoleName, TransactionKind
-from tests.client.conftest import MakeAccount, Target
+from mycelium_client import (
+    AsyncMyceliumClient,
+    Conflict,
+    HoldRelease,
+    InvalidAmount,
+    MovementKind,
+    NotAuthorized,
+    RoleName,
+    TransactionKind,
+)
+from tests.client.conftest import FAST_RETRY, MakeAccount, Target
 
 
 def test_purchase_for_a_confirmed_payment_is_applied_once(target: Target, account: MakeAccount) -> None:
@@ -94,3 +104,30 @@ def test_an_admin_user_reads_analytics_and_audits_the_ledger(target: Target, acc
     assert [day.day for day in days][-1] == today and days[-1].transferred >= 1
     spenders = admin.top_users("spenders", limit=1000)
     assert any(row.user_id == sender.id and row.total >= 1 for row in spenders)
+
+
+def test_days_are_rolled_up_once_by_the_service_or_an_admin(target: Target, account: MakeAccount) -> None:
+    admin = target.service().admin
+    assert admin.refresh_ledger_rollups() >= 0
+    assert admin.refresh_ledger_rollups() == 0  # every complete day is rolled up already
+    with pytest.raises(NotAuthorized):
+        account().client.admin.refresh_ledger_rollups()
+
+    async def as_the_service() -> int:
+        async with AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service:
+            return await service.admin.refresh_ledger_rollups()
+
+    assert asyncio.run(as_the_service()) == 0
+
+
+@pytest.mark.parametrize(("released", "more_waiting"), [(0, False), (999, False), (1000, True)])
+def test_a_full_batch_of_released_holds_says_more_may_be_waiting(released: int, more_waiting: bool) -> None:
+    batch = HoldRelease.model_validate(
+        {
+            "as_of": "2026-11-27T00:00:00Z",
+            "hold_ttl": "24:00:00",
+            "orders_released": released,
+            "credits_released": 0,
+        }
+    )
+    assert batch.more_waiting is more_waiting

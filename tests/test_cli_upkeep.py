@@ -1,0 +1,148 @@
+"""`mycelium upkeep`: the periodic jobs, once and on a schedule (a real subprocess stopped as
+`docker stop` stops it), against the session's stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+from typer.testing import CliRunner
+
+from cli.dev.stack import LocalStack
+from cli.main import app
+from tests.marketplace_support import account, audit_is_clean, buyer, list_product, placed
+from tests.support import Api, User, body
+from tests.test_cli_operations import MYCELIUM, interruptible
+
+MakeUser = Callable[..., User]
+D = Decimal
+
+
+def abandoned_order(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
+    """A buyer of 10 credits whose order of 2 has been pending for longer than the hold's time to live."""
+    alice = buyer(service_api, make_user, "10")
+    order = placed(alice, (list_product(make_user("farmer"), price="1")["id"], 2))
+    db.execute(
+        "update public.orders set created_at = now() - interval '25 hours' where id = %s", (order["id"],)
+    )
+    return alice
+
+
+def expired_promotion(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
+    """A user holding 3 promotional credits whose lot expired a minute ago."""
+    user = make_user()
+    granted = service_api.rpc(
+        "grant_credits",
+        user_id=user.id,
+        amount="3",
+        reason="promo",
+        expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    )
+    assert granted.status_code == 200, granted.text
+    db.execute(
+        "update public.credit_lots set expires_at = now() - interval '1 minute' where user_id = %s",
+        (user.id,),
+    )
+    return user
+
+
+def balance(user: User) -> Decimal:
+    return D(str(body(user.api.get("/credit_accounts", select="balance"))[0]["balance"]))
+
+
+def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    alice = abandoned_order(service_api, make_user, db)
+    promoted = expired_promotion(service_api, make_user, db)
+    result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout, parse_float=Decimal)
+    assert done["ok"] is True and datetime.fromisoformat(done["at"]).tzinfo is not None
+    assert done["holds_released"]["orders"] >= 1 and D(done["holds_released"]["credits"]) >= 2
+    assert done["expired"]["lots"] >= 1 and D(done["expired"]["credits"]) >= 3
+    # The session's ledger starts today: no complete day to roll up yet.
+    assert done["days_rolled_up"] == 0
+    assert account(alice) == (D("10"), D("0"))
+    assert balance(promoted) == 0
+    audit_is_clean(service_api)
+
+    shown = CliRunner().invoke(app, ["upkeep"], env=stack.env())
+    assert shown.exit_code == 0, shown.stderr
+    assert "release expired order holds" in shown.stdout and "0 order(s)" in shown.stdout
+    assert "roll up complete days" in shown.stdout
+
+
+class Scheduled:
+    """`mycelium upkeep --every 1s --json` in a subprocess: one JSON round per line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [*MYCELIUM, "upkeep", "--every", "1s", "--json"],
+            env={**os.environ, **env},
+            preexec_fn=interruptible,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def next_round(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, self.process.stderr.read() if self.process.stderr else "no output"
+        return json.loads(line, parse_float=Decimal)  # type: ignore[no-any-return]
+
+    def stop(self) -> tuple[int, str]:
+        """As `docker stop` and Kubernetes stop it: SIGTERM."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=15)
+        return self.process.returncode, err
+
+
+def test_scheduled_upkeep_runs_round_after_round_until_terminated(
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    scheduled = Scheduled(stack.env())
+    try:
+        assert scheduled.next_round()["ok"] is True
+        # An order abandoned now is released by a later round.
+        alice = abandoned_order(service_api, make_user, db)
+        for _ in range(3):
+            if scheduled.next_round()["holds_released"]["orders"] >= 1:
+                break
+        assert account(alice) == (D("10"), D("0"))
+    finally:
+        code, err = scheduled.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_scheduled_upkeep_reports_a_failed_round_and_goes_on(stack: LocalStack) -> None:
+    scheduled = Scheduled({**stack.env(), "SUPABASE_URL": "http://127.0.0.1:9"})
+    try:
+        rounds = [scheduled.next_round(), scheduled.next_round()]
+    finally:
+        code, err = scheduled.stop()
+    assert [round["ok"] for round in rounds] == [False, False]
+    assert "Connection refused" in rounds[0]["error"]
+    assert code == 0 and "Traceback" not in err and err.count("error:") >= 2, err
+
+
+def test_upkeep_once_fails_with_a_one_line_error(stack: LocalStack) -> None:
+    result = CliRunner().invoke(app, ["upkeep"], env={**stack.env(), "SUPABASE_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2 and result.stderr.startswith("error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("every", ["0", "5x", "-1m", "m", "1.5h"])
+def test_upkeep_refuses_a_schedule_that_is_not_a_duration(stack: LocalStack, every: str) -> None:
+    result = CliRunner().invoke(app, ["upkeep", "--every", every], env=stack.env())
+    assert result.exit_code == 2 and "is not a duration such as 90s, 5m, 1h or 1d" in result.stderr
