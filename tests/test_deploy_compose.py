@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import jsonschema
 import jwt
 import pytest
 
+from cli.api import parse_duration
 from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
 from tests.deploy_support import (
@@ -52,6 +54,7 @@ INTERPOLATION = re.compile(
 NO_HEALTHCHECK = {
     "rest": "postgrest/postgrest ships the binary alone: no shell, no HTTP client",
     "migrate": "a one-shot job: others wait for it to complete, not to be healthy",
+    "upkeep": "nothing depends on it, and each round logs its outcome (a failed one is retried)",
 }
 # Everything published to the host, and on which address (None: all interfaces).
 PUBLISHED = {"kong": None, "studio": "127.0.0.1"}
@@ -146,7 +149,18 @@ def test_the_schema_check_catches_a_broken_file(compose: dict[str, Any]) -> None
 
 
 def test_the_stack_has_the_services_mycelium_uses(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"db", "auth", "rest", "realtime", "kong", "meta", "studio", "migrate", "metrics"}
+    assert set(services) == {
+        "db",
+        "auth",
+        "rest",
+        "realtime",
+        "kong",
+        "meta",
+        "studio",
+        "migrate",
+        "metrics",
+        "upkeep",
+    }
     assert services["db"]["image"].startswith("supabase/postgres:15.")
     assert services["rest"]["image"].startswith("postgrest/postgrest:v12.")
     assert services["auth"]["image"].split(":")[0] in {"supabase/gotrue", "supabase/auth"}
@@ -174,7 +188,7 @@ def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]])
 
 
 def test_the_mycelium_image_is_tagged_with_the_package_version(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("migrate", "metrics"):
+    for name in ("migrate", "metrics", "upkeep"):
         image = services[name]["image"]
         assert image.rsplit(":", 1)[0] == MIGRATE_IMAGE
         assert image_tag(image) == package_version(), f"{name}: bump the image tag with pyproject.toml"
@@ -364,6 +378,22 @@ def test_the_migrate_image_ships_the_same_sql_folder() -> None:
     assert 'ENTRYPOINT ["mycelium"]' in dockerfile
     ignore = (MIGRATE_DOCKERFILE.parent / "migrate.Dockerfile.dockerignore").read_text(encoding="utf-8")
     assert "!sql/" in ignore.split()
+
+
+def test_upkeep_runs_the_periodic_jobs_through_the_gateway_every_few_minutes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    upkeep = services["upkeep"]
+    command = upkeep["command"]
+    assert command[0] == "upkeep"
+    # Abandoned orders hold their buyers' credits until a round releases them.
+    assert parse_duration(option_value(command, "--every"), "--every") <= timedelta(minutes=15)
+    assert upkeep["environment"] == {
+        "SUPABASE_URL": "http://kong:8000",
+        "SUPABASE_SERVICE_ROLE_KEY": "${SERVICE_ROLE_KEY}",
+    }
+    assert upkeep["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert upkeep["restart"] == "unless-stopped"
 
 
 def test_migrate_connects_as_the_migration_role_to_the_stack_database(services: dict[str, Any]) -> None:

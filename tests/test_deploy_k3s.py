@@ -148,11 +148,14 @@ def validation_errors(resource: dict[str, Any], cluster_validator: jsonschema.Dr
 
 
 def pod_specs(resources: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(workload name, pod template metadata, pod spec) of every Deployment and Job."""
+    """(workload name, pod template metadata, pod spec) of every Deployment, Job and CronJob."""
     for resource in resources:
-        if resource["kind"] in {"Deployment", "Job"}:
-            template = resource["spec"]["template"]
-            yield resource["metadata"]["name"], template["metadata"], template["spec"]
+        spec = resource.get("spec", {})
+        if resource["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        elif resource["kind"] not in {"Deployment", "Job"}:
+            continue
+        yield resource["metadata"]["name"], spec["template"]["metadata"], spec["template"]["spec"]
 
 
 def containers(resources: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -636,6 +639,24 @@ def test_the_migrate_job_pushes_the_image_sql(manifests: list[dict[str, Any]]) -
 # ---------------------------------------------------------------------------------------------
 # Monitoring
 # ---------------------------------------------------------------------------------------------
+
+
+def test_upkeep_runs_every_few_minutes_one_round_at_a_time(manifests: list[dict[str, Any]]) -> None:
+    (cron,) = by_kind(manifests, "CronJob").values()
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    # A round that hangs ends before the next one is due.
+    assert job["activeDeadlineSeconds"] < 5 * 60
+    (container,) = job["template"]["spec"]["containers"]
+    assert container["image"].rsplit(":", 1)[0] == MIGRATE_IMAGE
+    assert container["args"][0] == "upkeep" and "--every" not in container["args"]
+    env = env_map(container)
+    assert env["SUPABASE_URL"]["value"] == "http://kong:8000"
+    assert env["SUPABASE_SERVICE_ROLE_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mycelium-jwt",
+        "key": "service-role-key",
+    }
 
 
 def test_the_service_monitor_scrapes_the_metrics_service(

@@ -7,3 +7,7 @@
 alter user supabase_admin with password :'pgpass';
 alter user authenticator with password :'pgpass';
 alter user supabase_auth_admin with password :'pgpass';
+
+-- The analytics roll-up (owned by postgres) waits for every open transaction begun before a day
+-- ended; it sees other roles' transactions only with this (docs/deploy.md, "Periodic jobs").
+grant pg_read_all_stats to postgres;
