@@ -1,8 +1,11 @@
-"""Helpers for tests that act through PostgREST the way a client (or an attacker) would."""
+"""Helpers for tests that act through PostgREST the way a client (or an attacker) would, and
+that run `mycelium` as an operator runs it."""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -90,3 +93,14 @@ def after_schema_reload(request: Callable[[], httpx.Response], *, timeout: float
         time.sleep(0.05)
         response = request()
     return response
+
+
+# `mycelium` in a subprocess, from this checkout.
+MYCELIUM = [sys.executable, "-m", "cli.main"]
+
+
+def interruptible() -> None:
+    """In the child, before exec: let Ctrl-C (SIGINT) in. A shell without job control starts
+    background commands with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: `./run test &` would otherwise see these commands ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

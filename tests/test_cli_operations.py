@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -29,9 +28,7 @@ from cli.metrics import exporter
 from mycelium_client import MyceliumClient
 from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
 from tests.marketplace_support import buyer, list_product, placed
-from tests.support import Api, User
-
-MYCELIUM = [sys.executable, "-m", "cli.main"]
+from tests.support import MYCELIUM, Api, User, interruptible
 
 
 @pytest.fixture
@@ -157,13 +154,6 @@ def test_a_failed_scrape_says_so_and_trips_the_documented_audit_alert(stack: Loc
     assert samples["mycelium_ledger_audit_ok"] == "0.0"
     assert "mycelium_credits_in_circulation" not in samples  # no numbers rather than stale ones
     assert samples['mycelium_requests_total{status="401"}'] == "1.0"
-
-
-def interruptible() -> None:
-    """In the child, before exec: let Ctrl-C (SIGINT) in. A shell without job control starts
-    background commands with SIGINT ignored, children inherit that, and Python then installs no
-    KeyboardInterrupt handler: `./run test &` would otherwise see these commands ignore it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Watcher:

@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from cli.dev.stack import LocalStack
 from cli.main import app
 from tests.marketplace_support import account, audit_is_clean, buyer, list_product, placed
-from tests.support import Api, User, body
-from tests.test_cli_operations import MYCELIUM, interruptible
+from tests.support import MYCELIUM, Api, User, body, interruptible
 
 MakeUser = Callable[..., User]
 D = Decimal
