@@ -1,5 +1,5 @@
 """`mycelium health`: is the configured stack serving? The database, PostgREST, Auth, Realtime,
-the migrations and the ledger audit, one line each."""
+the migrations, the ledger audit and the periodic jobs, one line each."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ def _audit(api: ApiSettings) -> str:
     return "clean"
 
 
+def _upkeep(api: ApiSettings) -> str:
+    with MyceliumClient(api.url, api.service_role_key, timeout=TIMEOUT_SECONDS * 6) as client:
+        behind = [job for job in client.admin.upkeep_backlog() if job.overdue]
+    if behind:
+        overdue = (f"{job.job} {job.overdue} (since {job.due_since:%Y-%m-%d %H:%M} UTC)" for job in behind)
+        raise Unhealthy("is `mycelium upkeep` running? overdue: " + ", ".join(overdue))
+    return "nothing overdue"
+
+
 def _run(name: str, check: Callable[[], str]) -> Check:
     try:
         return Check(name, True, check())
@@ -112,6 +121,7 @@ def run_checks(api: ApiSettings, db_url: str | None) -> list[Check]:
         _run("realtime", lambda: _realtime(api)),
         _run("migrations", lambda: _migrations(database_url())),
         _run("ledger_audit", lambda: _audit(api)),
+        _run("upkeep", lambda: _upkeep(api)),
     ]
 
 
@@ -122,8 +132,8 @@ def health(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check the database, PostgREST, Auth, Realtime, the migrations and the ledger audit; exit 1
-    when any check fails.
+    """Check the database, PostgREST, Auth, Realtime, the migrations, the ledger audit and that
+    the periodic jobs keep up; exit 1 when any check fails.
 
     Example: mycelium health --json
     """

@@ -75,6 +75,7 @@ class CreditsCollector(Collector):
             summary = self.client.admin.credit_summary()
             findings = self.client.admin.audit_ledger()
             orders = order_counts(self.http, self.api)
+            backlog = self.client.admin.upkeep_backlog()
         except (MyceliumError, httpx.HTTPError) as error:
             # No numbers rather than stale ones; mycelium_requests_total shows the failures.
             if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
@@ -109,6 +110,15 @@ class CreditsCollector(Collector):
         for status, count in orders.items():
             by_status.add_metric([status], count)
         yield by_status
+        overdue = GaugeMetricFamily(
+            "mycelium_upkeep_overdue",
+            "Work a periodic job (`mycelium upkeep`) has left undone for over 15 minutes past its "
+            "due time, by job: nonzero when the scheduler is not running or failing.",
+            labels=["job"],
+        )
+        for job in backlog:
+            overdue.add_metric([job.job], job.overdue)
+        yield overdue
         yield flag(AUDIT_OK, not findings)
 
 

@@ -76,6 +76,7 @@ from mycelium_client.models import (
     TopUser,
     Transaction,
     TransactionKind,
+    UpkeepBacklog,
 )
 from mycelium_client.orders import AsyncOrders, Basket, OrderRef, Orders
 from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch
@@ -148,5 +149,6 @@ __all__ = [
     "TopUser",
     "Transaction",
     "TransactionKind",
+    "UpkeepBacklog",
     "WatchSettings",
 ]

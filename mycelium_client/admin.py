@@ -24,6 +24,7 @@ from mycelium_client.models import (
     RoleChange,
     RoleName,
     TopUser,
+    UpkeepBacklog,
 )
 
 
@@ -117,6 +118,10 @@ def expire_call(as_of: datetime | None) -> Call[ExpiryResult]:
 def rollups_call() -> Call[int]:
     # Each day is rolled up once: safe to retry.
     return rpc("refresh_ledger_rollups", int, safe=True)
+
+
+def backlog_call(grace: timedelta | None) -> Call[list[UpkeepBacklog]]:
+    return rpc("upkeep_backlog", rows(UpkeepBacklog), safe=True, grace=grace)
 
 
 def set_marketplace_config_call(
@@ -231,6 +236,11 @@ class Admin:
         a day; returns how many days were added. Run it periodically (`mycelium upkeep` does)."""
         return self._transport.send(rollups_call())
 
+    def upkeep_backlog(self, grace: timedelta | None = None) -> list[UpkeepBacklog]:
+        """What each periodic job has left undone for longer than `grace` (default 15 minutes)
+        past its due time: all zero while `mycelium upkeep` runs."""
+        return self._transport.send(backlog_call(grace))
+
     def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
     ) -> MarketplaceConfig:
@@ -323,6 +333,9 @@ class AsyncAdmin:
 
     async def refresh_ledger_rollups(self) -> int:
         return await self._transport.send(rollups_call())
+
+    async def upkeep_backlog(self, grace: timedelta | None = None) -> list[UpkeepBacklog]:
+        return await self._transport.send(backlog_call(grace))
 
     async def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None

@@ -407,6 +407,16 @@ class HoldRelease(Row):
         return self.orders_released >= HOLD_RELEASE_BATCH
 
 
+class UpkeepBacklog(Row):
+    """What a periodic job (`job`: its SQL function) has left undone past its due time and the
+    grace given: `overdue` items, the oldest due since `due_since`. Nonzero means the scheduler
+    (`mycelium upkeep`) is not running, or failing."""
+
+    job: str
+    overdue: int
+    due_since: AwareDatetime | None
+
+
 class _Earnings(Row):
     """Captured orders: what buyers paid (gross), the platform's fee, refunds (fee_refunded of
     them from the fee) and what the provider keeps (net)."""

@@ -1,12 +1,17 @@
-"""Helpers for the marketplace tests: funded buyers, providers with products, accounts, audits."""
+"""Helpers for the marketplace tests: funded buyers, providers with products, accounts, audits;
+and the work the periodic jobs find: abandoned orders, expired promotional credits."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
 
 from tests.support import Api, User, body
 
@@ -83,3 +88,31 @@ def setting(service_api: Api, table: str, column: str, value: str) -> Iterator[D
         yield D(value)
     finally:
         service_api.rpc(setter, **{column: str(before)})
+
+
+def abandoned_order(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
+    """A buyer of 10 credits whose order of 2 has been pending for longer than the hold's time to live."""
+    alice = buyer(service_api, make_user, "10")
+    order = placed(alice, (list_product(make_user("farmer"), price="1")["id"], 2))
+    db.execute(
+        "update public.orders set created_at = now() - interval '25 hours' where id = %s", (order["id"],)
+    )
+    return alice
+
+
+def expired_promotion(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
+    """A user holding 3 promotional credits whose lot expired a minute ago."""
+    user = make_user()
+    granted = service_api.rpc(
+        "grant_credits",
+        user_id=user.id,
+        amount="3",
+        reason="promo",
+        expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    )
+    assert granted.status_code == 200, granted.text
+    db.execute(
+        "update public.credit_lots set expires_at = now() - interval '1 minute' where user_id = %s",
+        (user.id,),
+    )
+    return user

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client import generate_latest
+from psycopg.rows import TupleRow
 from typer.testing import CliRunner
 
 from cli import keys
@@ -27,7 +29,7 @@ from cli.main import app
 from cli.metrics import exporter
 from mycelium_client import MyceliumClient
 from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
-from tests.marketplace_support import buyer, list_product, placed
+from tests.marketplace_support import abandoned_order, buyer, list_product, placed
 from tests.support import MYCELIUM, Api, User, interruptible
 
 
@@ -59,6 +61,7 @@ def by_name(report: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("bare_gateway")
 def test_health_reports_auth_and_realtime_missing_from_the_local_stack(stack_env: dict[str, str]) -> None:
+    assert CliRunner().invoke(app, ["upkeep"], env=stack_env).exit_code == 0  # whatever other tests left
     code, report = health(stack_env)
     checks = by_name(report)
     assert code == 1 and report["ok"] is False
@@ -67,13 +70,29 @@ def test_health_reports_auth_and_realtime_missing_from_the_local_stack(stack_env
         "postgrest",
         "migrations",
         "ledger_audit",
+        "upkeep",
     ]
     assert (
         "HTTP 503" in checks["auth"]["detail"] and "not part of the local stack" in checks["auth"]["detail"]
     )
     assert checks["realtime"]["detail"] == "websocket refused: HTTP 503"
     lines = CliRunner().invoke(app, ["health"], env=stack_env).stdout.splitlines()
-    assert len(lines) == 6 and lines[2].startswith("FAIL auth")
+    assert len(lines) == 7 and lines[2].startswith("FAIL auth")
+
+
+def test_health_fails_when_the_periodic_jobs_fall_behind(
+    stack_env: dict[str, str],
+    service_api: Api,
+    make_user: Callable[..., User],
+    db: psycopg.Connection[TupleRow],
+) -> None:
+    abandoned_order(service_api, make_user, db)
+    upkeep = by_name(health(stack_env)[1])["upkeep"]
+    assert not upkeep["ok"]
+    assert upkeep["detail"].startswith("is `mycelium upkeep` running? overdue: release_expired_holds ")
+    assert CliRunner().invoke(app, ["upkeep"], env=stack_env).exit_code == 0
+    caught_up = by_name(health(stack_env)[1])["upkeep"]
+    assert caught_up == {"name": "upkeep", "ok": True, "detail": "nothing overdue"}
 
 
 def test_health_fails_on_pending_migrations_and_an_unreachable_database(
@@ -127,7 +146,9 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
         assert Decimal(samples["mycelium_holds_outstanding"]) == summary.held >= 5
         assert Decimal(samples['mycelium_orders{status="pending"}']) >= 1
         assert samples["mycelium_ledger_audit_ok"] == "1.0" and samples["mycelium_scrape_ok"] == "1.0"
-        assert samples['mycelium_requests_total{status="200"}'] == "3.0"  # this scrape's three reads
+        for job in ("release_expired_holds", "expire_credits", "refresh_ledger_rollups"):
+            assert f'mycelium_upkeep_overdue{{job="{job}"}}' in samples
+        assert samples['mycelium_requests_total{status="200"}'] == "4.0"  # this scrape's four reads
     finally:
         exporter.send_signal(signal.SIGINT)
         out, err = exporter.communicate(timeout=15)
@@ -152,7 +173,8 @@ def test_a_failed_scrape_says_so_and_trips_the_documented_audit_alert(stack: Loc
     assert samples["mycelium_scrape_ok"] == "0.0"
     # docs/deploy.md alerts on min(mycelium_ledger_audit_ok) < 1: an unchecked ledger must trip it.
     assert samples["mycelium_ledger_audit_ok"] == "0.0"
-    assert "mycelium_credits_in_circulation" not in samples  # no numbers rather than stale ones
+    # No numbers rather than stale ones.
+    assert not any(name.startswith(("mycelium_credits_", "mycelium_upkeep_")) for name in samples)
     assert samples['mycelium_requests_total{status="401"}'] == "1.0"
 
 

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,39 +19,11 @@ from typer.testing import CliRunner
 
 from cli.dev.stack import LocalStack
 from cli.main import app
-from tests.marketplace_support import account, audit_is_clean, buyer, list_product, placed
+from tests.marketplace_support import abandoned_order, account, audit_is_clean, expired_promotion
 from tests.support import MYCELIUM, Api, User, body, interruptible
 
 MakeUser = Callable[..., User]
 D = Decimal
-
-
-def abandoned_order(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
-    """A buyer of 10 credits whose order of 2 has been pending for longer than the hold's time to live."""
-    alice = buyer(service_api, make_user, "10")
-    order = placed(alice, (list_product(make_user("farmer"), price="1")["id"], 2))
-    db.execute(
-        "update public.orders set created_at = now() - interval '25 hours' where id = %s", (order["id"],)
-    )
-    return alice
-
-
-def expired_promotion(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
-    """A user holding 3 promotional credits whose lot expired a minute ago."""
-    user = make_user()
-    granted = service_api.rpc(
-        "grant_credits",
-        user_id=user.id,
-        amount="3",
-        reason="promo",
-        expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
-    )
-    assert granted.status_code == 200, granted.text
-    db.execute(
-        "update public.credit_lots set expires_at = now() - interval '1 minute' where user_id = %s",
-        (user.id,),
-    )
-    return user
 
 
 def balance(user: User) -> Decimal:

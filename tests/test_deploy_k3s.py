@@ -79,6 +79,7 @@ CREDIT_METRICS = (
     "mycelium_orders",
     "mycelium_ledger_audit_ok",
     "mycelium_requests_total",
+    "mycelium_upkeep_overdue",
 )
 
 

@@ -46,6 +46,8 @@ ADMIN_ONLY = [
     "top_credit_users",
     "grant_role",
     "revoke_role",
+    "refresh_ledger_rollups",
+    "upkeep_backlog",
 ]
 
 

@@ -18,6 +18,7 @@ from mycelium_client import (
     NotAuthorized,
     RoleName,
     TransactionKind,
+    UpkeepBacklog,
 )
 from tests.client.conftest import FAST_RETRY, MakeAccount, Target
 
@@ -106,18 +107,28 @@ def test_an_admin_user_reads_analytics_and_audits_the_ledger(target: Target, acc
     assert any(row.user_id == sender.id and row.total >= 1 for row in spenders)
 
 
-def test_days_are_rolled_up_once_by_the_service_or_an_admin(target: Target, account: MakeAccount) -> None:
+def test_days_are_rolled_up_once_and_the_backlog_empties(target: Target, account: MakeAccount) -> None:
     admin = target.service().admin
     assert admin.refresh_ledger_rollups() >= 0
     assert admin.refresh_ledger_rollups() == 0  # every complete day is rolled up already
+    days = next(job for job in admin.upkeep_backlog() if job.job == "refresh_ledger_rollups")
+    assert (days.overdue, days.due_since) == (0, None)
     with pytest.raises(NotAuthorized):
         account().client.admin.refresh_ledger_rollups()
+    with pytest.raises(NotAuthorized):
+        account().client.admin.upkeep_backlog()
 
-    async def as_the_service() -> int:
+    async def as_the_service() -> tuple[int, list[UpkeepBacklog]]:
         async with AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service:
-            return await service.admin.refresh_ledger_rollups()
+            return (
+                await service.admin.refresh_ledger_rollups(),
+                await service.admin.upkeep_backlog(timedelta(hours=1)),
+            )
 
-    assert asyncio.run(as_the_service()) == 0
+    rolled_up, backlog = asyncio.run(as_the_service())
+    assert rolled_up == 0
+    jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups"}
+    assert {job.job for job in backlog} == jobs
 
 
 @pytest.mark.parametrize(("released", "more_waiting"), [(0, False), (999, False), (1000, True)])
