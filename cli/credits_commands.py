@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cli import report as credits_report
+from cli import upkeep
 from cli.api import find_user, parse_day, parse_decimal, parse_time
 from cli.common import (
     DbUrlOption,
@@ -209,7 +210,7 @@ def expire(
     """
     moment = None if as_of is None else parse_time(as_of, "--as-of")
     with service_client(url, service_key) as client:
-        result = client.admin.expire_credits(moment)
+        result = upkeep.expire_credits(client, moment)
         if as_json:
             emit_json(_json(result))
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 
 import httpx
 import psycopg
@@ -94,7 +95,11 @@ def _upkeep(api: ApiSettings) -> str:
     with MyceliumClient(api.url, api.service_role_key, timeout=TIMEOUT_SECONDS * 6) as client:
         behind = [job for job in client.admin.upkeep_backlog() if job.overdue]
     if behind:
-        overdue = (f"{job.job} {job.overdue} (since {job.due_since:%Y-%m-%d %H:%M} UTC)" for job in behind)
+        overdue = (
+            f"{job.job} {job.overdue} (since {job.due_since.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
+            for job in behind
+            if job.due_since is not None
+        )
         raise Unhealthy("is `mycelium upkeep` running? overdue: " + ", ".join(overdue))
     return "nothing overdue"
 

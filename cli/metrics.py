@@ -110,11 +110,12 @@ class CreditsCollector(Collector):
         for status, count in orders.items():
             by_status.add_metric([status], count)
         yield by_status
+        # Labelled `task`: Prometheus sets `job` itself, to the scrape job's name.
         overdue = GaugeMetricFamily(
             "mycelium_upkeep_overdue",
             "Work a periodic job (`mycelium upkeep`) has left undone for over 15 minutes past its "
-            "due time, by job: nonzero when the scheduler is not running or failing.",
-            labels=["job"],
+            "due time, by task: nonzero when the scheduler is not running or failing.",
+            labels=["task"],
         )
         for job in backlog:
             overdue.add_metric([job.job], job.overdue)

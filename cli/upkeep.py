@@ -6,10 +6,9 @@ schedulers running at once, do no harm."""
 from __future__ import annotations
 
 import signal
-import time
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -17,23 +16,64 @@ import typer
 from cli.api import parse_duration
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.output import emit_json, fail, say, table
-from mycelium_client import MyceliumClient, MyceliumError
+from mycelium_client import ExpiryResult, MyceliumClient
+
+# How much each call does: a call must end well inside the API's statement timeout (8 s on
+# Supabase); a round calls again while a call did a full batch.
+HOLDS_PER_CALL = 1000
+LOTS_PER_CALL = 1000
+DAYS_PER_CALL = 31
+
+
+def release_expired_holds(client: MyceliumClient) -> tuple[int, Decimal]:
+    """Every order pending past its hold's time to live, a batch at a time: (orders, credits)."""
+    orders, credits = 0, Decimal(0)
+    while True:
+        released = client.admin.release_expired_holds(max_orders=HOLDS_PER_CALL)
+        orders, credits = orders + released.orders_released, credits + released.credits_released
+        if released.orders_released < HOLDS_PER_CALL:
+            return orders, credits
+
+
+def expire_credits(client: MyceliumClient, as_of: datetime | None = None) -> ExpiryResult:
+    """Every lot expired by `as_of` (default: now), a batch at a time; the totals, as of the last
+    batch."""
+    total: ExpiryResult | None = None
+    while True:
+        batch = client.admin.expire_credits(as_of, max_lots=LOTS_PER_CALL)
+        total = (
+            batch
+            if total is None
+            else batch.model_copy(
+                update={
+                    "lots_expired": total.lots_expired + batch.lots_expired,
+                    "users": total.users + batch.users,
+                    "credits_expired": total.credits_expired + batch.credits_expired,
+                }
+            )
+        )
+        if batch.lots_expired < LOTS_PER_CALL:
+            return total
+
+
+def roll_up_days(client: MyceliumClient) -> int:
+    """Every complete day not rolled up yet, a batch at a time: how many."""
+    days = 0
+    while True:
+        added = client.admin.refresh_ledger_rollups(max_days=DAYS_PER_CALL)
+        days += added
+        if added < DAYS_PER_CALL:
+            return days
 
 
 def run_jobs(client: MyceliumClient) -> dict[str, Any]:
     """One round of every job; what each did."""
-    orders, credits = 0, Decimal(0)
-    while True:
-        released = client.admin.release_expired_holds()
-        orders, credits = orders + released.orders_released, credits + released.credits_released
-        if not released.more_waiting:
-            break
-    expired = client.admin.expire_credits()
-    days = client.admin.refresh_ledger_rollups()
+    orders, held = release_expired_holds(client)
+    expired = expire_credits(client)
     return {
-        "holds_released": {"orders": orders, "credits": credits},
+        "holds_released": {"orders": orders, "credits": held},
         "expired": {"lots": expired.lots_expired, "users": expired.users, "credits": expired.credits_expired},
-        "days_rolled_up": days,
+        "days_rolled_up": roll_up_days(client),
     }
 
 
@@ -57,9 +97,11 @@ def show(client: MyceliumClient, at: datetime, done: dict[str, Any]) -> None:
     )
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # `docker stop` and Kubernetes send SIGTERM: stop between rounds as Ctrl-C does.
-    raise KeyboardInterrupt
+def stopped_by_sigterm() -> threading.Event:
+    """Set by SIGTERM (`docker stop`, Kubernetes): the round under way ends, then the command."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    return stopped
 
 
 @reported
@@ -93,22 +135,22 @@ def upkeep(
             else:
                 show(client, at, done)
             return
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        stopped = stopped_by_sigterm()
         try:
-            while True:
+            while not stopped.is_set():
                 at = datetime.now(UTC)
                 try:
                     done = run_jobs(client)
-                except MyceliumError as error:
-                    fail(f"upkeep at {at:%H:%M:%S}: {error}")
-                    if as_json:
-                        emit_json({"at": at.isoformat(), "ok": False, "error": str(error)}, line=True)
-                else:
                     if as_json:
                         emit_json({"at": at.isoformat(), "ok": True, **done}, line=True)
                     else:
                         show(client, at, done)
-                time.sleep(pause.total_seconds())
+                except Exception as error:  # any failure ends this round only: the next one runs
+                    fail(f"upkeep at {at:%H:%M:%S}: {error}")
+                    if as_json:
+                        emit_json({"at": at.isoformat(), "ok": False, "error": str(error)}, line=True)
+                stopped.wait(pause.total_seconds())
         except KeyboardInterrupt:
-            if not as_json:
-                say("Stopped.")
+            pass
+        if not as_json:
+            say("Stopped.")

@@ -110,14 +110,14 @@ def audit_call() -> Call[list[AuditFinding]]:
     return rpc("audit_ledger", rows(AuditFinding), safe=True)
 
 
-def expire_call(as_of: datetime | None) -> Call[ExpiryResult]:
+def expire_call(as_of: datetime | None, max_lots: int | None) -> Call[ExpiryResult]:
     # Each lot expires once (a unique reference per lot): safe to retry.
-    return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of)
+    return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of, max_lots=max_lots)
 
 
-def rollups_call() -> Call[int]:
+def rollups_call(max_days: int | None) -> Call[int]:
     # Each day is rolled up once: safe to retry.
-    return rpc("refresh_ledger_rollups", int, safe=True)
+    return rpc("refresh_ledger_rollups", int, safe=True, max_days=max_days)
 
 
 def backlog_call(grace: timedelta | None) -> Call[list[UpkeepBacklog]]:
@@ -138,9 +138,11 @@ def set_marketplace_config_call(
     )
 
 
-def release_holds_call(as_of: datetime | None) -> Call[HoldRelease]:
+def release_holds_call(as_of: datetime | None, max_orders: int | None) -> Call[HoldRelease]:
     # Only pending orders are released, each once: safe to retry.
-    return rpc("release_expired_holds", HoldRelease.model_validate, safe=True, as_of=as_of)
+    return rpc(
+        "release_expired_holds", HoldRelease.model_validate, safe=True, as_of=as_of, max_orders=max_orders
+    )
 
 
 def set_currency_call(
@@ -227,14 +229,16 @@ class Admin:
         """Every ledger invariant checked in one snapshot: empty when the ledger is sound."""
         return self._transport.send(audit_call())
 
-    def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
-        """Sweep what is left of lots expired by `as_of` (default: now); service_role only."""
-        return self._transport.send(expire_call(as_of))
+    def expire_credits(self, as_of: datetime | None = None, *, max_lots: int | None = None) -> ExpiryResult:
+        """Sweep what is left of lots expired by `as_of` (default: now); service_role only. About
+        `max_lots` lots a call (default 1000): call again while `lots_expired` reaches it."""
+        return self._transport.send(expire_call(as_of, max_lots))
 
-    def refresh_ledger_rollups(self) -> int:
-        """Roll up every complete UTC day not rolled up yet, so that platform analytics read one row
-        a day; returns how many days were added. Run it periodically (`mycelium upkeep` does)."""
-        return self._transport.send(rollups_call())
+    def refresh_ledger_rollups(self, *, max_days: int | None = None) -> int:
+        """Roll up the complete UTC days not rolled up yet, oldest first, at most `max_days` a call
+        (default 31), so that platform analytics read one row a day; returns how many days were
+        added (call again while that is `max_days`). `mycelium upkeep` runs it."""
+        return self._transport.send(rollups_call(max_days))
 
     def upkeep_backlog(self, grace: timedelta | None = None) -> list[UpkeepBacklog]:
         """What each periodic job has left undone for longer than `grace` (default 15 minutes)
@@ -247,10 +251,13 @@ class Admin:
         """Change what is given; the rest stays. A new fee applies to orders placed from now on."""
         return self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
 
-    def release_expired_holds(self, as_of: datetime | None = None) -> HoldRelease:
+    def release_expired_holds(
+        self, as_of: datetime | None = None, *, max_orders: int | None = None
+    ) -> HoldRelease:
         """Cancel orders pending for longer than the hold TTL (service_role only), giving their
-        holds back; at most HOLD_RELEASE_BATCH a call (call again while `more_waiting`)."""
-        return self._transport.send(release_holds_call(as_of))
+        holds back; at most `max_orders` a call (default 1000: call again while `orders_released`
+        is `max_orders`)."""
+        return self._transport.send(release_holds_call(as_of, max_orders))
 
     def set_display_currency(
         self,
@@ -328,11 +335,13 @@ class AsyncAdmin:
     async def audit_ledger(self) -> list[AuditFinding]:
         return await self._transport.send(audit_call())
 
-    async def expire_credits(self, as_of: datetime | None = None) -> ExpiryResult:
-        return await self._transport.send(expire_call(as_of))
+    async def expire_credits(
+        self, as_of: datetime | None = None, *, max_lots: int | None = None
+    ) -> ExpiryResult:
+        return await self._transport.send(expire_call(as_of, max_lots))
 
-    async def refresh_ledger_rollups(self) -> int:
-        return await self._transport.send(rollups_call())
+    async def refresh_ledger_rollups(self, *, max_days: int | None = None) -> int:
+        return await self._transport.send(rollups_call(max_days))
 
     async def upkeep_backlog(self, grace: timedelta | None = None) -> list[UpkeepBacklog]:
         return await self._transport.send(backlog_call(grace))
@@ -342,8 +351,10 @@ class AsyncAdmin:
     ) -> MarketplaceConfig:
         return await self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
 
-    async def release_expired_holds(self, as_of: datetime | None = None) -> HoldRelease:
-        return await self._transport.send(release_holds_call(as_of))
+    async def release_expired_holds(
+        self, as_of: datetime | None = None, *, max_orders: int | None = None
+    ) -> HoldRelease:
+        return await self._transport.send(release_holds_call(as_of, max_orders))
 
     async def set_display_currency(
         self,

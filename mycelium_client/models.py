@@ -389,22 +389,14 @@ class Order(Row):
     items: list[OrderItem] = Field(default_factory=list)
 
 
-# rpc/release_expired_holds releases at most this many orders a call.
-HOLD_RELEASE_BATCH = 1000
-
-
 class HoldRelease(Row):
-    """The result of `admin.release_expired_holds`: call again while `more_waiting`."""
+    """The result of `admin.release_expired_holds`: call again while `orders_released` is the
+    `max_orders` asked for."""
 
     as_of: AwareDatetime
     hold_ttl: Interval
     orders_released: int
     credits_released: Money
-
-    @property
-    def more_waiting(self) -> bool:
-        """A full batch was released, so more orders may be waiting."""
-        return self.orders_released >= HOLD_RELEASE_BATCH
 
 
 class UpkeepBacklog(Row):

@@ -1,7 +1,10 @@
 -- Credits, part 6: expiry. What is left of a lot past its expires_at is not spendable; the
 -- sweep moves it to the system account `expiry`, once, and the user sees an `expiry` movement.
+-- One call sweeps about `max_lots` lots (a user's lots go together, so the last user may take it
+-- over): a call stays well inside the API's statement timeout however many lots expire at once.
+-- Call again while lots_expired >= max_lots.
 
-create or replace function public.expire_credits(as_of timestamptz default now())
+create or replace function public.expire_credits(as_of timestamptz default now(), max_lots integer default 1000)
 returns jsonb
 language plpgsql
 security definer
@@ -9,6 +12,7 @@ set search_path = ''
 as $$
 declare
   v_as_of timestamptz := expire_credits.as_of;
+  v_max integer := expire_credits.max_lots;
   v_user uuid;
   v_lot record;
   v_transfer uuid;
@@ -21,12 +25,16 @@ begin
   if v_as_of is null or v_as_of > now() then
     perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
   end if;
+  if v_max is null or v_max < 1 or v_max > 100000 then
+    perform mycelium_private.fail('invalid_argument', 'max_lots must be from 1 to 100000');
+  end if;
 
   for v_user in
     select distinct l.user_id from public.credit_lots l
     where l.live and l.expires_at <= v_as_of
     order by l.user_id
   loop
+    exit when v_lots >= v_max;
     perform mycelium_private.lock_accounts(v_user);
     v_users := v_users + 1;
     -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
@@ -57,5 +65,5 @@ begin
 end;
 $$;
 
-revoke execute on function public.expire_credits(timestamptz) from public, anon, authenticated;
-grant execute on function public.expire_credits(timestamptz) to service_role;
+revoke execute on function public.expire_credits(timestamptz, integer) from public, anon, authenticated;
+grant execute on function public.expire_credits(timestamptz, integer) to service_role;

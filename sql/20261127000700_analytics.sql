@@ -112,10 +112,11 @@ $$;
 
 -- The start of the oldest transaction still open in this database, other than the caller's. A
 -- movement's created_at is its transaction's start, so a transaction that began before a day ended
--- may still add movements to that day when it commits, however late. Sessions of other roles show
--- here only where the owner has pg_read_all_stats (or their role); for those the roll-up relies on
--- its hour of margin. (Prepared transactions are not counted: Supabase runs with
--- max_prepared_transactions = 0.)
+-- may still add movements to that day when it commits, however late. Every kind of backend counts
+-- (client sessions, pg_cron's workers, logical replication) but autovacuum and WAL senders, which
+-- never write the ledger. Sessions of other roles show here only where the owner has
+-- pg_read_all_stats (or their role); for those the roll-up relies on its hour of margin.
+-- (Prepared transactions are not counted: Supabase runs with max_prepared_transactions = 0.)
 create or replace function mycelium_private.oldest_open_transaction_start()
 returns timestamptz
 language sql
@@ -125,7 +126,7 @@ as $$
   select min(a.xact_start) from pg_catalog.pg_stat_activity a
   where a.datname = pg_catalog.current_database()
     and a.pid <> pg_catalog.pg_backend_pid()
-    and a.backend_type in ('client backend', 'background worker')
+    and a.backend_type not in ('autovacuum worker', 'walsender')
 $$;
 
 -- The last UTC day that no movement can still be added to, at `p_now` with the oldest open
@@ -141,9 +142,11 @@ as $$
                (coalesce(p_oldest_open, 'infinity'::timestamptz) at time zone 'UTC')::date) - 1
 $$;
 
--- rpc/refresh_ledger_rollups: roll up every complete UTC day not rolled up yet. Admins and
--- service_role. Returns how many days were added.
-create or replace function public.refresh_ledger_rollups()
+-- rpc/refresh_ledger_rollups(max_days): roll up the complete UTC days not rolled up yet, oldest
+-- first, at most max_days a call (a first roll-up over a long ledger stays inside the API's
+-- statement timeout: call again while it returns max_days). Admins and service_role. Returns how
+-- many days were added.
+create or replace function public.refresh_ledger_rollups(max_days integer default 31)
 returns integer
 language plpgsql
 security definer
@@ -155,6 +158,9 @@ declare
   v_added integer;
 begin
   perform mycelium_private.require_admin();
+  if max_days is null or max_days < 1 or max_days > 3660 then
+    perform mycelium_private.fail('invalid_argument', 'max_days must be from 1 to 3660');
+  end if;
   -- Open transactions are read before the ledger is (its snapshot is taken by a later statement):
   -- a transaction that is no longer listed has committed or aborted, so the later snapshot has all
   -- it wrote.
@@ -168,6 +174,7 @@ begin
   if v_start is null or v_start > v_last_complete then
     return 0;
   end if;
+  v_last_complete := least(v_last_complete, v_start + max_days - 1);
   insert into mycelium_private.ledger_days
     (day, issued, purchased, granted, transferred, spent, expired, platform_revenue, into_users, movements)
   select g.day::date,
@@ -428,9 +435,9 @@ end;
 $$;
 
 revoke execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups()
+  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups(integer)
   from public, anon;
 grant execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups()
+  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups(integer)
   to authenticated, service_role;
 revoke execute on all functions in schema mycelium_private from public;

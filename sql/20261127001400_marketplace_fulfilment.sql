@@ -206,13 +206,13 @@ end;
 $$;
 
 -- ---------------------------------------------------------------------------------------
--- rpc/release_expired_holds(as_of): service_role. Cancels orders pending since before
--- as_of - hold_ttl, oldest first, at most 1000 per call (call again while orders_released is
--- 1000). Orders being fulfilled right now are skipped, not waited for. Every lock is taken in
+-- rpc/release_expired_holds(as_of, max_orders): service_role. Cancels orders pending since before
+-- as_of - hold_ttl, oldest first, at most max_orders per call (call again while orders_released
+-- is max_orders). Orders being fulfilled right now are skipped, not waited for. Every lock is taken in
 -- the global order (orders, products, accounts) before anything moves, so it cannot deadlock
 -- with orders placed, fulfilled or refunded meanwhile.
 -- ---------------------------------------------------------------------------------------
-create or replace function public.release_expired_holds(as_of timestamptz default now())
+create or replace function public.release_expired_holds(as_of timestamptz default now(), max_orders integer default 1000)
 returns jsonb
 language plpgsql
 security definer
@@ -220,6 +220,7 @@ set search_path = ''
 as $$
 declare
   v_as_of timestamptz := release_expired_holds.as_of;
+  v_max integer := release_expired_holds.max_orders;
   v_ttl interval := (select c.hold_ttl from public.marketplace_config c where c.id);
   v_ids uuid[];
   v_order public.orders;
@@ -229,11 +230,14 @@ begin
   if v_as_of is null or v_as_of > now() then
     perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
   end if;
+  if v_max is null or v_max < 1 or v_max > 10000 then
+    perform mycelium_private.fail('invalid_argument', 'max_orders must be from 1 to 10000');
+  end if;
   select coalesce(array_agg(x.id), '{}') into v_ids from (
     select o.id from public.orders o
     where o.status = 'pending' and o.created_at < v_as_of - v_ttl
     order by o.created_at
-    limit 1000
+    limit v_max
     for no key update skip locked) x;
   perform 1 from public.products p
   where p.capacity is not null and p.id in (select i.product_id from public.order_items i where i.order_id = any(v_ids))
@@ -354,11 +358,11 @@ end;
 $$;
 
 revoke execute on function public.fulfil_order(uuid), public.cancel_order(uuid), public.fail_order(uuid, text),
-  public.refund_order(uuid, text, numeric, text), public.release_expired_holds(timestamptz) from public, anon;
+  public.refund_order(uuid, text, numeric, text), public.release_expired_holds(timestamptz, integer) from public, anon;
 grant execute on function public.fulfil_order(uuid), public.fail_order(uuid, text),
   public.refund_order(uuid, text, numeric, text) to authenticated, service_role;
 grant execute on function public.cancel_order(uuid) to authenticated;
 revoke execute on function public.cancel_order(uuid) from service_role;
-revoke execute on function public.release_expired_holds(timestamptz) from authenticated;
-grant execute on function public.release_expired_holds(timestamptz) to service_role;
+revoke execute on function public.release_expired_holds(timestamptz, integer) from authenticated;
+grant execute on function public.release_expired_holds(timestamptz, integer) to service_role;
 revoke execute on all functions in schema mycelium_private from public;

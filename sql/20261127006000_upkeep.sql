@@ -5,8 +5,9 @@
 -- rpc/upkeep_backlog(grace): one row per job, admins and service_role.
 --   release_expired_holds    orders pending past hold_ttl (due when their hold's time ran out)
 --   expire_credits           live lots past their expires_at
---   refresh_ledger_rollups   complete days not rolled up yet (a day is due an hour after it ended,
---                            and once every transaction begun in it has ended)
+--   refresh_ledger_rollups   days not rolled up an hour after they ended: a transaction left open
+--                            since before a day ended holds that day back (the roll-up waits for
+--                            it), and shows here, so that a stuck session does not go unnoticed
 create or replace function public.upkeep_backlog(grace interval default interval '15 minutes')
 returns table (job text, overdue bigint, due_since timestamptz)
 language plpgsql
@@ -41,7 +42,7 @@ begin
   if v_rolled is null then
     v_rolled := (select (min(t.created_at) at time zone 'UTC')::date - 1 from mycelium_private.transfers t);
   end if;
-  v_due := mycelium_private.last_complete_day(v_cutoff, mycelium_private.oldest_open_transaction_start());
+  v_due := mycelium_private.last_complete_day(v_cutoff, null);
   return query
     select 'refresh_ledger_rollups',
            greatest(coalesce(v_due - v_rolled, 0), 0)::bigint,

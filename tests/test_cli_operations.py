@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,8 +147,10 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
         assert Decimal(samples["mycelium_holds_outstanding"]) == summary.held >= 5
         assert Decimal(samples['mycelium_orders{status="pending"}']) >= 1
         assert samples["mycelium_ledger_audit_ok"] == "1.0" and samples["mycelium_scrape_ok"] == "1.0"
-        for job in ("release_expired_holds", "expire_credits", "refresh_ledger_rollups"):
-            assert f'mycelium_upkeep_overdue{{job="{job}"}}' in samples
+        # Prometheus sets `job` and `instance` on every series it scrapes: the exporter must not.
+        assert not [name for name in samples if re.search(r"[{,](job|instance)=", name)]
+        for task in ("release_expired_holds", "expire_credits", "refresh_ledger_rollups"):
+            assert f'mycelium_upkeep_overdue{{task="{task}"}}' in samples
         assert samples['mycelium_requests_total{status="200"}'] == "4.0"  # this scrape's four reads
     finally:
         exporter.send_signal(signal.SIGINT)

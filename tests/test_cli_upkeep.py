@@ -17,6 +17,7 @@ import pytest
 from psycopg.rows import TupleRow
 from typer.testing import CliRunner
 
+from cli import upkeep
 from cli.dev.stack import LocalStack
 from cli.main import app
 from tests.marketplace_support import abandoned_order, account, audit_is_clean, expired_promotion
@@ -51,6 +52,26 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     assert shown.exit_code == 0, shown.stderr
     assert "release expired order holds" in shown.stdout and "0 order(s)" in shown.stdout
     assert "roll up complete days" in shown.stdout
+
+
+def test_a_round_calls_each_job_again_until_a_batch_comes_back_short(
+    stack: LocalStack,
+    service_api: Api,
+    make_user: MakeUser,
+    db: psycopg.Connection[TupleRow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upkeep, "HOLDS_PER_CALL", 1)
+    monkeypatch.setattr(upkeep, "LOTS_PER_CALL", 1)
+    assert CliRunner().invoke(app, ["upkeep"], env=stack.env()).exit_code == 0  # whatever others left
+    for _ in range(2):
+        abandoned_order(service_api, make_user, db)
+        expired_promotion(service_api, make_user, db)
+    result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout, parse_float=Decimal)
+    assert done["holds_released"]["orders"] == 2
+    assert (done["expired"]["lots"], done["expired"]["users"], D(done["expired"]["credits"])) == (2, 2, D(6))
 
 
 class Scheduled:
