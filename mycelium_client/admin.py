@@ -236,7 +236,7 @@ class Admin:
 
     def refresh_ledger_rollups(self, *, max_days: int | None = None) -> int:
         """Roll up the complete UTC days not rolled up yet, oldest first, at most `max_days` a call
-        (default 31), so that platform analytics read one row a day; returns how many days were
+        (default 1), so that platform analytics read one row a day; returns how many days were
         added (call again while that is `max_days`). `mycelium upkeep` runs it."""
         return self._transport.send(rollups_call(max_days))
 

@@ -143,10 +143,10 @@ as $$
 $$;
 
 -- rpc/refresh_ledger_rollups(max_days): roll up the complete UTC days not rolled up yet, oldest
--- first, at most max_days a call (a first roll-up over a long ledger stays inside the API's
--- statement timeout: call again while it returns max_days). Admins and service_role. Returns how
--- many days were added.
-create or replace function public.refresh_ledger_rollups(max_days integer default 31)
+-- first, at most max_days a call (default one: a day of a million movements takes about 1.5 s to
+-- sum here, and a call must end inside the API's statement timeout; call again while it returns
+-- max_days). Admins and service_role. Returns how many days were added.
+create or replace function public.refresh_ledger_rollups(max_days integer default 1)
 returns integer
 language plpgsql
 security definer
