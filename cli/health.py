@@ -26,7 +26,7 @@ from cli.common import (
 )
 from cli.errors import EXIT_FAILED, CliError
 from cli.output import emit_json, out
-from mycelium_client import MyceliumClient, MyceliumError
+from mycelium_client import MyceliumClient, MyceliumError, UpkeepBacklog
 
 TIMEOUT_SECONDS = 5.0
 
@@ -91,16 +91,19 @@ def _audit(api: ApiSettings) -> str:
     return "clean"
 
 
+def _overdue(job: UpkeepBacklog) -> str:
+    since = "" if job.due_since is None else f" (since {job.due_since.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
+    return f"{job.job} {job.overdue}{since}"
+
+
 def _upkeep(api: ApiSettings) -> str:
     with MyceliumClient(api.url, api.service_role_key, timeout=TIMEOUT_SECONDS * 6) as client:
         behind = [job for job in client.admin.upkeep_backlog() if job.overdue]
     if behind:
-        overdue = (
-            f"{job.job} {job.overdue} (since {job.due_since.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
-            for job in behind
-            if job.due_since is not None
+        overdue = ", ".join(_overdue(job) for job in behind)
+        raise Unhealthy(
+            f"overdue: {overdue}; is `mycelium upkeep` running, and no session holding a transaction open?"
         )
-        raise Unhealthy("is `mycelium upkeep` running? overdue: " + ", ".join(overdue))
     return "nothing overdue"
 
 

@@ -114,7 +114,8 @@ class CreditsCollector(Collector):
         overdue = GaugeMetricFamily(
             "mycelium_upkeep_overdue",
             "Work a periodic job (`mycelium upkeep`) has left undone for over 15 minutes past its "
-            "due time, by task: nonzero when the scheduler is not running or failing.",
+            "due time, by task: nonzero when the scheduler is not running or failing, or (days to "
+            "roll up) a session holds a transaction open since before a day ended.",
             labels=["task"],
         )
         for job in backlog:

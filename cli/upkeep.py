@@ -1,12 +1,13 @@
 """`mycelium upkeep`: the periodic jobs, once or on a schedule. Orders pending past their hold's
 time to live give their holds back, expired lots leave their balances, and complete days are
 rolled up for the platform analytics. Each job is idempotent, so a run that fails half-way, or two
-schedulers running at once, do no harm."""
+schedulers running at once, do no harm; a job that fails does not keep the others from running."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -15,28 +16,31 @@ import typer
 
 from cli.api import parse_duration
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
+from cli.errors import EXIT_FAILED
 from cli.output import emit_json, fail, say, table
-from mycelium_client import ExpiryResult, MyceliumClient
+from mycelium_client import ConfigurationError, ExpiryResult, MyceliumClient, ServiceUnavailable
 
 # How much each call does: a call must end well inside the API's statement timeout (8 s on
-# Supabase); a round calls again while a call did a full batch. (A day of a million movements
-# takes about 1.5 s to roll up.)
+# Supabase); a job calls again while a call did a full batch. (A day of a million movements takes
+# about 1.5 s to roll up.)
 HOLDS_PER_CALL = 1000
 LOTS_PER_CALL = 1000
 DAYS_PER_CALL = 1
 
 
-def release_expired_holds(client: MyceliumClient) -> tuple[int, Decimal]:
-    """Every order pending past its hold's time to live, a batch at a time: (orders, credits)."""
+def release_expired_holds(client: MyceliumClient, stopped: threading.Event | None = None) -> dict[str, Any]:
+    """Every order pending past its hold's time to live, a batch at a time."""
     orders, credits = 0, Decimal(0)
     while True:
         released = client.admin.release_expired_holds(max_orders=HOLDS_PER_CALL)
         orders, credits = orders + released.orders_released, credits + released.credits_released
-        if released.orders_released < HOLDS_PER_CALL:
-            return orders, credits
+        if released.orders_released < HOLDS_PER_CALL or (stopped and stopped.is_set()):
+            return {"orders": orders, "credits": credits}
 
 
-def expire_credits(client: MyceliumClient, as_of: datetime | None = None) -> ExpiryResult:
+def expire_credits(
+    client: MyceliumClient, as_of: datetime | None = None, stopped: threading.Event | None = None
+) -> ExpiryResult:
     """Every lot expired by `as_of` (default: now), a batch at a time; the totals, as of the last
     batch."""
     total: ExpiryResult | None = None
@@ -53,55 +57,94 @@ def expire_credits(client: MyceliumClient, as_of: datetime | None = None) -> Exp
                 }
             )
         )
-        if batch.lots_expired < LOTS_PER_CALL:
+        if batch.lots_expired < LOTS_PER_CALL or (stopped and stopped.is_set()):
             return total
 
 
-def roll_up_days(client: MyceliumClient) -> int:
-    """Every complete day not rolled up yet, a batch at a time: how many."""
+def refresh_ledger_rollups(client: MyceliumClient, stopped: threading.Event | None = None) -> dict[str, Any]:
+    """Every complete day not rolled up yet, a batch at a time."""
     days = 0
     while True:
         added = client.admin.refresh_ledger_rollups(max_days=DAYS_PER_CALL)
         days += added
-        if added < DAYS_PER_CALL:
-            return days
+        if added < DAYS_PER_CALL or (stopped and stopped.is_set()):
+            return {"days": days}
 
 
-def run_jobs(client: MyceliumClient) -> dict[str, Any]:
-    """One round of every job; what each did."""
-    orders, held = release_expired_holds(client)
-    expired = expire_credits(client)
-    return {
-        "holds_released": {"orders": orders, "credits": held},
-        "expired": {"lots": expired.lots_expired, "users": expired.users, "credits": expired.credits_expired},
-        "days_rolled_up": roll_up_days(client),
-    }
+def _expired(client: MyceliumClient, stopped: threading.Event | None) -> dict[str, Any]:
+    swept = expire_credits(client, stopped=stopped)
+    return {"lots": swept.lots_expired, "users": swept.users, "credits": swept.credits_expired}
 
 
-def show(client: MyceliumClient, at: datetime, done: dict[str, Any]) -> None:
-    released, expired = done["holds_released"], done["expired"]
-    table(
-        f"Upkeep at {at:%Y-%m-%d %H:%M:%S} UTC",
-        ["job", "done"],
-        [
-            (
-                "release expired order holds",
-                f"{released['orders']} order(s), {client.credits.format(released['credits'])}",
-            ),
-            (
-                "expire credits",
-                f"{expired['lots']} lot(s) of {expired['users']} user(s), "
-                f"{client.credits.format(expired['credits'])}",
-            ),
-            ("roll up complete days", f"{done['days_rolled_up']} day(s)"),
-        ],
-    )
+# Each job by the SQL function it calls (the names rpc/upkeep_backlog reports), in running order:
+# holds come back first, with the expiry they had, so that the sweep after them finds them.
+JOBS: dict[str, Callable[[MyceliumClient, threading.Event | None], dict[str, Any]]] = {
+    "release_expired_holds": release_expired_holds,
+    "expire_credits": _expired,
+    "refresh_ledger_rollups": refresh_ledger_rollups,
+}
 
 
-def stopped_by_sigterm() -> threading.Event:
-    """Set by SIGTERM (`docker stop`, Kubernetes): the round under way ends, then the command."""
+def run_round(client: MyceliumClient, stopped: threading.Event | None = None) -> dict[str, Any]:
+    """Every job once, each on its own: one that fails (its error is kept) does not stop the
+    others. A project that cannot be reached fails the round as a whole (ServiceUnavailable,
+    ConfigurationError). A job not run because the command was stopped is left out."""
+    jobs: dict[str, Any] = {}
+    for name, job in JOBS.items():
+        if stopped and stopped.is_set():
+            break
+        try:
+            jobs[name] = {"ok": True, **job(client, stopped)}
+        except (ServiceUnavailable, ConfigurationError):
+            raise
+        except Exception as error:  # this job's failure: kept with it, and the next job runs
+            jobs[name] = {"ok": False, "error": " ".join(str(error).split())}
+    return {"ok": all(job["ok"] for job in jobs.values()), "jobs": jobs}
+
+
+def _done(client: MyceliumClient, name: str, job: dict[str, Any]) -> str:
+    if not job["ok"]:
+        return f"FAILED: {job['error']}"
+    if name == "release_expired_holds":
+        return f"{job['orders']} order(s), {client.credits.format(job['credits'])}"
+    if name == "expire_credits":
+        return f"{job['lots']} lot(s) of {job['users']} user(s), {client.credits.format(job['credits'])}"
+    return f"{job['days']} day(s)"
+
+
+TITLES = {
+    "release_expired_holds": "release expired order holds",
+    "expire_credits": "expire credits",
+    "refresh_ledger_rollups": "roll up complete days",
+}
+
+
+def report(
+    client: MyceliumClient, at: datetime, result: dict[str, Any], *, as_json: bool, line: bool
+) -> None:
+    """A round's result on stdout (a table, or JSON); each failure also on stderr."""
+    jobs: dict[str, Any] = result.get("jobs", {})
+    if as_json:
+        emit_json({"at": at.isoformat(), **result}, line=line)
+    elif jobs:
+        table(
+            f"Upkeep at {at:%Y-%m-%d %H:%M:%S} UTC",
+            ["job", "done"],
+            [(TITLES[name], _done(client, name, job)) for name, job in jobs.items()],
+        )
+    if "error" in result:
+        fail(f"upkeep at {at:%H:%M:%S}: {result['error']}")
+    for name, job in jobs.items():
+        if not job["ok"]:
+            fail(f"{name}: {job['error']}")
+
+
+def stop_on_sigterm() -> threading.Event:
+    """An event that SIGTERM (`docker stop`, Kubernetes) sets; a job ends after the batch under
+    way. Set from a new thread: the handler runs on the main thread, which may be inside the
+    event's own lock (waiting on it)."""
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=stopped.set).start())
     return stopped
 
 
@@ -121,8 +164,8 @@ def upkeep(
     as_json: JsonOption = False,
 ) -> None:
     """Run the periodic jobs: release order holds past their time to live, expire credits, roll
-    up complete days for analytics. Once (a failed job ends the command with an error), or
-    --every DURATION.
+    up complete days for analytics. Once (exit 1 if a job failed), or --every DURATION until
+    stopped (SIGTERM ends the round under way after its current batch).
 
     Example: mycelium upkeep --every 5m
     """
@@ -130,26 +173,23 @@ def upkeep(
     with service_client(url, service_key) as client:
         if pause is None:
             at = datetime.now(UTC)
-            done = run_jobs(client)
-            if as_json:
-                emit_json({"at": at.isoformat(), "ok": True, **done})
-            else:
-                show(client, at, done)
+            result = run_round(client)
+            report(client, at, result, as_json=as_json, line=False)
+            if not result["ok"]:
+                raise typer.Exit(EXIT_FAILED)
             return
-        stopped = stopped_by_sigterm()
+        stopped = stop_on_sigterm()
         try:
             while not stopped.is_set():
                 at = datetime.now(UTC)
                 try:
-                    done = run_jobs(client)
-                    if as_json:
-                        emit_json({"at": at.isoformat(), "ok": True, **done}, line=True)
-                    else:
-                        show(client, at, done)
-                except Exception as error:  # any failure ends this round only: the next one runs
+                    result = run_round(client, stopped)
+                except Exception as error:  # the project unreachable: this round fails, the next runs
+                    result = {"ok": False, "error": " ".join(str(error).split())}
+                try:
+                    report(client, at, result, as_json=as_json, line=True)
+                except Exception as error:  # the credit format could not be read for the table
                     fail(f"upkeep at {at:%H:%M:%S}: {error}")
-                    if as_json:
-                        emit_json({"at": at.isoformat(), "ok": False, "error": str(error)}, line=True)
                 stopped.wait(pause.total_seconds())
         except KeyboardInterrupt:
             pass

@@ -29,14 +29,15 @@ begin
     perform mycelium_private.fail('invalid_argument', 'max_lots must be from 1 to 100000');
   end if;
 
+  -- Each user with a lot to sweep gives at least one: max_lots users are enough for max_lots lots.
   for v_user in
     select distinct l.user_id from public.credit_lots l
     where l.live and l.expires_at <= v_as_of
     order by l.user_id
+    limit v_max
   loop
     exit when v_lots >= v_max;
     perform mycelium_private.lock_accounts(v_user);
-    v_users := v_users + 1;
     -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
     for v_lot in
       select l.id, l.remaining, l.expires_at from public.credit_lots l
@@ -59,6 +60,10 @@ begin
       v_lots := v_lots + 1;
       v_total := v_total + v_lot.remaining;
     end loop;
+    -- A concurrent sweep may have taken this user's lots already: counted only if some were left.
+    if found then
+      v_users := v_users + 1;
+    end if;
   end loop;
 
   return jsonb_build_object('as_of', v_as_of, 'lots_expired', v_lots, 'users', v_users, 'credits_expired', v_total);

@@ -1,6 +1,7 @@
 -- Upkeep: what the periodic jobs (`mycelium upkeep`, every five minutes in the deployments) have
 -- left undone for longer than `grace` past the moment it fell due. Anything overdue means the
--- scheduler is not running, or failing: `mycelium health` and the metrics report it.
+-- scheduler is not running, or failing, or (days to roll up) a session has held a transaction
+-- open since before a day ended: `mycelium health` and the metrics report it.
 --
 -- rpc/upkeep_backlog(grace): one row per job, admins and service_role.
 --   release_expired_holds    orders pending past hold_ttl (due when their hold's time ran out)

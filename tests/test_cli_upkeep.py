@@ -40,10 +40,13 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     assert result.exit_code == 0, result.stderr
     done = json.loads(result.stdout, parse_float=Decimal)
     assert done["ok"] is True and datetime.fromisoformat(done["at"]).tzinfo is not None
-    assert done["holds_released"]["orders"] >= 1 and D(done["holds_released"]["credits"]) >= 2
-    assert done["expired"]["lots"] >= 1 and D(done["expired"]["credits"]) >= 3
+    jobs = done["jobs"]
+    assert list(jobs) == ["release_expired_holds", "expire_credits", "refresh_ledger_rollups"]
+    assert all(job["ok"] for job in jobs.values())
+    assert jobs["release_expired_holds"]["orders"] >= 1 and D(jobs["release_expired_holds"]["credits"]) >= 2
+    assert jobs["expire_credits"]["lots"] >= 1 and D(jobs["expire_credits"]["credits"]) >= 3
     # The session's ledger starts today: no complete day to roll up yet.
-    assert done["days_rolled_up"] == 0
+    assert jobs["refresh_ledger_rollups"]["days"] == 0
     assert account(alice) == (D("10"), D("0"))
     assert balance(promoted) == 0
     audit_is_clean(service_api)
@@ -69,9 +72,29 @@ def test_a_round_calls_each_job_again_until_a_batch_comes_back_short(
         expired_promotion(service_api, make_user, db)
     result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
     assert result.exit_code == 0, result.stderr
+    jobs = json.loads(result.stdout, parse_float=Decimal)["jobs"]
+    assert jobs["release_expired_holds"]["orders"] == 2
+    expired = jobs["expire_credits"]
+    assert (expired["lots"], expired["users"], D(expired["credits"])) == (2, 2, D(6))
+
+
+def test_a_failing_job_does_not_keep_the_others_from_running(
+    stack: LocalStack, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    promoted = expired_promotion(service_api, make_user, db)
+    release = "function public.release_expired_holds(timestamptz, integer)"
+    db.execute(f"revoke execute on {release} from service_role")
+    try:
+        result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
+    finally:
+        db.execute(f"grant execute on {release} to service_role")
+    assert result.exit_code == 1
     done = json.loads(result.stdout, parse_float=Decimal)
-    assert done["holds_released"]["orders"] == 2
-    assert (done["expired"]["lots"], done["expired"]["users"], D(done["expired"]["credits"])) == (2, 2, D(6))
+    failed = done["jobs"]["release_expired_holds"]
+    assert done["ok"] is False and failed["ok"] is False and "permission denied" in failed["error"]
+    assert done["jobs"]["expire_credits"]["ok"] and done["jobs"]["refresh_ledger_rollups"]["ok"]
+    assert balance(promoted) == 0
+    assert "release_expired_holds" in result.stderr
 
 
 class Scheduled:
@@ -109,7 +132,7 @@ def test_scheduled_upkeep_runs_round_after_round_until_terminated(
         # An order abandoned now is released by a later round.
         alice = abandoned_order(service_api, make_user, db)
         for _ in range(3):
-            if scheduled.next_round()["holds_released"]["orders"] >= 1:
+            if scheduled.next_round()["jobs"]["release_expired_holds"]["orders"] >= 1:
                 break
         assert account(alice) == (D("10"), D("0"))
     finally:
@@ -124,7 +147,7 @@ def test_scheduled_upkeep_reports_a_failed_round_and_goes_on(stack: LocalStack) 
     finally:
         code, err = scheduled.stop()
     assert [round["ok"] for round in rounds] == [False, False]
-    assert "Connection refused" in rounds[0]["error"]
+    assert "Connection refused" in rounds[0]["error"] and "jobs" not in rounds[0]
     assert code == 0 and "Traceback" not in err and err.count("error:") >= 2, err
 
 
