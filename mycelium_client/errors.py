@@ -78,6 +78,8 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "mixed_providers": InvalidArgument,  # one order per provider
     "own_product": InvalidArgument,  # providers do not buy from themselves
     "not_authorized": NotAuthorized,
+    "user_banned": NotAuthorized,  # a token of a user Auth has banned since it was issued
+    "user_not_found": NotAuthorized,  # a token of a user Auth has deleted since
     "not_found": NotFound,
     "unknown_recipient": NotFound,
     "product_not_found": NotFound,
