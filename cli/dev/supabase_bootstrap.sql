@@ -39,9 +39,6 @@ alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
 alter role authenticator set statement_timeout = '8s';
 alter role postgres set search_path = "$user", public, extensions;
--- The image's supautils lets `postgres` set PostgREST's in-database settings (`pgrst.*`) on
--- `authenticator`, as the dashboard's API settings do; a vanilla PostgreSQL 15 needs the grant.
-grant set on parameter pgrst.db_pre_request to postgres;
 
 -- ---------------------------------------------------------------------------------------
 -- Schemas public and extensions, and the default privileges (the classic trap)
