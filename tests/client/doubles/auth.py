@@ -23,6 +23,8 @@ import jwt
 import psycopg
 from psycopg.rows import dict_row
 
+from cli.dev.users import act_as_auth_server
+
 USER_COLUMNS = """
   id, aud, role, email, phone, email_confirmed_at, phone_confirmed_at, last_sign_in_at,
   raw_app_meta_data, raw_user_meta_data, created_at, updated_at, is_anonymous
@@ -141,6 +143,13 @@ class AuthDouble:
         with psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row) as conn:
             return conn.execute(sql, params).fetchone()
 
+    def _write(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A write to `auth.users` as GoTrue makes it: as its own role, so the database's triggers
+        run as they would under Supabase Auth."""
+        with psycopg.connect(self.db_url, row_factory=dict_row) as conn:
+            act_as_auth_server(conn)
+            return conn.execute(sql, params).fetchone()
+
     def _user(self, user_id: uuid.UUID | str) -> dict[str, Any]:
         row = self._query(f"select {USER_COLUMNS} from auth.users where id = %(id)s", {"id": str(user_id)})
         if row is None:
@@ -190,8 +199,12 @@ class AuthDouble:
     def _insert_user(
         self, email: str, password: str, data: dict[str, Any], *, confirmed: bool
     ) -> dict[str, Any]:
+        hashed = self._query(
+            "select extensions.crypt(%(password)s, extensions.gen_salt('bf')) as hash", {"password": password}
+        )
+        assert hashed is not None
         try:
-            row = self._query(
+            row = self._write(
                 f"""
                 insert into auth.users (
                   instance_id, id, aud, role, email, encrypted_password, email_confirmed_at,
@@ -199,12 +212,12 @@ class AuthDouble:
                   raw_app_meta_data, raw_user_meta_data, created_at, updated_at, is_anonymous
                 ) values (
                   '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', 'authenticated',
-                  %(email)s, extensions.crypt(%(password)s, extensions.gen_salt('bf')),
+                  %(email)s, %(hashed)s,
                   case when %(confirmed)s then now() end, '', '', '', '',
                   '{{"provider": "email", "providers": ["email"]}}', %(data)s, now(), now(), false
                 ) returning {USER_COLUMNS}
                 """,
-                {"email": email, "password": password, "data": json.dumps(data), "confirmed": confirmed},
+                {"email": email, "hashed": hashed["hash"], "data": json.dumps(data), "confirmed": confirmed},
             )
         except psycopg.errors.UniqueViolation:
             raise AuthFailure(
@@ -247,7 +260,7 @@ class AuthDouble:
             # After the password, as GoTrue checks it: only the account's owner learns this.
             if found["email_confirmed_at"] is None:
                 raise AuthFailure(400, "email_not_confirmed", "Email not confirmed")
-            row = self._query(
+            row = self._write(
                 f"""
                 update auth.users set last_sign_in_at = now(), updated_at = now()
                 where id = %(id)s returning {USER_COLUMNS}
