@@ -1,10 +1,12 @@
 """A token outlives what Auth does to its user: banned, soft-deleted and deleted users' tokens,
-still unexpired, must read nothing and move nothing. Each state is made the way Supabase Auth
-makes it in `auth.users` (its admin API's ban sets `banned_until`, a soft delete `deleted_at`, a
-hard delete removes the row), then the old token is tried through PostgREST as its holder would."""
+still unexpired, must read nothing and move nothing (nor may an expired token). Each state is
+made the way Supabase Auth makes it in `auth.users` (its admin API's ban sets `banned_until`, a
+soft delete `deleted_at`, a hard delete removes the row), then the old token is tried through
+PostgREST as its holder would."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,6 +18,7 @@ from psycopg.rows import TupleRow
 
 from cli.dev.postgrest import PRE_REQUEST
 from cli.dev.stack import LocalStack
+from cli.keys import access_token
 from tests.deploy_support import COMPOSE_FILE, K3S_DIR, load_yaml, load_yaml_documents
 from tests.support import Api, User, body
 
@@ -115,3 +118,22 @@ def test_every_deployment_runs_the_gate(stack: LocalStack) -> None:
     (rest,) = [doc for doc in load_yaml_documents(K3S_DIR / "rest.yaml") if doc["kind"] == "Deployment"]
     (container,) = rest["spec"]["template"]["spec"]["containers"]
     assert {"name": "PGRST_DB_PRE_REQUEST", "value": PRE_REQUEST} in container["env"]
+
+
+def test_an_expired_token_reads_nothing_and_moves_nothing(
+    stack: LocalStack, db: Conn, service_api: Api, make_user: MakeUser
+) -> None:
+    """PostgREST refuses it before the gate runs: an hour-old token of a user in good standing."""
+    holder, friend = funded(service_api, make_user), make_user()
+    an_hour_ago = int(time.time()) - 3600
+    token = access_token(
+        stack.jwt_secret, holder.id, email=holder.email, lifetime_seconds=60, now=an_hour_ago
+    )
+    expired = User(holder.id, holder.email, token, Api(stack.api_url, stack.anon_key, token))
+    try:
+        for response in (expired.api.get("/credit_accounts"), transfer(expired, friend, "5")):
+            assert response.status_code == 401, response.text
+            assert body(response)["code"] == "PGRST301"  # "JWT expired"
+    finally:
+        expired.api.close()
+    assert balance_of(db, holder.id) == Decimal("40")
