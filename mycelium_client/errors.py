@@ -87,6 +87,7 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "duplicate_reference": Conflict,
     "package_inactive": Conflict,
     "append_only": Conflict,
+    "read_only": Conflict,  # a write into a view that only reads
     "product_inactive": Conflict,
     "capacity_exceeded": Conflict,
     "invalid_transition": Conflict,  # e.g. fulfilling an order twice, cancelling a fulfilled one

@@ -19,7 +19,6 @@
 create schema if not exists mycelium_gate;
 revoke all on schema mycelium_gate from public;
 grant usage on schema mycelium_gate to anon, authenticated, service_role;
-alter default privileges in schema mycelium_gate revoke execute on functions from public;
 comment on schema mycelium_gate is
   'What PostgREST runs before every request (pgrst.db_pre_request); nothing else lives here.';
 
@@ -50,4 +49,5 @@ end;
 $$;
 comment on function mycelium_gate.check_caller() is
   'PostgREST''s pre-request: refuses tokens of banned, soft-deleted and deleted users.';
+revoke execute on function mycelium_gate.check_caller() from public;
 grant execute on function mycelium_gate.check_caller() to anon, authenticated, service_role;

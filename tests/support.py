@@ -53,7 +53,7 @@ class Api:
             method, path, content=content, params=params, headers={**extra, **(headers or {})}
         )
 
-    def rpc(self, name: str, **args: Any) -> httpx.Response:
+    def rpc(self, name: str, /, **args: Any) -> httpx.Response:
         return self._send("POST", f"/rpc/{name}", json_body=args)
 
     def get(self, path: str, **params: Any) -> httpx.Response:

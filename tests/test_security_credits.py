@@ -237,47 +237,6 @@ def test_private_schema_is_closed(db: psycopg.Connection[TupleRow]) -> None:
         assert usage == (False,), role
 
 
-EXPECTED_EXECUTE = {
-    "purchase_credits": {"service_role"},
-    "expire_credits": {"service_role"},
-    "transfer_credits": {"authenticated"},
-    "tfc_to_usd": {"anon", "authenticated", "service_role"},
-}
-
-
-def function_grants(db: psycopg.Connection[TupleRow]) -> dict[str, set[str]]:
-    """Which API roles may execute each function in public."""
-    rows = db.execute(
-        """
-        select p.proname,
-               array(select r from unnest(array['anon', 'authenticated', 'service_role']) r
-                     where has_function_privilege(r, p.oid, 'execute'))
-        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-        where n.nspname = 'public'
-        """
-    ).fetchall()
-    return {str(name): set(roles) for name, roles in rows}
-
-
-def test_function_execute_privileges(db: psycopg.Connection[TupleRow]) -> None:
-    granted = function_grants(db)
-    for name, roles in EXPECTED_EXECUTE.items():
-        assert granted[name] == roles, name
-    for name in ADMIN_ONLY:
-        assert "anon" not in granted[name], name
-    # Anything anon may execute in public is on this short list (with the marketplace's display
-    # prices and product search, which show only what anyone may read).
-    anon_may = {"tfc_to_usd", "display_prices", "search_products"}
-    assert {name for name, roles in granted.items() if "anon" in roles} <= anon_may
-    # Every security definer function pins its search_path.
-    loose = db.execute(
-        "select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
-        "where n.nspname in ('public', 'mycelium_private') and p.prosecdef "
-        "and not coalesce(p.proconfig, '{}') @> array['search_path=\"\"']"
-    ).fetchall()
-    assert loose == []
-
-
 def test_ledger_is_append_only_even_for_the_owner(
     service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:

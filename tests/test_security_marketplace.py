@@ -6,9 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import TupleRow
 
 from tests.marketplace_support import (
     D,
@@ -21,7 +19,7 @@ from tests.marketplace_support import (
     placed,
 )
 from tests.support import Api, body
-from tests.test_security_credits import denied, function_grants
+from tests.test_security_credits import denied
 
 ORDER_TABLES = ["orders", "order_items", "order_status_history", "order_refunds"]
 PRIVATE_VIEWS = [
@@ -209,22 +207,3 @@ def test_marketplace_settings_are_for_admins(anon_api: Api, make_user: MakeUser)
         assert denied(api.post("/display_currencies", {"code": "XAU", "symbol": "g", "usd_per_unit": "1"}))
     assert D(str(body(anon_api.get("/marketplace_config"))[0]["platform_fee_percent"])) >= 0
     assert denied(anon_api.rpc("place_order", items=[]))
-
-
-EXPECTED_EXECUTE = {
-    "place_order": {"authenticated"},
-    "cancel_order": {"authenticated"},
-    "fulfil_order": {"authenticated", "service_role"},
-    "fail_order": {"authenticated", "service_role"},
-    "refund_order": {"authenticated", "service_role"},
-    "release_expired_holds": {"service_role"},
-    "set_marketplace_config": {"authenticated", "service_role"},
-    "set_display_currency": {"authenticated", "service_role"},
-    "search_products": {"anon", "authenticated", "service_role"},
-    "display_prices": {"anon", "authenticated", "service_role"},
-}
-
-
-def test_marketplace_execute_privileges(db: psycopg.Connection[TupleRow]) -> None:
-    granted = function_grants(db)
-    assert {name: granted[name] for name in EXPECTED_EXECUTE} == EXPECTED_EXECUTE
