@@ -1,13 +1,21 @@
-"""The Python client's cost, measured in one run on a local stack of its own:
+"""The Python client's cost, measured in one run on a local stack of its own (or a running one):
 
 1. overhead per call of `credits.balance()` and `credits.transfer()` over raw httpx calls of the
    same PostgREST requests (same connection pool, same headers, JSON read as Decimal too);
    target: under 15 %;
 2. throughput of the async client with 32 concurrent transfers (32 distinct senders, so rows do
    not lock each other) versus the sync client doing the same transfers one after the other;
-3. latency from COMMIT to the callback of `mycelium_client.feeds.BalanceFeed` (LISTEN/NOTIFY).
+3. latency from COMMIT to the callback of `mycelium_client.feeds.BalanceFeed` (LISTEN/NOTIFY);
+4. sign-in then the first balance read through the gateway (`auth.sign_in()`, a POST to
+   `/auth/v1/token?grant_type=password`, then `credits.balance()`), p50 and p99, beside a plain
+   balance read with a token the client already holds, and how many times that read each takes.
+   It needs Supabase Auth behind the gateway's `/auth/v1/`. A local stack has none (the gateway
+   answers 503): the benchmark then says the measure is skipped and why, and measures the rest.
+   --stack-dir measures a running stack instead, one whose `auth_upstream` (in its stack.json)
+   points at a Supabase Auth server that uses its database and JWT secret.
 
-    ./run bench client [--calls 1000] [--transfers 640] [--commits 300]
+    ./run bench client [--calls 1000] [--transfers 640] [--commits 300] [--sign-ins 200]
+    ./run bench client --stack-dir .mycelium    # writes bench users and credits into that stack
 """
 
 from __future__ import annotations
@@ -15,24 +23,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
+import secrets
 import statistics
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-from _common import add_json_option, results_for_scripts
 from rich.console import Console
 from rich.table import Table
 
-from cli.dev.processes import free_port_base
+from bench._percentiles import PercentileRow, Percentiles
+from bench._results import run_benchmark
+from bench._stack import fresh_stack, running_stack
 from cli.dev.stack import LocalStack
 from cli.dev.users import create_user
 from cli.keys import access_token
@@ -64,6 +73,18 @@ def per_call(action: Callable[[], object], calls: int) -> list[float]:
         started = time.perf_counter()
         action()
         timings.append(time.perf_counter() - started)
+    return timings
+
+
+def interleaved(actions: dict[str, Callable[[], object]], calls: int, warm_up: int) -> dict[str, list[float]]:
+    """Seconds per call of each action, `calls` each after `warm_up` unmeasured ones (they warm up
+    both the paths and the server), in interleaved rounds: drift in the server hits them all alike."""
+    for action in actions.values():
+        per_call(action, warm_up)
+    timings: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(10):
+        for name, action in actions.items():
+            timings[name] += per_call(action, calls // 10)
     return timings
 
 
@@ -101,17 +122,60 @@ def overhead(
     }
     results = []
     for name, (raw, typed) in pairs.items():
-        per_call(raw, 50)  # warm up both paths and the server
-        per_call(typed, 50)
-        raw_times: list[float] = []
-        typed_times: list[float] = []
-        for _ in range(10):  # interleaved rounds: drift in the server hits both sides alike
-            raw_times += per_call(raw, calls // 10)
-            typed_times += per_call(typed, calls // 10)
-        results.append((name, statistics.median(raw_times), statistics.median(typed_times)))
+        times = interleaved({"raw": raw, "client": typed}, calls, warm_up=50)
+        results.append((name, statistics.median(times["raw"]), statistics.median(times["client"])))
     client.close()
     http.close()
     return results
+
+
+def auth_unavailable(response: httpx.Response) -> str | None:
+    """Why the gateway serves no Auth, quoting its 503, or None when it answered otherwise."""
+    if response.status_code != 503:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return f'the gateway\'s /auth/v1/ answered 503: "{message or response.text.strip()}"'
+
+
+PLAIN_READ = "balance(), token held"
+SIGN_IN_READ = "sign_in(), then first balance()"
+
+
+def sign_in_latency(
+    stack: LocalStack, conn: psycopg.Connection[tuple[object, ...]], samples: int
+) -> list[PercentileRow]:
+    """The plain balance read and, where the gateway serves Auth, sign-in then the first balance
+    read. The user who signs in is made through Auth's admin API, so that its password hash is
+    Auth's own: checking it (bcrypt at Auth's cost) is most of what a sign-in costs."""
+    [(_, token)] = users(conn, stack.jwt_secret, 1, funded=0)
+    with (
+        httpx.Client(timeout=30) as http,
+        MyceliumClient(stack.api_url, stack.anon_key, http_client=http) as client,
+    ):
+        reads: dict[str, Callable[[], object]] = {PLAIN_READ: client.as_user(token).credits.balance}
+        email, password = f"bench-{uuid.uuid4().hex[:12]}@example.test", secrets.token_urlsafe(18)
+        created = http.post(
+            f"{stack.api_url}/auth/v1/admin/users",
+            json={"email": email, "password": password, "email_confirm": True},
+            headers={"apikey": stack.service_role_key, "Authorization": f"Bearer {stack.service_role_key}"},
+        )
+        skipped = auth_unavailable(created)
+        if skipped is None:
+            created.raise_for_status()
+
+            def sign_in_then_read() -> object:
+                client.auth.sign_in(email, password)
+                return client.credits.balance()
+
+            reads[SIGN_IN_READ] = sign_in_then_read
+        times = interleaved(reads, samples, warm_up=10)
+    plain = Percentiles.of(times[PLAIN_READ])
+    signed_in = None if skipped else Percentiles.of(times[SIGN_IN_READ])
+    return [PercentileRow(PLAIN_READ, plain), PercentileRow(SIGN_IN_READ, signed_in, plain, skipped)]
 
 
 def throughput(
@@ -172,6 +236,29 @@ def feed_latency(
     return [delivered[balance] - at for balance, at in committed.items() if balance in delivered]
 
 
+def print_sign_in(console: Console, rows: list[PercentileRow]) -> None:
+    """The measured rows as a table; a skipped one as a line of its own saying why."""
+    table = Table(title="balance read through the gateway (per call)")
+    for column in ("read", "p50", "p99", "p50 / plain read", "p99 / plain read"):
+        table.add_column(column)
+    for row in rows:
+        if row.latency is not None:
+            at_p50, at_p99 = row.ratios()
+            table.add_row(
+                row.name,
+                f"{row.latency.p50 * 1000:.2f} ms",
+                f"{row.latency.p99 * 1000:.2f} ms",
+                "" if at_p50 is None else f"x{at_p50:.1f}",
+                "" if at_p99 is None else f"x{at_p99:.1f}",
+            )
+    console.print(table)
+    for row in rows:
+        if row.skipped is not None:
+            # One line, however narrow the terminal; the reason quotes a server's words, whose
+            # brackets rich must not read as markup.
+            console.print(f"{row.name}: skipped, {row.skipped}", markup=False, soft_wrap=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,27 +266,32 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--transfers", type=int, default=640)
     parser.add_argument("--commits", type=int, default=300)
-    add_json_option(parser)
-    args = parser.parse_args()
-    with results_for_scripts(args.json) as results:
-        measure(args, results)
+    parser.add_argument(
+        "--sign-ins",
+        type=int,
+        default=200,
+        help="samples of sign-in then balance read, and of the plain read",
+    )
+    parser.add_argument(
+        "--stack-dir",
+        type=Path,
+        help="a running local stack to measure (default: a fresh one of its own, removed afterwards)",
+    )
+    run_benchmark(parser, measure)
 
 
 def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
-
-    folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-client-"))
-    folder.chmod(0o755)
-    stack = LocalStack(folder / "stack")
+    stack_of_run: AbstractContextManager[LocalStack] = (
+        fresh_stack(start_port=44500)
+        if args.stack_dir is None
+        else nullcontext(running_stack(args.stack_dir))
+    )
     console = Console()
-    try:
-        stack.up(port_base=free_port_base(start=44500))
-        with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
-            calls = overhead(stack, conn, args.calls)
-            sync_rate, async_rate = throughput(stack, conn, args.transfers)
-            latencies = sorted(feed_latency(stack, conn, args.commits))
-    finally:
-        stack.destroy()
-        shutil.rmtree(folder, ignore_errors=True)
+    with stack_of_run as stack, psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
+        calls = overhead(stack, conn, args.calls)
+        sign_in = sign_in_latency(stack, conn, args.sign_ins)
+        sync_rate, async_rate = throughput(stack, conn, args.transfers)
+        latencies = sorted(feed_latency(stack, conn, args.commits))
 
     table = Table(title="mycelium_client overhead over raw httpx (median per call)")
     for column in ("call", "raw httpx", "client", "overhead", f"target < {OVERHEAD_TARGET:.0%}"):
@@ -220,6 +312,8 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
             }
         )
     console.print(table)
+    print_sign_in(console, sign_in)
+    results["sign_in"] = [row.as_dict() for row in sign_in]
     console.print(
         f"transfers/s: sync sequential {sync_rate:.0f}, async with {CONCURRENCY} concurrent {async_rate:.0f} "
         f"(x{async_rate / sync_rate:.1f})"

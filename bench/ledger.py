@@ -33,30 +33,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from _common import (
-    WORKERS,
-    LatencyRow,
-    RateRow,
-    Read,
-    Target,
-    add_json_option,
-    create_users,
-    cycled_rates,
-    fund,
-    growth,
-    local_target,
-    lua_locals,
-    pgbench_database,
-    print_latencies,
-    print_rates,
-    print_reference,
-    ratio,
-    results_for_scripts,
-    script_rate,
-    timed_reads,
-    tpcb_rate,
-    wrk_rate,
-)
+
+from bench._cycles import add_cycle_options, cycled_rates
+from bench._load import WORKERS, lua_locals, pgbench_database, script_rate, tpcb_rate, wrk_rate
+from bench._reads import Read, growth, print_reference, timed_reads
+from bench._results import run_benchmark
+from bench._stack import Target, local_target
+from bench._users import create_users, fund
+from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, ratio
 
 # ---------------------------------------------------------------------------------------------
 # Load: pgbench for direct SQL, wrk for PostgREST (both C clients)
@@ -386,10 +370,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--db-url", help="an existing database (role postgres); default: a fresh local stack")
-    parser.add_argument("--seconds", type=int, default=2, help="length of one throughput slice")
-    parser.add_argument(
-        "--cycles", type=int, default=8, help="slices per throughput measure (their mean is kept)"
-    )
+    add_cycle_options(parser, cycles=8)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument(
         "--ledger-rows", type=int, default=1_000_000, help="ledger size for the large read test"
@@ -400,14 +381,14 @@ def main() -> int:
     parser.add_argument(
         "--audit", action="store_true", help="run audit_ledger() at the end (slow on big ledgers)"
     )
-    add_json_option(parser)
-    args = parser.parse_args()
 
-    with results_for_scripts(args.json) as results:
+    def on_target(args: argparse.Namespace, results: dict[str, Any]) -> int:
         if args.db_url:
             return measure(Target(db_url=args.db_url), args, results)
         with local_target(start_port=47000) as target:
             return measure(target, args, results)
+
+    return run_benchmark(parser, on_target)
 
 
 if __name__ == "__main__":

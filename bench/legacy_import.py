@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import add_json_option, results_for_scripts
 from rich.console import Console
 from rich.table import Table
 
-from cli.dev.processes import free_port_base
-from cli.dev.stack import LocalStack
+from bench._results import run_benchmark
+from bench._stack import fresh_stack
 
 EXPECTED_SECONDS = 60.0  # the issue: "well under a minute" for 10,000 files
 CLAIMS = 2000
@@ -95,21 +93,15 @@ def timed_import(folder: Path, db_url: str, *extra: str) -> tuple[float, dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=10_000)
-    add_json_option(parser)
-    args = parser.parse_args()
-    with results_for_scripts(args.json) as results:
-        measure(args, results)
+    run_benchmark(parser, measure)
 
 
 def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
-
-    folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-legacy-"))
-    folder.chmod(0o755)
-    stack = LocalStack(folder / "stack")
-    try:
-        stack.up(port_base=free_port_base(start=43600))
-        data = folder / "old"
-        data.mkdir()
+    with (
+        fresh_stack(start_port=43600) as stack,
+        tempfile.TemporaryDirectory(prefix="mycelium-bench-legacy-") as old,
+    ):
+        data = Path(old)
         write_files(data, args.users)
         dry, _ = timed_import(data, stack.db_url, "--dry-run")
         full, report = timed_import(data, stack.db_url)
@@ -129,31 +121,28 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
             )
             claimed = time.perf_counter() - started
             audit = conn.execute("select count(*) from mycelium_private.audit_ledger()").fetchone()
-        table = Table(
-            title=f"Legacy import of {args.users:,} user files ({report['transactions']:,} transactions, "
-            f"{report['products']:,} products)"
-        )
-        for column in ("step", "seconds", "files per second"):
-            table.add_column(column)
-        for step, seconds in (("dry run", dry), ("import", full), ("re-run (writes nothing)", rerun)):
-            table.add_row(step, f"{seconds:.2f}", f"{args.users / seconds:,.0f}")
-        table.add_row(f"{claims:,} sign-ups claiming their credits", f"{claimed:.2f}", "")
-        results.update(
-            users=args.users,
-            seconds={"dry_run": dry, "import": full, "re_run": rerun, "claims": claimed},
-            claims=claims,
-            expected_import_under_seconds=EXPECTED_SECONDS,
-            audit_problems=audit[0] if audit else None,
-        )
-        console = Console()
-        console.print(table)
-        console.print(
-            f"import: {full:.1f} s against the expectation of under {EXPECTED_SECONDS:.0f} s "
-            f"({EXPECTED_SECONDS / full:.0f}x headroom); ledger audit findings: {audit[0] if audit else '?'}"
-        )
-    finally:
-        stack.destroy()
-        shutil.rmtree(folder, ignore_errors=True)
+    table = Table(
+        title=f"Legacy import of {args.users:,} user files ({report['transactions']:,} transactions, "
+        f"{report['products']:,} products)"
+    )
+    for column in ("step", "seconds", "files per second"):
+        table.add_column(column)
+    for step, seconds in (("dry run", dry), ("import", full), ("re-run (writes nothing)", rerun)):
+        table.add_row(step, f"{seconds:.2f}", f"{args.users / seconds:,.0f}")
+    table.add_row(f"{claims:,} sign-ups claiming their credits", f"{claimed:.2f}", "")
+    results.update(
+        users=args.users,
+        seconds={"dry_run": dry, "import": full, "re_run": rerun, "claims": claimed},
+        claims=claims,
+        expected_import_under_seconds=EXPECTED_SECONDS,
+        audit_problems=audit[0] if audit else None,
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"import: {full:.1f} s against the expectation of under {EXPECTED_SECONDS:.0f} s "
+        f"({EXPECTED_SECONDS / full:.0f}x headroom); ledger audit findings: {audit[0] if audit else '?'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,27 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from _common import (
-    REFERENCE,
-    LatencyRow,
-    RateRow,
-    Read,
-    Target,
-    add_json_option,
-    create_users,
-    cycled_rates,
-    fund,
-    growth,
-    local_target,
-    lua_locals,
-    print_latencies,
-    print_rates,
-    print_reference,
-    results_for_scripts,
-    script_rate,
-    timed_reads,
-    wrk_rate,
-)
+
+from bench._cycles import add_cycle_options, cycled_rates
+from bench._load import lua_locals, script_rate, wrk_rate
+from bench._reads import REFERENCE, Read, growth, print_reference, timed_reads
+from bench._results import run_benchmark
+from bench._stack import Target, local_target
+from bench._users import create_users, fund
+from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates
 
 PROVIDERS = 50
 PRODUCTS_PER_PROVIDER = 20
@@ -318,22 +305,20 @@ def main() -> int:
     )
     parser.add_argument("--db-url", help="an existing database (role postgres): direct SQL and search only")
     parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
-    parser.add_argument("--seconds", type=int, default=2, help="length of one throughput slice")
-    parser.add_argument(
-        "--cycles", type=int, default=6, help="slices per throughput measure (their mean is kept)"
-    )
+    add_cycle_options(parser, cycles=6)
     parser.add_argument("--buyers", type=int, default=1000)
     parser.add_argument("--products", type=int, default=100_000, help="catalogue size for the large search")
     parser.add_argument("--repeat", type=int, default=200, help="samples per search latency")
     parser.add_argument("--pgbench-scale", type=int, default=10)
-    add_json_option(parser)
-    args = parser.parse_args()
-    with results_for_scripts(args.json) as results:
+
+    def on_target(args: argparse.Namespace, results: dict[str, Any]) -> int:
         if args.db_url:
             target = Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url)
             return measure(target, args, results)
         with local_target(start_port=47500) as target:
             return measure(target, args, results)
+
+    return run_benchmark(parser, on_target)
 
 
 if __name__ == "__main__":

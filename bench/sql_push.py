@@ -7,24 +7,20 @@ and a no-op re-push, on a local stack of its own. Prints a table; measured in on
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import add_json_option, results_for_scripts
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from bench._results import run_benchmark
+from bench._stack import fresh_stack
 from cli import migrations
 from cli.dev.bootstrap import bootstrap
-from cli.dev.processes import free_port_base
-from cli.dev.stack import LocalStack
 
 EXPECTED_SECONDS = {"full push": 5.0, "no-op re-push": 0.5}
 
@@ -39,40 +35,31 @@ def timed_push(url: str, files: list[migrations.MigrationFile]) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    add_json_option(parser)
-    args = parser.parse_args()
-    with results_for_scripts(args.json) as results:
-        measure(args, results)
+    run_benchmark(parser, measure)
 
 
 def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
-
     files = migrations.discover(migrations.bundled_sql_dir())
-    folder = Path(tempfile.mkdtemp(prefix="mycelium-bench-"))
-    folder.chmod(0o755)
-    stack = LocalStack(folder / "stack")
     timings: dict[str, list[float]] = {name: [] for name in EXPECTED_SECONDS}
-    try:
-        stack.up(port_base=free_port_base(start=43500))
-        with psycopg.connect(stack.superuser_db_url, autocommit=True) as admin:
-            for _ in range(args.rounds):
-                name = f"bench_{uuid.uuid4().hex[:8]}"
-                admin.execute(sql.SQL("create database {} owner postgres").format(sql.Identifier(name)))
-                with psycopg.connect(
-                    stack.superuser_db_url.replace("/postgres?", f"/{name}?"), autocommit=True
-                ) as c:
-                    bootstrap(c, passwords={})
-                url = stack.db_url.replace("/postgres?", f"/{name}?")
-                full, applied = timed_push(url, files)
-                assert applied == len(files)
-                noop, applied_again = timed_push(url, files)
-                assert applied_again == 0
-                timings["full push"].append(full)
-                timings["no-op re-push"].append(noop)
-                admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-    finally:
-        stack.destroy()
-        shutil.rmtree(folder, ignore_errors=True)
+    with (
+        fresh_stack(start_port=43500) as stack,
+        psycopg.connect(stack.superuser_db_url, autocommit=True) as admin,
+    ):
+        for _ in range(args.rounds):
+            name = f"bench_{uuid.uuid4().hex[:8]}"
+            admin.execute(sql.SQL("create database {} owner postgres").format(sql.Identifier(name)))
+            with psycopg.connect(
+                stack.superuser_db_url.replace("/postgres?", f"/{name}?"), autocommit=True
+            ) as c:
+                bootstrap(c, passwords={})
+            url = stack.db_url.replace("/postgres?", f"/{name}?")
+            full, applied = timed_push(url, files)
+            assert applied == len(files)
+            noop, applied_again = timed_push(url, files)
+            assert applied_again == 0
+            timings["full push"].append(full)
+            timings["no-op re-push"].append(noop)
+            admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
     grid = Table(title=f"sql push: {len(files)} migrations, {args.rounds} rounds", title_justify="left")
     for column in ("case", "median s", "best s", "expected under s", "median / expected"):

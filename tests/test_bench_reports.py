@@ -1,17 +1,20 @@
-"""The benchmarks' verdicts and their results for scripts (bench/_common.py): what a reader of a
-benchmark run relies on, checked without running a benchmark."""
+"""The benchmarks' verdicts, their latency rows and their results for scripts (bench/_*.py), and
+bench/client.py's sign-in measure, skipped without Auth: what a reader of a benchmark run relies
+on, checked without running a benchmark."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import httpx
 import pytest
+from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from _common import LatencyRow, Rate, RateRow, print_rates, results_for_scripts
+from bench._cycles import Rate
+from bench._percentiles import PercentileRow, Percentiles
+from bench._results import results_for_scripts
+from bench._verdicts import LatencyRow, RateRow, print_rates
+from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
 
 
 def test_a_ratio_is_of_the_means_and_its_range_of_the_cycles() -> None:
@@ -73,3 +76,78 @@ def test_without_json_everything_goes_to_stdout_for_people(capsys: pytest.Captur
         print("cycle 1 done")
         results["x"] = 1
     assert capsys.readouterr().out == "cycle 1 done\n"
+
+
+def test_percentiles_stay_within_the_samples() -> None:
+    latency = Percentiles.of([0.001 * n for n in range(1, 21)])
+    assert latency.p50 == pytest.approx(0.0105)
+    assert 0.019 < latency.p99 <= 0.020
+
+
+def test_sign_in_is_compared_with_the_plain_read_at_each_percentile() -> None:
+    plain = Percentiles(0.002, 0.004)
+    row = PercentileRow(SIGN_IN_READ, Percentiles(0.080, 0.100), plain)
+    assert row.ratios() == pytest.approx((40.0, 25.0))
+    assert row.as_dict() == {
+        "measure": SIGN_IN_READ,
+        "status": "measured",
+        "reason": None,
+        "p50_ms": pytest.approx(80.0),
+        "p99_ms": pytest.approx(100.0),
+        "ratio_p50": pytest.approx(40.0),
+        "ratio_p99": pytest.approx(25.0),
+    }
+    assert PercentileRow(PLAIN_READ, plain).ratios() == (None, None)
+
+
+def test_a_skipped_measure_has_no_latency_and_says_why() -> None:
+    row = PercentileRow(SIGN_IN_READ, None, Percentiles(0.002, 0.004), skipped="no Auth")
+    assert row.ratios() == (None, None)
+    assert row.as_dict() == {
+        "measure": SIGN_IN_READ,
+        "status": "skipped",
+        "reason": "no Auth",
+        "p50_ms": None,
+        "p99_ms": None,
+        "ratio_p50": None,
+        "ratio_p99": None,
+    }
+    with pytest.raises(ValueError):
+        PercentileRow(SIGN_IN_READ, None)
+    with pytest.raises(ValueError):
+        PercentileRow(SIGN_IN_READ, Percentiles(0.08, 0.1), skipped="no Auth")
+
+
+def gateway_answer(status: int, content: str) -> httpx.Response:
+    request = httpx.Request("POST", "http://127.0.0.1/auth/v1/admin/users")
+    return httpx.Response(status, content=content, request=request)
+
+
+def test_the_skip_quotes_the_gateway_without_auth() -> None:
+    message = "Supabase Auth (GoTrue) is not part of the local stack; set auth_upstream in the stack"
+    answer = gateway_answer(503, json.dumps({"message": message}))
+    assert auth_unavailable(answer) == f'the gateway\'s /auth/v1/ answered 503: "{message}"'
+    assert auth_unavailable(gateway_answer(503, "busy\n")) == 'the gateway\'s /auth/v1/ answered 503: "busy"'
+
+
+def test_an_auth_server_that_answers_is_measured_even_when_it_refuses() -> None:
+    # Only the gateway's 503 means "no Auth here"; any other answer is Auth's, and a refusal fails
+    # the benchmark rather than passing for a skip.
+    assert auth_unavailable(gateway_answer(200, '{"id": "x"}')) is None
+    assert auth_unavailable(gateway_answer(502, "Bad Gateway")) is None
+    assert auth_unavailable(gateway_answer(401, '{"message": "invalid JWT"}')) is None
+
+
+def test_a_skipped_sign_in_is_one_line_beside_the_plain_read(capsys: pytest.CaptureFixture[str]) -> None:
+    reason = (
+        'the gateway\'s /auth/v1/ answered 503: "no [Auth] here, set auth_upstream to the URL of a server"'
+    )
+    plain = Percentiles(0.002, 0.004)
+    print_sign_in(
+        Console(width=120),
+        [PercentileRow(PLAIN_READ, plain), PercentileRow(SIGN_IN_READ, None, plain, reason)],
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{SIGN_IN_READ}: skipped, {reason}" in lines
+    assert any(PLAIN_READ in line and "2.00 ms" in line for line in lines)
+    assert not any(SIGN_IN_READ in line for line in lines if "skipped" not in line)

@@ -1,0 +1,172 @@
+"""Load from C clients, WORKERS connections each: pgbench for direct SQL (its tpcb-like yardstick
+and custom scripts) and wrk for HTTP, so that a ratio of two measures compares the servers, not the
+load generators (a Python client would take a third of two cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
+WORKERS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# pgbench: the tpcb-like yardstick, and custom scripts driving direct SQL with the same C client
+# (prepared statements, one connection per worker), so ratios compare server work, not Python.
+# ---------------------------------------------------------------------------------------------
+
+
+def pgbench_args(db_url: str) -> tuple[list[str], dict[str, str]]:
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
+    args = [
+        "-h",
+        str(info.get("host", "127.0.0.1")),
+        "-p",
+        str(info.get("port", 5432)),
+        "-U",
+        str(info["user"]),
+    ]
+    return args, env
+
+
+def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
+    base, env = pgbench_args(db_url)
+    done = subprocess.run([str(PGBENCH), *base, *extra, database], env=env, capture_output=True, text=True)
+    tps = [line for line in done.stdout.splitlines() if line.startswith("tps =")]
+    if done.returncode != 0 or not tps:
+        raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+    failed = [line for line in done.stdout.splitlines() if line.startswith("number of failed")]
+    if failed and not failed[0].split(":")[1].strip().startswith("0"):
+        print(f"    ({failed[0]})", flush=True)
+    return float(tps[-1].split("=")[1].split()[0])
+
+
+def script_rate(db_url: str, script: str, variables: dict[str, int], seconds: float) -> float:
+    """Runs per second of a custom pgbench script by WORKERS clients."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+        file.write(script)
+    try:
+        database = str(psycopg.conninfo.conninfo_to_dict(db_url).get("dbname", "postgres"))
+        defines = [arg for name, value in variables.items() for arg in ("-D", f"{name}={value}")]
+        return run_pgbench(
+            db_url,
+            database,
+            [
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(WORKERS),
+                "-j",
+                str(WORKERS),
+                "-T",
+                str(int(seconds)),
+                *defines,
+                "-f",
+                file.name,
+            ],
+        )
+    finally:
+        os.unlink(file.name)
+
+
+@contextmanager
+def pgbench_database(db_url: str, scale: int, label: str = "yardstick") -> Iterator[str]:
+    """A scratch database on the same server, initialised for pgbench's tpcb-like at `scale`
+    (branches; `label` tells two such databases of one run apart)."""
+    database = f"mycelium_pgbench_{label}_{os.getpid()}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f'create database "{database}"')
+    try:
+        base, env = pgbench_args(db_url)
+        subprocess.run(
+            [str(PGBENCH), "-i", "-q", "-s", str(scale), *base, database],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        yield database
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{database}" with (force)')
+
+
+def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
+    return run_pgbench(
+        db_url, database, ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk: HTTP load, keep-alive connections, each request made by a Lua script.
+# ---------------------------------------------------------------------------------------------
+
+# Every wrk thread gets its own number (`thread_number`) and random sequence: scripts use them
+# for unique references. RUN is unique per measure; `threads` lets done() read the threads' counts.
+WRK_PRELUDE = """
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("thread_number", #threads)
+end
+function init(args)
+  math.randomseed(thread_number * 7919 + {seed})
+end
+local RUN = "{run}"
+"""
+
+
+def lua_locals(**values: str | list[str]) -> str:
+    """Lua `local` definitions of strings and arrays of strings (JSON's string syntax is Lua's for
+    ASCII)."""
+    lines = []
+    for name, value in values.items():
+        strings = [value] if isinstance(value, str) else value
+        literal = ",".join(map(json.dumps, strings))
+        if not isinstance(value, str):
+            literal = "{" + literal + "}"
+        lines.append(f"local {name} = {literal}\n")
+    return "".join(lines)
+
+
+def wrk_rate(base_url: str, script: str, seconds: float) -> float:
+    """Successful requests per second of a wrk `script` (it defines `request`), WORKERS keep-alive
+    connections for `seconds`."""
+    program = shutil.which("wrk")
+    if program is None:
+        raise SystemExit("the HTTP measures need wrk: `./run bench NAME` installs it (Debian: wrk)")
+    prelude = WRK_PRELUDE.replace("{seed}", str(random.randrange(1 << 30))).replace("{run}", uuid.uuid4().hex)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(prelude + script)
+    try:
+        done = subprocess.run(
+            [program, "-t", "2", "-c", str(WORKERS), "-d", f"{int(seconds)}s", "-s", file.name, base_url],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        os.unlink(file.name)
+    totals = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
+    if done.returncode != 0 or totals is None:
+        raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+    failures = r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)"
+    failed = sum(int(n) for n in re.findall(failures, done.stdout))
+    if failed:
+        print(f"    ({failed} failed calls)", flush=True)
+    elapsed = float(totals.group(2)) * (60 if totals.group(3) == "m" else 1)
+    # A script that counts its own units (an order is two calls) prints `counted: N` from done().
+    counted = re.search(r"^counted: (\d+)$", done.stdout, re.MULTILINE)
+    return int(counted.group(1)) / elapsed if counted else (int(totals.group(1)) - failed) / elapsed
