@@ -23,7 +23,7 @@ class ReportData:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "config": self.config.model_dump(mode="json", by_alias=True),
+            "config": self.config.model_dump(mode="json"),
             "summary": self.summary.model_dump(mode="json"),
             "days": [day.model_dump(mode="json") for day in self.days],
             "top_spenders": [user.model_dump(mode="json") for user in self.top_spenders],
@@ -51,7 +51,7 @@ class Section:
 def sections(data: ReportData) -> tuple[Section, Section, Section]:
     summary, config = data.summary, data.config
     now = Section(
-        f"Credits now ({config.symbol}; 1 {config.symbol} = {config.usd_rate} USD)",
+        f"Credits now ({config.credit_symbol}; 1 {config.credit_symbol} = {config.tfc_to_usd_rate} USD)",
         [
             "in circulation",
             "held",
@@ -71,7 +71,7 @@ def sections(data: ReportData) -> tuple[Section, Section, Section]:
                 summary.spent,
                 summary.expired,
                 summary.platform_revenue,
-                summary.platform_revenue * config.usd_rate,
+                summary.platform_revenue * config.tfc_to_usd_rate,
             )
         ],
     )
@@ -206,12 +206,12 @@ svg { display: block; margin: 1.5em 0; }
 
 def render_html(data: ReportData) -> str:
     days = [d.day for d in data.days]
-    symbol = data.config.symbol
+    symbol = data.config.credit_symbol
     now, per_day, top = sections(data)
     period = f"{days[0]} to {days[-1]}" if days else "no days"
     parts = [
-        f"<h1>{html.escape(data.config.name)} report</h1>",
-        f"<p>{period} (UTC); 1 {html.escape(symbol)} = {data.config.usd_rate} USD.</p>",
+        f"<h1>{html.escape(data.config.credit_display_name)} report</h1>",
+        f"<p>{period} (UTC); 1 {html.escape(symbol)} = {data.config.tfc_to_usd_rate} USD.</p>",
         f"<h2>{html.escape(now.title)}</h2>",
         _html_table(now.columns, now.rows),
         f"<h2>{html.escape(per_day.title)}</h2>",
@@ -239,6 +239,6 @@ def render_html(data: ReportData) -> str:
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(data.config.name)} report</title><style>{STYLE}</style></head>\n"
+        f"<title>{html.escape(data.config.credit_display_name)} report</title><style>{STYLE}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )

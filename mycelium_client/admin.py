@@ -63,18 +63,21 @@ def grant_call(
 
 
 def set_config_call(
-    usd_rate: AmountLike | None, code: str | None, name: str | None, symbol: str | None
+    tfc_to_usd_rate: AmountLike | None,
+    credit_currency_code: str | None,
+    credit_display_name: str | None,
+    credit_symbol: str | None,
 ) -> Call[CreditConfig]:
     # Not idempotent in effect (each call is a history row): only retried if never sent.
-    rate = None if usd_rate is None else to_decimal(usd_rate, "usd_rate")
+    rate = None if tfc_to_usd_rate is None else to_decimal(tfc_to_usd_rate, "tfc_to_usd_rate")
     return rpc(
         "set_credit_config",
         CreditConfig.model_validate,
         safe=False,
         tfc_to_usd_rate=rate,
-        credit_currency_code=code,
-        credit_display_name=name,
-        credit_symbol=symbol,
+        credit_currency_code=credit_currency_code,
+        credit_display_name=credit_display_name,
+        credit_symbol=credit_symbol,
     )
 
 
@@ -195,13 +198,15 @@ class Admin:
     def set_credit_config(
         self,
         *,
-        usd_rate: AmountLike | None = None,
-        code: str | None = None,
-        name: str | None = None,
-        symbol: str | None = None,
+        tfc_to_usd_rate: AmountLike | None = None,
+        credit_currency_code: str | None = None,
+        credit_display_name: str | None = None,
+        credit_symbol: str | None = None,
     ) -> CreditConfig:
         """Change what is given; the rest stays."""
-        return self._transport.send(set_config_call(usd_rate, code, name, symbol))
+        return self._transport.send(
+            set_config_call(tfc_to_usd_rate, credit_currency_code, credit_display_name, credit_symbol)
+        )
 
     def grant_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
         return self._transport.send(role_call("grant_role", user_id, role))
@@ -304,12 +309,14 @@ class AsyncAdmin:
     async def set_credit_config(
         self,
         *,
-        usd_rate: AmountLike | None = None,
-        code: str | None = None,
-        name: str | None = None,
-        symbol: str | None = None,
+        tfc_to_usd_rate: AmountLike | None = None,
+        credit_currency_code: str | None = None,
+        credit_display_name: str | None = None,
+        credit_symbol: str | None = None,
     ) -> CreditConfig:
-        return await self._transport.send(set_config_call(usd_rate, code, name, symbol))
+        return await self._transport.send(
+            set_config_call(tfc_to_usd_rate, credit_currency_code, credit_display_name, credit_symbol)
+        )
 
     async def grant_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
         return await self._transport.send(role_call("grant_role", user_id, role))

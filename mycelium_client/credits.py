@@ -90,12 +90,12 @@ def format_amount(value: AmountLike, config: CreditConfig) -> str:
     """`1,250.50 TFC`: thousands separators, at least 2 and at most 6 fractional digits."""
     number = to_decimal(value)
     digits = min(max(2, fraction_digits(number)), 6)
-    return f"{number:,.{digits}f} {config.symbol}"
+    return f"{number:,.{digits}f} {config.credit_symbol}"
 
 
 def usd(value: AmountLike, config: CreditConfig) -> Decimal:
     """An amount of credits in USD at the configured rate, exact (for display)."""
-    return exact_product(to_decimal(value), config.usd_rate)
+    return exact_product(to_decimal(value), config.tfc_to_usd_rate)
 
 
 class _Display:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from mycelium_client.amounts import to_decimal
 
@@ -27,7 +27,7 @@ Money = Annotated[Decimal, BeforeValidator(_exact)]
 
 
 class Row(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class TransactionKind(StrEnum):
@@ -72,12 +72,12 @@ class BalanceSource(StrEnum):
 
 
 class CreditConfig(Row):
-    """The credit's value in USD, its code, name and symbol."""
+    """The credit's value in USD (`tfc_to_usd_rate`), its code, display name and symbol."""
 
-    usd_rate: Money = Field(alias="tfc_to_usd_rate")
-    code: str = Field(alias="credit_currency_code")
-    name: str = Field(alias="credit_display_name")
-    symbol: str = Field(alias="credit_symbol")
+    tfc_to_usd_rate: Money
+    credit_currency_code: str
+    credit_display_name: str
+    credit_symbol: str
     updated_at: AwareDatetime
 
 
@@ -93,7 +93,8 @@ class Balance(Row):
 
 
 class BalanceChange(Row):
-    """A balance as it is after a committed change."""
+    """A balance as it is after a committed change: the account's columns, and `source`, which
+    the client adds (not a column): where the change came from."""
 
     user_id: uuid.UUID
     balance: Money
@@ -196,7 +197,7 @@ class CreditSummary(Row):
     spent: Money
     expired: Money
     platform_revenue: Money
-    rate: Money
+    tfc_to_usd_rate: Money
 
 
 class TopUser(Row):
@@ -370,7 +371,9 @@ class OrderItem(Row):
 
 class Order(Row):
     """An order paid in TFC: its total is held from the buyer while pending, then captured
-    (the provider gets the total less the fee) or released; captured orders may be refunded."""
+    (the provider gets the total less the fee) or released; captured orders may be refunded.
+    `items` is not a column of orders: its rows of order_items, which the order functions return
+    with it and reads embed."""
 
     id: uuid.UUID
     buyer_id: uuid.UUID
@@ -422,10 +425,17 @@ class _Earnings(Row):
     net: Money
 
 
-class PeriodEarnings(_Earnings):
-    """A provider's earnings over one UTC day or month (orders counted when fulfilled)."""
+class DailyEarnings(_Earnings):
+    """A provider's earnings over one UTC day (orders counted on the day they were fulfilled)."""
 
-    period: date = Field(validation_alias=AliasChoices("period", "day", "month"))
+    day: date
+
+
+class MonthlyEarnings(_Earnings):
+    """A provider's earnings over one UTC month, `month` being its first day (orders counted in
+    the month they were fulfilled)."""
+
+    month: date
 
 
 class ProductEarnings(_Earnings):

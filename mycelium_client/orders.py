@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import date
-from typing import Literal
+from typing import Literal, TypeVar
 
 from mycelium_client._http import (
     OBJECT,
@@ -28,13 +28,25 @@ from mycelium_client._http import (
 from mycelium_client._identity import Identity
 from mycelium_client.amounts import AmountLike, amount
 from mycelium_client.credits import UserRef, new_idempotency_key
-from mycelium_client.models import CategorySpending, Order, OrderStatus, PeriodEarnings, ProductEarnings
+from mycelium_client.models import (
+    CategorySpending,
+    DailyEarnings,
+    MonthlyEarnings,
+    Order,
+    OrderStatus,
+    ProductEarnings,
+)
 
 OrderRef = uuid.UUID | str
 Basket = Mapping[uuid.UUID, int] | Mapping[str, int] | Iterable[tuple[uuid.UUID | str, int]]
 """What an order buys: {product_id: quantity}, or (product_id, quantity) pairs."""
 Side = Literal["buyer", "provider"]
-Period = Literal["day", "month"]
+Earnings = TypeVar("Earnings", DailyEarnings, MonthlyEarnings)
+# Each period's view, and its column naming the period.
+EARNINGS_VIEWS: dict[type[DailyEarnings | MonthlyEarnings], tuple[str, str]] = {
+    DailyEarnings: ("provider_earnings_daily", "day"),
+    MonthlyEarnings: ("provider_earnings_monthly", "month"),
+}
 DEFAULT_PAGE_SIZE = 100
 
 # An order with its items in the shape the order functions return them.
@@ -111,10 +123,10 @@ def refund_call(
 
 
 def earnings_call(
-    period: Period, provider_id: UserRef | None, since: date | None, until: date | None
-) -> Call[list[PeriodEarnings]]:
+    model: type[Earnings], provider_id: UserRef | None, since: date | None, until: date | None
+) -> Call[list[Earnings]]:
     """Periods starting from `since` to `until` (both included), oldest first."""
-    view = {"day": "provider_earnings_daily", "month": "provider_earnings_monthly"}[period]
+    view, period = EARNINGS_VIEWS[model]
     params = {"select": "*", "order": f"{period},provider_id"}
     if provider_id is not None:
         params["provider_id"] = f"eq.{provider_id}"
@@ -125,7 +137,7 @@ def earnings_call(
         bounds.append(f"{period}.lte.{until}")
     if bounds:
         params["and"] = f"({','.join(bounds)})"
-    return Call("GET", f"/{view}", rows(PeriodEarnings), params)
+    return Call("GET", f"/{view}", rows(model), params)
 
 
 def product_earnings_call(provider_id: UserRef | None) -> Call[list[ProductEarnings]]:
@@ -195,17 +207,18 @@ class Orders:
         all that is left), taken from the provider and the platform's fee in proportion."""
         return self._transport.send(refund_call(order_id, reason, amount, idempotency_key))
 
-    def earnings(
-        self,
-        period: Period = "day",
-        *,
-        provider_id: UserRef | None = None,
-        since: date | None = None,
-        until: date | None = None,
-    ) -> list[PeriodEarnings]:
-        """Your earnings as a provider per UTC day or month (admins: every provider's, or
-        `provider_id`'s)."""
-        return self._transport.send(earnings_call(period, provider_id, since, until))
+    def earnings_by_day(
+        self, *, provider_id: UserRef | None = None, since: date | None = None, until: date | None = None
+    ) -> list[DailyEarnings]:
+        """Your earnings as a provider per UTC day (admins: every provider's, or `provider_id`'s)."""
+        return self._transport.send(earnings_call(DailyEarnings, provider_id, since, until))
+
+    def earnings_by_month(
+        self, *, provider_id: UserRef | None = None, since: date | None = None, until: date | None = None
+    ) -> list[MonthlyEarnings]:
+        """Your earnings as a provider per UTC month, each from its first day (admins: every
+        provider's, or `provider_id`'s)."""
+        return self._transport.send(earnings_call(MonthlyEarnings, provider_id, since, until))
 
     def earnings_by_product(self, *, provider_id: UserRef | None = None) -> list[ProductEarnings]:
         """Your earnings as a provider per product, the best earning first."""
@@ -257,15 +270,15 @@ class AsyncOrders:
     ) -> Order:
         return await self._transport.send(refund_call(order_id, reason, amount, idempotency_key))
 
-    async def earnings(
-        self,
-        period: Period = "day",
-        *,
-        provider_id: UserRef | None = None,
-        since: date | None = None,
-        until: date | None = None,
-    ) -> list[PeriodEarnings]:
-        return await self._transport.send(earnings_call(period, provider_id, since, until))
+    async def earnings_by_day(
+        self, *, provider_id: UserRef | None = None, since: date | None = None, until: date | None = None
+    ) -> list[DailyEarnings]:
+        return await self._transport.send(earnings_call(DailyEarnings, provider_id, since, until))
+
+    async def earnings_by_month(
+        self, *, provider_id: UserRef | None = None, since: date | None = None, until: date | None = None
+    ) -> list[MonthlyEarnings]:
+        return await self._transport.send(earnings_call(MonthlyEarnings, provider_id, since, until))
 
     async def earnings_by_product(self, *, provider_id: UserRef | None = None) -> list[ProductEarnings]:
         return await self._transport.send(product_earnings_call(provider_id))

@@ -278,7 +278,7 @@ begin
       'platform_revenue',
         (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.to_system = 'platform_revenue')
         - (select coalesce(sum(t.amount), 0) from mycelium_private.transfers t where t.from_system = 'platform_revenue'),
-      'rate', (select c.tfc_to_usd_rate from public.credit_config c where c.id)
+      'tfc_to_usd_rate', (select c.tfc_to_usd_rate from public.credit_config c where c.id)
     )
   );
 end;

@@ -43,8 +43,9 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     jobs = done["jobs"]
     assert list(jobs) == ["release_expired_holds", "expire_credits", "refresh_ledger_rollups"]
     assert all(job["ok"] for job in jobs.values())
-    assert jobs["release_expired_holds"]["orders"] >= 1 and D(jobs["release_expired_holds"]["credits"]) >= 2
-    assert jobs["expire_credits"]["lots"] >= 1 and D(jobs["expire_credits"]["credits"]) >= 3
+    released, expired = jobs["release_expired_holds"], jobs["expire_credits"]
+    assert released["orders_released"] >= 1 and D(released["credits_released"]) >= 2
+    assert expired["lots_expired"] >= 1 and D(expired["credits_expired"]) >= 3
     # The session's ledger starts today: no complete day to roll up yet.
     assert jobs["refresh_ledger_rollups"]["days"] == 0
     assert account(alice) == (D("10"), D("0"))
@@ -73,9 +74,9 @@ def test_a_round_calls_each_job_again_until_a_batch_comes_back_short(
     result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
     assert result.exit_code == 0, result.stderr
     jobs = json.loads(result.stdout, parse_float=Decimal)["jobs"]
-    assert jobs["release_expired_holds"]["orders"] == 2
+    assert jobs["release_expired_holds"]["orders_released"] == 2
     expired = jobs["expire_credits"]
-    assert (expired["lots"], expired["users"], D(expired["credits"])) == (2, 2, D(6))
+    assert (expired["lots_expired"], expired["users"], D(expired["credits_expired"])) == (2, 2, D(6))
 
 
 def test_a_failing_job_does_not_keep_the_others_from_running(
@@ -132,7 +133,7 @@ def test_scheduled_upkeep_runs_round_after_round_until_terminated(
         # An order abandoned now is released by a later round.
         alice = abandoned_order(service_api, make_user, db)
         for _ in range(3):
-            if scheduled.next_round()["jobs"]["release_expired_holds"]["orders"] >= 1:
+            if scheduled.next_round()["jobs"]["release_expired_holds"]["orders_released"] >= 1:
                 break
         assert account(alice) == (D("10"), D("0"))
     finally:

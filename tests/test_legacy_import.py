@@ -113,7 +113,7 @@ def test_the_sample_folder_imports_with_its_warnings(legacy_import: Import, tmp_
     assert result.exit_code == 0, result.stderr
     report = summary(result)
     assert report["files"] == 3 and report["problems"] == [] and report["written"] is False
-    assert report["settings_kept"] == {"platform_fee_percent": "5"}
+    assert report["settings"] == {"platform_fee_percent": "5"}
     warned = {(w["file"], w["field"].split(" ")[0]) for w in report["warnings"]}
     assert ("bob_farmer.json", "wallet_balance") in warned  # 4020.25 stated, 249.5 completed
     assert ("marketplace.config", "currency_display") in warned
@@ -173,7 +173,7 @@ def test_import_converts_once_waits_for_confirmation_and_reruns_write_nothing(
     # 12.34 x 0.1 = 1.234; the float 10.1 read exactly as 10.1 -> 1.01.
     counts = (report["users"], report["credits"], report["products"], report["transactions"])
     assert counts == (2, "2.244", 2, 1)
-    assert report["claimed_now"] == 0 and report["written"] is True
+    assert report["claimed"] == 0 and report["written"] is True
 
     again = summary(legacy_import(folder.user_data, "--json"))  # DIR may be user_data itself
     assert (again["users"], again["already_imported"], again["written"]) == (0, 2, False)
@@ -233,7 +233,7 @@ def test_users_confirmed_before_the_import_are_credited_at_once(
     create_user(db, email)
     folder.user("early", "50", roles=["service_provider"])
     report = summary(legacy_import(folder.root, "--json"))
-    assert report["claimed_now"] == 1
+    assert report["claimed"] == 1
     assert balance(db, email) == (Decimal(5),)
 
 
@@ -473,7 +473,7 @@ def test_an_import_never_claims_a_second_account_for_a_user_and_says_so(
     assert done.exit_code == 0, done.stderr
     report = summary(done)
     reason = f"not claimed by user {user.id}: it already owns the legacy account of {first}"
-    assert (report["users"], report["claimed_now"]) == (1, 0)
+    assert (report["users"], report["claimed"]) == (1, 0)
     assert report["not_claimed"] == [{"email": second, "reason": reason}]
     assert balance(db, second) == (Decimal(1),)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -15,8 +16,8 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from cli import migrations
-from cli.dev.postgrest import PROJECT_ROOT
 from cli.dev.stack import LocalStack
+from cli.dev.versions import PROJECT_ROOT
 from cli.errors import UsageError
 from tests.support import Api, after_schema_reload
 
@@ -206,6 +207,9 @@ def test_cli_exit_codes_and_one_line_errors(fresh_db: str, write: Callable[..., 
     first = write("20260101000000_first.sql", FIRST)
     folder = str(first.parent)
 
+    planned = cli("sql", "push", "--db-url", fresh_db, "--dir", folder, "--dry-run", "--json")
+    pending = {"dry_run": True, "applied": ["20260101000000_first.sql"], "already_applied": 0}
+    assert json.loads(planned.stdout) == pending  # what a push would apply, flagged by dry_run
     applied = cli("sql", "push", "--db-url", fresh_db, "--dir", folder, "--json")
     assert applied.returncode == 0, applied.stderr
     assert '"20260101000000_first.sql"' in applied.stdout

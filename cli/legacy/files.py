@@ -43,14 +43,14 @@ class Finding:
 @dataclass(frozen=True)
 class Converter:
     tfp_usd_rate: Decimal
-    tfc_usd_rate: Decimal
+    tfc_to_usd_rate: Decimal
     truncate: bool
 
     def credits(self, tfp: Decimal) -> tuple[Decimal, bool]:
         """The amount in credits, and whether it was truncated to CREDIT_PLACES."""
         with localcontext() as exact:
             exact.prec = 60  # far beyond any amount: only the division can be inexact
-            value = tfp * self.tfp_usd_rate / self.tfc_usd_rate
+            value = tfp * self.tfp_usd_rate / self.tfc_to_usd_rate
             kept = value.quantize(Decimal(1).scaleb(-CREDIT_PLACES), rounding=ROUND_DOWN)
         if kept == value:
             return kept.normalize() if kept else Decimal(0), False

@@ -57,12 +57,13 @@ def test_credit_config_changes_and_comes_back(target: Target) -> None:
     admin = target.service().admin
     before = target.client().credits.config()
     try:
-        changed = admin.set_credit_config(usd_rate="0.25", symbol="cr")
-        assert changed.usd_rate == Decimal("0.25") and changed.symbol == "cr" and changed.code == before.code
+        changed = admin.set_credit_config(tfc_to_usd_rate="0.25", credit_symbol="cr")
+        assert (changed.tfc_to_usd_rate, changed.credit_symbol) == (Decimal("0.25"), "cr")
+        assert changed.credit_currency_code == before.credit_currency_code
         fresh = target.client().credits
         assert fresh.format("1000") == "1,000.00 cr" and fresh.to_usd(8) == 2
     finally:
-        admin.set_credit_config(usd_rate=before.usd_rate, symbol=before.symbol)
+        admin.set_credit_config(tfc_to_usd_rate=before.tfc_to_usd_rate, credit_symbol=before.credit_symbol)
 
 
 def test_display_currencies_take_rates_as_fine_as_the_sql_does(target: Target) -> None:

@@ -23,8 +23,8 @@ from tests.client.conftest import MakeAccount, Target
 
 def test_config_is_readable_without_signing_in(target: Target) -> None:
     config = target.client().credits.config()
-    assert config.code and config.symbol and config.name
-    assert isinstance(config.usd_rate, Decimal) and config.usd_rate > 0
+    assert config.credit_currency_code and config.credit_symbol and config.credit_display_name
+    assert isinstance(config.tfc_to_usd_rate, Decimal) and config.tfc_to_usd_rate > 0
     assert config.updated_at.tzinfo is not None
 
 
@@ -104,10 +104,10 @@ def test_packages_are_typed(target: Target) -> None:
 def test_display_helpers(target: Target) -> None:
     credits = target.client().credits
     config = credits.config()
-    assert credits.format(Decimal("1250.5")) == f"1,250.50 {config.symbol}"
-    assert credits.format("0.000001") == f"0.000001 {config.symbol}"
-    assert credits.format(3) == f"3.00 {config.symbol}"
-    assert credits.to_usd("2.5") == Decimal("2.5") * config.usd_rate
+    assert credits.format(Decimal("1250.5")) == f"1,250.50 {config.credit_symbol}"
+    assert credits.format("0.000001") == f"0.000001 {config.credit_symbol}"
+    assert credits.format(3) == f"3.00 {config.credit_symbol}"
+    assert credits.to_usd("2.5") == Decimal("2.5") * config.tfc_to_usd_rate
 
 
 # -- every error class, raised from a real SQL error ----------------------------------------------
@@ -143,7 +143,7 @@ def test_reusing_a_key_for_another_transfer_is_a_conflict(account: MakeAccount) 
 
 def test_a_bad_rate_is_an_invalid_amount_from_sql(target: Target) -> None:
     with pytest.raises(InvalidAmount) as raised:
-        target.service().admin.set_credit_config(usd_rate="-1")
+        target.service().admin.set_credit_config(tfc_to_usd_rate="-1")
     assert raised.value.reason == "invalid_amount" and raised.value.status == 400
 
 

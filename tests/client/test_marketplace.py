@@ -75,7 +75,7 @@ def test_search_filters_and_sorts(target: Target, account: MakeAccount) -> None:
     assert found(min_attributes={"cpu": 8}) == [node.id, gpu.id]
 
     euro = next(market.search(marker, currency="EUR", sort="price_asc"))
-    rate = target.client().credits.config().usd_rate
+    rate = target.client().credits.config().tfc_to_usd_rate
     assert euro.price_usd == Decimal(1) * rate and euro.currency == "EUR"
     assert euro.price_in_currency == (rate / Decimal("1.08")).quantize(Decimal("0.01"), ROUND_HALF_UP)
     assert euro.units_available is None and euro.attributes == {"cpu": 2, "location": "BE"}
@@ -123,7 +123,7 @@ def test_fractional_attributes_stay_numbers_through_a_read_and_an_update(
 def test_prices_in_every_display_currency(target: Target, account: MakeAccount) -> None:
     product = listed(farmer(account), "12.345678")
     market = target.client().marketplace
-    rate = target.client().credits.config().usd_rate
+    rate = target.client().credits.config().tfc_to_usd_rate
     currencies = {currency.code: currency for currency in market.currencies()}
     assert currencies["USD"].usd_per_unit == 1 and currencies["EUR"].usd_per_unit == Decimal("1.08")
     assert currencies["EUR"].symbol == "€" and currencies["EUR"].decimals == 2
@@ -145,7 +145,7 @@ def test_admins_manage_display_currencies(target: Target) -> None:
         changed = admin.set_display_currency(code, "0.25")
         assert changed.usd_per_unit == Decimal("0.25")
         assert changed.symbol == "x" and changed.name == "Test unit"  # kept
-        rate = target.client().credits.config().usd_rate
+        rate = target.client().credits.config().tfc_to_usd_rate
         expected = (2 * rate / Decimal("0.25")).quantize(Decimal("0.001"), ROUND_HALF_UP)
         assert market.display_prices(2)[code] == expected
     finally:

@@ -79,8 +79,8 @@ def test_an_order_is_placed_fulfilled_and_refunded_to_the_last_digit(
     assert [entry.amount for entry in earned] == [Decimal(5) - fee]
 
     today = datetime.now(UTC).date()
-    [day] = provider.client.orders.earnings(since=today, until=today)
-    assert (day.period, day.orders) == (today, 1)
+    [day] = provider.client.orders.earnings_by_day(since=today, until=today)
+    assert (day.day, day.orders) == (today, 1)
     assert (day.gross, day.fee, day.refunded, day.fee_refunded, day.net) == (
         Decimal(5),
         fee,
@@ -88,8 +88,8 @@ def test_an_order_is_placed_fulfilled_and_refunded_to_the_last_digit(
         fee,
         Decimal(0),
     )
-    [month] = provider.client.orders.earnings("month")
-    assert month.period == today.replace(day=1) and month.gross == 5 and month.net == 0
+    [month] = provider.client.orders.earnings_by_month()
+    assert month.month == today.replace(day=1) and month.gross == 5 and month.net == 0
     [by_product] = provider.client.orders.earnings_by_product()
     assert (by_product.product_id, by_product.units) == (product.id, 2)
     assert (by_product.gross, by_product.fee, by_product.net) == (Decimal(5), fee, Decimal(0))
@@ -181,7 +181,7 @@ def test_a_trusted_service_fulfils_orders_and_reads_anyones(target: Target, acco
     assert service.orders.fulfil(order.id).status is OrderStatus.FULFILLED  # the provisioning service
     provided = service.orders.history(side="provider", user_id=provider.id, statuses=["fulfilled"])
     assert [found.id for found in provided] == [order.id]
-    [day] = service.orders.earnings(provider_id=provider.id)
+    [day] = service.orders.earnings_by_day(provider_id=provider.id)
     assert day.provider_id == provider.id and day.gross == 4
     assert [row.provider_id for row in service.orders.earnings_by_product(provider_id=provider.id)] == [
         provider.id
@@ -263,7 +263,7 @@ def test_async_orders(target: Target, account: MakeAccount) -> None:
             assert placed == [failed.id, cancelled.id, order.id]
             refunded_ones = as_provider.orders.history(side="provider", statuses=["refunded"])
             assert [received.id async for received in refunded_ones] == [order.id]
-            [day] = await as_provider.orders.earnings()
+            [day] = await as_provider.orders.earnings_by_day()
             assert day.gross == 10 and day.fee == fulfilled.fee_amount and day.net == 0
             [by_product] = await as_provider.orders.earnings_by_product()
             assert by_product.product_id == product.id and by_product.refunded == 10

@@ -104,16 +104,16 @@ def test_a_grant_whose_response_was_lost_is_applied_once(target: Target, account
 def test_a_call_that_is_not_idempotent_is_not_retried(target: Target) -> None:
     transport = DropsResponses("/rpc/set_credit_config", drops=1)
     service = target.client(service_role=True, http_client=httpx.Client(transport=transport))
-    name = target.client().credits.config().name
+    name = target.client().credits.config().credit_display_name
     with pytest.raises(ServiceUnavailable) as raised:
-        service.admin.set_credit_config(name=name)  # applied, but we cannot know: say so
+        service.admin.set_credit_config(credit_display_name=name)  # applied, but we cannot know: say so
     assert transport.sent == 1 and "may have been applied" in raised.value.message
 
 
 def test_reads_are_retried_with_backoff(target: Target) -> None:
     transport = Unavailable(times=2)
     client = target.client(http_client=httpx.Client(transport=transport))
-    assert client.credits.config().code
+    assert client.credits.config().credit_currency_code
     assert transport.sent == 3
 
 

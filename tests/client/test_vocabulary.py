@@ -1,27 +1,66 @@
 """The client speaks the database's vocabulary: its enums name exactly the values the database
 accepts (a value the database adds would fail to parse in every client, one it never had would
-filter on nothing), and every reason the SQL fails with has its exception class."""
+filter on nothing), every reason the SQL fails with has its exception class, and every field of a
+model is named after a column of what feeds it (a table, a view, a function's result)."""
 
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
+from pydantic import BaseModel
+from supabase_auth.types import AuthResponse
+from supabase_auth.types import Session as AuthSessionData
+from supabase_auth.types import User as AuthUserData
 
 from mycelium_client import (
+    AuditFinding,
+    AuthUser,
+    Balance,
+    BalanceChange,
+    CategorySpending,
+    CreditConfig,
+    CreditPackage,
+    CreditSummary,
+    DailyEarnings,
+    DailyStats,
+    DisplayCurrency,
+    ExpiryResult,
+    HoldRelease,
+    MarketplaceConfig,
+    MonthlyEarnings,
+    Movement,
     MovementKind,
     MyceliumError,
+    Order,
+    OrderItem,
     OrderStatus,
+    Product,
     ProductCategory,
+    ProductEarnings,
+    ProductHit,
+    ProductPrices,
     ProductUnit,
+    RoleChange,
     RoleName,
+    Session,
+    SignUpResult,
+    TopUser,
+    Transaction,
     TransactionKind,
+    UpkeepBacklog,
+    models,
 )
 from mycelium_client.errors import error_class
+from mycelium_client.models import Row
+from tests.support import Api, User, body
 
 SQL_FOLDER = Path(__file__).resolve().parents[2] / "sql"
 # The reason a business rule fails with: the first argument of mycelium_private.fail.
@@ -87,3 +126,130 @@ def test_every_reason_the_sql_fails_with_has_its_exception() -> None:
     # Status 0: no HTTP status to fall back on, so only the reason can name the class.
     unmapped = sorted(reason for reason in reasons if error_class(reason, 0) is MyceliumError)
     assert unmapped == []
+
+
+# -- each model's fields are named after the columns of what feeds it -------------------------------
+@dataclass(frozen=True)
+class Probe:
+    """What a source is read with: the catalog, the API as service_role, and new users."""
+
+    db: psycopg.Connection[TupleRow]
+    api: Api
+    make_user: Callable[..., User]
+
+
+Source = Callable[[Probe], set[str]]
+
+ROW_TYPE_COLUMNS = (
+    "select a.attname from pg_type t join pg_attribute a on a.attrelid = t.typrelid "
+    "where t.oid = %s::regtype and a.attnum > 0 and not a.attisdropped"
+)
+# `returns table (...)` declares its columns as arguments of mode 't'; `returns [setof] <row type>`
+# has that type's.
+RESULT_COLUMNS = (
+    "select x.name from pg_proc p, unnest(p.proargnames, p.proargmodes::text[]) x(name, mode) "
+    "where p.oid = %(function)s::regproc and x.mode = 't' "
+    "union all "
+    "select a.attname from pg_proc p join pg_type t on t.oid = p.prorettype "
+    "join pg_attribute a on a.attrelid = t.typrelid "
+    "where p.oid = %(function)s::regproc and a.attnum > 0 and not a.attisdropped"
+)
+# A time before anything was due: the sweeps answer and change nothing.
+PAST = "2000-01-01T00:00:00Z"
+
+
+def relation(name: str) -> Source:
+    """The columns of a table, a view or a composite type."""
+    return lambda probe: {row[0] for row in probe.db.execute(ROW_TYPE_COLUMNS, (name,)).fetchall()}
+
+
+def returned(function: str) -> Source:
+    """The columns a function declares it returns."""
+    return lambda probe: {
+        row[0] for row in probe.db.execute(RESULT_COLUMNS, {"function": function}).fetchall()
+    }
+
+
+def answer(function: str, arguments: Callable[[Probe], dict[str, object]] = lambda _: {}) -> Source:
+    """The keys of the JSON object a function returns (its type, jsonb, declares none), called
+    through the API with the service key, as the client calls it."""
+
+    def keys(probe: Probe) -> set[str]:
+        response = probe.api.rpc(function, **arguments(probe))
+        assert response.status_code == 200, response.text
+        return set(body(response))
+
+    return keys
+
+
+def fields_of(model: type[BaseModel]) -> Source:
+    """What supabase-auth reads from Auth's answers, which the client's Auth models are made from."""
+    return lambda _: set(model.model_fields)
+
+
+SOURCES: dict[type[Row], Source] = {
+    CreditConfig: relation("public.credit_config"),  # set_credit_config returns its row too
+    Balance: relation("public.credit_accounts"),
+    BalanceChange: relation("public.credit_accounts"),  # Broadcast and the feed send its columns
+    Transaction: relation("public.credit_transactions"),
+    Movement: answer(  # what transfers and grants return too
+        "purchase_credits",
+        lambda probe: {
+            "user_id": probe.make_user().id,
+            "usd_amount": "1",
+            "payment_reference": f"vocabulary-{uuid.uuid4()}",
+        },
+    ),
+    CreditPackage: relation("public.credit_packages"),
+    RoleChange: answer("grant_role", lambda probe: {"user_id": probe.make_user().id, "role": "farmer"}),
+    ExpiryResult: answer("expire_credits", lambda _: {"as_of": PAST}),
+    AuditFinding: returned("public.audit_ledger"),
+    DailyStats: returned("public.platform_daily_stats"),
+    CreditSummary: answer("platform_credit_summary"),
+    TopUser: returned("public.top_credit_users"),
+    AuthUser: fields_of(AuthUserData),
+    Session: fields_of(AuthSessionData),
+    SignUpResult: fields_of(AuthResponse),
+    Product: relation("public.products"),
+    ProductHit: returned("public.search_products"),
+    ProductPrices: relation("public.product_prices"),
+    DisplayCurrency: relation("public.display_currencies"),
+    MarketplaceConfig: relation("public.marketplace_config"),
+    OrderItem: relation("public.order_items"),
+    Order: relation("public.orders"),  # the order functions return to_jsonb of its row, plus items
+    HoldRelease: answer("release_expired_holds", lambda _: {"as_of": PAST}),
+    UpkeepBacklog: returned("public.upkeep_backlog"),
+    DailyEarnings: relation("public.provider_earnings_daily"),
+    MonthlyEarnings: relation("public.provider_earnings_monthly"),
+    ProductEarnings: relation("public.provider_earnings_by_product"),
+    CategorySpending: relation("public.buyer_spending_by_category"),
+}
+# Fields the client adds to what its source sends (each says so in its model).
+COMPUTED: dict[type[Row], set[str]] = {BalanceChange: {"source"}, Order: {"items"}}
+
+
+def test_every_model_has_its_source() -> None:
+    """A new model needs its source here, else its fields are not checked."""
+    defined = {
+        value
+        for name, value in vars(models).items()
+        if isinstance(value, type)
+        and issubclass(value, Row)
+        and not name.startswith("_")
+        and value is not Row
+    }
+    assert defined == set(SOURCES)
+
+
+@pytest.mark.parametrize("model", list(SOURCES), ids=lambda model: model.__name__)
+def test_each_field_is_named_after_a_column_of_its_source(
+    model: type[Row],
+    db: psycopg.Connection[TupleRow],
+    service_api: Api,
+    make_user: Callable[..., User],
+) -> None:
+    columns = SOURCES[model](Probe(db, service_api, make_user))
+    assert columns, "no columns found: the test reads the wrong place"
+    computed = COMPUTED.get(model, set())
+    assert computed.isdisjoint(columns), "a field named after a column is not computed"
+    assert sorted(set(model.model_fields) - columns - computed) == []
