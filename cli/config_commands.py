@@ -127,14 +127,9 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Setting]:
 
 
 def database_values(client: MyceliumClient) -> dict[str, Decimal | str]:
-    credit = client.credits.config(refresh=True)
-    return {
-        "tfc_to_usd_rate": credit.usd_rate,
-        "credit_currency_code": credit.code,
-        "credit_display_name": credit.name,
-        "credit_symbol": credit.symbol,
-        "platform_fee_percent": client.marketplace.config().platform_fee_percent,
-    }
+    """Each key's value in the database: the field of the same name of its configuration."""
+    credit, marketplace = client.credits.config(refresh=True), client.marketplace.config()
+    return {key.name: getattr(marketplace if key.marketplace else credit, key.name) for key in KEYS.values()}
 
 
 @dataclass(frozen=True)
@@ -164,10 +159,10 @@ def apply_changes(client: MyceliumClient, found: list[Change]) -> None:
 
     if any(not KEYS[key].marketplace for key in new):
         client.admin.set_credit_config(
-            usd_rate=new.get("tfc_to_usd_rate"),
-            code=text("credit_currency_code"),
-            name=text("credit_display_name"),
-            symbol=text("credit_symbol"),
+            tfc_to_usd_rate=new.get("tfc_to_usd_rate"),
+            credit_currency_code=text("credit_currency_code"),
+            credit_display_name=text("credit_display_name"),
+            credit_symbol=text("credit_symbol"),
         )
     if "platform_fee_percent" in new:
         client.admin.set_marketplace_config(platform_fee_percent=new["platform_fee_percent"])
@@ -175,14 +170,14 @@ def apply_changes(client: MyceliumClient, found: list[Change]) -> None:
 
 def _show_changes(found: list[Change], as_json: bool) -> None:
     if as_json:
-        emit_json({"changed": [{"key": c.key, "old": c.old, "new": c.new, "from": c.origin} for c in found]})
+        emit_json({"changed": [vars(c) for c in found]})
     elif found:
         table("Applied", ["key", "was", "now", "from"], [(c.key, c.old, c.new, c.origin) for c in found])
     else:
         say("Nothing to change: the database already holds this configuration.")
 
 
-app = typer.Typer(help="The credit configuration: marketplace.config and the environment, and the database.")
+app = typer.Typer(help="Show, apply and set the credit and marketplace configuration.")
 
 
 @app.command()
@@ -193,7 +188,9 @@ def show(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """What the database holds, what the file and the environment say, and the difference.
+    """Compare the configuration in the database, file and environment.
+
+    What the database holds, what the file and the environment say, and what `apply` would change.
 
     Example: mycelium config show --file /etc/mycelium/marketplace.config
     """
@@ -233,8 +230,9 @@ def apply(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Push the file's values, overridden by the environment, to the database; print the change.
-    Running it again changes nothing.
+    """Push the file's and the environment's values to the database.
+
+    The environment overrides the file. Prints the change; running it again changes nothing.
 
     Example: mycelium config apply --file /etc/mycelium/marketplace.config
 

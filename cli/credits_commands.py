@@ -32,9 +32,7 @@ from cli.output import emit_json, out, progress, say, table
 from mycelium_client import BalanceChange, CreditPackage, Movement, MyceliumClient
 from mycelium_client.feeds import BalanceFeed
 
-app = typer.Typer(
-    help="Credits administration: balances, history, grants, purchases, expiry, audit, reports."
-)
+app = typer.Typer(help="Administer credits: balances, grants, purchases, audit, reports.")
 
 UserArgument = Annotated[str, typer.Argument(metavar="USER", help="An e-mail address or a user id.")]
 
@@ -52,7 +50,9 @@ def balance(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A user's spendable balance, the credits held for open orders, and their USD value.
+    """Show a user's balance, the credits on hold, and its USD value.
+
+    The spendable balance (of which expiring), and the credits held for open orders.
 
     Example: mycelium credits balance ada@example.com
     """
@@ -91,7 +91,7 @@ def history(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A user's movements, newest first.
+    """List a user's movements, newest first.
 
     Example: mycelium credits history ada@example.com --since 2026-11-01 --limit 20
     """
@@ -181,7 +181,9 @@ def purchase(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Credit a confirmed payment: USD at the configured rate, plus the package's bonus.
+    """Credit a confirmed payment, plus the package's bonus.
+
+    The USD amount is converted at the configured rate; the same --payment-ref again buys nothing.
 
     Example: mycelium credits purchase ada@example.com --usd 100 --payment-ref stripe_pi_123 --package Starter
     """
@@ -204,7 +206,9 @@ def expire(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the expiry sweep: expired lots leave their balances (each lot once; safe to rerun).
+    """Run the expiry sweep: expired lots leave their balances.
+
+    Each lot expires once, so running it again is safe.
 
     Example: mycelium credits expire
     """
@@ -223,7 +227,7 @@ def expire(
 @app.command()
 @reported
 def audit(url: UrlOption = None, service_key: ServiceKeyOption = None, as_json: JsonOption = False) -> None:
-    """Check every ledger invariant; exit 1 with a report of what is broken.
+    """Check every ledger invariant; exit 1 and report what is broken.
 
     Example: mycelium credits audit --json
     """
@@ -258,7 +262,11 @@ def report(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Credits analytics: totals, per-day issued/spent/expired/revenue, top spenders.
+    """Report the credits analytics: totals, days, top spenders.
+
+    Per day: the credits issued, spent and expired, and the platform's revenue.
+
+    With --html, also a self-contained page with charts (it opens offline).
 
     Example: mycelium credits report --from 2026-11-01 --to 2026-11-30 --html credits.html
     """
@@ -323,15 +331,16 @@ def _changes(
 @reported
 def watch(
     user: Annotated[
-        str | None, typer.Argument(metavar="[USER]", help="An e-mail address or a user id.")
+        str | None, typer.Argument(metavar="USER", help="An e-mail address or a user id.")
     ] = None,
     db_url: DbUrlOption = None,
     url: UrlOption = None,
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Balance changes as they are committed, until Ctrl-C: a user's through Realtime, or with
-    --db-url everyone's (or a user's) from the database feed.
+    """Print balance changes as they are committed, until Ctrl-C.
+
+    A user's come through Realtime; with --db-url, everyone's (or a user's) come from the database feed.
 
     Example: mycelium credits watch ada@example.com
     Example: mycelium credits watch --db-url postgresql://postgres:secret@db:5432/postgres

@@ -119,7 +119,9 @@ def demo(
     as_json: JsonOption = False,
     keep_quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final summary.")] = False,
 ) -> None:
-    """Bring up the local stack and show the credits and the marketplace working end to end.
+    """Show the credits and the marketplace at work on the local stack.
+
+    Brings the local stack up if it is not running; it keeps running afterwards.
 
     Example: mycelium demo
     """
@@ -142,12 +144,16 @@ def demo(
         MyceliumClient(stack.api_url, stack.service_role_key) as service,
     ):
         config = service.admin.set_credit_config(
-            usd_rate="1", code="TFC", name="ThreeFold Credits", symbol="TFC"
+            tfc_to_usd_rate="1",
+            credit_currency_code="TFC",
+            credit_display_name="ThreeFold Credits",
+            credit_symbol="TFC",
         )
         fee = service.admin.set_marketplace_config(platform_fee_percent="5").platform_fee_percent
         log(
-            f"[bold]1.[/bold] The admin sets the credit configuration: {config.name} ({config.symbol}), "
-            f"1 {config.symbol} = {config.usd_rate} USD, and the platform fee: {fee}% of every order."
+            f"[bold]1.[/bold] The admin sets the credit configuration: {config.credit_display_name} "
+            f"({config.credit_symbol}), 1 {config.credit_symbol} = {config.tfc_to_usd_rate} USD, "
+            f"and the platform fee: {fee}% of every order."
         )
         run = uuid.uuid4().hex[:6]
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:

@@ -140,8 +140,16 @@ def health(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check the database, PostgREST, Auth, Realtime, the migrations, the ledger audit and that
-    the periodic jobs keep up; exit 1 when any check fails.
+    """Check every part of the stack; exit 1 if any check fails.
+
+    One line per check:
+      database      PostgreSQL answers
+      postgrest     the REST API answers
+      auth          Supabase Auth answers
+      realtime      the Realtime websocket opens
+      migrations    every migration applied, none drifted or missing
+      ledger_audit  every ledger invariant holds
+      upkeep        no periodic job overdue
 
     Example: mycelium health --json
     """

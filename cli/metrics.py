@@ -25,7 +25,7 @@ from mycelium_client.errors import from_body
 
 DEFAULT_PORT = 9464
 
-app = typer.Typer(help="The Prometheus exporter for the credits.")
+app = typer.Typer(help="Export the credit metrics to Prometheus.")
 
 
 def sample(amount: Decimal) -> float:
@@ -163,8 +163,9 @@ def serve(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Serve the credit metrics on http://ADDRESS:PORT/metrics until interrupted (with --json,
-    where they are served is printed as one JSON object once listening).
+    """Serve the credit metrics to Prometheus until interrupted.
+
+    They are on http://ADDRESS:PORT/metrics; --json prints that address as one JSON object once listening.
 
     Example: mycelium metrics serve --port 9464
     """

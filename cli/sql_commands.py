@@ -12,7 +12,7 @@ from cli.common import DbUrlOption, JsonOption, reported, resolve_db_url
 from cli.errors import EXIT_DRIFT
 from cli.output import emit_json, progress, say, table
 
-app = typer.Typer(help="Migrations: push `sql/` to the database, see what is applied, start a new one.")
+app = typer.Typer(help="Push the migrations, see which are applied, start a new one.")
 
 DirOption = Annotated[
     Path | None,
@@ -38,8 +38,11 @@ def push(
 
     Example: mycelium sql push --db-url postgresql://postgres:secret@db:5432/postgres
 
-    Exit codes: 0 applied or nothing to do, 1 a migration failed (all rolled back),
-    2 cannot connect or bad arguments, 3 drift (an applied file was changed).
+    Exit codes:
+      0  applied, or nothing to do
+      1  a migration failed (all rolled back)
+      2  cannot connect, or bad arguments
+      3  drift (an applied file was changed)
     """
     files = migrations.discover(migrations.resolve_sql_dir(directory))
     with migrations.connect(resolve_db_url(db_url)) as conn:
@@ -50,7 +53,7 @@ def push(
         emit_json(
             {
                 "dry_run": result.dry_run,
-                "applied" if not result.dry_run else "would_apply": [f.file_name for f in result.applied],
+                "applied": [f.file_name for f in result.applied],
                 "already_applied": result.already_applied,
             }
         )
@@ -67,7 +70,9 @@ def push(
 @app.command()
 @reported
 def status(db_url: DbUrlOption = None, directory: DirOption = None, as_json: JsonOption = False) -> None:
-    """List applied, pending, drifted and missing migrations (exit 3 when any drifted).
+    """List the applied, pending, drifted and missing migrations.
+
+    Exits 3 when any drifted (an applied file was changed).
 
     Example: mycelium sql status --json
     """

@@ -35,7 +35,7 @@ def release_expired_holds(client: MyceliumClient, stopped: threading.Event | Non
         released = client.admin.release_expired_holds(max_orders=HOLDS_PER_CALL)
         orders, credits = orders + released.orders_released, credits + released.credits_released
         if released.orders_released < HOLDS_PER_CALL or (stopped and stopped.is_set()):
-            return {"orders": orders, "credits": credits}
+            return {"orders_released": orders, "credits_released": credits}
 
 
 def expire_credits(
@@ -73,7 +73,7 @@ def refresh_ledger_rollups(client: MyceliumClient, stopped: threading.Event | No
 
 def _expired(client: MyceliumClient, stopped: threading.Event | None) -> dict[str, Any]:
     swept = expire_credits(client, stopped=stopped)
-    return {"lots": swept.lots_expired, "users": swept.users, "credits": swept.credits_expired}
+    return swept.model_dump(include={"lots_expired", "users", "credits_expired"})
 
 
 # Each job by the SQL function it calls (the names rpc/upkeep_backlog reports), in running order:
@@ -106,9 +106,10 @@ def _done(client: MyceliumClient, name: str, job: dict[str, Any]) -> str:
     if not job["ok"]:
         return f"FAILED: {job['error']}"
     if name == "release_expired_holds":
-        return f"{job['orders']} order(s), {client.credits.format(job['credits'])}"
+        return f"{job['orders_released']} order(s), {client.credits.format(job['credits_released'])}"
     if name == "expire_credits":
-        return f"{job['lots']} lot(s) of {job['users']} user(s), {client.credits.format(job['credits'])}"
+        expired = client.credits.format(job["credits_expired"])
+        return f"{job['lots_expired']} lot(s) of {job['users']} user(s), {expired}"
     return f"{job['days']} day(s)"
 
 
@@ -163,9 +164,14 @@ def upkeep(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the periodic jobs: release order holds past their time to live, expire credits, roll
-    up complete days for analytics. Once (exit 1 if a job failed), or --every DURATION until
-    stopped (SIGTERM ends the round under way after its current batch).
+    """Run the periodic jobs once, or every DURATION until stopped.
+
+    The jobs:
+      release the order holds past their time to live
+      expire credits
+      roll up complete days for the analytics
+
+    Run once, it exits 1 if a job failed. With --every, SIGTERM ends the round after its current batch.
 
     Example: mycelium upkeep --every 5m
     """

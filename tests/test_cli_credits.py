@@ -3,8 +3,10 @@ subprocesses), against the session's stack through the gateway and PostgREST."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -219,6 +221,50 @@ def test_every_command_has_json_and_help_with_an_example() -> None:
         assert result.exit_code == 0 and "Example: " in result.stdout and "mycelium " in result.stdout, words
 
 
+def groups(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every group `mycelium` has, itself included, with the words that name it."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        yield path, command
+        for name, subcommand in subcommands.items():
+            yield from groups(subcommand, (*path, name))
+
+
+def test_every_summary_is_one_short_sentence_on_its_row_of_the_listing() -> None:
+    """A group's --help lists each command with the first paragraph of its help, line breaks kept:
+    that paragraph must be one sentence on one line, short enough for its row at 80 columns."""
+    broken = []
+    for words, group in groups(typer.main.get_command(app)):
+        listing = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "80"})
+        assert listing.exit_code == 0, words
+        rows = listing.stdout.splitlines()
+        for name, command in group.commands.items():
+            summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+            one_sentence = "\n" not in summary and summary.endswith(".") and ". " not in summary
+            row = re.compile(rf"│ {name} +{re.escape(summary)} +│")
+            if not (one_sentence and any(row.fullmatch(line) for line in rows)):
+                broken.append(" ".join(("mycelium", *words, name)))
+    assert not broken, ", ".join(broken)
+
+
+def test_a_line_break_in_a_help_starts_a_list_item_or_an_example() -> None:
+    """typer prints a help's single line breaks as they are, so a paragraph wrapped in the source
+    would come out ragged: the lines after a paragraph's first are list items or examples."""
+    root = typer.main.get_command(app)
+    ragged = []
+    for words, command in [*groups(root), *leaf_commands(root)]:
+        for paragraph in inspect.cleandoc(command.help or "").split("\n\n"):
+            if any(not line.startswith(("  ", "Example: ")) for line in paragraph.splitlines()[1:]):
+                ragged.append(" ".join(("mycelium", *words)))
+    assert not ragged, ", ".join(ragged)
+
+
+def test_the_top_level_commands_are_listed_in_panels_operate_migrate_develop() -> None:
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"})
+    panels = re.findall(r"^╭─ (.+?) ─", listing.stdout, re.MULTILINE)
+    assert panels == ["Options", "Operate", "Migrate", "Develop"], listing.stdout
+
+
 def test_a_real_subprocess_with_settings_from_the_environment(
     funded: User, stack_env: dict[str, str | None]
 ) -> None:
@@ -291,7 +337,7 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
     applied = data(
         run("config", "apply", "--file", str(path), "--json", env={"MYCELIUM_CREDIT_SYMBOL": "T$"})
     )
-    changed = {c["key"]: (c["new"], c["from"]) for c in applied["changed"]}
+    changed = {c["key"]: (c["new"], c["origin"]) for c in applied["changed"]}
     assert changed["tfc_to_usd_rate"] == ("1.25", f"{path} line 2")
     assert changed["credit_symbol"] == ("T$", "env MYCELIUM_CREDIT_SYMBOL")
     assert changed["platform_fee_percent"] == ("2.5", f"{path} line 5")
@@ -306,7 +352,7 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
             "config", "set", "platform_fee_percent", "3", "--json", env={"MYCELIUM_PLATFORM_FEE_PERCENT": "9"}
         )
     )
-    assert fee["changed"] == [{"key": "platform_fee_percent", "old": "2.5", "new": "3", "from": "argument"}]
+    assert fee["changed"] == [{"key": "platform_fee_percent", "old": "2.5", "new": "3", "origin": "argument"}]
     marketplace = {row["key"]: row for row in data(run("config", "show", "--json"))}["platform_fee_percent"]
     assert marketplace["database"] == "3"
 
