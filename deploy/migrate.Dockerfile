@@ -17,6 +17,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY cli/ cli/
 COPY mycelium_client/ mycelium_client/
 COPY sql/ sql/
+# The server pins: the wheel carries them (pyproject.toml force-includes the file).
+COPY supabase/versions.env supabase/versions.env
 # constraints.txt pins the same dependency versions CI tests with.
 RUN pip install --constraint constraints.txt . \
     && mkdir -p /app \

@@ -20,6 +20,7 @@ from cli import keys
 from cli.dev.postgres import socket_folder
 from cli.dev.processes import free_port_base, pid_alive, port_open, read_pid
 from cli.dev.stack import STACKS_HOME, LocalStack, StackSettings
+from cli.dev.versions import VERSIONS, auth_build_dir
 from tests.conftest import stack_folder
 from tests.support import loads
 
@@ -46,10 +47,27 @@ def dev_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# What `./run setup` left when it could not build Auth, with what would break the gateway's nginx
+# config (`'`, `$`, `\`) or its JSON (`"`, `\`) if it went into the 503 unchanged.
+AUTH_REASON = """the proxy said "no" to $host's {request} \\ (403 Forbidden)"""
+AUTH_REASON_AS_SERVED = "the proxy said no to host s request (403 Forbidden)"
+
+
 @pytest.fixture(scope="module")
-def running(dev_dir: Path) -> dict[str, str]:
-    """`dev up` on free ports; returns `dev env --json`."""
-    up = mycelium("dev", "up", "--dir", str(dev_dir), "--port-base", str(free_port_base(start=47000)))
+def auth_cache(dev_dir: Path) -> dict[str, str]:
+    """The environment of a cache where `./run setup` recorded AUTH_REASON."""
+    env = {"XDG_CACHE_HOME": str(dev_dir.parent / "cache")}
+    auth_build_dir(env).mkdir(parents=True)
+    (auth_build_dir(env) / "unavailable.txt").write_text(AUTH_REASON + "\n")
+    return env
+
+
+@pytest.fixture(scope="module")
+def running(dev_dir: Path, auth_cache: dict[str, str]) -> dict[str, str]:
+    """`dev up` on free ports (Auth unavailable for AUTH_REASON); returns `dev env --json`."""
+    up = mycelium(
+        "dev", "up", "--dir", str(dev_dir), "--port-base", str(free_port_base(start=47000)), env=auth_cache
+    )
     assert up.returncode == 0, up.stderr
     assert "The local stack is up" in up.stdout
     env = mycelium("dev", "env", "--dir", str(dev_dir), "--json")
@@ -112,12 +130,53 @@ def test_up_on_a_running_stack_changes_nothing(running: dict[str, str], dev_dir:
     assert json.loads(mycelium("dev", "env", "--dir", str(dev_dir), "--json").stdout) == running
 
     status = mycelium("dev", "status", "--dir", str(dev_dir), "--json")
-    assert status.returncode == 0
+    assert status.returncode == 0  # Auth, which the stack does not start, is shown but not counted
     assert {row["name"]: row["running"] for row in json.loads(status.stdout)} == {
         "postgres": True,
         "postgrest": True,
         "gateway": True,
+        "auth": False,
     }
+
+
+def test_without_auth_the_gateway_and_status_say_why(
+    running: dict[str, str], dev_dir: Path, auth_cache: dict[str, str]
+) -> None:
+    answer = httpx.get(f"{running['SUPABASE_URL']}/auth/v1/token", params={"grant_type": "password"})
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "message": f"Supabase Auth (GoTrue) {VERSIONS.auth_version} is not part of the local stack "
+        f"({AUTH_REASON_AS_SERVED}); set auth_upstream in the stack to the URL of a running server"
+    }
+
+    status = mycelium("dev", "status", "--dir", str(dev_dir), "--json", env=auth_cache)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)
+    assert [sorted(row) for row in rows] == [["address", "detail", "name", "running", "version"]] * 4
+    assert rows[-1] == {
+        "name": "auth",
+        "running": False,
+        "address": "",
+        "version": VERSIONS.auth_version,
+        "detail": AUTH_REASON,
+    }
+    shown = mycelium("dev", "status", "--dir", str(dev_dir), env={**auth_cache, "COLUMNS": "300"})
+    (auth_line,) = [line for line in shown.stdout.splitlines() if line.lstrip("│ ").startswith("auth ")]
+    assert VERSIONS.auth_version in auth_line and f"not running: {AUTH_REASON}" in auth_line
+
+
+def test_status_shows_the_auth_upstream_and_whether_it_answers(
+    running: dict[str, str], dev_dir: Path
+) -> None:
+    stack = LocalStack(dev_dir)
+    try:
+        stack.set_upstreams(auth=running["SUPABASE_URL"], realtime=None)  # any HTTP server answers
+        assert (stack.auth_status().running, stack.auth_status().address) == (True, running["SUPABASE_URL"])
+        silent = f"http://127.0.0.1:{free_port_base(start=56000) + 1}"
+        stack.set_upstreams(auth=silent, realtime=None)
+        assert stack.auth_status().state == "not running: auth_upstream does not answer"
+    finally:
+        stack.set_upstreams(auth=None, realtime=None)
 
 
 def test_user_create_inserts_like_gotrue_and_its_token_works_through_postgrest(

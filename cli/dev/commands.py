@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -15,7 +16,10 @@ from cli.dev.users import create_user, find_user
 from cli.errors import EXIT_FAILED
 from cli.output import emit_json, progress, say, table
 
-app = typer.Typer(help="The local stack: PostgreSQL, Supabase's roles and schemas, PostgREST and a gateway.")
+app = typer.Typer(
+    help="Run a local stack, without Docker, for development and tests.\n\n"
+    "PostgreSQL with Supabase's roles and schemas, PostgREST and a gateway."
+)
 user_app = typer.Typer(help="Users of the local stack, created as Supabase Auth creates them.")
 app.add_typer(user_app, name="user")
 
@@ -38,7 +42,7 @@ def _print_env(stack: LocalStack, as_json: bool) -> None:
 def up(
     directory: DevDirOption = DEFAULT_DIR, port_base: PortBaseOption = None, as_json: JsonOption = False
 ) -> None:
-    """Start the local stack (idempotent: a running stack is reported, not changed).
+    """Start the local stack; a running one is reported, not changed.
 
     Example: mycelium dev up --port-base 55000 && eval "$(mycelium dev env)"
     """
@@ -78,23 +82,26 @@ def env(directory: DevDirOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
 @app.command()
 @reported
 def status(directory: DevDirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
-    """Show which parts of the stack run (exit 1 when any is down).
+    """Show which parts of the stack run; exit 1 when any is down.
+
+    Supabase Auth, which the stack does not start, is shown too, but not counted.
 
     Example: mycelium dev status --json
     """
     stack = LocalStack(directory)
-    rows = stack.status() if stack.exists() else []
+    own = stack.status() if stack.exists() else []
+    rows = [*own, stack.auth_status()] if own else []
     if as_json:
-        emit_json([{"name": r.name, "running": r.running, "address": r.address} for r in rows])
+        emit_json([asdict(r) for r in rows])
     elif rows:
         table(
             f"Local stack in {stack.directory}",
-            ["component", "state", "address"],
-            [(r.name, "running" if r.running else "stopped", r.address) for r in rows],
+            ["component", "version", "state", "address"],
+            [(r.name, r.version, r.state, r.address) for r in rows],
         )
     else:
         say(f"No local stack in {stack.directory}: `mycelium dev up` creates one.")
-    if not rows or not all(r.running for r in rows):
+    if not own or not all(r.running for r in own):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -142,7 +149,9 @@ def keys_command(
     secret: Annotated[str | None, typer.Option(help="Use this JWT secret instead of a fresh one.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Generate a JWT secret and the anon and service_role keys signed with it (for supabase/.env).
+    """Generate a JWT secret and the anon and service_role keys for it.
+
+    The keys are signed with the secret; the lines are for supabase/.env.
 
     Example: mycelium dev keys >> supabase/.env
     """
@@ -174,7 +183,9 @@ def user_create(
     directory: DevDirOption = DEFAULT_DIR,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a user as Supabase Auth would (triggers fire) and print its id and an access token.
+    """Create a user as Supabase Auth would (its triggers fire).
+
+    Prints the user's id and an access token.
 
     Example: mycelium dev user create alice@example.com --role farmer
     """

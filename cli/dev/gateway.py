@@ -7,6 +7,8 @@ supabase-py, supabase-js and curl work unchanged against the local stack.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from cli.dev.processes import (
     terminate,
     wait_until,
 )
+from cli.dev.versions import VERSIONS, auth_absent_because
 
 # What browsers may send, as Supabase's gateway allows it.
 CORS_HEADERS = ", ".join(
@@ -37,9 +40,12 @@ CORS_HEADERS = ", ".join(
     ]
 )
 NOT_IN_STACK = (
-    '{{"message":"{service} is not part of the local stack; set {setting} in the stack '
-    'to the URL of a running server"}}'
+    "{service} is not part of the local stack{why}; set {setting} in the stack to the URL of a running server"
 )
+# The 503's JSON goes into a single-quoted nginx string, and its message may carry a reason that
+# `./run setup` wrote: only characters to which neither nginx (quotes, `\`, `$` variables) nor JSON
+# (quotes, `\`, control characters) give a meaning are kept.
+_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;/()@_+=-]+")
 
 
 def binary() -> Path:
@@ -87,8 +93,15 @@ class Gateway:
                 rest_port=rest_port,
                 anon_key=anon_key,
                 service_role_key=service_role_key,
-                auth=_upstream(auth_upstream, "Supabase Auth (GoTrue)", "auth_upstream"),
-                realtime=_upstream(realtime_upstream, "Supabase Realtime", "realtime_upstream"),
+                auth=_upstream(
+                    auth_upstream,
+                    f"Supabase Auth (GoTrue) {VERSIONS.auth_version}",
+                    "auth_upstream",
+                    why=auth_absent_because(),
+                ),
+                realtime=_upstream(
+                    realtime_upstream, f"Supabase Realtime {VERSIONS.realtime_version}", "realtime_upstream"
+                ),
             )
         )
 
@@ -118,7 +131,7 @@ class Gateway:
         self.pid_file.unlink(missing_ok=True)
 
 
-def _upstream(url: str | None, service: str, setting: str) -> str:
+def _upstream(url: str | None, service: str, setting: str, why: str = "") -> str:
     if url:
         return (
             f"proxy_pass {url.rstrip('/')}/;\n"
@@ -127,7 +140,8 @@ def _upstream(url: str | None, service: str, setting: str) -> str:
             "      proxy_set_header Connection $connection_upgrade;\n"
             "      proxy_read_timeout 1h;"
         )
-    body = NOT_IN_STACK.format(service=service, setting=setting)
+    message = NOT_IN_STACK.format(service=service, setting=setting, why=f" ({why})" if why else "")
+    body = json.dumps({"message": " ".join(_UNSAFE.sub(" ", message).split())}, separators=(",", ":"))
     return f"default_type application/json;\n      return 503 '{body}';"
 
 

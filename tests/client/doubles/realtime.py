@@ -37,6 +37,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 NOTIFY_CHANNEL = "realtime_double"
+# The Realtime release whose protocol this double speaks. A literal, not read from
+# supabase/versions.env: tests/test_server_versions.py fails when the pinned server moves on
+# until someone checks this double against the new release and moves this too.
+PROTOCOL_OF = "v2.34.47"
 
 INSTALL = """
 create schema if not exists realtime_double;
