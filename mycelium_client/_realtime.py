@@ -225,9 +225,13 @@ class BalanceChannel:
             return None
         if event in ("phx_close", "phx_error") or (event == "system" and payload.get("status") == "error"):
             raise _Retry(f"Realtime closed {self.topic}: {payload.get('message') or event}")
-        if event == "broadcast" and payload.get("event") == BALANCE_EVENT:
-            return BalanceChange.model_validate({**payload["payload"], "source": BalanceSource.BROADCAST})
-        if event == "postgres_changes" and self._binding_ids.intersection(payload.get("ids") or []):
+        # Each mode believes only its own kind of frame. A broadcast is proof of nothing on the
+        # public topic of the Postgres Changes mode, where anyone holding the anon key may send one;
+        # on the private topic only the database can (the RLS policy on realtime.messages).
+        if self.mode is BalanceSource.BROADCAST:
+            if event == "broadcast" and payload.get("event") == BALANCE_EVENT:
+                return BalanceChange.model_validate({**payload["payload"], "source": BalanceSource.BROADCAST})
+        elif event == "postgres_changes" and self._binding_ids.intersection(payload.get("ids") or []):
             record = (payload.get("data") or {}).get("record") or {}
             return BalanceChange.model_validate({**record, "source": BalanceSource.POSTGRES_CHANGES})
         return None

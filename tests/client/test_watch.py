@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -141,25 +144,55 @@ def test_resubscribes_after_a_dropped_connection(local_doubles: Doubles, account
     assert len(local_doubles.realtime.frames("phx_join")) > joins
 
 
-def test_falls_back_to_postgres_changes_when_the_private_topic_is_refused(
-    target: Target, local_doubles: Doubles, account: MakeAccount
-) -> None:
-    sender, recipient = account(funded=3), account()
-    with target.connect() as conn:  # a project whose policies do not open balance topics
+@contextlib.contextmanager
+def balance_topics_closed(target: Target) -> Iterator[None]:
+    """A project whose policy opens no private balance topic: watches fall back to Postgres Changes."""
+    with target.connect() as conn:
         conn.execute("alter policy mycelium_balance_broadcast_own on realtime.messages using (false)")
     try:
-        with recipient.client.credits.watch() as watch:
-            watch.get(timeout=WAIT)
-            sender.client.credits.transfer(recipient.id, "0.5")
-            change = watch.get(timeout=WAIT)
+        yield
     finally:
         with target.connect() as conn:
             conn.execute(
                 "alter policy mycelium_balance_broadcast_own on realtime.messages using ("
                 "realtime.topic() = 'balance:' || (select auth.uid())::text and extension = 'broadcast')"
             )
+
+
+def test_falls_back_to_postgres_changes_when_the_private_topic_is_refused(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    sender, recipient = account(funded=3), account()
+    with balance_topics_closed(target), recipient.client.credits.watch() as watch:
+        watch.get(timeout=WAIT)
+        sender.client.credits.transfer(recipient.id, "0.5")
+        change = watch.get(timeout=WAIT)
     assert change.source is BalanceSource.POSTGRES_CHANGES and change.balance == Decimal("0.5")
     assert change.user_id == recipient.id
+
+
+def test_the_postgres_changes_mode_ignores_broadcasts_anyone_may_send(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    """Its topic is public: a forged `balance_changed` sent there (here through the database, as
+    any holder of the anon key could through Realtime) must not reach the watcher."""
+    sender, recipient = account(funded=3), account()
+    forged = {
+        "user_id": str(recipient.id),
+        "balance": "1000000",
+        "held": "0",
+        "updated_at": "2026-12-02T00:00Z",
+    }
+    with balance_topics_closed(target), recipient.client.credits.watch() as watch:
+        watch.get(timeout=WAIT)
+        with target.connect() as conn:
+            conn.execute(
+                "select realtime.send(%s::jsonb, 'balance_changed', %s, false)",
+                (json.dumps(forged), f"balance-row:{recipient.id}"),
+            )
+        sender.client.credits.transfer(recipient.id, "0.5")
+        change = watch.get(timeout=WAIT)
+    assert change.source is BalanceSource.POSTGRES_CHANGES and change.balance == Decimal("0.5")
 
 
 def test_only_your_own_balance_is_delivered(
