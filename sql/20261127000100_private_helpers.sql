@@ -52,6 +52,18 @@ begin
 end;
 $$;
 
+-- Who is acting, as recorded on every movement, status change and configuration change: the API
+-- role of the request (anon, authenticated, service_role), else the database login (an operator,
+-- the CLI, Auth's own login when its trigger claims legacy credits). SQL without a SET clause, so
+-- that it is inlined; it names nothing unqualified.
+create or replace function mycelium_private.caller_role()
+returns text
+language sql
+stable
+as $$
+  select coalesce(auth.role(), session_user::text)
+$$;
+
 -- ---------------------------------------------------------------------------------------
 -- Amounts: numeric, > 0, at most 6 fractional digits, below 10^15. Rejected, never rounded.
 -- Returns the amount without trailing zeros.

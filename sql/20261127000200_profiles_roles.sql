@@ -90,6 +90,23 @@ begin
 end;
 $$;
 
+-- For what only a signed-in user does with their own credits (send them, order): the user's id.
+create or replace function mycelium_private.require_signed_in(p_action text)
+returns uuid
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_user uuid := auth.uid();
+begin
+  if v_user is null or coalesce(auth.role(), '') <> 'authenticated' then
+    perform mycelium_private.fail('not_authorized', 'sign in to ' || p_action, 403);
+  end if;
+  return v_user;
+end;
+$$;
+
 -- ---------------------------------------------------------------------------------------
 -- RLS and privileges
 -- ---------------------------------------------------------------------------------------

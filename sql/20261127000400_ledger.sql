@@ -229,8 +229,24 @@ create trigger mycelium_credit_account_on_user_created
 select mycelium_private.open_credit_account(u.id) from auth.users u;
 
 -- ---------------------------------------------------------------------------------------
--- Internal movement primitives. Callers validate and authorize first, and touch at most two
--- accounts, in ascending user_id order (an UPDATE of the balance, or lock_accounts, locks one).
+-- Holds keep the expiry of what they took. A hold (a transfer into `holds`, named by its
+-- reference: an order's id) that takes credits from the holder's expiring lots remembers here
+-- how much each expiry date gave (the rest came from the non-expiring credits). Credits going
+-- back to the holder (a release, a refund) give them back as lots with the expiry they had;
+-- `returned` is what has gone back so far.
+-- ---------------------------------------------------------------------------------------
+create table mycelium_private.hold_lots (
+  hold text not null,
+  expires_at timestamptz not null,
+  amount numeric not null check (amount > 0),
+  returned numeric not null default 0 check (returned >= 0 and returned <= amount),
+  primary key (hold, expires_at)
+);
+alter table mycelium_private.hold_lots enable row level security;
+
+-- ---------------------------------------------------------------------------------------
+-- Movement primitives, called only by the write path below (mycelium_private.create_transfer),
+-- which validates the movement and orders the account updates.
 -- ---------------------------------------------------------------------------------------
 
 -- Credits of a user expiring at `p_expires_at`: added to the user's live lot of that expiry, or a
@@ -250,26 +266,15 @@ begin
 end;
 $$;
 
--- Lock one or two user accounts in ascending user_id order. Returns how many exist.
-create or replace function mycelium_private.lock_accounts(a uuid, b uuid default null)
-returns integer
+-- Lock a user's account; false when there is none.
+create or replace function mycelium_private.lock_account(p_user uuid)
+returns boolean
 language plpgsql
 set search_path = ''
 as $$
-declare
-  n_a integer := 0;
-  n_b integer := 0;
 begin
-  if b is null or a = b then
-    perform 1 from public.credit_accounts where user_id = a for no key update;
-    get diagnostics n_a = row_count;
-    return n_a;
-  end if;
-  perform 1 from public.credit_accounts where user_id = least(a, b) for no key update;
-  get diagnostics n_a = row_count;
-  perform 1 from public.credit_accounts where user_id = greatest(a, b) for no key update;
-  get diagnostics n_b = row_count;
-  return n_a + n_b;
+  perform 1 from public.credit_accounts a where a.user_id = p_user for no key update;
+  return found;
 end;
 $$;
 
@@ -296,15 +301,13 @@ $$;
 -- non-expiring credits and lowers `expiring` by what the lots gave.
 -- Credits keep their expiry wherever they go, so that no movement turns expiring credits into
 -- non-expiring ones:
--- - with `p_hold_order` (an order's hold), what each expiry date gave is remembered in
---   mycelium_private.order_hold_lots (marketplace orders migration): releasing the hold gives the
---   credits back with the expiry they had;
--- - with `p_pass_to` (a transfer to that user), each part taken becomes a lot of the recipient
+-- - with `p_hold` (a hold's reference), what each expiry date gave is remembered in hold_lots:
+--   credits going back to the holder come back with the expiry they had;
+-- - with `p_pass_to` (a movement to that user), each part taken becomes a lot of the recipient
 --   with the same expires_at, from transfer `p_transfer`; the caller raises the recipient's
 --   `expiring` by what the lots gave once the recipient's balance holds it.
 create or replace function mycelium_private.spend_expiring_lots(
-  p_user uuid, p_amount numeric, p_hold_order uuid default null, p_pass_to uuid default null,
-  p_transfer uuid default null)
+  p_user uuid, p_amount numeric, p_hold text, p_pass_to uuid, p_transfer uuid)
 returns numeric
 language plpgsql
 set search_path = ''
@@ -317,11 +320,8 @@ begin
   -- Lots are touched only under their account's lock (a live lot of an expiry is merged into, so
   -- it is a row others write too): lock the recipient's account now. The sender's is locked
   -- already, and a recipient above the sender comes next in user_id order anyway.
-  if p_pass_to is not null then
-    perform 1 from public.credit_accounts a where a.user_id = p_pass_to for no key update;
-    if not found then
-      perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_pass_to, 404);
-    end if;
+  if p_pass_to is not null and not mycelium_private.lock_account(p_pass_to) then
+    perform mycelium_private.fail('unknown_recipient', 'no user with a credit account has id ' || p_pass_to, 404);
   end if;
   for lot in
     select l.id, l.remaining, l.expires_at from public.credit_lots l
@@ -330,10 +330,10 @@ begin
   loop
     taken := least(lot.remaining, left_to_take);
     update public.credit_lots set remaining = remaining - taken where id = lot.id;
-    if p_hold_order is not null then
-      insert into mycelium_private.order_hold_lots as h (order_id, expires_at, amount)
-      values (p_hold_order, lot.expires_at, taken)
-      on conflict (order_id, expires_at) do update set amount = h.amount + excluded.amount;
+    if p_hold is not null then
+      insert into mycelium_private.hold_lots as h (hold, expires_at, amount)
+      values (p_hold, lot.expires_at, taken)
+      on conflict (hold, expires_at) do update set amount = h.amount + excluded.amount;
     end if;
     if p_pass_to is not null then
       perform mycelium_private.add_lot(p_pass_to, taken, lot.expires_at, p_transfer);
@@ -346,27 +346,24 @@ end;
 $$;
 
 -- Take `p_amount` from a user's balance: from unexpired lots first, soonest expiry first, then
--- from the non-expiring credits (with `p_lots_last`, the other way round: a refund gives back an
--- earning, which never expires); never from an expired lot. With `p_hold_order` the amount goes
--- to `held` (an order's hold); with `p_pass_to` what the lots gave becomes lots of that user
--- (spend_expiring_lots). The UPDATE is what locks the account (callers order their account
--- updates by user_id). Returns the new balance and what the expiring lots gave (`from_lots`);
--- fails with insufficient_credits or not_found.
+-- from the non-expiring credits (with `p_lots_last`, the other way round); never from an expired
+-- lot. `held` changes by `p_held` in the same UPDATE (a hold); `p_hold` and `p_pass_to` go to
+-- spend_expiring_lots. The UPDATE is what locks the account. Returns the new balance and what the
+-- expiring lots gave (`from_lots`); fails with insufficient_credits or not_found.
 create or replace function mycelium_private.debit_user(
-  p_user uuid, p_amount numeric, p_hold_order uuid default null, p_pass_to uuid default null,
-  p_transfer uuid default null, p_lots_last boolean default false, out balance numeric, out from_lots numeric)
+  p_user uuid, p_amount numeric, p_held numeric, p_hold text, p_pass_to uuid, p_transfer uuid,
+  p_lots_last boolean, out balance numeric, out from_lots numeric)
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_held numeric := case when p_hold_order is null then 0 else p_amount end;
   v_account public.credit_accounts;
   v_available numeric;
   v_from_lots_wanted numeric;
 begin
   from_lots := 0;
   -- Most accounts hold no expiring credits: one UPDATE takes the amount and locks the account.
-  update public.credit_accounts a set balance = a.balance - p_amount, held = a.held + v_held, updated_at = now()
+  update public.credit_accounts a set balance = a.balance - p_amount, held = a.held + p_held, updated_at = now()
   where a.user_id = p_user and a.expiring = 0 and a.balance >= p_amount
   returning a.balance into debit_user.balance;
   if found then
@@ -385,21 +382,47 @@ begin
   v_from_lots_wanted := case when p_lots_last then greatest(p_amount - (v_account.balance - v_account.expiring), 0)
                              else p_amount end;
   if v_account.expiring > 0 and v_from_lots_wanted > 0 then
-    from_lots := mycelium_private.spend_expiring_lots(p_user, v_from_lots_wanted, p_hold_order, p_pass_to, p_transfer);
+    from_lots := mycelium_private.spend_expiring_lots(p_user, v_from_lots_wanted, p_hold, p_pass_to, p_transfer);
   end if;
   update public.credit_accounts a
-  set balance = a.balance - p_amount, expiring = a.expiring - from_lots, held = a.held + v_held, updated_at = now()
+  set balance = a.balance - p_amount, expiring = a.expiring - from_lots, held = a.held + p_held, updated_at = now()
   where a.user_id = p_user
   returning a.balance into debit_user.balance;
 end;
 $$;
 
--- Add `amount` to a user account: non-expiring, or as a new lot expiring at `p_expires_at`; of
+-- Take `p_amount` from the user's live lot expiring at `p_expires_at`, expired or not: the expiry
+-- sweep takes what expired lots hold, which no spending may. Returns the new balance.
+create or replace function mycelium_private.debit_lot(p_user uuid, p_amount numeric, p_expires_at timestamptz)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  new_balance numeric;
+begin
+  -- The account first: its UPDATE is the lock under which its lots are touched.
+  update public.credit_accounts a
+  set balance = a.balance - p_amount, expiring = a.expiring - p_amount, updated_at = now()
+  where a.user_id = p_user
+  returning a.balance into new_balance;
+  update public.credit_lots l set remaining = l.remaining - p_amount
+  where l.user_id = p_user and l.expires_at = p_expires_at and l.live and l.remaining >= p_amount;
+  if not found then
+    perform mycelium_private.fail('insufficient_credits',
+      format('no lot of %s credits expiring at %s', p_amount, p_expires_at), 409);
+  end if;
+  return new_balance;
+end;
+$$;
+
+-- Add `p_amount` to a user account: non-expiring, or as a lot expiring at `p_expires_at`; of
 -- non-expiring credits, `p_from_lots` arrive in lots the sender's debit already made
--- (debit_user's p_pass_to). The UPDATE of the balance locks the account; no account:
--- unknown_recipient. Returns the new balance.
+-- (debit_user's p_pass_to). `held` changes by `p_held` in the same UPDATE (a hold going back).
+-- The UPDATE of the balance locks the account; no account: unknown_recipient. Returns the new
+-- balance.
 create or replace function mycelium_private.credit_user(
-  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric default 0)
+  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric, p_held numeric)
 returns numeric
 language plpgsql
 set search_path = ''
@@ -409,6 +432,7 @@ declare
 begin
   update public.credit_accounts a
   set balance = a.balance + p_amount,
+      held = a.held + p_held,
       expiring = a.expiring + case when p_expires_at is null then p_from_lots else p_amount end,
       updated_at = now()
   where a.user_id = p_user
@@ -420,6 +444,196 @@ begin
     perform mycelium_private.add_lot(p_user, p_amount, p_expires_at, p_transfer);
   end if;
   return new_balance;
+end;
+$$;
+
+-- Give back to `p_user` (locked already), as lots with their old expires_at, up to `p_amount` of
+-- what the hold `p_hold` took from expiring lots and nothing has given back yet, latest expiry
+-- first (the hold took the soonest first). An expiry already past stays: the next expire_credits
+-- sweeps it, as it would have. Returns what it gave back; the caller raises `expiring` by it.
+create or replace function mycelium_private.give_back_hold_lots(
+  p_hold text, p_user uuid, p_amount numeric, p_transfer uuid)
+returns numeric
+language plpgsql
+set search_path = ''
+as $$
+declare
+  left_to_give numeric := p_amount;
+  part record;
+  given numeric;
+begin
+  for part in
+    select h.expires_at, h.amount - h.returned as open from mycelium_private.hold_lots h
+    where h.hold = p_hold and h.returned < h.amount
+    order by h.expires_at desc
+  loop
+    exit when left_to_give = 0;
+    given := least(part.open, left_to_give);
+    update mycelium_private.hold_lots h set returned = h.returned + given
+    where h.hold = p_hold and h.expires_at = part.expires_at;
+    perform mycelium_private.add_lot(p_user, given, part.expires_at, p_transfer);
+    left_to_give := left_to_give - given;
+  end loop;
+  return p_amount - left_to_give;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- The write path: every movement of credits, whatever its kind and whoever makes it, is one call
+-- of create_transfer. It validates the movement, writes the transfer (claiming its retry key
+-- first), updates the user accounts it touches in ascending user_id order (the UPDATE of a
+-- balance is the lock; so two movements in opposite directions never deadlock), carries expiring
+-- lots and holds along, and writes one entry per user side with the balance it produced. Callers
+-- authorize the caller and validate their own arguments first.
+--
+--   p_kind, p_amount               what moves and how much (an amount like any other)
+--   p_from_user | p_from_system    the sender: a user or a system account, exactly one
+--   p_to_user | p_to_system        the recipient: a user or a system account, exactly one
+--   p_reference, p_memo            kept on the transfer and its entries. The reference is the retry
+--                                  key of the kinds retry_key() names (a transfer's key stays off the
+--                                  recipient's entry: it is the sender's own), and names a hold
+--   p_expires_at                   credits of one expiry date: arriving at a user they join its lot of
+--                                  that expiry, leaving a user they come from it, expired or not (the
+--                                  expiry sweep). Null: spendable credits, taken from the sender's
+--                                  unexpired lots soonest expiry first, then from the non-expiring
+--                                  ones; what the lots give reaches a recipient user as lots with the
+--                                  same expiry
+--   p_lots_last                    the sender's non-expiring credits first (a refund takes back an
+--                                  earning, which never expires), then its lots
+--   p_counterparty                 the other party on a user's entry whose other side is a system
+--                                  account (an order's buyer or provider)
+--   p_holder, p_held               a movement into or out of `holds` names whose hold it is (into
+--                                  holds: the sender): that user's `held` changes by p_held, by default
+--                                  the amount, up going in and down coming out. A capture pays a hold
+--                                  out in two movements (earning and fee): `held` goes down once, by
+--                                  the whole hold, in one of them (p_held 0 in the other), so that the
+--                                  holder's account is updated, and its change broadcast, once
+--   p_gives_back_hold              credits reaching p_to_user give back the hold named p_reference:
+--                                  what it took from expiring lots comes back as lots with their
+--                                  expiry, latest first, as far as the amount goes beyond what the
+--                                  sender passes on as lots (a release, a refund)
+--   p_usd_amount, p_rate, p_package_id   a purchase's payment
+-- Returns the transfer's id and time, the balances it left the sending and the receiving user
+-- (null for a system account), and `replayed`: the retry key was taken already, by an earlier
+-- movement or by a concurrent one that has committed since; that one is returned, nothing moved.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.create_transfer(
+  p_kind text,
+  p_amount numeric,
+  p_from_user uuid default null,
+  p_from_system text default null,
+  p_to_user uuid default null,
+  p_to_system text default null,
+  p_reference text default null,
+  p_memo text default null,
+  p_expires_at timestamptz default null,
+  p_lots_last boolean default false,
+  p_counterparty uuid default null,
+  p_holder uuid default null,
+  p_held numeric default null,
+  p_gives_back_hold boolean default false,
+  p_usd_amount numeric default null,
+  p_rate numeric default null,
+  p_package_id uuid default null,
+  out transfer_id uuid,
+  out created_at timestamptz,
+  out from_balance numeric,
+  out to_balance numeric,
+  out replayed boolean)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_amount numeric := mycelium_private.check_amount(p_amount);
+  v_holds boolean := p_from_system is not distinct from 'holds' or p_to_system is not distinct from 'holds';
+  v_held numeric := 0;
+  v_held_apart boolean := false;  -- the holder is neither side: a capture
+  v_to_first boolean := p_to_user is not null and coalesce(p_to_user < p_from_user, true);
+  v_debit record;
+  v_passed numeric := 0;          -- what the sender's lots gave, arriving as lots
+  v_late numeric := 0;            -- expiring credits the recipient's balance held before its lots came
+begin
+  if (p_from_user is null) = (p_from_system is null) or (p_to_user is null) = (p_to_system is null)
+     or p_from_user = p_to_user or p_from_system = p_to_system then
+    perform mycelium_private.fail('invalid_argument',
+      'a movement goes from one account to another, each a user or a system account');
+  end if;
+  if v_holds <> (p_holder is not null) or (p_to_system = 'holds' and p_holder is distinct from p_from_user)
+     or ((p_to_system = 'holds' or p_gives_back_hold) and p_reference is null)
+     or (p_gives_back_hold and p_to_user is null) then
+    perform mycelium_private.fail('invalid_argument',
+      'a movement into or out of holds names its holder (going in: the sender), and a hold its reference');
+  end if;
+  if v_holds then
+    v_held := coalesce(p_held, case when p_to_system = 'holds' then v_amount else -v_amount end);
+    v_held_apart := p_holder is distinct from p_from_user and p_holder is distinct from p_to_user;
+  end if;
+
+  -- Claim the retry key first: a concurrent movement with the same key waits on the unique index
+  -- until this transaction ends, then finds this one.
+  insert into mycelium_private.transfers as t
+    (kind, from_user, from_system, to_user, to_system, amount, usd_amount, rate, package_id, memo, reference,
+     expires_at, initiated_by, initiated_role)
+  values
+    (p_kind, p_from_user, p_from_system, p_to_user, p_to_system, v_amount, p_usd_amount, p_rate, p_package_id,
+     p_memo, p_reference, p_expires_at, auth.uid(), mycelium_private.caller_role())
+  on conflict (retry_key) where retry_key is not null do nothing
+  returning t.id, t.created_at into transfer_id, created_at;
+  replayed := transfer_id is null;
+  if replayed then
+    select t.id, t.created_at into transfer_id, created_at from mycelium_private.transfers t
+    where t.retry_key = mycelium_private.retry_key(p_kind, p_from_user, p_to_user, p_reference);
+    return;
+  end if;
+
+  -- The accounts, in ascending user_id order. Most movements touch one account, or two holding no
+  -- expiring credits: one UPDATE each.
+  if v_held_apart and (p_to_user is null or p_holder < p_to_user) then
+    update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
+  end if;
+  if v_to_first then
+    to_balance := mycelium_private.credit_user(p_to_user, v_amount, p_expires_at, transfer_id, 0,
+      case when p_holder = p_to_user then v_held else 0 end);
+  end if;
+  if p_from_user is null then
+    null;
+  elsif p_expires_at is not null then
+    from_balance := mycelium_private.debit_lot(p_from_user, v_amount, p_expires_at);
+  else
+    v_debit := mycelium_private.debit_user(p_from_user, v_amount, case when p_holder = p_from_user then v_held else 0 end,
+      case when p_to_system = 'holds' then p_reference end, p_to_user, transfer_id, p_lots_last);
+    from_balance := v_debit.balance;
+    v_passed := case when p_to_user is null then 0 else v_debit.from_lots end;
+  end if;
+  if v_to_first then
+    v_late := v_passed;
+  elsif p_to_user is not null then
+    to_balance := mycelium_private.credit_user(p_to_user, v_amount, p_expires_at, transfer_id, v_passed,
+      case when p_holder = p_to_user then v_held else 0 end);
+  end if;
+  if p_gives_back_hold then
+    v_late := v_late + mycelium_private.give_back_hold_lots(p_reference, p_to_user, v_amount - v_passed, transfer_id);
+  end if;
+  if v_late > 0 then
+    -- The recipient's balance holds these credits already: its lots can count as expiring now.
+    update public.credit_accounts a set expiring = a.expiring + v_late where a.user_id = p_to_user;
+  end if;
+  if v_held_apart and p_holder > p_to_user then
+    update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
+  end if;
+
+  if p_from_user is not null or p_to_user is not null then
+    insert into public.credit_transactions
+      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
+    select transfer_id, e.user_id, e.amount, e.kind, e.balance_after, e.counterparty_id, p_memo, e.reference, p_expires_at
+    from (values
+      (p_from_user, -v_amount, case when p_kind = 'transfer' then 'transfer_out' else p_kind end, from_balance,
+       coalesce(p_to_user, p_counterparty), p_reference),
+      (p_to_user, v_amount, case when p_kind = 'transfer' then 'transfer_in' else p_kind end, to_balance,
+       coalesce(p_from_user, p_counterparty), case when p_kind = 'transfer' then null else p_reference end)
+    ) e (user_id, amount, kind, balance_after, counterparty_id, reference)
+    where e.user_id is not null;
+  end if;
 end;
 $$;
 

@@ -102,19 +102,20 @@ $$;
 -- bonus. The same payment_reference again returns the first result and moves nothing.
 -- ---------------------------------------------------------------------------------------
 create or replace function mycelium_private.purchase_replay(
-  p_existing mycelium_private.transfers, p_user uuid, p_usd numeric, p_package uuid)
+  p_transfer uuid, p_user uuid, p_usd numeric, p_package uuid)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 as $$
 begin
-  if p_existing.to_user is distinct from p_user or p_existing.usd_amount <> p_usd
-     or p_existing.package_id is distinct from p_package then
+  if not exists (select 1 from mycelium_private.transfers t
+                 where t.id = p_transfer and t.to_user is not distinct from p_user and t.usd_amount = p_usd
+                   and t.package_id is not distinct from p_package) then
     perform mycelium_private.fail('duplicate_reference',
       'payment_reference was already used for a different purchase', 409);
   end if;
-  return mycelium_private.movement_result(p_existing.id, p_user);
+  return mycelium_private.movement_result(p_transfer, p_user);
 end;
 $$;
 
@@ -137,16 +138,16 @@ declare
   v_credits numeric;
   v_expires timestamptz;
   v_package public.credit_packages;
-  v_existing mycelium_private.transfers;
-  v_transfer uuid;
-  v_created timestamptz;
-  v_balance numeric;
+  v_existing uuid;
+  v_moved record;
 begin
   perform mycelium_private.require_service();
   v_usd := mycelium_private.check_amount(purchase_credits.usd_amount, 'usd_amount');
   v_reference := mycelium_private.check_text(purchase_credits.payment_reference, 'payment_reference', 200, true);
 
-  select * into v_existing from mycelium_private.transfers t
+  -- A payment seen before is replayed before anything else is checked: its package may be off
+  -- sale by now.
+  select t.id into v_existing from mycelium_private.transfers t
   where t.retry_key = mycelium_private.retry_key('purchase', null, v_user, v_reference);
   if found then
     return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
@@ -179,45 +180,40 @@ begin
     perform mycelium_private.fail('invalid_amount', 'usd_amount buys more than the maximum amount of credits');
   end if;
 
-  insert into mycelium_private.transfers
-    (kind, from_system, to_user, amount, usd_amount, rate, package_id, reference, expires_at, initiated_by, initiated_role)
-  values
-    ('purchase', 'issuance', v_user, v_credits, v_usd, v_rate, purchase_credits.package_id, v_reference, v_expires,
-     auth.uid(), coalesce(auth.role(), session_user::text))
-  on conflict (retry_key) where retry_key is not null do nothing
-  returning id, created_at into v_transfer, v_created;
-
-  if v_transfer is null then
+  v_moved := mycelium_private.create_transfer('purchase', v_credits, p_from_system => 'issuance', p_to_user => v_user,
+    p_reference => v_reference, p_expires_at => v_expires,
+    p_usd_amount => v_usd, p_rate => v_rate, p_package_id => purchase_credits.package_id);
+  if v_moved.replayed then
     -- A concurrent call with the same reference won; it has committed: replay it.
-    select * into v_existing from mycelium_private.transfers t
-    where t.retry_key = mycelium_private.retry_key('purchase', null, v_user, v_reference);
-    return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
+    return mycelium_private.purchase_replay(v_moved.transfer_id, v_user, v_usd, purchase_credits.package_id);
   end if;
-
-  v_balance := mycelium_private.credit_user(v_user, v_credits, v_expires, v_transfer);
-  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, reference, expires_at)
-  values (v_transfer, v_user, v_credits, 'purchase', v_balance, v_reference, v_expires);
-  return mycelium_private.movement_object(v_transfer, 'purchase', v_credits, null, v_user, v_usd,
-    purchase_credits.package_id, null, v_reference, v_expires, v_created, v_balance);
+  return mycelium_private.movement_object(v_moved.transfer_id, 'purchase', v_credits, null, v_user, v_usd,
+    purchase_credits.package_id, null, v_reference, v_expires, v_moved.created_at, v_moved.to_balance);
 end;
 $$;
 
 -- ---------------------------------------------------------------------------------------
--- rpc/transfer_credits: the signed-in user sends credits to another user.
+-- rpc/transfer_credits: the signed-in user sends credits to another user. Credits keep their
+-- expiry: what the sender's expiring lots give becomes lots of the recipient with the same
+-- expires_at, so a transfer never makes expiring credits permanent. Most senders have none, and
+-- then the recipient's side is one UPDATE of its account row.
 -- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.transfer_replay(
-  p_existing mycelium_private.transfers, p_recipient uuid, p_amount numeric)
+create or replace function mycelium_private.transfer_replay(p_transfer uuid, p_recipient uuid, p_amount numeric)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 as $$
+declare
+  v_sender uuid;
 begin
-  if p_existing.to_user is distinct from p_recipient or p_existing.amount <> p_amount then
+  select t.from_user into v_sender from mycelium_private.transfers t
+  where t.id = p_transfer and t.to_user = p_recipient and t.amount = p_amount;
+  if not found then
     perform mycelium_private.fail('duplicate_reference',
       'idempotency_key was already used for a different transfer', 409);
   end if;
-  return mycelium_private.movement_result(p_existing.id, p_existing.from_user);
+  return mycelium_private.movement_result(p_transfer, v_sender);
 end;
 $$;
 
@@ -233,20 +229,13 @@ security definer
 set search_path = ''
 as $$
 declare
-  p_sender uuid := auth.uid();
+  p_sender uuid := mycelium_private.require_signed_in('transfer credits');
   p_recipient uuid := transfer_credits.recipient;
   v_amount numeric;
   v_memo text;
   v_key text;
-  v_existing mycelium_private.transfers;
-  v_transfer uuid;
-  v_created timestamptz;
-  v_debit record;
-  v_recipient_balance numeric;
+  v_moved record;
 begin
-  if p_sender is null or coalesce(auth.role(), '') <> 'authenticated' then
-    perform mycelium_private.fail('not_authorized', 'sign in to transfer credits', 403);
-  end if;
   v_amount := mycelium_private.check_amount(transfer_credits.amount);
   v_memo := mycelium_private.check_text(transfer_credits.memo, 'memo', 500);
   v_key := mycelium_private.check_text(transfer_credits.idempotency_key, 'idempotency_key', 200);
@@ -257,52 +246,15 @@ begin
     perform mycelium_private.fail('self_transfer', 'cannot transfer credits to yourself');
   end if;
 
-  if v_key is not null then
-    select * into v_existing from mycelium_private.transfers t
-    where t.retry_key = mycelium_private.retry_key('transfer', p_sender, p_recipient, v_key);
-    if found then
-      return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
-    end if;
+  -- A missing recipient account fails the whole transfer (unknown_recipient); a retry with the
+  -- same key returns the first transfer before anything is taken.
+  v_moved := mycelium_private.create_transfer('transfer', v_amount, p_from_user => p_sender, p_to_user => p_recipient,
+    p_reference => v_key, p_memo => v_memo);
+  if v_moved.replayed then
+    return mycelium_private.transfer_replay(v_moved.transfer_id, p_recipient, v_amount);
   end if;
-
-  -- Claim the idempotency key first: a concurrent retry with the same key waits on the unique
-  -- index until this transaction ends, then finds the first transfer.
-  insert into mycelium_private.transfers
-    (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
-  values
-    ('transfer', p_sender, p_recipient, v_amount, v_memo, v_key, p_sender, coalesce(auth.role(), session_user::text))
-  on conflict (retry_key) where retry_key is not null do nothing
-  returning id, created_at into v_transfer, v_created;
-
-  if v_transfer is null then
-    select * into v_existing from mycelium_private.transfers t
-    where t.retry_key = mycelium_private.retry_key('transfer', p_sender, p_recipient, v_key);
-    return mycelium_private.transfer_replay(v_existing, p_recipient, v_amount);
-  end if;
-
-  -- Update (lock) the two accounts in ascending user_id order: no deadlock between opposite
-  -- transfers. A missing recipient account fails the whole transfer. Credits keep their expiry:
-  -- what the sender's expiring lots give becomes lots of the recipient with the same expires_at
-  -- (debit_user's p_pass_to), so a transfer never makes expiring credits permanent. Most senders
-  -- have none, and then the recipient's side is one UPDATE of its account row.
-  if p_sender < p_recipient then
-    v_debit := mycelium_private.debit_user(p_sender, v_amount, null, p_recipient, v_transfer);
-    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer, v_debit.from_lots);
-  else
-    v_recipient_balance := mycelium_private.credit_user(p_recipient, v_amount, null, v_transfer);
-    v_debit := mycelium_private.debit_user(p_sender, v_amount, null, p_recipient, v_transfer);
-    if v_debit.from_lots > 0 then
-      -- The recipient's balance already holds the amount: its lots can now count as expiring.
-      update public.credit_accounts a set expiring = a.expiring + v_debit.from_lots where a.user_id = p_recipient;
-    end if;
-  end if;
-
-  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
-  values
-    (v_transfer, p_sender, -v_amount, 'transfer_out', v_debit.balance, p_recipient, v_memo, v_key),
-    (v_transfer, p_recipient, v_amount, 'transfer_in', v_recipient_balance, p_sender, v_memo, null);
-  return mycelium_private.movement_object(v_transfer, 'transfer', v_amount, p_sender, p_recipient, null, null,
-    v_memo, v_key, null, v_created, v_debit.balance);
+  return mycelium_private.movement_object(v_moved.transfer_id, 'transfer', v_amount, p_sender, p_recipient, null, null,
+    v_memo, v_key, null, v_moved.created_at, v_moved.from_balance);
 end;
 $$;
 
@@ -311,19 +263,22 @@ $$;
 -- rpc/grant_credits: admins and service_role; promotional credits, optionally expiring.
 -- The same idempotency_key for the same user returns the first grant and moves nothing.
 -- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.grant_replay(
-  p_existing mycelium_private.transfers, p_amount numeric, p_expires_at timestamptz)
+create or replace function mycelium_private.grant_replay(p_transfer uuid, p_amount numeric, p_expires_at timestamptz)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 as $$
+declare
+  v_user uuid;
 begin
-  if p_existing.amount <> p_amount or p_existing.expires_at is distinct from p_expires_at then
+  select t.to_user into v_user from mycelium_private.transfers t
+  where t.id = p_transfer and t.amount = p_amount and t.expires_at is not distinct from p_expires_at;
+  if not found then
     perform mycelium_private.fail('duplicate_reference',
       'idempotency_key was already used for a different grant to this user', 409);
   end if;
-  return mycelium_private.movement_result(p_existing.id, p_existing.to_user);
+  return mycelium_private.movement_result(p_transfer, v_user);
 end;
 $$;
 
@@ -345,10 +300,7 @@ declare
   v_reason text;
   v_key text;
   v_expires timestamptz := grant_credits.expires_at;
-  v_existing mycelium_private.transfers;
-  v_transfer uuid;
-  v_created timestamptz;
-  v_balance numeric;
+  v_moved record;
 begin
   perform mycelium_private.require_admin();
   v_amount := mycelium_private.check_amount(grant_credits.amount);
@@ -361,32 +313,13 @@ begin
     perform mycelium_private.fail('invalid_argument', 'user_id is required');
   end if;
 
-  if v_key is not null then
-    select * into v_existing from mycelium_private.transfers t
-    where t.retry_key = mycelium_private.retry_key('grant', null, v_user, v_key);
-    if found then
-      return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
-    end if;
+  v_moved := mycelium_private.create_transfer('grant', v_amount, p_from_system => 'issuance', p_to_user => v_user,
+    p_reference => v_key, p_memo => v_reason, p_expires_at => v_expires);
+  if v_moved.replayed then
+    return mycelium_private.grant_replay(v_moved.transfer_id, v_amount, v_expires);
   end if;
-
-  insert into mycelium_private.transfers
-    (kind, from_system, to_user, amount, memo, reference, expires_at, initiated_by, initiated_role)
-  values
-    ('grant', 'issuance', v_user, v_amount, v_reason, v_key, v_expires, auth.uid(), coalesce(auth.role(), session_user::text))
-  on conflict (retry_key) where retry_key is not null do nothing
-  returning id, created_at into v_transfer, v_created;
-
-  if v_transfer is null then
-    select * into v_existing from mycelium_private.transfers t
-    where t.retry_key = mycelium_private.retry_key('grant', null, v_user, v_key);
-    return mycelium_private.grant_replay(v_existing, v_amount, v_expires);
-  end if;
-
-  v_balance := mycelium_private.credit_user(v_user, v_amount, v_expires, v_transfer);
-  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)
-  values (v_transfer, v_user, v_amount, 'grant', v_balance, v_reason, v_key, v_expires);
-  return mycelium_private.movement_object(v_transfer, 'grant', v_amount, null, v_user, null, null,
-    v_reason, v_key, v_expires, v_created, v_balance);
+  return mycelium_private.movement_object(v_moved.transfer_id, 'grant', v_amount, null, v_user, null, null,
+    v_reason, v_key, v_expires, v_moved.created_at, v_moved.to_balance);
 end;
 $$;
 

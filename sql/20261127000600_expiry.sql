@@ -15,8 +15,6 @@ declare
   v_max integer := expire_credits.max_lots;
   v_user uuid;
   v_lot record;
-  v_transfer uuid;
-  v_balance numeric;
   v_lots integer := 0;
   v_users integer := 0;
   v_total numeric := 0;
@@ -37,26 +35,15 @@ begin
     limit v_max
   loop
     exit when v_lots >= v_max;
-    perform mycelium_private.lock_accounts(v_user);
+    perform mycelium_private.lock_account(v_user);
     -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
     for v_lot in
       select l.id, l.remaining, l.expires_at from public.credit_lots l
       where l.user_id = v_user and l.live and l.expires_at <= v_as_of
       order by l.expires_at, l.id
     loop
-      insert into mycelium_private.transfers
-        (kind, from_user, to_system, amount, memo, reference, expires_at, initiated_by, initiated_role)
-      values
-        ('expiry', v_user, 'expiry', v_lot.remaining, 'credits expired', 'lot:' || v_lot.id, v_lot.expires_at,
-         auth.uid(), coalesce(auth.role(), session_user::text))
-      returning id into v_transfer;
-      update public.credit_lots set remaining = 0 where id = v_lot.id;
-      update public.credit_accounts
-      set balance = balance - v_lot.remaining, expiring = expiring - v_lot.remaining, updated_at = now()
-      where user_id = v_user
-      returning balance into v_balance;
-      insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference, expires_at)
-      values (v_transfer, v_user, -v_lot.remaining, 'expiry', v_balance, 'credits expired', 'lot:' || v_lot.id, v_lot.expires_at);
+      perform mycelium_private.create_transfer('expiry', v_lot.remaining, p_from_user => v_user, p_to_system => 'expiry',
+        p_reference => 'lot:' || v_lot.id, p_memo => 'credits expired', p_expires_at => v_lot.expires_at);
       v_lots := v_lots + 1;
       v_total := v_total + v_lot.remaining;
     end loop;

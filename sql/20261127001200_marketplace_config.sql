@@ -82,7 +82,7 @@ begin
   where c.id
   returning * into new_row;
   insert into public.marketplace_config_history (changed_by, changed_by_role, old_config, new_config)
-  values (auth.uid(), coalesce(auth.role(), session_user::text), to_jsonb(old_row), to_jsonb(new_row));
+  values (auth.uid(), mycelium_private.caller_role(), to_jsonb(old_row), to_jsonb(new_row));
   return new_row;
 end;
 $$;

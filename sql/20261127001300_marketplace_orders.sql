@@ -3,7 +3,7 @@
 --
 -- rpc/place_order holds the order's total: a transfer `order_hold` from the buyer to the system
 -- account `holds` (see the ledger). The buyer's balance goes down, their `held` up; credits come
--- out of expiring lots first, and mycelium_private.order_hold_lots remembers which expiry they had.
+-- out of expiring lots first, and the hold remembers which expiry they had (the ledger's hold_lots).
 -- Then (next migration) the hold is captured (fulfil_order) or released in full (cancel_order,
 -- fail_order, release_expired_holds), and a fulfilled order may be refunded.
 --
@@ -104,18 +104,6 @@ create index order_refunds_order_idx on public.order_refunds (order_id);
 create unique index order_refunds_idempotency_key on public.order_refunds (order_id, idempotency_key)
   where idempotency_key is not null;
 
--- What a hold took from the buyer's expiring lots, by expiry (the rest came from the
--- non-expiring credits). Written by spend_expiring_lots, read when the hold is released, and by
--- refunds, which give it back as lots (`returned` so far).
-create table mycelium_private.order_hold_lots (
-  order_id uuid not null,
-  expires_at timestamptz not null,
-  amount numeric not null check (amount > 0),
-  returned numeric not null default 0 check (returned >= 0 and returned <= amount),
-  primary key (order_id, expires_at)
-);
-alter table mycelium_private.order_hold_lots enable row level security;
-
 create trigger order_status_history_append_only
   before update or delete or truncate on public.order_status_history
   for each statement execute function mycelium_private.refuse_change();
@@ -180,7 +168,7 @@ set search_path = ''
 as $$
 begin
   insert into public.order_status_history (order_id, from_status, to_status, changed_by, changed_role, reason)
-  values (p_order, p_from, p_to, auth.uid(), coalesce(auth.role(), session_user::text), p_reason);
+  values (p_order, p_from, p_to, auth.uid(), mycelium_private.caller_role(), p_reason);
 end;
 $$;
 
@@ -307,7 +295,7 @@ set search_path = ''
 as $$
 #variable_conflict use_column
 declare
-  v_buyer uuid := auth.uid();
+  v_buyer uuid := mycelium_private.require_signed_in('place an order');
   v_key text;
   v_ids uuid[];
   v_quantities integer[];
@@ -319,12 +307,7 @@ declare
   v_total numeric := 0;
   v_fee_percent numeric;
   v_order uuid;
-  v_transfer uuid;
-  v_balance numeric;
 begin
-  if v_buyer is null or coalesce(auth.role(), '') <> 'authenticated' then
-    perform mycelium_private.fail('not_authorized', 'sign in to place an order', 403);
-  end if;
   v_key := mycelium_private.check_text(place_order.idempotency_key, 'idempotency_key', 200);
   select array_agg(p.product_id), array_agg(p.quantity) into v_ids, v_quantities
   from mycelium_private.parse_order_items(place_order.items) p;
@@ -404,12 +387,8 @@ begin
 
   -- The hold: the buyer's balance down and held up (the account lock), credits taken from
   -- expiring lots first and remembered per expiry, the rest from the non-expiring credits.
-  v_balance := (mycelium_private.debit_user(v_buyer, v_total, v_order)).balance;
-  insert into mycelium_private.transfers (kind, from_user, to_system, amount, reference, initiated_by, initiated_role)
-  values ('order_hold', v_buyer, 'holds', v_total, v_order::text, v_buyer, 'authenticated')
-  returning id into v_transfer;
-  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, reference)
-  values (v_transfer, v_buyer, -v_total, 'order_hold', v_balance, v_provider, v_order::text);
+  perform mycelium_private.create_transfer('order_hold', v_total, p_from_user => v_buyer, p_to_system => 'holds',
+    p_reference => v_order::text, p_counterparty => v_provider, p_holder => v_buyer);
 
   perform mycelium_private.record_order_status(v_order, null, 'pending');
   return mycelium_private.order_object(v_order);

@@ -6,7 +6,7 @@
 -- fee (`platform_fee`, holds -> platform_revenue, a derived system account: no row, so a popular
 -- provider's orders serialise only on that provider's own account).
 -- Release: `order_release` (holds -> buyer); the credits come back with the expiry they had
--- (order_hold_lots): non-expiring as non-expiring credits, expiring ones as lots with their
+-- (the hold's lots): non-expiring as non-expiring credits, expiring ones as lots with their
 -- old expires_at (already past: swept by the next expire_credits, as they would have been).
 -- Refund: `refund` transfers to the buyer from the provider and from platform_revenue, in the
 -- proportion of the fee. The platform's cumulative part is computed from the cumulative refunded
@@ -16,42 +16,10 @@
 -- provider's part from their credits that never expire first (it takes back an earning, which
 -- never expires) and only then from their expiring lots, which reach the buyer as lots with the
 -- same expiry; as far as the refund goes beyond those, the buyer gets back as lots what they paid
--- from expiring lots (order_hold_lots, latest expiry first: the spending took the soonest first),
+-- from expiring lots (the hold's lots, latest expiry first: the spending took the soonest first),
 -- with their old expiry even when it is past (swept by the next expire_credits, as after a
 -- release). A provider's earnings themselves never expire, so promotional credits spent on an
 -- order become the provider's for good: that is what they are for.
-
--- Give back, as lots of the buyer with their old expires_at, up to `p_amount` of what the order
--- paid from expiring lots and no refund has given back yet, latest expiry first. The buyer's
--- account is locked and its balance holds the credits already.
-create or replace function mycelium_private.return_paid_lots(
-  p_order uuid, p_buyer uuid, p_amount numeric, p_transfer uuid)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  left_to_give numeric := p_amount;
-  part record;
-  given numeric;
-begin
-  for part in
-    select h.expires_at, h.amount - h.returned as open from mycelium_private.order_hold_lots h
-    where h.order_id = p_order and h.returned < h.amount
-    order by h.expires_at desc
-  loop
-    exit when left_to_give = 0;
-    given := least(part.open, left_to_give);
-    update mycelium_private.order_hold_lots h set returned = h.returned + given
-    where h.order_id = p_order and h.expires_at = part.expires_at;
-    perform mycelium_private.add_lot(p_buyer, given, part.expires_at, p_transfer);
-    left_to_give := left_to_give - given;
-  end loop;
-  if left_to_give < p_amount then
-    update public.credit_accounts a set expiring = a.expiring + (p_amount - left_to_give) where a.user_id = p_buyer;
-  end if;
-end;
-$$;
 
 -- Give back an order's hold in full; the order is locked by the caller.
 create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
@@ -59,28 +27,11 @@ returns jsonb
 language plpgsql
 set search_path = ''
 as $$
-declare
-  v_transfer uuid;
-  v_balance numeric;
-  v_expiring numeric;
 begin
   perform mycelium_private.change_units_in_use(p_order.id, -1);
-  insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_by, initiated_role)
-  values ('order_release', 'holds', p_order.buyer_id, p_order.held_amount, p_reason, p_order.id::text,
-          auth.uid(), coalesce(auth.role(), session_user::text))
-  returning id into v_transfer;
-  select coalesce(sum(h.amount), 0) into v_expiring from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
-  update public.credit_accounts a
-  set balance = a.balance + p_order.held_amount, held = a.held - p_order.held_amount,
-      expiring = a.expiring + v_expiring, updated_at = now()
-  where a.user_id = p_order.buyer_id
-  returning a.balance into v_balance;
-  perform mycelium_private.add_lot(p_order.buyer_id, h.amount, h.expires_at, v_transfer)
-  from mycelium_private.order_hold_lots h where h.order_id = p_order.id;
-  insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
-  values (v_transfer, p_order.buyer_id, p_order.held_amount, 'order_release', v_balance, p_order.provider_id, p_reason,
-          p_order.id::text);
-
+  perform mycelium_private.create_transfer('order_release', p_order.held_amount, p_from_system => 'holds',
+    p_to_user => p_order.buyer_id, p_reference => p_order.id::text, p_memo => p_reason,
+    p_counterparty => p_order.provider_id, p_holder => p_order.buyer_id, p_gives_back_hold => true);
   update public.orders o set status = p_to, held_amount = 0, updated_at = now() where o.id = p_order.id;
   perform mycelium_private.record_order_status(p_order.id, p_order.status, p_to, p_reason);
   return mycelium_private.order_object(p_order.id);
@@ -102,8 +53,6 @@ declare
   v_order public.orders := mycelium_private.lock_order(fulfil_order.order_id);
   v_fee numeric;
   v_earning numeric;
-  v_transfer uuid;
-  v_balance numeric;
   v_result jsonb;
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
@@ -121,36 +70,24 @@ begin
 
   -- Everything but the accounts first: a popular provider's account is locked by every capture
   -- of theirs, so it is updated last, and held only for the entry and the commit.
-  if v_fee > 0 then
-    insert into mycelium_private.transfers (kind, from_system, to_system, amount, reference, initiated_by, initiated_role)
-    values ('platform_fee', 'holds', 'platform_revenue', v_fee, v_order.id::text,
-            auth.uid(), coalesce(auth.role(), session_user::text));
-  end if;
-  if v_earning > 0 then
-    insert into mycelium_private.transfers (kind, from_system, to_user, amount, reference, initiated_by, initiated_role)
-    values ('provider_earning', 'holds', v_order.provider_id, v_earning, v_order.id::text,
-            auth.uid(), coalesce(auth.role(), session_user::text))
-    returning id into v_transfer;
-  end if;
   update public.orders o
   set status = 'fulfilled', held_amount = 0, fee_amount = v_fee, fulfilled_at = now(), updated_at = now()
   where o.id = v_order.id;
   perform mycelium_private.record_order_status(v_order.id, 'pending', 'fulfilled');
   v_result := mycelium_private.order_object(v_order.id);
 
-  -- Then the two accounts in user_id order: the buyer's held goes down, the provider is paid.
-  if v_order.buyer_id < v_order.provider_id then
-    update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
-    where a.user_id = v_order.buyer_id;
+  -- Then the capture: the fee to platform_revenue (no account), the rest to the provider. The
+  -- buyer's held goes down by the whole hold once, with the provider's earning (in user_id order
+  -- with the provider's account), or with the fee when it is all of the total.
+  if v_fee > 0 then
+    perform mycelium_private.create_transfer('platform_fee', v_fee, p_from_system => 'holds',
+      p_to_system => 'platform_revenue', p_reference => v_order.id::text, p_holder => v_order.buyer_id,
+      p_held => case when v_earning > 0 then 0 else -v_order.held_amount end);
   end if;
   if v_earning > 0 then
-    v_balance := mycelium_private.credit_user(v_order.provider_id, v_earning, null, v_transfer);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, reference)
-    values (v_transfer, v_order.provider_id, v_earning, 'provider_earning', v_balance, v_order.buyer_id, v_order.id::text);
-  end if;
-  if v_order.buyer_id > v_order.provider_id then
-    update public.credit_accounts a set held = a.held - v_order.held_amount, updated_at = now()
-    where a.user_id = v_order.buyer_id;
+    perform mycelium_private.create_transfer('provider_earning', v_earning, p_from_system => 'holds',
+      p_to_user => v_order.provider_id, p_reference => v_order.id::text, p_counterparty => v_order.buyer_id,
+      p_holder => v_order.buyer_id, p_held => -v_order.held_amount);
   end if;
   return v_result;
 end;
@@ -277,10 +214,6 @@ declare
   v_platform numeric;
   v_provider numeric;
   v_to text;
-  v_transfer uuid;
-  v_debit record;
-  v_passed numeric := 0;
-  v_balance numeric;
 begin
   if not (v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service()) then
     perform mycelium_private.fail('not_authorized', 'only admins and the order''s provider refund an order', 403);
@@ -319,36 +252,22 @@ begin
   if v_to = 'refunded' then
     perform mycelium_private.change_units_in_use(v_order.id, -1);
   end if;
-  perform mycelium_private.lock_accounts(v_order.buyer_id, v_order.provider_id);
+  -- From the provider's credits that never expire first (the refund takes back an earning);
+  -- what their expiring lots must give reaches the buyer as lots, as in a transfer. Beyond those,
+  -- the buyer gets back as lots what the hold took from their expiring lots.
   if v_provider > 0 then
-    insert into mycelium_private.transfers (kind, from_user, to_user, amount, memo, reference, initiated_by, initiated_role)
-    values ('refund', v_order.provider_id, v_order.buyer_id, v_provider, v_reason, v_order.id::text,
-            auth.uid(), coalesce(auth.role(), session_user::text))
-    returning id into v_transfer;
-    -- From the provider's credits that never expire first (the refund takes back an earning);
-    -- what their expiring lots must give reaches the buyer as lots, as in a transfer.
-    v_debit := mycelium_private.debit_user(v_order.provider_id, v_provider, null, v_order.buyer_id, v_transfer, true);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
-    values (v_transfer, v_order.provider_id, -v_provider, 'refund', v_debit.balance, v_order.buyer_id, v_reason, v_order.id::text);
-    v_passed := v_debit.from_lots;
-    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_provider, null, v_transfer, v_passed);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
-    values (v_transfer, v_order.buyer_id, v_provider, 'refund', v_balance, v_order.provider_id, v_reason, v_order.id::text);
+    perform mycelium_private.create_transfer('refund', v_provider, p_from_user => v_order.provider_id,
+      p_to_user => v_order.buyer_id, p_reference => v_order.id::text, p_memo => v_reason, p_lots_last => true,
+      p_gives_back_hold => true);
   end if;
   if v_platform > 0 then
-    insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_by, initiated_role)
-    values ('refund', 'platform_revenue', v_order.buyer_id, v_platform, v_reason, v_order.id::text,
-            auth.uid(), coalesce(auth.role(), session_user::text))
-    returning id into v_transfer;
-    v_balance := mycelium_private.credit_user(v_order.buyer_id, v_platform, null, v_transfer);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference)
-    values (v_transfer, v_order.buyer_id, v_platform, 'refund', v_balance, v_reason, v_order.id::text);
+    perform mycelium_private.create_transfer('refund', v_platform, p_from_system => 'platform_revenue',
+      p_to_user => v_order.buyer_id, p_reference => v_order.id::text, p_memo => v_reason, p_gives_back_hold => true);
   end if;
-  perform mycelium_private.return_paid_lots(v_order.id, v_order.buyer_id, v_amount - v_passed, v_transfer);
 
   insert into public.order_refunds
     (order_id, amount, provider_part, platform_part, reason, idempotency_key, refunded_by, refunded_role)
-  values (v_order.id, v_amount, v_provider, v_platform, v_reason, v_key, auth.uid(), coalesce(auth.role(), session_user::text));
+  values (v_order.id, v_amount, v_provider, v_platform, v_reason, v_key, auth.uid(), mycelium_private.caller_role());
   update public.orders o
   set status = v_to, refunded_amount = v_refunded, fee_refunded = v_fee_refunded, updated_at = now()
   where o.id = v_order.id;

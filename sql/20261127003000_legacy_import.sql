@@ -105,7 +105,7 @@ create policy legacy_transactions_select_own on public.legacy_transactions
 
 -- ---------------------------------------------------------------------------------------
 -- A confirmed user takes over what waits for their address: the opening balance through the
--- ledger primitives, the roles, the history and the listings (the catalogue's trigger checks the
+-- ledger's write path, the roles, the history and the listings (the catalogue's trigger checks the
 -- role for each category and the price). A listing the catalogue refuses is recorded, not
 -- raised: it must never stop the user confirming their address. Nothing waits: nothing happens.
 -- ---------------------------------------------------------------------------------------
@@ -117,7 +117,6 @@ as $$
 declare
   v_account mycelium_private.legacy_accounts;
   v_transfer uuid;
-  v_balance numeric;
   v_product record;
   v_product_id uuid;
   v_owned text;
@@ -143,14 +142,9 @@ begin
   -- Credited once per imported address, whatever happens: the ledger's retry_key
   -- (`legacy_migration:legacy:<email>`) is unique.
   if v_account.opening_credits > 0 then
-    insert into mycelium_private.transfers (kind, from_system, to_user, amount, memo, reference, initiated_role)
-    values ('legacy_migration', 'issuance', p_user, v_account.opening_credits,
-            'opening balance from the old marketplace', 'legacy:' || v_account.email, 'legacy_import')
-    returning id into v_transfer;
-    v_balance := mycelium_private.credit_user(p_user, v_account.opening_credits, null, v_transfer);
-    insert into public.credit_transactions (transfer_id, user_id, amount, kind, balance_after, memo, reference)
-    values (v_transfer, p_user, v_account.opening_credits, 'legacy_migration', v_balance,
-            'opening balance from the old marketplace', 'legacy:' || v_account.email);
+    v_transfer := (mycelium_private.create_transfer('legacy_migration', v_account.opening_credits,
+      p_from_system => 'issuance', p_to_user => p_user, p_reference => 'legacy:' || v_account.email,
+      p_memo => 'opening balance from the old marketplace')).transfer_id;
   end if;
   insert into public.user_roles (user_id, role)
   select p_user, r from unnest(v_account.roles) r
