@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-import httpx
-
-from cli.common import ApiSettings
 from cli.errors import CliError, UsageError
+from mycelium_client import MyceliumClient
 
 
 @dataclass(frozen=True)
@@ -21,7 +19,7 @@ class UserRef:
     email: str | None
 
 
-def find_user(api: ApiSettings, who: str) -> UserRef:
+def find_user(client: MyceliumClient, who: str) -> UserRef:
     """A user by id (taken as given: the API refuses an unknown one) or by e-mail address (any
     case), looked up in the profiles the service may read."""
     try:
@@ -29,25 +27,10 @@ def find_user(api: ApiSettings, who: str) -> UserRef:
     except ValueError:
         if "@" not in who:
             raise UsageError(f"{who!r} is neither a user id nor an e-mail address") from None
-    # ilike for case-insensitivity; LIKE's own wildcards in the address are escaped.
-    pattern = who.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    params = {"email": f"ilike.{pattern}"}
-    headers = {"apikey": api.service_role_key, "Authorization": f"Bearer {api.service_role_key}"}
-    try:
-        response = httpx.get(
-            f"{api.url}/rest/v1/profiles",
-            params={"select": "id,email", **params},
-            headers=headers,
-            timeout=30,
-        )
-    except httpx.TransportError as error:
-        raise UsageError(f"cannot reach {api.url}: {error}") from None
-    if response.status_code != 200:
-        raise CliError(f"cannot look up user {who}: HTTP {response.status_code} {response.text[:200]}")
-    rows = response.json()
-    if not rows:
+    profile = client.admin.find_profile(who)
+    if profile is None:
         raise CliError(f"no user {who}")
-    return UserRef(uuid.UUID(rows[0]["id"]), rows[0]["email"])
+    return UserRef(profile.id, profile.email)
 
 
 def parse_decimal(text: str, what: str) -> Decimal:

@@ -23,7 +23,6 @@ from cli.common import (
     ServiceKeyOption,
     UrlOption,
     reported,
-    resolve_api,
     resolve_db_url,
     service_client,
 )
@@ -56,9 +55,8 @@ def balance(
 
     Example: mycelium credits balance ada@example.com
     """
-    api = resolve_api(url, service_key)
-    who = find_user(api, user)
-    with service_client(api.url, api.service_role_key) as client:
+    with service_client(url, service_key) as client:
+        who = find_user(client, user)
         account = client.credits.balance(who.id)
         in_usd = client.credits.to_usd(account.balance)
         if as_json:
@@ -96,9 +94,8 @@ def history(
     Example: mycelium credits history ada@example.com --since 2026-11-01 --limit 20
     """
     not_before = None if since is None else parse_time(since, "--since")
-    api = resolve_api(url, service_key)
-    who = find_user(api, user)
-    with service_client(api.url, api.service_role_key) as client:
+    with service_client(url, service_key) as client:
+        who = find_user(client, user)
         movements = client.credits.history(user_id=who.id, page_size=min(limit, 500))
         recent = itertools.takewhile(lambda m: not_before is None or m.created_at >= not_before, movements)
         rows = list(itertools.islice(recent, limit))
@@ -149,9 +146,8 @@ def grant(
     """
     credits = parse_decimal(amount, "AMOUNT")
     expires_at = None if expires is None else parse_time(expires, "--expires")
-    api = resolve_api(url, service_key)
-    who = find_user(api, user)
-    with service_client(api.url, api.service_role_key) as client:
+    with service_client(url, service_key) as client:
+        who = find_user(client, user)
         movement = client.admin.grant_credits(
             who.id, credits, reason, expires_at=expires_at, idempotency_key=idempotency_key
         )
@@ -188,9 +184,8 @@ def purchase(
     Example: mycelium credits purchase ada@example.com --usd 100 --payment-ref stripe_pi_123 --package Starter
     """
     usd_amount = parse_decimal(usd, "--usd")
-    api = resolve_api(url, service_key)
-    who = find_user(api, user)
-    with service_client(api.url, api.service_role_key) as client:
+    with service_client(url, service_key) as client:
+        who = find_user(client, user)
         package_id = None if package is None else _package(client.credits.packages(), package).id
         movement = client.admin.purchase_credits(who.id, usd_amount, payment_ref, package_id)
         _show_movement(movement, client, f"{who.email or who.id} bought", as_json)
@@ -308,7 +303,10 @@ def _changes(
 ) -> Iterator[BalanceChange]:
     """From the database feed with --db-url (every user, or one), else from Realtime (one user)."""
     if db_url is not None:
-        user_id = None if user is None else find_user(resolve_api(url, service_key), user).id
+        user_id = None
+        if user is not None:
+            with service_client(url, service_key) as client:
+                user_id = find_user(client, user).id
         with BalanceFeed(resolve_db_url(db_url), user_ids=None if user_id is None else [user_id]) as feed:
             progress(f"watching {user or 'every user'} through the database feed (Ctrl-C to stop)")
             yield from feed
@@ -317,11 +315,9 @@ def _changes(
         raise UsageError(
             "Realtime delivers one user's changes: name a USER, or pass --db-url to watch everyone"
         )
-    api = resolve_api(url, service_key)
-    who = find_user(api, user)
     with (
-        service_client(api.url, api.service_role_key) as client,
-        client.credits.watch(user_id=who.id) as changes,
+        service_client(url, service_key) as client,
+        client.credits.watch(user_id=find_user(client, user).id) as changes,
     ):
         progress(f"watching {user} through Realtime (Ctrl-C to stop)")
         yield from changes

@@ -20,8 +20,6 @@ from cli.common import ApiSettings, JsonOption, ServiceKeyOption, UrlOption, rep
 from cli.errors import UsageError
 from cli.output import emit_json, err, say
 from mycelium_client import MyceliumClient, MyceliumError
-from mycelium_client.amounts import loads
-from mycelium_client.errors import from_body
 
 DEFAULT_PORT = 9464
 
@@ -32,18 +30,6 @@ def sample(amount: Decimal) -> float:
     """prometheus_client turns every sample into a binary floating-point number when it exposes it
     (Prometheus keeps float64): the Decimal is handed over as it is, for charts, never for money."""
     return cast(float, amount)
-
-
-def order_counts(http: httpx.Client, api: ApiSettings) -> dict[str, int]:
-    """Orders by status (rpc/order_status_counts, which the client does not wrap)."""
-    response = http.post(
-        f"{api.url}/rest/v1/rpc/order_status_counts",
-        headers={"apikey": api.service_role_key, "Authorization": f"Bearer {api.service_role_key}"},
-        json={},
-    )
-    if response.status_code != 200:
-        raise from_body(response.status_code, loads(response.content))
-    return {row["status"]: row["orders"] for row in response.json()}
 
 
 SCRAPE_OK = (
@@ -65,20 +51,18 @@ def flag(metric: tuple[str, str], on: bool) -> GaugeMetricFamily:
 
 
 class CreditsCollector(Collector):
-    def __init__(
-        self, client: MyceliumClient, http: httpx.Client, api: ApiSettings, requests: Counter
-    ) -> None:
-        self.client, self.http, self.api, self.requests = client, http, api, requests
+    def __init__(self, client: MyceliumClient, requests: Counter) -> None:
+        self.client, self.requests = client, requests
 
     def collect(self) -> Iterator[Metric]:
         try:
             summary = self.client.admin.credit_summary()
             findings = self.client.admin.audit_ledger()
-            orders = order_counts(self.http, self.api)
+            orders = self.client.admin.order_status_counts()
             backlog = self.client.admin.upkeep_backlog()
-        except (MyceliumError, httpx.HTTPError) as error:
+        except MyceliumError as error:
             # No numbers rather than stale ones; mycelium_requests_total shows the failures.
-            if isinstance(error, httpx.TransportError) or getattr(error, "status", None) == 0:
+            if error.status == 0:
                 self.requests.labels(status="error").inc()  # no response came back to count
             err.print(f"scrape failed: {error}")
             yield flag(SCRAPE_OK, False)
@@ -107,8 +91,8 @@ class CreditsCollector(Collector):
             "mycelium_holds_outstanding", "Credits held for open orders.", value=sample(summary.held)
         )
         by_status = GaugeMetricFamily("mycelium_orders", "Orders by status.", labels=["status"])
-        for status, count in orders.items():
-            by_status.add_metric([status], count)
+        for count in orders:
+            by_status.add_metric([count.status], count.orders)
         yield by_status
         # Labelled `task`: Prometheus sets `job` itself, to the scrape job's name.
         overdue = GaugeMetricFamily(
@@ -149,7 +133,7 @@ def exporter(api: ApiSettings) -> Exporter:
     http = httpx.Client(timeout=30, event_hooks={"response": [count]})
     client = MyceliumClient(api.url, api.service_role_key, http_client=http)
     # Collected in this order: a scrape's own requests are already counted in its answer.
-    registry.register(CreditsCollector(client, http, api, requests))
+    registry.register(CreditsCollector(client, requests))
     registry.register(requests)
     return Exporter(registry, client, http)
 

@@ -1,6 +1,7 @@
 """`client.admin`: for the service_role key or an admin user. Purchases for confirmed payments,
-grants, the credit configuration, roles, analytics, the ledger audit and the expiry sweep; the
-marketplace's configuration, display currencies and the sweep of expired order holds."""
+grants, the credit configuration, roles, users' profiles by e-mail address, analytics, the ledger
+audit and the expiry sweep; the marketplace's configuration, display currencies, orders counted
+by status and the sweep of expired order holds."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from mycelium_client.models import (
     HoldRelease,
     MarketplaceConfig,
     Movement,
+    OrderStatusCount,
+    Profile,
     RoleChange,
     RoleName,
     TopUser,
@@ -87,6 +90,23 @@ def role_call(
     return rpc(name, RoleChange.model_validate, safe=True, user_id=str(user_id), role=RoleName(role).value)
 
 
+def exactly(text: str) -> str:
+    """A regular expression that matches `text` and nothing else: every ASCII character but
+    letters and digits escaped (in PostgreSQL's regular expressions a backslash before any other
+    character makes it literal)."""
+    return "^" + "".join(f"\\{c}" if c.isascii() and not c.isalnum() else c for c in text) + "$"
+
+
+def find_profile_call(email: str) -> Call[Profile | None]:
+    address = email.strip()
+    if not address:
+        raise InvalidArgument("an e-mail address is required", reason="invalid_argument")
+    # Case-insensitive (imatch) and exact: PostgREST reads every `*` of a like pattern as `%`,
+    # and `*` may be part of an address. The oldest profile if case alone tells several apart.
+    params = {"email": f"imatch.{exactly(address)}", "order": "created_at,id", "limit": "1"}
+    return Call("GET", "/profiles", lambda found: Profile.model_validate(found[0]) if found else None, params)
+
+
 def daily_stats_call(from_day: date | None, to_day: date | None) -> Call[list[DailyStats]]:
     return rpc("platform_daily_stats", rows(DailyStats), safe=True, from_day=from_day, to_day=to_day)
 
@@ -139,6 +159,10 @@ def set_marketplace_config_call(
         platform_fee_percent=fee,
         hold_ttl=hold_ttl,
     )
+
+
+def order_status_counts_call() -> Call[list[OrderStatusCount]]:
+    return rpc("order_status_counts", rows(OrderStatusCount), safe=True)
 
 
 def release_holds_call(as_of: datetime | None, max_orders: int | None) -> Call[HoldRelease]:
@@ -214,6 +238,11 @@ class Admin:
     def revoke_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
         return self._transport.send(role_call("revoke_role", user_id, role))
 
+    def find_profile(self, email: str) -> Profile | None:
+        """The profile of the user with this e-mail address, in any case; None if there is none
+        (or, for a user who is not an admin, none but their own)."""
+        return self._transport.send(find_profile_call(email))
+
     def daily_stats(self, from_day: date | None = None, to_day: date | None = None) -> list[DailyStats]:
         """Issued, spent, transferred, expired, revenue and circulation per UTC day."""
         return self._transport.send(daily_stats_call(from_day, to_day))
@@ -263,6 +292,10 @@ class Admin:
         holds back; at most `max_orders` a call (default 1000: call again while `orders_released`
         is `max_orders`)."""
         return self._transport.send(release_holds_call(as_of, max_orders))
+
+    def order_status_counts(self) -> list[OrderStatusCount]:
+        """How many orders are in each status (only statuses some order is in)."""
+        return self._transport.send(order_status_counts_call())
 
     def set_display_currency(
         self,
@@ -324,6 +357,9 @@ class AsyncAdmin:
     async def revoke_role(self, user_id: UserRef, role: RoleName | str) -> RoleChange:
         return await self._transport.send(role_call("revoke_role", user_id, role))
 
+    async def find_profile(self, email: str) -> Profile | None:
+        return await self._transport.send(find_profile_call(email))
+
     async def daily_stats(self, from_day: date | None = None, to_day: date | None = None) -> list[DailyStats]:
         return await self._transport.send(daily_stats_call(from_day, to_day))
 
@@ -362,6 +398,9 @@ class AsyncAdmin:
         self, as_of: datetime | None = None, *, max_orders: int | None = None
     ) -> HoldRelease:
         return await self._transport.send(release_holds_call(as_of, max_orders))
+
+    async def order_status_counts(self) -> list[OrderStatusCount]:
+        return await self._transport.send(order_status_counts_call())
 
     async def set_display_currency(
         self,

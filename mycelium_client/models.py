@@ -148,6 +148,16 @@ class CreditPackage(Row):
     sort_order: int
 
 
+class Profile(Row):
+    """A user's profile: one per Auth user, made when Auth creates it, with its e-mail address."""
+
+    id: uuid.UUID
+    email: str | None = None
+    display_name: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
 class RoleName(StrEnum):
     ADMIN = "admin"
     FARMER = "farmer"
@@ -390,6 +400,13 @@ class Order(Row):
     updated_at: AwareDatetime
     fulfilled_at: AwareDatetime | None = None
     items: list[OrderItem] = Field(default_factory=list)
+
+
+class OrderStatusCount(Row):
+    """How many orders there are in one status (`admin.order_status_counts`)."""
+
+    status: OrderStatus
+    orders: int
 
 
 class HoldRelease(Row):

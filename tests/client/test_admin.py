@@ -16,11 +16,14 @@ from mycelium_client import (
     InvalidArgument,
     MovementKind,
     NotAuthorized,
+    OrderStatus,
+    OrderStatusCount,
+    Profile,
     RoleName,
     TransactionKind,
     UpkeepBacklog,
 )
-from tests.client.conftest import FAST_RETRY, MakeAccount, Target
+from tests.client.conftest import FAST_RETRY, MakeAccount, Target, listed
 
 
 def test_purchase_for_a_confirmed_payment_is_applied_once(target: Target, account: MakeAccount) -> None:
@@ -90,6 +93,55 @@ def test_roles(target: Target, account: MakeAccount) -> None:
     assert not admin.revoke_role(user.id, "farmer").granted
     with pytest.raises(NotAuthorized):
         user.client.admin.grant_role(user.id, RoleName.ADMIN)
+
+
+def test_a_profile_is_found_by_its_e_mail_address_in_any_case_and_only_by_it(
+    target: Target, account: MakeAccount
+) -> None:
+    user, other = account(), account()
+    admin = target.service().admin
+    found = admin.find_profile(f" {user.email.upper()} ")
+    assert isinstance(found, Profile) and (found.id, found.email) == (user.id, user.email)
+    # Neither a like pattern's wildcards (`_`, and `*`, which PostgREST reads as `%`) nor a regular
+    # expression's (`.`, `*`) in an address match other addresses.
+    tag = uuid.uuid4().hex[:10]
+    wanted = f"{tag}.a_b*c@example.test"
+    for decoy in (f"{tag}.a_bzzc@example.test", f"{tag}.azb*c@example.test", f"{tag}za_b*c@example.test"):
+        target.create_user(decoy)
+    assert admin.find_profile(wanted) is None
+    wanted_id, _ = target.create_user(wanted)
+    assert (found := admin.find_profile(wanted)) is not None and found.id == wanted_id
+    # A user who is not an admin reads their own profile only.
+    assert other.client.admin.find_profile(user.email) is None
+    assert other.client.admin.find_profile(other.email) is not None
+    with pytest.raises(InvalidArgument) as raised:
+        admin.find_profile("  ")
+    assert raised.value.status == 0  # never sent
+
+    async def as_the_service() -> Profile | None:
+        async with AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service:
+            return await service.admin.find_profile(user.email)
+
+    assert asyncio.run(as_the_service()) == admin.find_profile(user.email)
+
+
+def test_orders_are_counted_by_status(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    buyer.client.orders.place({listed(provider).id: 1})
+    admin = target.service().admin
+    counts = admin.order_status_counts()
+    with target.connect() as conn:
+        held = conn.execute("select status, count(*) from public.orders group by status").fetchall()
+    assert {(count.status, count.orders) for count in counts} == {(OrderStatus(s), n) for s, n in held}
+    assert any(count.status is OrderStatus.PENDING and count.orders >= 1 for count in counts)
+    with pytest.raises(NotAuthorized):
+        buyer.client.admin.order_status_counts()
+
+    async def as_the_service() -> list[OrderStatusCount]:
+        async with AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service:
+            return await service.admin.order_status_counts()
+
+    assert asyncio.run(as_the_service()) == counts
 
 
 def test_an_admin_user_reads_analytics_and_audits_the_ledger(target: Target, account: MakeAccount) -> None:
