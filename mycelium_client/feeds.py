@@ -1,5 +1,6 @@
 """Balance changes of every user straight from PostgreSQL, for trusted services with a database
 login (dashboards of all balances): LISTEN on the channel the `balance_feed` migration notifies.
+It needs psycopg, the `feeds` extra: `pip install 'mycelium[feeds]'`.
 
 No Realtime server in between: a change arrives when its transaction commits, in commit order.
 Connect with a URL such as `postgresql://postgres:...@db:5432/postgres` (never give one to a
@@ -17,7 +18,14 @@ from collections.abc import AsyncIterator, Collection, Iterator
 from types import TracebackType
 from typing import Self
 
-import psycopg
+try:
+    import psycopg
+except ModuleNotFoundError as missing:
+    # An extra, not a dependency: a service that only calls the API does not install a driver.
+    raise ModuleNotFoundError(
+        "mycelium_client.feeds reads from PostgreSQL with psycopg: pip install 'mycelium[feeds]'",
+        name=missing.name,
+    ) from missing
 
 from mycelium_client.amounts import loads
 from mycelium_client.errors import ConfigurationError
