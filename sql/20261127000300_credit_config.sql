@@ -1,4 +1,65 @@
--- Credits, part 3: the credit configuration (the only place a USD rate exists) and its history.
+-- Credits: the credit configuration (the only place a USD rate exists) and its history.
+--
+-- A configuration is one row (`id` is true) of settings that anyone may read and only its setter
+-- function changes, with `<table>_history`: every change of the row (who, when, the old and the
+-- new row), append-only, read by admins. make_configuration() gives a configuration table all of
+-- that; credit_config is the first, the marketplace's marketplace_config the second.
+
+-- Any change of a configuration row, the setter's or an operator's, is recorded.
+create or replace function mycelium_private.record_config_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  execute format(
+    'insert into public.%I (changed_by, changed_by_role, old_config, new_config) values ($1, $2, $3, $4)',
+    tg_table_name || '_history')
+  using auth.uid(), mycelium_private.caller_role(), to_jsonb(old), to_jsonb(new);
+  return null;
+end;
+$$;
+
+-- Makes configuration table `p_table` one: its one row (the columns' defaults), its read surface
+-- (anyone reads it, nobody writes it through the API), its history table and the trigger that
+-- fills it.
+create or replace function mycelium_private.make_configuration(p_table text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  execute format($ddl$
+    insert into public.%1$I (id) values (true);
+    alter table public.%1$I enable row level security;
+    revoke all on public.%1$I from anon, authenticated, service_role;
+    grant select on public.%1$I to anon, authenticated, service_role;
+    create policy %1$s_readable_by_all on public.%1$I for select to anon, authenticated using (true);
+
+    create table public.%1$s_history (
+      id bigint generated always as identity primary key,
+      changed_at timestamptz not null default now(),
+      changed_by uuid,
+      changed_by_role text,
+      old_config jsonb not null,
+      new_config jsonb not null
+    );
+    comment on table public.%1$s_history is 'Every change of %1$s: who, when, old, new. Admins only.';
+    alter table public.%1$s_history enable row level security;
+    revoke all on public.%1$s_history from anon, authenticated, service_role;
+    revoke all on sequence public.%1$s_history_id_seq from anon, authenticated, service_role;
+    grant select on public.%1$s_history to authenticated, service_role;
+    create policy %1$s_history_admins on public.%1$s_history
+      for select to authenticated using ((select public.is_admin()));
+    create trigger %1$s_history_append_only
+      before update or delete or truncate on public.%1$s_history
+      for each statement execute function mycelium_private.refuse_change();
+
+    create trigger record_changes after update on public.%1$I
+      for each row execute function mycelium_private.record_config_change();
+  $ddl$, p_table);
+end;
+$$;
 
 create table public.credit_config (
   id boolean primary key default true check (id),
@@ -12,39 +73,7 @@ create table public.credit_config (
 );
 comment on table public.credit_config is
   'The one credit configuration row: value of one credit in USD, code, name, symbol. Readable by anyone.';
-
-insert into public.credit_config (id) values (true);
-
-create table public.credit_config_history (
-  id bigint generated always as identity primary key,
-  changed_at timestamptz not null default now(),
-  changed_by uuid,
-  changed_by_role text,
-  old_config jsonb not null,
-  new_config jsonb not null
-);
-comment on table public.credit_config_history is 'Every change of credit_config: who, when, old, new. Admins only.';
-
-alter table public.credit_config enable row level security;
-alter table public.credit_config_history enable row level security;
-
-revoke all on public.credit_config, public.credit_config_history from anon, authenticated, service_role;
--- Identity sequences too (Supabase grants all on every new one): only the owner's functions insert,
--- and one setval through the API would make every later insert collide.
-revoke all on sequence public.credit_config_history_id_seq from anon, authenticated, service_role;
-grant select on public.credit_config to anon, authenticated, service_role;
-grant select on public.credit_config_history to authenticated, service_role;
-
-create policy credit_config_readable_by_all on public.credit_config
-  for select to anon, authenticated
-  using (true);
-create policy credit_config_history_admins on public.credit_config_history
-  for select to authenticated
-  using ((select public.is_admin()));
-
-create trigger credit_config_history_append_only
-  before update or delete or truncate on public.credit_config_history
-  for each statement execute function mycelium_private.refuse_change();
+select mycelium_private.make_configuration('credit_config');
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/set_credit_config: admins and service_role. Null arguments leave a field unchanged.
@@ -61,7 +90,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  old_row public.credit_config;
   new_row public.credit_config;
 begin
   perform mycelium_private.require_admin();
@@ -86,7 +114,6 @@ begin
     perform mycelium_private.fail('invalid_argument', 'credit_symbol must be 1 to 16 characters');
   end if;
 
-  select * into old_row from public.credit_config where id for update;
   update public.credit_config c set
     tfc_to_usd_rate = coalesce(trim_scale(set_credit_config.tfc_to_usd_rate), c.tfc_to_usd_rate),
     credit_currency_code = coalesce(set_credit_config.credit_currency_code, c.credit_currency_code),
@@ -96,9 +123,6 @@ begin
     updated_by = auth.uid()
   where c.id
   returning * into new_row;
-
-  insert into public.credit_config_history (changed_by, changed_by_role, old_config, new_config)
-  values (auth.uid(), mycelium_private.caller_role(), to_jsonb(old_row), to_jsonb(new_row));
   return new_row;
 end;
 $$;
@@ -123,3 +147,4 @@ comment on function public.tfc_to_usd(numeric) is 'For display: an amount of cre
 revoke execute on function public.set_credit_config(numeric, text, text, text) from public, anon;
 grant execute on function public.set_credit_config(numeric, text, text, text) to authenticated, service_role;
 grant execute on function public.tfc_to_usd(numeric) to anon, authenticated, service_role;
+revoke execute on all functions in schema mycelium_private from public;

@@ -1,4 +1,5 @@
--- Credits, part 4: the double-entry ledger.
+-- Credits: the double-entry ledger, its read surface, and its one write path
+-- (mycelium_private.create_transfer, at the end: every movement of credits is a call of it).
 --
 -- Every movement is one row in mycelium_private.transfers: a positive amount from one account
 -- to another. An account is either a user (credit_accounts.user_id) or a system account
@@ -8,13 +9,13 @@
 -- purchase): their balance is derived from the transfers. So the sum over all accounts is zero
 -- by construction, and audit_ledger() checks that the stored user balances agree.
 --
--- Holds (the marketplace's two-phase payments): placing an order is a transfer `order_hold` from
--- the buyer to the system account `holds`; the buyer's balance goes down and their `held` column
--- up by the same amount. Capturing it is `provider_earning` (holds -> provider) plus
--- `platform_fee` (holds -> platform_revenue); releasing it is `order_release` (holds -> buyer).
--- So `held` is a memo of what sits in `holds` for each user: the derived balance of `holds`
--- equals the sum of `held`, which audit_ledger() checks. `refund` moves credits back to a buyer
--- from the provider and from platform_revenue.
+-- Holds (two-phase payments: authorise, then capture; the marketplace pays orders with them): a
+-- hold is a transfer from a user to the system account `holds`, named by its reference; the
+-- user's balance goes down and their `held` column up by the same amount. Capturing it moves
+-- credits out of `holds` to others; releasing it moves them back to the holder. So `held` is a
+-- memo of what sits in `holds` for each user: the derived balance of `holds` equals the sum of
+-- `held`, which audit_ledger() checks. The marketplace's movements are `order_hold`,
+-- `provider_earning` plus `platform_fee` (the capture), `order_release` and `refund`.
 --
 -- Lots: credits with an expiry (from a grant or a purchase) each form a lot (public.credit_lots),
 -- and keep it when they move to another user (a transfer, a refund: the recipient gets lots);
@@ -29,8 +30,10 @@
 -- writes both ledger tables. Rules across columns stay CHECKs. credit_accounts keeps plain
 -- numeric columns: Realtime sends its rows to dashboards with their column types.
 -- Kinds are domains over text, not enums: a new enum value cannot be used in the transaction
--- that adds it, and a push is one transaction. They already list the marketplace's kinds; to add
--- one, `alter domain ... drop constraint`, add the new list `not valid`, then validate it.
+-- that adds it, and a push is one transaction. They are the ledger's whole vocabulary, the kinds
+-- the marketplace and the legacy import record included (a domain's list is replaced whole, not
+-- extended): to add one, `alter domain ... drop constraint`, add the new list `not valid`, then
+-- validate it.
 --
 -- Lock order: a movement updates the user accounts it touches in ascending user_id order (the
 -- UPDATE of the balance is the lock), and touches lots only after its account's lock. So two
@@ -196,6 +199,51 @@ create policy credit_transactions_select_own on public.credit_transactions
   for select to authenticated using (user_id = (select auth.uid()));
 create policy credit_lots_select_own on public.credit_lots
   for select to authenticated using (user_id = (select auth.uid()));
+
+-- ---------------------------------------------------------------------------------------
+-- Your history, keyset-paginated, fast at any depth.
+-- rpc/credit_history(before_created_at, before_id, page_size): your movements, newest first,
+-- strictly before the (created_at, id) cursor of the last row of the previous page. The cursor
+-- is an index condition on credit_transactions (user_id, created_at, id), so page 2,000 costs
+-- what page 1 costs.
+-- Security definer with an explicit `user_id = auth.uid()`: behind RLS's security barrier the
+-- generic plan of a parameterised cursor would not use the index. It returns only the caller's
+-- rows, as RLS would. (With plain PostgREST filters on /credit_transactions, add
+-- `created_at=lte.<cursor>` next to `or=(created_at.lt.…,and(created_at.eq.…,id.lt.…))`.)
+-- ---------------------------------------------------------------------------------------
+create or replace function public.credit_history(
+  before_created_at timestamptz default null,
+  before_id bigint default null,
+  page_size integer default 50
+)
+returns setof public.credit_transactions
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select t.*
+  from public.credit_transactions t
+  where t.user_id = (select auth.uid())
+    and (t.created_at, t.id) < (coalesce(before_created_at, 'infinity'::timestamptz),
+                                coalesce(before_id, 9223372036854775807))
+  order by t.created_at desc, t.id desc
+  limit least(greatest(coalesce(page_size, 50), 1), 1000)
+$$;
+comment on function public.credit_history(timestamptz, bigint, integer) is
+  'Your credit movements, newest first, keyset-paginated by (created_at, id).';
+
+revoke execute on function public.credit_history(timestamptz, bigint, integer) from public, anon;
+grant execute on function public.credit_history(timestamptz, bigint, integer) to authenticated, service_role;
+
+-- Your balance with its USD value, for display.
+create view public.credit_balances with (security_invoker = true) as
+select a.user_id, a.balance, a.held, public.tfc_to_usd(a.balance) as balance_usd, a.updated_at
+from public.credit_accounts a;
+comment on view public.credit_balances is 'Your balance and its value in USD at the configured rate (display only).';
+
+revoke all on public.credit_balances from anon, authenticated, service_role;
+grant select on public.credit_balances to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------
 -- A credit account for every new auth user.
@@ -595,11 +643,9 @@ begin
     to_balance := mycelium_private.credit_user(p_to_user, v_amount, p_expires_at, transfer_id, 0,
       case when p_holder = p_to_user then v_held else 0 end);
   end if;
-  if p_from_user is null then
-    null;
-  elsif p_expires_at is not null then
+  if p_from_user is not null and p_expires_at is not null then
     from_balance := mycelium_private.debit_lot(p_from_user, v_amount, p_expires_at);
-  else
+  elsif p_from_user is not null then
     v_debit := mycelium_private.debit_user(p_from_user, v_amount, case when p_holder = p_from_user then v_held else 0 end,
       case when p_to_system = 'holds' then p_reference end, p_to_user, transfer_id, p_lots_last);
     from_balance := v_debit.balance;

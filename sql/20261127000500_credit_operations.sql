@@ -1,6 +1,7 @@
--- Credits, part 5: packages, and the money operations: purchase, transfer, grant.
--- Every operation: security definer, search_path '', authorization first, amount validated by
--- one helper, idempotent through a unique index on its reference, one transaction.
+-- Credits: packages, and the money operations: purchase, transfer, grant, expiry.
+-- Every operation: security definer, search_path '', authorization first, arguments validated by
+-- the helpers, every movement through the ledger's write path (mycelium_private.create_transfer),
+-- idempotent through the ledger's retry key, one transaction.
 
 create table public.credit_packages (
   id uuid primary key default gen_random_uuid(),
@@ -96,29 +97,29 @@ as $$
   )
 $$;
 
--- ---------------------------------------------------------------------------------------
--- rpc/purchase_credits: service_role only (the payment webhook, once the provider confirmed).
--- credits = usd_amount / tfc_to_usd_rate (truncated to 6 fractional digits), plus the package's
--- bonus. The same payment_reference again returns the first result and moves nothing.
--- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.purchase_replay(
-  p_transfer uuid, p_user uuid, p_usd numeric, p_package uuid)
+-- A call whose retry key a movement took before: that movement's result again, as `p_viewer` saw
+-- it, if it was the same request (the transfer holds every field of `p_request`); else the key
+-- was used for something else: duplicate_reference, saying so (`p_conflict`).
+create or replace function mycelium_private.replay_movement(
+  p_transfer uuid, p_viewer uuid, p_request jsonb, p_conflict text)
 returns jsonb
 language plpgsql
 stable
 set search_path = ''
 as $$
 begin
-  if not exists (select 1 from mycelium_private.transfers t
-                 where t.id = p_transfer and t.to_user is not distinct from p_user and t.usd_amount = p_usd
-                   and t.package_id is not distinct from p_package) then
-    perform mycelium_private.fail('duplicate_reference',
-      'payment_reference was already used for a different purchase', 409);
+  if not exists (select 1 from mycelium_private.transfers t where t.id = p_transfer and to_jsonb(t) @> p_request) then
+    perform mycelium_private.fail('duplicate_reference', p_conflict, 409);
   end if;
-  return mycelium_private.movement_result(p_transfer, p_user);
+  return mycelium_private.movement_result(p_transfer, p_viewer);
 end;
 $$;
 
+-- ---------------------------------------------------------------------------------------
+-- rpc/purchase_credits: service_role only (the payment webhook, once the provider confirmed).
+-- credits = usd_amount / tfc_to_usd_rate (truncated to 6 fractional digits), plus the package's
+-- bonus. The same payment_reference again returns the first result and moves nothing.
+-- ---------------------------------------------------------------------------------------
 create or replace function public.purchase_credits(
   user_id uuid,
   usd_amount numeric,
@@ -149,46 +150,47 @@ begin
   -- sale by now.
   select t.id into v_existing from mycelium_private.transfers t
   where t.retry_key = mycelium_private.retry_key('purchase', null, v_user, v_reference);
-  if found then
-    return mycelium_private.purchase_replay(v_existing, v_user, v_usd, purchase_credits.package_id);
-  end if;
-
-  if v_user is null then
-    perform mycelium_private.fail('invalid_argument', 'user_id is required');
-  end if;
-
-  if purchase_credits.package_id is not null then
-    select * into v_package from public.credit_packages p where p.id = purchase_credits.package_id;
-    if not found then
-      perform mycelium_private.fail('not_found', 'no credit package has id ' || purchase_credits.package_id, 404);
-    elsif not v_package.active then
-      perform mycelium_private.fail('package_inactive', 'credit package ' || v_package.name || ' is not on sale', 409);
-    elsif v_package.price_usd <> v_usd then
-      perform mycelium_private.fail('invalid_argument',
-        format('usd_amount %s does not match the price %s of package %s', v_usd, v_package.price_usd, v_package.name));
+  if v_existing is null then
+    if v_user is null then
+      perform mycelium_private.fail('invalid_argument', 'user_id is required');
     end if;
-    if v_package.expires_after is not null then
-      v_expires := now() + v_package.expires_after;
+
+    if purchase_credits.package_id is not null then
+      select * into v_package from public.credit_packages p where p.id = purchase_credits.package_id;
+      if not found then
+        perform mycelium_private.fail('not_found', 'no credit package has id ' || purchase_credits.package_id, 404);
+      elsif not v_package.active then
+        perform mycelium_private.fail('package_inactive', 'credit package ' || v_package.name || ' is not on sale', 409);
+      elsif v_package.price_usd <> v_usd then
+        perform mycelium_private.fail('invalid_argument',
+          format('usd_amount %s does not match the price %s of package %s', v_usd, v_package.price_usd, v_package.name));
+      end if;
+      if v_package.expires_after is not null then
+        v_expires := now() + v_package.expires_after;
+      end if;
     end if;
-  end if;
 
-  select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
-  v_credits := trim_scale(mycelium_private.divide_truncated(v_usd, v_rate, 6) + coalesce(v_package.bonus_credits, 0));
-  if v_credits <= 0 then
-    perform mycelium_private.fail('invalid_amount', 'usd_amount buys less than 0.000001 credits');
-  elsif v_credits >= 1e15 then
-    perform mycelium_private.fail('invalid_amount', 'usd_amount buys more than the maximum amount of credits');
-  end if;
+    select c.tfc_to_usd_rate into v_rate from public.credit_config c where c.id;
+    v_credits := trim_scale(mycelium_private.divide_truncated(v_usd, v_rate, 6) + coalesce(v_package.bonus_credits, 0));
+    if v_credits <= 0 then
+      perform mycelium_private.fail('invalid_amount', 'usd_amount buys less than 0.000001 credits');
+    elsif v_credits >= 1e15 then
+      perform mycelium_private.fail('invalid_amount', 'usd_amount buys more than the maximum amount of credits');
+    end if;
 
-  v_moved := mycelium_private.create_transfer('purchase', v_credits, p_from_system => 'issuance', p_to_user => v_user,
-    p_reference => v_reference, p_expires_at => v_expires,
-    p_usd_amount => v_usd, p_rate => v_rate, p_package_id => purchase_credits.package_id);
-  if v_moved.replayed then
+    v_moved := mycelium_private.create_transfer('purchase', v_credits, p_from_system => 'issuance', p_to_user => v_user,
+      p_reference => v_reference, p_expires_at => v_expires,
+      p_usd_amount => v_usd, p_rate => v_rate, p_package_id => purchase_credits.package_id);
+    if not v_moved.replayed then
+      return mycelium_private.movement_object(v_moved.transfer_id, 'purchase', v_credits, null, v_user, v_usd,
+        purchase_credits.package_id, null, v_reference, v_expires, v_moved.created_at, v_moved.to_balance);
+    end if;
     -- A concurrent call with the same reference won; it has committed: replay it.
-    return mycelium_private.purchase_replay(v_moved.transfer_id, v_user, v_usd, purchase_credits.package_id);
+    v_existing := v_moved.transfer_id;
   end if;
-  return mycelium_private.movement_object(v_moved.transfer_id, 'purchase', v_credits, null, v_user, v_usd,
-    purchase_credits.package_id, null, v_reference, v_expires, v_moved.created_at, v_moved.to_balance);
+  return mycelium_private.replay_movement(v_existing, v_user,
+    jsonb_build_object('to_user', v_user, 'usd_amount', v_usd, 'package_id', purchase_credits.package_id),
+    'payment_reference was already used for a different purchase');
 end;
 $$;
 
@@ -198,25 +200,6 @@ $$;
 -- expires_at, so a transfer never makes expiring credits permanent. Most senders have none, and
 -- then the recipient's side is one UPDATE of its account row.
 -- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.transfer_replay(p_transfer uuid, p_recipient uuid, p_amount numeric)
-returns jsonb
-language plpgsql
-stable
-set search_path = ''
-as $$
-declare
-  v_sender uuid;
-begin
-  select t.from_user into v_sender from mycelium_private.transfers t
-  where t.id = p_transfer and t.to_user = p_recipient and t.amount = p_amount;
-  if not found then
-    perform mycelium_private.fail('duplicate_reference',
-      'idempotency_key was already used for a different transfer', 409);
-  end if;
-  return mycelium_private.movement_result(p_transfer, v_sender);
-end;
-$$;
-
 create or replace function public.transfer_credits(
   recipient uuid,
   amount numeric,
@@ -251,37 +234,19 @@ begin
   v_moved := mycelium_private.create_transfer('transfer', v_amount, p_from_user => p_sender, p_to_user => p_recipient,
     p_reference => v_key, p_memo => v_memo);
   if v_moved.replayed then
-    return mycelium_private.transfer_replay(v_moved.transfer_id, p_recipient, v_amount);
+    return mycelium_private.replay_movement(v_moved.transfer_id, p_sender,
+      jsonb_build_object('to_user', p_recipient, 'amount', v_amount),
+      'idempotency_key was already used for a different transfer');
   end if;
   return mycelium_private.movement_object(v_moved.transfer_id, 'transfer', v_amount, p_sender, p_recipient, null, null,
     v_memo, v_key, null, v_moved.created_at, v_moved.from_balance);
 end;
 $$;
 
-
 -- ---------------------------------------------------------------------------------------
 -- rpc/grant_credits: admins and service_role; promotional credits, optionally expiring.
 -- The same idempotency_key for the same user returns the first grant and moves nothing.
 -- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.grant_replay(p_transfer uuid, p_amount numeric, p_expires_at timestamptz)
-returns jsonb
-language plpgsql
-stable
-set search_path = ''
-as $$
-declare
-  v_user uuid;
-begin
-  select t.to_user into v_user from mycelium_private.transfers t
-  where t.id = p_transfer and t.amount = p_amount and t.expires_at is not distinct from p_expires_at;
-  if not found then
-    perform mycelium_private.fail('duplicate_reference',
-      'idempotency_key was already used for a different grant to this user', 409);
-  end if;
-  return mycelium_private.movement_result(p_transfer, v_user);
-end;
-$$;
-
 create or replace function public.grant_credits(
   user_id uuid,
   amount numeric,
@@ -316,7 +281,9 @@ begin
   v_moved := mycelium_private.create_transfer('grant', v_amount, p_from_system => 'issuance', p_to_user => v_user,
     p_reference => v_key, p_memo => v_reason, p_expires_at => v_expires);
   if v_moved.replayed then
-    return mycelium_private.grant_replay(v_moved.transfer_id, v_amount, v_expires);
+    return mycelium_private.replay_movement(v_moved.transfer_id, v_user,
+      jsonb_build_object('amount', v_amount, 'expires_at', v_expires),
+      'idempotency_key was already used for a different grant to this user');
   end if;
   return mycelium_private.movement_object(v_moved.transfer_id, 'grant', v_amount, null, v_user, null, null,
     v_reason, v_key, v_expires, v_moved.created_at, v_moved.to_balance);
@@ -329,4 +296,62 @@ revoke execute on function public.transfer_credits(uuid, numeric, text, text) fr
 grant execute on function public.transfer_credits(uuid, numeric, text, text) to authenticated;
 revoke execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) from public, anon;
 grant execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/expire_credits: what is left of a lot past its expires_at is not spendable; the sweep
+-- moves it to the system account `expiry`, once, and the user sees an `expiry` movement.
+-- One call sweeps about `max_lots` lots (a user's lots go together, so the last user may take it
+-- over): a call stays well inside the API's statement timeout however many lots expire at once.
+-- Call again while lots_expired >= max_lots.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.expire_credits(as_of timestamptz default now(), max_lots integer default 1000)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_as_of timestamptz := expire_credits.as_of;
+  v_max integer := expire_credits.max_lots;
+  v_user uuid;
+  v_lot record;
+  v_lots integer := 0;
+  v_users integer := 0;
+  v_total numeric := 0;
+begin
+  perform mycelium_private.require_service();
+  perform mycelium_private.check_batch(v_as_of, v_max, 'max_lots', 100000);
+
+  -- Each user with a lot to sweep gives at least one: max_lots users are enough for max_lots lots.
+  for v_user in
+    select distinct l.user_id from public.credit_lots l
+    where l.live and l.expires_at <= v_as_of
+    order by l.user_id
+    limit v_max
+  loop
+    exit when v_lots >= v_max;
+    perform mycelium_private.lock_account(v_user);
+    -- Re-read under the account lock: a concurrent sweep may have taken these lots already.
+    for v_lot in
+      select l.id, l.remaining, l.expires_at from public.credit_lots l
+      where l.user_id = v_user and l.live and l.expires_at <= v_as_of
+      order by l.expires_at, l.id
+    loop
+      perform mycelium_private.create_transfer('expiry', v_lot.remaining, p_from_user => v_user, p_to_system => 'expiry',
+        p_reference => 'lot:' || v_lot.id, p_memo => 'credits expired', p_expires_at => v_lot.expires_at);
+      v_lots := v_lots + 1;
+      v_total := v_total + v_lot.remaining;
+    end loop;
+    -- A concurrent sweep may have taken this user's lots already: counted only if some were left.
+    if found then
+      v_users := v_users + 1;
+    end if;
+  end loop;
+
+  return jsonb_build_object('as_of', v_as_of, 'lots_expired', v_lots, 'users', v_users, 'credits_expired', v_total);
+end;
+$$;
+
+revoke execute on function public.expire_credits(timestamptz, integer) from public, anon, authenticated;
+grant execute on function public.expire_credits(timestamptz, integer) to service_role;
 revoke execute on all functions in schema mycelium_private from public;

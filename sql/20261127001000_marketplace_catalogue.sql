@@ -83,9 +83,8 @@ begin
   elsif new.capacity < 0 then
     perform mycelium_private.fail('invalid_argument', 'capacity must be 0 or more, or null for unlimited');
   end if;
-  if not v_service and new.provider_id is distinct from v_caller then
-    perform mycelium_private.fail('not_authorized', 'providers list and edit only their own products', 403);
-  end if;
+  perform mycelium_private.authorize(v_service or new.provider_id = v_caller,
+    'providers list and edit only their own products');
   -- The role is needed to list and to sell; a provider who lost it may still take a product off sale.
   if (tg_op = 'INSERT' or new.active)
      and not exists (select 1 from public.user_roles r

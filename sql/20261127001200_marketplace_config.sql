@@ -1,5 +1,5 @@
--- Marketplace, part 3: the marketplace configuration (one row, readable by anyone) and its
--- audited history, like credit_config.
+-- Marketplace, part 3: the marketplace configuration, a configuration like credit_config (one
+-- row, readable by anyone, every change in marketplace_config_history: make_configuration()).
 --   platform_fee_percent  the platform's share of every order, 0 to 100 with at most 4 decimals.
 --                         Snapshotted on each order when it is placed: a change applies to new
 --                         orders only, never to credits already held.
@@ -17,34 +17,7 @@ create table public.marketplace_config (
 );
 comment on table public.marketplace_config is
   'The one marketplace configuration row: platform fee and how long holds last. Readable by anyone.';
-insert into public.marketplace_config (id) values (true);
-
-create table public.marketplace_config_history (
-  id bigint generated always as identity primary key,
-  changed_at timestamptz not null default now(),
-  changed_by uuid,
-  changed_by_role text,
-  old_config jsonb not null,
-  new_config jsonb not null
-);
-comment on table public.marketplace_config_history is 'Every change of marketplace_config: who, when, old, new. Admins only.';
-
-alter table public.marketplace_config enable row level security;
-alter table public.marketplace_config_history enable row level security;
-revoke all on public.marketplace_config, public.marketplace_config_history from anon, authenticated, service_role;
-revoke all on sequence public.marketplace_config_history_id_seq from anon, authenticated, service_role;
-grant select on public.marketplace_config to anon, authenticated, service_role;
-grant select on public.marketplace_config_history to authenticated, service_role;
-create policy marketplace_config_readable_by_all on public.marketplace_config
-  for select to anon, authenticated
-  using (true);
-create policy marketplace_config_history_admins on public.marketplace_config_history
-  for select to authenticated
-  using ((select public.is_admin()));
-
-create trigger marketplace_config_history_append_only
-  before update or delete or truncate on public.marketplace_config_history
-  for each statement execute function mycelium_private.refuse_change();
+select mycelium_private.make_configuration('marketplace_config');
 
 -- rpc/set_marketplace_config: admins and service_role; null leaves a setting unchanged.
 create or replace function public.set_marketplace_config(
@@ -57,7 +30,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  old_row public.marketplace_config;
   new_row public.marketplace_config;
 begin
   perform mycelium_private.require_admin();
@@ -73,7 +45,6 @@ begin
     perform mycelium_private.fail('invalid_argument', 'hold_ttl must be between 1 minute and 90 days');
   end if;
 
-  select * into old_row from public.marketplace_config c where c.id for update;
   update public.marketplace_config c set
     platform_fee_percent = coalesce(trim_scale(set_marketplace_config.platform_fee_percent), c.platform_fee_percent),
     hold_ttl = coalesce(set_marketplace_config.hold_ttl, c.hold_ttl),
@@ -81,8 +52,6 @@ begin
     updated_by = auth.uid()
   where c.id
   returning * into new_row;
-  insert into public.marketplace_config_history (changed_by, changed_by_role, old_config, new_config)
-  values (auth.uid(), mycelium_private.caller_role(), to_jsonb(old_row), to_jsonb(new_row));
   return new_row;
 end;
 $$;

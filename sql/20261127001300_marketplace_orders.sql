@@ -4,7 +4,7 @@
 -- rpc/place_order holds the order's total: a transfer `order_hold` from the buyer to the system
 -- account `holds` (see the ledger). The buyer's balance goes down, their `held` up; credits come
 -- out of expiring lots first, and the hold remembers which expiry they had (the ledger's hold_lots).
--- Then (next migration) the hold is captured (fulfil_order) or released in full (cancel_order,
+-- Then (marketplace_fulfilment) the hold is captured (fulfil_order) or released in full (cancel_order,
 -- fail_order, release_expired_holds), and a fulfilled order may be refunded.
 --
 -- Decisions:
@@ -203,6 +203,24 @@ as $$
 begin
   perform mycelium_private.fail('invalid_transition',
     format('order %s is %s: it cannot become %s', p_order.id, p_order.status, p_to), 409);
+end;
+$$;
+
+-- Before a pending order's hold is captured or released as `p_to`: true when the order is `p_to`
+-- already (a retry after a lost response: the caller returns the order and moves nothing), false
+-- when it is pending; from any other status, invalid_transition.
+create or replace function mycelium_private.is_retry(p_order public.orders, p_to text)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_order.status = p_to then
+    return true;
+  elsif p_order.status <> 'pending' then
+    perform mycelium_private.refuse_transition(p_order, p_to);
+  end if;
+  return false;
 end;
 $$;
 

@@ -20,6 +20,7 @@
 -- with their old expiry even when it is past (swept by the next expire_credits, as after a
 -- release). A provider's earnings themselves never expire, so promotional credits spent on an
 -- order become the provider's for good: that is what they are for.
+-- Every movement is a call of the ledger's write path (mycelium_private.create_transfer).
 
 -- Give back an order's hold in full; the order is locked by the caller.
 create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
@@ -55,14 +56,10 @@ declare
   v_earning numeric;
   v_result jsonb;
 begin
-  if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
-    perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fulfil an order', 403);
-  end if;
-  if v_order.status = 'fulfilled' then
+  perform mycelium_private.authorize(v_order.provider_id = auth.uid() or mycelium_private.is_service(),
+    'only the order''s provider or service_role fulfil an order');
+  if mycelium_private.is_retry(v_order, 'fulfilled') then
     return mycelium_private.order_object(v_order.id);
-  end if;
-  if v_order.status <> 'pending' then
-    perform mycelium_private.refuse_transition(v_order, 'fulfilled');
   end if;
   -- Times 0.01, not divided by 100: numeric multiplication is exact, division is not.
   v_fee := round(v_order.total * v_order.fee_percent * 0.01, 6);
@@ -106,14 +103,10 @@ as $$
 declare
   v_order public.orders := mycelium_private.lock_order(cancel_order.order_id);
 begin
-  if v_order.buyer_id is distinct from auth.uid() then
-    perform mycelium_private.fail('not_authorized', 'only the buyer cancels an order (providers: fail_order)', 403);
-  end if;
-  if v_order.status = 'cancelled' then  -- a retry: already done, nothing moves
+  perform mycelium_private.authorize(v_order.buyer_id = auth.uid(),
+    'only the buyer cancels an order (providers: fail_order)');
+  if mycelium_private.is_retry(v_order, 'cancelled') then
     return mycelium_private.order_object(v_order.id);
-  end if;
-  if v_order.status <> 'pending' then
-    perform mycelium_private.refuse_transition(v_order, 'cancelled');
   end if;
   return mycelium_private.release_hold(v_order, 'cancelled', 'cancelled by the buyer');
 end;
@@ -129,14 +122,10 @@ declare
   v_order public.orders := mycelium_private.lock_order(fail_order.order_id);
   v_reason text := mycelium_private.check_text(fail_order.reason, 'reason', 500, true);
 begin
-  if not (v_order.provider_id = auth.uid() or mycelium_private.is_service()) then
-    perform mycelium_private.fail('not_authorized', 'only the order''s provider or service_role fail an order', 403);
-  end if;
-  if v_order.status = 'failed' then  -- a retry: already done, nothing moves
+  perform mycelium_private.authorize(v_order.provider_id = auth.uid() or mycelium_private.is_service(),
+    'only the order''s provider or service_role fail an order');
+  if mycelium_private.is_retry(v_order, 'failed') then
     return mycelium_private.order_object(v_order.id);
-  end if;
-  if v_order.status <> 'pending' then
-    perform mycelium_private.refuse_transition(v_order, 'failed');
   end if;
   return mycelium_private.release_hold(v_order, 'failed', v_reason);
 end;
@@ -164,12 +153,7 @@ declare
   v_credits numeric := 0;
 begin
   perform mycelium_private.require_service();
-  if v_as_of is null or v_as_of > now() then
-    perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
-  end if;
-  if v_max is null or v_max < 1 or v_max > 10000 then
-    perform mycelium_private.fail('invalid_argument', 'max_orders must be from 1 to 10000');
-  end if;
+  perform mycelium_private.check_batch(v_as_of, v_max, 'max_orders', 10000);
   select coalesce(array_agg(x.id), '{}') into v_ids from (
     select o.id from public.orders o
     where o.status = 'pending' and o.created_at < v_as_of - v_ttl
@@ -215,9 +199,8 @@ declare
   v_provider numeric;
   v_to text;
 begin
-  if not (v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service()) then
-    perform mycelium_private.fail('not_authorized', 'only admins and the order''s provider refund an order', 403);
-  end if;
+  perform mycelium_private.authorize(v_order.provider_id = auth.uid() or mycelium_private.is_admin_or_service(),
+    'only admins and the order''s provider refund an order');
   v_reason := mycelium_private.check_text(refund_order.reason, 'reason', 500, true);
   v_key := mycelium_private.check_text(refund_order.idempotency_key, 'idempotency_key', 200);
   if refund_order.amount is not null then

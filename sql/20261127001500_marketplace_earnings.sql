@@ -1,6 +1,5 @@
 -- Marketplace, part 6: provider earnings, buyer spending (views: security invoker, so orders' RLS
--- applies, and each restricted to the caller's own side; admins see all), and the orders' part of
--- rpc/audit_ledger.
+-- applies, and each restricted to the caller's own side; admins see all), and orders by status.
 --
 -- Earnings count captured orders by the UTC day (month) they were fulfilled; refunds count
 -- against the order they refund. gross: what buyers paid; fee: the platform's part; refunded:
@@ -9,26 +8,36 @@
 -- between its items in proportion to their line totals (rounded to 6 decimals: display only).
 -- The ledger itself (credit_daily_activity, platform_daily_stats) counts orders too.
 
+-- One provider's earnings (an admin: every provider's) per UTC `p_period` ('day' or 'month') of
+-- fulfilment: the daily and the monthly view are this one query. SQL, stable, without a SET
+-- clause: inlined into the views, so filters on them reach orders' indexes, and run as the caller
+-- (orders' RLS applies).
+create or replace function mycelium_private.provider_earnings(p_period text)
+returns table (
+  provider_id uuid, period date, orders bigint, gross numeric, fee numeric, refunded numeric,
+  fee_refunded numeric, net numeric
+)
+language sql
+stable
+as $$
+  select o.provider_id, date_trunc(p_period, o.fulfilled_at at time zone 'UTC')::date,
+         count(*), sum(o.total), sum(o.fee_amount), sum(o.refunded_amount), sum(o.fee_refunded),
+         sum(o.total - o.fee_amount - o.refunded_amount + o.fee_refunded)
+  from public.orders o
+  where o.fulfilled_at is not null
+    and (o.provider_id = (select auth.uid()) or (select public.is_admin()))
+  group by 1, 2
+$$;
+grant execute on function mycelium_private.provider_earnings(text) to authenticated, service_role;
+
 create view public.provider_earnings_daily with (security_invoker = true) as
-select o.provider_id, (o.fulfilled_at at time zone 'UTC')::date as day,
-       count(*) as orders, sum(o.total) as gross, sum(o.fee_amount) as fee,
-       sum(o.refunded_amount) as refunded, sum(o.fee_refunded) as fee_refunded,
-       sum(o.total - o.fee_amount - o.refunded_amount + o.fee_refunded) as net
-from public.orders o
-where o.fulfilled_at is not null
-  and (o.provider_id = (select auth.uid()) or (select public.is_admin()))
-group by o.provider_id, (o.fulfilled_at at time zone 'UTC')::date;
+select e.provider_id, e.period as day, e.orders, e.gross, e.fee, e.refunded, e.fee_refunded, e.net
+from mycelium_private.provider_earnings('day') e;
 comment on view public.provider_earnings_daily is 'Your earnings as a provider per UTC day: gross, platform fee, refunds, net.';
 
 create view public.provider_earnings_monthly with (security_invoker = true) as
-select o.provider_id, date_trunc('month', o.fulfilled_at at time zone 'UTC')::date as month,
-       count(*) as orders, sum(o.total) as gross, sum(o.fee_amount) as fee,
-       sum(o.refunded_amount) as refunded, sum(o.fee_refunded) as fee_refunded,
-       sum(o.total - o.fee_amount - o.refunded_amount + o.fee_refunded) as net
-from public.orders o
-where o.fulfilled_at is not null
-  and (o.provider_id = (select auth.uid()) or (select public.is_admin()))
-group by o.provider_id, date_trunc('month', o.fulfilled_at at time zone 'UTC')::date;
+select e.provider_id, e.period as month, e.orders, e.gross, e.fee, e.refunded, e.fee_refunded, e.net
+from mycelium_private.provider_earnings('month') e;
 comment on view public.provider_earnings_monthly is 'Your earnings as a provider per UTC month: gross, platform fee, refunds, net.';
 
 -- An order's items with their share of its fee and refunds.
@@ -64,74 +73,17 @@ revoke all on public.provider_earnings_daily, public.provider_earnings_monthly, 
   public.provider_earnings_by_product, public.buyer_spending_by_category from anon, authenticated, service_role;
 grant select on public.provider_earnings_daily, public.provider_earnings_monthly, public.order_item_shares,
   public.provider_earnings_by_product, public.buyer_spending_by_category to authenticated, service_role;
-
--- ---------------------------------------------------------------------------------------
--- The orders' invariants, reported by rpc/audit_ledger next to the ledger's: every hold is in
--- an open order, every order's transfers match its status and amounts, capacities are counted.
--- ---------------------------------------------------------------------------------------
-create or replace function mycelium_private.audit_orders()
-returns table (check_name text, subject text, detail text)
-language sql
-stable
-set search_path = ''
-as $$
-  with open_holds as (
-    select o.buyer_id, sum(o.held_amount) as held from public.orders o where o.held_amount > 0 group by o.buyer_id
-  ), moved as (
-    select t.reference,
-           coalesce(sum(t.amount) filter (where t.kind = 'order_hold'), 0) as hold,
-           coalesce(sum(t.amount) filter (where t.kind = 'order_release'), 0) as released,
-           coalesce(sum(t.amount) filter (where t.kind = 'provider_earning'), 0) as earned,
-           coalesce(sum(t.amount) filter (where t.kind = 'platform_fee'), 0) as fee,
-           coalesce(sum(t.amount) filter (where t.kind = 'refund'), 0) as refunded,
-           coalesce(sum(t.amount) filter (where t.kind = 'refund' and t.from_system = 'platform_revenue'), 0) as fee_refunded
-    from mycelium_private.transfers t
-    where t.kind in ('order_hold', 'order_release', 'provider_earning', 'platform_fee', 'refund')
-    group by t.reference
-  ), item_sums as (
-    select i.order_id, sum(i.line_total) as total from public.order_items i group by i.order_id
-  ), units as (
-    select i.product_id, sum(i.quantity) as units
-    from public.order_items i join public.orders o on o.id = i.order_id
-    where o.status in ('pending', 'fulfilled', 'partially_refunded')
-    group by i.product_id
-  )
-  select 'held_equals_open_orders', a.user_id::text,
-         format('held %s but open orders hold %s', a.held, coalesce(h.held, 0))
-  from public.credit_accounts a full join open_holds h on h.buyer_id = a.user_id
-  where coalesce(a.held, 0) <> coalesce(h.held, 0)
-  union all
-  select 'order_held_amount', o.id::text, format('%s order holds %s of %s', o.status, o.held_amount, o.total)
-  from public.orders o
-  where o.held_amount <> case when o.status = 'pending' then o.total else 0 end
-  union all
-  select 'order_total_equals_items', o.id::text, format('total %s, items %s', o.total, coalesce(s.total, 0))
-  from public.orders o left join item_sums s on s.order_id = o.id
-  where o.total <> coalesce(s.total, 0)
-  union all
-  select 'order_transfers', o.id::text,
-         format('%s order of %s (fee %s, refunded %s): held %s, released %s, earned %s, fee %s, refunded %s (%s from the fee)',
-                o.status, o.total, o.fee_amount, o.refunded_amount, coalesce(m.hold, 0), coalesce(m.released, 0),
-                coalesce(m.earned, 0), coalesce(m.fee, 0), coalesce(m.refunded, 0), coalesce(m.fee_refunded, 0))
-  from public.orders o left join moved m on m.reference = o.id::text
-  where coalesce(m.hold, 0) <> o.total
-     or coalesce(m.refunded, 0) <> o.refunded_amount
-     or coalesce(m.fee_refunded, 0) <> o.fee_refunded
-     or case
-          when o.status = 'pending' then coalesce(m.released + m.earned + m.fee, 0) <> 0
-          when o.status in ('cancelled', 'failed') then coalesce(m.released, 0) <> o.total or coalesce(m.earned + m.fee, 0) <> 0
-          else coalesce(m.released, 0) <> 0 or coalesce(m.earned + m.fee, 0) <> o.total or coalesce(m.fee, 0) <> o.fee_amount
-        end
-  union all
-  select 'order_transfers_without_order', m.reference, format('held %s', m.hold)
-  from moved m where not exists (select 1 from public.orders o where o.id::text = m.reference)
-  union all
-  select 'units_in_use', p.id::text, format('units_in_use %s but open orders have %s', p.units_in_use, coalesce(u.units, 0))
-  from public.products p left join units u on u.product_id = p.id
-  where p.units_in_use <> case when p.capacity is null then 0 else coalesce(u.units, 0) end
-$$;
-
-revoke execute on all functions in schema mycelium_private from public;
+-- Aggregates and joins: PostgreSQL cannot update them itself (see refuse_view_write).
+create trigger refuse_writes instead of insert or update or delete on public.provider_earnings_daily
+  for each row execute function mycelium_private.refuse_view_write();
+create trigger refuse_writes instead of insert or update or delete on public.provider_earnings_monthly
+  for each row execute function mycelium_private.refuse_view_write();
+create trigger refuse_writes instead of insert or update or delete on public.order_item_shares
+  for each row execute function mycelium_private.refuse_view_write();
+create trigger refuse_writes instead of insert or update or delete on public.provider_earnings_by_product
+  for each row execute function mycelium_private.refuse_view_write();
+create trigger refuse_writes instead of insert or update or delete on public.buyer_spending_by_category
+  for each row execute function mycelium_private.refuse_view_write();
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/order_status_counts: how many orders are in each status (admins and service_role).

@@ -1,6 +1,5 @@
--- Credits, part 7: analytics (per user: own rows through RLS; platform: admins and
--- service_role) and rpc/audit_ledger, which checks every ledger invariant.
--- Days and months are UTC.
+-- Analytics, over the credits and the marketplace: per user (own rows through RLS) and for the
+-- platform (admins and service_role). Days and months are UTC.
 --
 -- Orders in these figures: a user's `spent` is what they put into orders (held or paid) net of
 -- released holds; refunds they receive and provider earnings are `received` (a provider's refunds
@@ -8,50 +7,51 @@
 -- (provider earnings plus platform fees) net of refunds.
 
 -- ---------------------------------------------------------------------------------------
--- Per user, own rows only (security_invoker: the caller's RLS on credit_transactions applies).
+-- Per user, own rows only: a user's movements summed per UTC `p_period` ('day' or 'month'); the
+-- daily and the monthly view are this one query. SQL, stable, without a SET clause: inlined into
+-- the views, and run as the caller, so the caller's RLS on credit_transactions applies.
 -- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.credit_activity(p_period text)
+returns table (
+  user_id uuid, period date, bought numeric, granted numeric, received numeric, sent numeric, spent numeric,
+  expired numeric, net numeric, movements bigint
+)
+language sql
+stable
+as $$
+  select
+    t.user_id,
+    date_trunc(p_period, t.created_at at time zone 'UTC')::date,
+    coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0),
+    coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0),
+    coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0),
+    coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0),
+    coalesce(-sum(t.amount) filter (where t.kind in ('order_hold', 'order_release')), 0),
+    coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0),
+    sum(t.amount),
+    count(*)
+  from public.credit_transactions t
+  group by 1, 2
+$$;
+grant execute on function mycelium_private.credit_activity(text) to authenticated, service_role;
+
 create view public.credit_daily_activity with (security_invoker = true) as
-select
-  t.user_id,
-  (t.created_at at time zone 'UTC')::date as day,
-  coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as bought,
-  coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
-  coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
-  coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
-  coalesce(-sum(t.amount) filter (where t.kind in ('order_hold', 'order_release')), 0) as spent,
-  coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
-  sum(t.amount) as net,
-  count(*) as movements
-from public.credit_transactions t
-group by t.user_id, (t.created_at at time zone 'UTC')::date;
+select a.user_id, a.period as day, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net, a.movements
+from mycelium_private.credit_activity('day') a;
 comment on view public.credit_daily_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC day.';
 
 create view public.credit_monthly_activity with (security_invoker = true) as
-select
-  t.user_id,
-  date_trunc('month', t.created_at at time zone 'UTC')::date as month,
-  coalesce(sum(t.amount) filter (where t.kind = 'purchase'), 0) as bought,
-  coalesce(sum(t.amount) filter (where t.kind = 'grant'), 0) as granted,
-  coalesce(sum(t.amount) filter (where t.kind in ('transfer_in', 'provider_earning', 'refund')), 0) as received,
-  coalesce(-sum(t.amount) filter (where t.kind = 'transfer_out'), 0) as sent,
-  coalesce(-sum(t.amount) filter (where t.kind in ('order_hold', 'order_release')), 0) as spent,
-  coalesce(-sum(t.amount) filter (where t.kind = 'expiry'), 0) as expired,
-  sum(t.amount) as net,
-  count(*) as movements
-from public.credit_transactions t
-group by t.user_id, date_trunc('month', t.created_at at time zone 'UTC')::date;
+select a.user_id, a.period as month, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net, a.movements
+from mycelium_private.credit_activity('month') a;
 comment on view public.credit_monthly_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC month.';
 
--- Your balance with its USD value, for display.
-create view public.credit_balances with (security_invoker = true) as
-select a.user_id, a.balance, a.held, public.tfc_to_usd(a.balance) as balance_usd, a.updated_at
-from public.credit_accounts a;
-comment on view public.credit_balances is 'Your balance and its value in USD at the configured rate (display only).';
-
-revoke all on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
-  from anon, authenticated, service_role;
-grant select on public.credit_daily_activity, public.credit_monthly_activity, public.credit_balances
-  to authenticated, service_role;
+revoke all on public.credit_daily_activity, public.credit_monthly_activity from anon, authenticated, service_role;
+grant select on public.credit_daily_activity, public.credit_monthly_activity to authenticated, service_role;
+-- Aggregates: PostgreSQL cannot update them itself (see refuse_view_write).
+create trigger refuse_writes instead of insert or update or delete on public.credit_daily_activity
+  for each row execute function mycelium_private.refuse_view_write();
+create trigger refuse_writes instead of insert or update or delete on public.credit_monthly_activity
+  for each row execute function mycelium_private.refuse_view_write();
 
 -- Spending by orders summed without scanning every transfer.
 create index transfers_order_spending_idx on mycelium_private.transfers (created_at) include (kind, amount)
@@ -336,108 +336,10 @@ begin
 end;
 $$;
 
--- ---------------------------------------------------------------------------------------
--- rpc/audit_ledger: every invariant, checked in one snapshot. Empty when the ledger is sound.
--- ---------------------------------------------------------------------------------------
--- Per-user aggregates (a few scans, no per-transfer join), so it stays usable on millions of rows:
--- each user's entries must match the transfers that touch the user (sum and count), the last
--- entry's balance_after must match the stored balance, and the lots the stored `expiring`
--- (the rest of the balance is the account's non-expiring lot).
-create or replace function mycelium_private.audit_ledger()
-returns table (check_name text, subject text, detail text)
-language sql
-stable
-set search_path = ''
-as $$
-  with entry_sums as (
-    select e.user_id, sum(e.amount) as total, count(*) as entries, max(e.id) as last_id
-    from public.credit_transactions e group by e.user_id
-  ), transfer_sums as (
-    select s.user_id, sum(s.amount) as total, count(*) as entries
-    from (
-      select t.to_user as user_id, t.amount from mycelium_private.transfers t where t.to_user is not null
-      union all
-      select t.from_user, -t.amount from mycelium_private.transfers t where t.from_user is not null
-    ) s
-    group by s.user_id
-  ), lot_sums as (
-    select l.user_id, sum(l.remaining) as total from public.credit_lots l group by l.user_id
-  ), system_balances as (
-    select s.code,
-      coalesce((select sum(t.amount) from mycelium_private.transfers t where t.to_system = s.code), 0)
-      - coalesce((select sum(t.amount) from mycelium_private.transfers t where t.from_system = s.code), 0) as balance
-    from (values ('issuance'), ('platform_revenue'), ('expiry'), ('holds')) s(code)
-  ), user_total as (
-    select coalesce(sum(a.balance), 0) as total, coalesce(sum(a.held), 0) as held from public.credit_accounts a
-  )
-  select 'sum_zero', 'ledger',
-         format('user accounts (%s) and system accounts (%s) sum to %s, not 0',
-                u.total, (select sum(balance) from system_balances), u.total + (select sum(balance) from system_balances))
-  from user_total u
-  where u.total + (select sum(balance) from system_balances) <> 0
-  union all
-  select 'negative_balance', a.user_id::text, format('balance %s, held %s', a.balance, a.held)
-  from public.credit_accounts a where a.balance < 0 or a.held < 0
-  union all
-  select 'balance_equals_entries', a.user_id::text,
-         format('balance = %s but entries sum to %s', a.balance, coalesce(s.total, 0))
-  from public.credit_accounts a left join entry_sums s on s.user_id = a.user_id
-  where a.balance <> coalesce(s.total, 0)
-  union all
-  select 'holds_equal_held', 'holds',
-         format('the holds account has %s but users hold %s', sb.balance, u.held)
-  from system_balances sb, user_total u
-  where sb.code = 'holds' and sb.balance <> u.held
-  union all
-  select 'balance_after_of_last_entry', a.user_id::text,
-         format('balance %s but the last entry recorded %s', a.balance, e.balance_after)
-  from public.credit_accounts a
-  join entry_sums s on s.user_id = a.user_id
-  join public.credit_transactions e on e.id = s.last_id
-  where a.balance <> e.balance_after
-  union all
-  select 'entries_without_account', s.user_id::text, format('entries sum to %s', s.total)
-  from entry_sums s where not exists (select 1 from public.credit_accounts a where a.user_id = s.user_id)
-  union all
-  select 'entries_equal_transfers', coalesce(s.user_id, t.user_id)::text,
-         format('entries: %s totalling %s; transfers: %s totalling %s',
-                coalesce(s.entries, 0), coalesce(s.total, 0), coalesce(t.entries, 0), coalesce(t.total, 0))
-  from entry_sums s full join transfer_sums t on t.user_id = s.user_id
-  where coalesce(s.total, 0) <> coalesce(t.total, 0) or coalesce(s.entries, 0) <> coalesce(t.entries, 0)
-  union all
-  select 'lots_equal_expiring', a.user_id::text,
-         format('expiring %s but lots hold %s', a.expiring, coalesce(l.total, 0))
-  from public.credit_accounts a left join lot_sums l on l.user_id = a.user_id
-  where a.expiring <> coalesce(l.total, 0)
-  union all
-  select 'lot_bounds', l.id::text, format('lot of %s has %s remaining', l.amount, l.remaining)
-  from public.credit_lots l where l.remaining < 0 or l.remaining > l.amount
-  union all
-  select 'system_account_sign', sb.code, format('%s has balance %s', sb.code, sb.balance)
-  from system_balances sb
-  where (sb.code = 'issuance' and sb.balance > 0) or (sb.code in ('expiry', 'platform_revenue', 'holds') and sb.balance < 0)
-$$;
-
-create or replace function public.audit_ledger()
-returns table (check_name text, subject text, detail text)
-language plpgsql
-stable
-security definer
-set search_path = ''
-as $$
-begin
-  perform mycelium_private.require_admin();
-  -- One snapshot for both (a stable function's queries share the caller's): the ledger, then the
-  -- marketplace's orders against it (mycelium_private.audit_orders, defined with the orders).
-  return query select * from mycelium_private.audit_ledger();
-  return query select * from mycelium_private.audit_orders();
-end;
-$$;
-
 revoke execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups(integer)
+  public.top_credit_users(text, date, date, integer), public.refresh_ledger_rollups(integer)
   from public, anon;
 grant execute on function public.platform_daily_stats(date, date), public.platform_credit_summary(),
-  public.top_credit_users(text, date, date, integer), public.audit_ledger(), public.refresh_ledger_rollups(integer)
+  public.top_credit_users(text, date, date, integer), public.refresh_ledger_rollups(integer)
   to authenticated, service_role;
 revoke execute on all functions in schema mycelium_private from public;

@@ -1,4 +1,5 @@
--- Credits, part 1: the private schema and the helpers every credit function relies on.
+-- Foundation: the private schema and the helpers every other file relies on (errors, who is
+-- calling, amounts and text, exact division, append-only tables, read-only views).
 --
 -- `mycelium_private` is not exposed by PostgREST and API roles have no usage on it: internal
 -- tables and helpers live here. Security definer functions in `public` call into it with
@@ -25,6 +26,21 @@ begin
   raise sqlstate 'PGRST' using
     message = json_build_object('code', reason, 'message', message, 'details', null, 'hint', null)::text,
     detail = json_build_object('status', status, 'headers', json_build_object())::text;
+end;
+$$;
+
+-- The caller check every function makes before anything else: `p_allowed` (null counts as no),
+-- or not_authorized (403) saying who may.
+create or replace function mycelium_private.authorize(p_allowed boolean, p_message text)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not coalesce(p_allowed, false) then
+    perform mycelium_private.fail('not_authorized', p_message, 403);
+  end if;
 end;
 $$;
 
@@ -123,6 +139,26 @@ $$;
 -- call it as the reader.
 grant execute on function mycelium_private.divide_rounded(numeric, numeric, integer) to authenticated, service_role;
 
+-- The arguments of a periodic job that works in batches (expire_credits, release_expired_holds):
+-- the moment it works as of (not in the future) and its batch size `p_max`, named `p_max_name`,
+-- from 1 to `p_limit`.
+create or replace function mycelium_private.check_batch(
+  p_as_of timestamptz, p_max integer, p_max_name text, p_limit integer)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_as_of is null or p_as_of > now() then
+    perform mycelium_private.fail('invalid_argument', 'as_of must be a time not in the future');
+  end if;
+  if p_max is null or p_max < 1 or p_max > p_limit then
+    perform mycelium_private.fail('invalid_argument', format('%s must be from 1 to %s', p_max_name, p_limit));
+  end if;
+end;
+$$;
+
 -- Text arguments: required or optional, trimmed, bounded.
 create or replace function mycelium_private.check_text(value text, what text, max_length integer, required boolean default false)
 returns text
@@ -159,6 +195,27 @@ begin
     format('%s.%s is append-only: %s is not allowed, record a correcting transfer instead',
            tg_table_schema, tg_table_name, lower(tg_op)),
     409);
+  return null;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Read-only views refuse writes as a refusal, not as a server error.
+-- PostgreSQL rejects a write into a view it cannot update itself (one with GROUP BY, DISTINCT,
+-- joins...) while rewriting the statement, before it checks privileges: PostgREST then answers
+-- a POST, PATCH or DELETE from anyone, anon included, with a 500 ("cannot insert into view").
+-- An INSTEAD OF trigger makes the view writable in principle, so the privilege check comes
+-- first and answers 401/403 like every other refusal; the trigger itself runs only for a role
+-- that holds a write privilege, which no API role does (sql/privileges.manifest). Every view that
+-- PostgreSQL cannot update itself gets the trigger `refuse_writes`, next to its definition.
+-- ---------------------------------------------------------------------------------------
+create or replace function mycelium_private.refuse_view_write()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform mycelium_private.fail('read_only', tg_table_name || ' is read-only', 405);
   return null;
 end;
 $$;

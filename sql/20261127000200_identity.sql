@@ -1,4 +1,6 @@
--- Credits, part 2: who is who. Profiles (one per auth user, created by a trigger) and roles.
+-- Identity: who is who, and who may act. Profiles (one per auth user, created by a trigger),
+-- roles, the checks every function makes of its caller, and the gate PostgREST runs before every
+-- request.
 
 create table public.profiles (
   id uuid primary key references auth.users (id) on delete cascade,
@@ -71,9 +73,7 @@ stable
 set search_path = ''
 as $$
 begin
-  if not mycelium_private.is_admin_or_service() then
-    perform mycelium_private.fail('not_authorized', 'only admins and service_role may do this', 403);
-  end if;
+  perform mycelium_private.authorize(mycelium_private.is_admin_or_service(), 'only admins and service_role may do this');
 end;
 $$;
 
@@ -84,9 +84,7 @@ stable
 set search_path = ''
 as $$
 begin
-  if not mycelium_private.is_service() then
-    perform mycelium_private.fail('not_authorized', 'only service_role may do this', 403);
-  end if;
+  perform mycelium_private.authorize(mycelium_private.is_service(), 'only service_role may do this');
 end;
 $$;
 
@@ -100,9 +98,8 @@ as $$
 declare
   v_user uuid := auth.uid();
 begin
-  if v_user is null or coalesce(auth.role(), '') <> 'authenticated' then
-    perform mycelium_private.fail('not_authorized', 'sign in to ' || p_action, 403);
-  end if;
+  perform mycelium_private.authorize(v_user is not null and coalesce(auth.role(), '') = 'authenticated',
+    'sign in to ' || p_action);
   return v_user;
 end;
 $$;
@@ -180,6 +177,20 @@ on conflict (id) do nothing;
 -- ---------------------------------------------------------------------------------------
 -- rpc/grant_role, rpc/revoke_role: admins and service_role only.
 -- ---------------------------------------------------------------------------------------
+-- A role there is (the same list as user_roles' CHECK), else invalid_argument.
+create or replace function mycelium_private.check_role(p_role text)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if p_role is null or p_role not in ('admin', 'farmer', 'app_provider', 'service_provider') then
+    perform mycelium_private.fail('invalid_argument', 'role must be one of admin, farmer, app_provider, service_provider');
+  end if;
+end;
+$$;
+
 create or replace function public.grant_role(user_id uuid, role text)
 returns jsonb
 language plpgsql
@@ -188,10 +199,7 @@ set search_path = ''
 as $$
 begin
   perform mycelium_private.require_admin();
-  if grant_role.role is null or grant_role.role not in ('admin', 'farmer', 'app_provider', 'service_provider') then
-    perform mycelium_private.fail('invalid_argument',
-      'role must be one of admin, farmer, app_provider, service_provider');
-  end if;
+  perform mycelium_private.check_role(grant_role.role);
   if grant_role.user_id is null or not exists (select 1 from auth.users u where u.id = grant_role.user_id) then
     perform mycelium_private.fail('not_found', 'no such user', 404);
   end if;
@@ -210,10 +218,7 @@ set search_path = ''
 as $$
 begin
   perform mycelium_private.require_admin();
-  if revoke_role.role is null or revoke_role.role not in ('admin', 'farmer', 'app_provider', 'service_provider') then
-    perform mycelium_private.fail('invalid_argument',
-      'role must be one of admin, farmer, app_provider, service_provider');
-  end if;
+  perform mycelium_private.check_role(revoke_role.role);
   delete from public.user_roles ur where ur.user_id = revoke_role.user_id and ur.role = revoke_role.role;
   return jsonb_build_object('user_id', revoke_role.user_id, 'role', revoke_role.role, 'granted', false);
 end;
@@ -224,3 +229,59 @@ grant execute on function public.grant_role(uuid, text), public.revoke_role(uuid
 revoke execute on function public.has_role(text), public.is_admin() from public, anon;
 grant execute on function public.has_role(text), public.is_admin() to authenticated, service_role;
 revoke execute on all functions in schema mycelium_private from public;
+
+-- ---------------------------------------------------------------------------------------
+-- The request gate: every API request of a signed-in user checks that the user still may act.
+-- ---------------------------------------------------------------------------------------
+--
+-- An access token stays valid until it expires (an hour by default), whatever Auth did since: a
+-- ban (`banned_until`), a soft delete (`deleted_at`) or a hard delete (the row is gone) changes
+-- nothing for a token already issued. RLS and the money functions trust `auth.uid()`, so such a
+-- token would go on reading the user's rows and moving their credits. PostgREST runs a
+-- "pre-request" function after it switches to the request's role and before the request itself,
+-- in the same transaction: refusing there refuses every table, view and RPC at once.
+--
+-- PostgREST is told to run it by its own configuration (`db-pre-request`: the local stack's
+-- postgrest.conf, PGRST_DB_PRE_REQUEST in Compose and on k3s), not by `alter role authenticator
+-- set pgrst.db_pre_request` here: Supabase reserves `authenticator`, and a migration running as
+-- `postgres` may not change it.
+--
+-- The function lives in a schema of its own because every API role must be able to run it
+-- (PostgREST calls it as anon, authenticated and service_role) while `mycelium_private` stays
+-- closed to them, and `public` would publish it as an RPC.
+
+create schema if not exists mycelium_gate;
+revoke all on schema mycelium_gate from public;
+grant usage on schema mycelium_gate to anon, authenticated, service_role;
+comment on schema mycelium_gate is
+  'What PostgREST runs before every request (pgrst.db_pre_request); nothing else lives here.';
+
+-- Reasons follow Supabase Auth's own error codes for the same states (user_banned,
+-- user_not_found), so a client handles a refused token the way it handles a refused sign-in.
+create or replace function mycelium_gate.check_caller()
+returns void
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_caller uuid := auth.uid();
+  v_user record;
+begin
+  -- The anon and service_role keys carry no user: nothing to check.
+  if v_caller is null then
+    return;
+  end if;
+  select u.banned_until, u.deleted_at into v_user from auth.users u where u.id = v_caller;
+  if not found or v_user.deleted_at is not null then
+    perform mycelium_private.fail('user_not_found', 'the user of this token no longer exists', 401);
+  elsif v_user.banned_until is not null and v_user.banned_until > now() then
+    perform mycelium_private.fail('user_banned', 'the user of this token is banned', 403);
+  end if;
+end;
+$$;
+comment on function mycelium_gate.check_caller() is
+  'PostgREST''s pre-request: refuses tokens of banned, soft-deleted and deleted users.';
+revoke execute on function mycelium_gate.check_caller() from public;
+grant execute on function mycelium_gate.check_caller() to anon, authenticated, service_role;
