@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cli.dev.gateway import BODY_LIMIT_MIB, Limits
+
 REPO = Path(__file__).resolve().parents[1]
 # CI lays shared/ beside the repository's clone; it is read-only reference material.
 SHARED = REPO.parent / "shared"
@@ -168,6 +170,66 @@ def assert_kong_serves_supabase_paths(config: dict[str, Any], keys: dict[str, st
     assert consumers["service_role"] == [keys["SUPABASE_SERVICE_KEY"]]
     groups = {acl["consumer"]: acl["group"] for acl in config["acls"]}
     assert groups == {"anon": "anon", "service_role": "admin"}
+
+
+def kong_plugin_names(config: dict[str, Any]) -> set[str]:
+    """Every plugin the gateway's config uses, wherever it is set."""
+    return {
+        plugin["name"]
+        for holder in [config, *config["consumers"], *config["services"]]
+        + [route for service in config["services"] for route in service["routes"]]
+        for plugin in holder.get("plugins", [])
+    }
+
+
+def assert_kong_limits(config: dict[str, Any], keys: dict[str, str], enabled: str) -> None:
+    """Every route counts its callers with the local stack's numbers (`Limits`): the anon routes
+    (the anon key as bearer token, the open Auth links, websockets) per address, the others per
+    token; the service_role key has a ceiling of its own; anonymous query strings and bodies are
+    held to the local stack's sizes. `enabled` is the deployment's KONG_PLUGINS."""
+    limits = Limits()
+    anon = {"second": limits.anon_burst, "minute": 60 * limits.anon_per_second, "limit_by": "ip"}
+    user = {
+        "second": limits.user_burst,
+        "minute": 60 * limits.user_per_second,
+        "limit_by": "header",
+        "header_name": "authorization",
+    }
+    anon_bearer = [f"Bearer {keys['SUPABASE_ANON_KEY']}"]
+    counted: dict[str, set[str]] = {}
+    for service in config["services"]:
+        keyed = "key-auth" in kong_plugins(service)
+        for route in service["routes"]:
+            plugins = kong_plugins(route)
+            assert "rate-limiting" in plugins, f"{route['name']} is not rate limited"
+            rate = {name: value for name, value in plugins["rate-limiting"].items() if name != "policy"}
+            assert plugins["rate-limiting"]["policy"] == "local", route["name"]
+            anonymous = route.get("headers", {}).get("authorization") == anon_bearer
+            if anonymous or not keyed or service.get("protocol") == "ws":
+                assert rate == anon, f"{route['name']}: anon limits"
+            else:
+                assert rate == user, f"{route['name']}: per-token limits"
+            for path in route["paths"]:
+                counted.setdefault(path, set()).add("anon" if anonymous else "token")
+            if anonymous and "/rest/v1/" in route["paths"]:
+                (check,) = plugins["pre-function"]["access"]
+                assert f"#kong.request.get_raw_query() > {limits.anon_query_bytes} then" in check
+                assert "kong.response.exit(414" in check and "query_too_long" in check
+    # Where the anon key as bearer has a route of its own, so have all other tokens.
+    assert all(kinds == {"token"} or kinds == {"anon", "token"} for kinds in counted.values()), counted
+    for path in ("/rest/v1/", "/auth/v1/"):
+        assert counted[path] == {"anon", "token"}, path
+
+    (service_role,) = [c for c in config["consumers"] if c["username"] == "service_role"]
+    ceiling = kong_plugins(service_role)["rate-limiting"]
+    assert ceiling["second"] >= 10 * limits.user_burst and ceiling["policy"] == "local"
+    assert kong_plugins(config)["request-size-limiting"] == {
+        "allowed_payload_size": BODY_LIMIT_MIB,
+        "size_unit": "megabytes",
+    }
+    (rewrite,) = kong_plugins(config)["pre-function"]["rewrite"]
+    assert f"'Bearer {keys['SUPABASE_ANON_KEY']}'" in rewrite
+    assert kong_plugin_names(config) <= set(enabled.split(",")), "a plugin kong.yml uses is not enabled"
 
 
 def kong_upstreams(config: dict[str, Any]) -> set[tuple[str, int]]:

@@ -19,6 +19,7 @@ import jwt
 import pytest
 
 from cli.api import parse_duration
+from cli.dev.postgrest import MAX_ROWS
 from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
 from tests.deploy_support import (
@@ -31,6 +32,7 @@ from tests.deploy_support import (
     MIGRATE_IMAGE,
     REPO,
     SQL_DIR_IN_IMAGE,
+    assert_kong_limits,
     assert_kong_serves_supabase_paths,
     image_tag,
     is_pinned,
@@ -326,7 +328,7 @@ def test_kong_yml_is_safe_for_the_shell_that_renders_it() -> None:
     assert "$(" not in text and "${" not in text
 
 
-def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls(
+def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls_and_the_limits(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     kong = services["kong"]
@@ -341,6 +343,7 @@ def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls(
     script = kong_script_from_compose_entrypoint(kong["entrypoint"])
     config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
     assert_kong_serves_supabase_paths(config, env)
+    assert_kong_limits(config, env, kong["environment"]["KONG_PLUGINS"])
 
 
 def test_kong_upstreams_are_services_of_the_stack(services: dict[str, dict[str, Any]]) -> None:
@@ -350,6 +353,31 @@ def test_kong_upstreams_are_services_of_the_stack(services: dict[str, dict[str, 
             reachable.update(network.get("aliases", []))
     for host, _port in kong_upstreams(load_yaml(KONG_CONFIG)):
         assert host in reachable, f"Kong sends requests to {host}, which no service answers to"
+
+
+# ---------------------------------------------------------------------------------------------
+# What an API request may make the database do
+# ---------------------------------------------------------------------------------------------
+
+STATEMENT_TIMEOUT = re.compile(r"alter role (\w+) set statement_timeout = '(\w+)';")
+
+
+def test_every_bootstrap_gives_the_api_roles_supabases_statement_timeouts() -> None:
+    """As the supabase/postgres image sets them; the dev stack and k3s run their own bootstrap,
+    and compose's states them again over the image's."""
+    for path in (
+        REPO / "supabase" / "db" / "roles.sql",
+        REPO / "deploy" / "k3s" / "supabase-init.sql",
+        REPO / "cli" / "dev" / "supabase_bootstrap.sql",
+    ):
+        timeouts = dict(STATEMENT_TIMEOUT.findall(path.read_text(encoding="utf-8")))
+        assert timeouts == {"anon": "3s", "authenticated": "8s", "authenticator": "8s"}, path
+
+
+def test_postgrest_answers_at_most_a_page_of_rows_as_in_the_local_stack(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert services["rest"]["environment"]["PGRST_DB_MAX_ROWS"] == str(MAX_ROWS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 import yaml
 
+from cli.dev.postgrest import MAX_ROWS
 from cli.keys import ApiKeys
 from tests.deploy_support import (
     DEPLOY_DOC,
@@ -38,6 +39,7 @@ from tests.deploy_support import (
     MONITORING_DIR,
     REPO,
     SQL_DIR_IN_IMAGE,
+    assert_kong_limits,
     assert_kong_serves_supabase_paths,
     by_kind,
     is_pinned,
@@ -579,6 +581,14 @@ def test_kong_renders_its_routes_with_the_keys_from_secrets(
     script = kong_script_from_argv([part.replace("$$", "$") for part in container["command"]])
     config = render_kong_config(script, KONG_CONFIG, tmp_path, values)
     assert_kong_serves_supabase_paths(config, values)
+    assert_kong_limits(config, values, env["KONG_PLUGINS"]["value"])
+
+
+def test_postgrest_answers_at_most_a_page_of_rows_as_in_the_local_stack(
+    deployments: dict[str, dict[str, Any]],
+) -> None:
+    (container,) = deployments["rest"]["spec"]["template"]["spec"]["containers"]
+    assert env_map(container)["PGRST_DB_MAX_ROWS"]["value"] == str(MAX_ROWS)
 
 
 def test_kong_upstreams_are_services_of_the_namespace(manifests: list[dict[str, Any]]) -> None:
