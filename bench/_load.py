@@ -142,9 +142,12 @@ def lua_locals(**values: str | list[str]) -> str:
     return "".join(lines)
 
 
-def wrk_rate(base_url: str, script: str, seconds: float) -> float:
-    """Successful requests per second of a wrk `script` (it defines `request`), WORKERS keep-alive
-    connections for `seconds`."""
+@contextmanager
+def wrk_command(
+    base_url: str, script: str, seconds: float, *, connections: int = WORKERS, threads: int = 2
+) -> Iterator[list[str]]:
+    """wrk's command line running `script` (after WRK_PRELUDE; the file is removed afterwards) on
+    `connections` keep-alive connections for `seconds`."""
     program = shutil.which("wrk")
     if program is None:
         raise SystemExit("the HTTP measures need wrk: `./run bench NAME` installs it (Debian: wrk)")
@@ -152,13 +155,27 @@ def wrk_rate(base_url: str, script: str, seconds: float) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(prelude + script)
     try:
-        done = subprocess.run(
-            [program, "-t", "2", "-c", str(WORKERS), "-d", f"{int(seconds)}s", "-s", file.name, base_url],
-            capture_output=True,
-            text=True,
-        )
+        yield [
+            program,
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{int(seconds)}s",
+            "-s",
+            file.name,
+            base_url,
+        ]
     finally:
         os.unlink(file.name)
+
+
+def wrk_rate(base_url: str, script: str, seconds: float) -> float:
+    """Successful requests per second of a wrk `script` (it defines `request`), WORKERS keep-alive
+    connections for `seconds`."""
+    with wrk_command(base_url, script, seconds) as command:
+        done = subprocess.run(command, capture_output=True, text=True)
     totals = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
     if done.returncode != 0 or totals is None:
         raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")

@@ -1,6 +1,6 @@
-"""The benchmarks' verdicts, their latency rows and their results for scripts (bench/_*.py), and
-bench/client.py's sign-in measure, skipped without Auth: what a reader of a benchmark run relies
-on, checked without running a benchmark."""
+"""The benchmarks' verdicts, their latency rows and their results for scripts (bench/_*.py),
+bench/client.py's sign-in measure, skipped without Auth, and bench/flood.py's floods: what a reader
+of a benchmark run relies on, checked without running a benchmark."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench._percentiles import PercentileRow, Percentiles
 from bench._results import results_for_scripts
 from bench._verdicts import LatencyRow, RateRow, print_rates
 from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
+from bench.flood import FloodRow, print_rows
 
 
 def test_a_ratio_is_of_the_means_and_its_range_of_the_cycles() -> None:
@@ -151,3 +152,36 @@ def test_a_skipped_sign_in_is_one_line_beside_the_plain_read(capsys: pytest.Capt
     assert f"{SIGN_IN_READ}: skipped, {reason}" in lines
     assert any(PLAIN_READ in line and "2.00 ms" in line for line in lines)
     assert not any(SIGN_IN_READ in line for line in lines if "skipped" not in line)
+
+
+def test_a_flood_is_judged_by_the_victims_p99_under_it_against_its_p99_idle(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    idle = Percentiles(0.004, 0.010)
+    held = FloodRow("anon", idle, Percentiles(0.005, 0.025), {"ok": 10, "refused": 90})
+    assert held.flood_vs_idle_p99 == pytest.approx(2.5)
+    assert held.verdict == "ok"
+    assert held.as_dict() == {
+        "measure": "anon",
+        "status": "measured",
+        "reason": None,
+        "p50_ms": pytest.approx(5.0),
+        "p99_ms": pytest.approx(25.0),
+        "ratio_p50": pytest.approx(1.25),
+        "ratio_p99": pytest.approx(2.5),
+        "idle_p50_ms": pytest.approx(4.0),
+        "idle_p99_ms": pytest.approx(10.0),
+        "flood_vs_idle_p99": pytest.approx(2.5),
+        "target_below": 3.0,
+        "verdict": "ok",
+        "flooders": {"ok": 10, "refused": 90},
+    }
+    # Three times as slow is not under three times.
+    assert FloodRow("anon", idle, Percentiles(0.005, 0.030), {}).verdict == "MISSED"
+    untimed = FloodRow("anon", idle, None, {})
+    assert (untimed.flood_vs_idle_p99, untimed.verdict) == (None, "n/a")
+    assert untimed.as_dict()["reason"]
+
+    assert print_rows([held, FloodRow("long", idle, Percentiles(0.1, 1.0), {"failed": 2}), untimed]) == 1
+    table = capsys.readouterr().out
+    assert "100.00" in table and "MISSED" in table and "flooders got: failed 2" in table
