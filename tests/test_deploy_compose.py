@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import jwt
 import pytest
 
 from cli.api import parse_duration
+from cli.dev.gateway import Limits
 from cli.dev.postgrest import MAX_ROWS
 from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
@@ -36,6 +39,7 @@ from tests.deploy_support import (
     assert_kong_serves_supabase_paths,
     image_tag,
     is_pinned,
+    kong_plugins,
     kong_script_from_compose_entrypoint,
     kong_upstreams,
     load_yaml,
@@ -344,6 +348,60 @@ def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls_and_the_limi
     config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
     assert_kong_serves_supabase_paths(config, env)
     assert_kong_limits(config, env, kong["environment"]["KONG_PLUGINS"])
+
+
+# What Kong's PDK gives a pre-function snippet, as far as ours use it: the request's headers and
+# query string, and what the snippet does to the request printed one line per call.
+KONG_PDK = """
+kong = {
+  request = {
+    get_header = function(name) return HEADERS[name] end,
+    get_raw_query = function() return QUERY end,
+  },
+  service = {
+    request = {set_header = function(name, value) print("set_header " .. name .. ": " .. value) end},
+  },
+  response = {exit = function(status, body) print("exit " .. status .. " " .. body.code) end},
+}
+"""
+
+
+def run_kong_lua(code: str, headers: dict[str, str], query: str, tmp_path: Path) -> list[str]:
+    """What `code` does to a request with `headers` (lower-case names) and `query`, run by LuaJIT."""
+    luajit = shutil.which("luajit")
+    if luajit is None:
+        pytest.skip("luajit is not installed (`./run setup` installs it): Kong's Lua cannot run here")
+    table = ", ".join(f"[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items())
+    script = tmp_path / "snippet.lua"
+    script.write_text(
+        f"HEADERS = {{{table}}}\nQUERY = {json.dumps(query)}\n{KONG_PDK}\n"
+        f"assert(loadstring({json.dumps(code)}))()\n",
+        encoding="utf-8",
+    )
+    ran = subprocess.run([luajit, str(script)], capture_output=True, text=True, timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.splitlines()
+
+
+def test_kongs_lua_makes_a_caller_without_token_anon_and_holds_anon_queries_to_the_allowance(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    keys = ApiKeys.generate()
+    env = {"SUPABASE_ANON_KEY": keys.anon_key, "SUPABASE_SERVICE_KEY": keys.service_role_key}
+    script = kong_script_from_compose_entrypoint(services["kong"]["entrypoint"])
+    config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
+
+    (rewrite,) = kong_plugins(config)["pre-function"]["rewrite"]
+    anon = {"apikey": keys.anon_key}
+    assert run_kong_lua(rewrite, anon, "", tmp_path) == [f"set_header authorization: Bearer {keys.anon_key}"]
+    for kept in ({**anon, "authorization": "Bearer user-token"}, {"apikey": keys.service_role_key}):
+        assert run_kong_lua(rewrite, kept, "", tmp_path) == []
+
+    (anon_route,) = [r for s in config["services"] for r in s["routes"] if r["name"] == "rest-v1-anon"]
+    (check,) = kong_plugins(anon_route)["pre-function"]["access"]
+    allowance = Limits().anon_query_bytes
+    assert run_kong_lua(check, anon, "a" * allowance, tmp_path) == []
+    assert run_kong_lua(check, anon, "a" * (allowance + 1), tmp_path) == ["exit 414 query_too_long"]
 
 
 def test_kong_upstreams_are_services_of_the_stack(services: dict[str, dict[str, Any]]) -> None:
