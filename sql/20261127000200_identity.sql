@@ -59,7 +59,6 @@ create or replace function mycelium_private.is_admin_or_service()
 returns boolean
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return mycelium_private.is_service() or public.has_role('admin');
@@ -70,10 +69,11 @@ create or replace function mycelium_private.require_admin()
 returns void
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
-  perform mycelium_private.authorize(mycelium_private.is_admin_or_service(), 'only admins and service_role may do this');
+  if not mycelium_private.is_admin_or_service() then
+    perform mycelium_private.fail('not_authorized', 'only admins and service_role may do this', 403);
+  end if;
 end;
 $$;
 
@@ -81,10 +81,11 @@ create or replace function mycelium_private.require_service()
 returns void
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
-  perform mycelium_private.authorize(mycelium_private.is_service(), 'only service_role may do this');
+  if not mycelium_private.is_service() then
+    perform mycelium_private.fail('not_authorized', 'only service_role may do this', 403);
+  end if;
 end;
 $$;
 
@@ -93,13 +94,13 @@ create or replace function mycelium_private.require_signed_in(p_action text)
 returns uuid
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_user uuid := auth.uid();
 begin
-  perform mycelium_private.authorize(v_user is not null and coalesce(auth.role(), '') = 'authenticated',
-    'sign in to ' || p_action);
+  if v_user is null or coalesce(auth.role(), '') <> 'authenticated' then
+    perform mycelium_private.fail('not_authorized', 'sign in to ' || p_action, 403);
+  end if;
   return v_user;
 end;
 $$;
@@ -182,7 +183,6 @@ create or replace function mycelium_private.check_role(p_role text)
 returns void
 language plpgsql
 immutable
-set search_path = ''
 as $$
 begin
   if p_role is null or p_role not in ('admin', 'farmer', 'app_provider', 'service_provider') then

@@ -22,7 +22,9 @@ $$;
 
 -- Makes configuration table `p_table` one: its one row (the columns' defaults), its read surface
 -- (anyone reads it, nobody writes it through the API), its history table and the trigger that
--- fills it.
+-- fills it. The history's identity sequence is taken back too (Supabase grants all on every new
+-- one): only the owner's functions insert, and one setval through the API would make every later
+-- insert collide.
 create or replace function mycelium_private.make_configuration(p_table text)
 returns void
 language plpgsql

@@ -294,7 +294,8 @@ alter table mycelium_private.hold_lots enable row level security;
 
 -- ---------------------------------------------------------------------------------------
 -- Movement primitives, called only by the write path below (mycelium_private.create_transfer),
--- which validates the movement and orders the account updates.
+-- which validates the movement and orders the account updates. Helpers, without a SET clause
+-- (see the foundation).
 -- ---------------------------------------------------------------------------------------
 
 -- Credits of a user expiring at `p_expires_at`: added to the user's live lot of that expiry, or a
@@ -304,7 +305,6 @@ create or replace function mycelium_private.add_lot(
   p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   insert into public.credit_lots as l (user_id, amount, remaining, expires_at, source_transfer_id)
@@ -318,7 +318,6 @@ $$;
 create or replace function mycelium_private.lock_account(p_user uuid)
 returns boolean
 language plpgsql
-set search_path = ''
 as $$
 begin
   perform 1 from public.credit_accounts a where a.user_id = p_user for no key update;
@@ -331,7 +330,6 @@ create or replace function mycelium_private.spendable(p_user uuid)
 returns numeric
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (
@@ -358,7 +356,6 @@ create or replace function mycelium_private.spend_expiring_lots(
   p_user uuid, p_amount numeric, p_hold text, p_pass_to uuid, p_transfer uuid)
 returns numeric
 language plpgsql
-set search_path = ''
 as $$
 declare
   left_to_take numeric := p_amount;
@@ -402,7 +399,6 @@ create or replace function mycelium_private.debit_user(
   p_user uuid, p_amount numeric, p_held numeric, p_hold text, p_pass_to uuid, p_transfer uuid,
   p_lots_last boolean, out balance numeric, out from_lots numeric)
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account public.credit_accounts;
@@ -444,7 +440,6 @@ $$;
 create or replace function mycelium_private.debit_lot(p_user uuid, p_amount numeric, p_expires_at timestamptz)
 returns numeric
 language plpgsql
-set search_path = ''
 as $$
 declare
   new_balance numeric;
@@ -473,7 +468,6 @@ create or replace function mycelium_private.credit_user(
   p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric, p_held numeric)
 returns numeric
 language plpgsql
-set search_path = ''
 as $$
 declare
   new_balance numeric;
@@ -503,7 +497,6 @@ create or replace function mycelium_private.give_back_hold_lots(
   p_hold text, p_user uuid, p_amount numeric, p_transfer uuid)
 returns numeric
 language plpgsql
-set search_path = ''
 as $$
 declare
   left_to_give numeric := p_amount;
@@ -532,11 +525,12 @@ $$;
 -- first), updates the user accounts it touches in ascending user_id order (the UPDATE of a
 -- balance is the lock; so two movements in opposite directions never deadlock), carries expiring
 -- lots and holds along, and writes one entry per user side with the balance it produced. Callers
--- authorize the caller and validate their own arguments first.
+-- authorize the caller and check their own arguments first (with reasons that name them).
 --
---   p_kind, p_amount               what moves and how much (an amount like any other)
+--   p_kind, p_amount               what moves and how much
 --   p_from_user | p_from_system    the sender: a user or a system account, exactly one
---   p_to_user | p_to_system        the recipient: a user or a system account, exactly one
+--   p_to_user | p_to_system        the recipient: a user or a system account, exactly one, not the
+--                                  sender
 --   p_reference, p_memo            kept on the transfer and its entries. The reference is the retry
 --                                  key of the kinds retry_key() names (a transfer's key stays off the
 --                                  recipient's entry: it is the sender's own), and names a hold
@@ -564,6 +558,11 @@ $$;
 -- Returns the transfer's id and time, the balances it left the sending and the receiving user
 -- (null for a system account), and `replayed`: the retry key was taken already, by an earlier
 -- movement or by a concurrent one that has committed since; that one is returned, nothing moved.
+--
+-- The amount and the two sides are validated by the transfers table itself (its domains and
+-- CHECKs refuse anything else); the holds rules are checked here. Each shape of movement takes
+-- its own branch, so that a movement evaluates only what it needs: a plpgsql expression costs
+-- every transaction that first runs it its setup again.
 -- ---------------------------------------------------------------------------------------
 create or replace function mycelium_private.create_transfer(
   p_kind text,
@@ -589,32 +588,24 @@ create or replace function mycelium_private.create_transfer(
   out to_balance numeric,
   out replayed boolean)
 language plpgsql
-set search_path = ''
 as $$
 declare
-  v_amount numeric := mycelium_private.check_amount(p_amount);
-  v_holds boolean := p_from_system is not distinct from 'holds' or p_to_system is not distinct from 'holds';
-  v_held numeric := 0;
-  v_held_apart boolean := false;  -- the holder is neither side: a capture
-  v_to_first boolean := p_to_user is not null and coalesce(p_to_user < p_from_user, true);
+  v_held numeric := 0;    -- the change of the holder's `held`
   v_debit record;
-  v_passed numeric := 0;          -- what the sender's lots gave, arriving as lots
-  v_late numeric := 0;            -- expiring credits the recipient's balance held before its lots came
+  v_passed numeric := 0;  -- what the sender's expiring lots gave, reaching the recipient as lots
+  v_late numeric := 0;    -- expiring credits the recipient's balance held before its lots came
 begin
-  if (p_from_user is null) = (p_from_system is null) or (p_to_user is null) = (p_to_system is null)
-     or p_from_user = p_to_user or p_from_system = p_to_system then
-    perform mycelium_private.fail('invalid_argument',
-      'a movement goes from one account to another, each a user or a system account');
-  end if;
-  if v_holds <> (p_holder is not null) or (p_to_system = 'holds' and p_holder is distinct from p_from_user)
-     or ((p_to_system = 'holds' or p_gives_back_hold) and p_reference is null)
-     or (p_gives_back_hold and p_to_user is null) then
-    perform mycelium_private.fail('invalid_argument',
-      'a movement into or out of holds names its holder (going in: the sender), and a hold its reference');
-  end if;
-  if v_holds then
-    v_held := coalesce(p_held, case when p_to_system = 'holds' then v_amount else -v_amount end);
-    v_held_apart := p_holder is distinct from p_from_user and p_holder is distinct from p_to_user;
+  if p_holder is not null or p_from_system = 'holds' or p_to_system = 'holds' or p_gives_back_hold then
+    if (p_holder is null) <> (p_from_system is distinct from 'holds' and p_to_system is distinct from 'holds')
+       or (p_to_system = 'holds' and p_holder is distinct from p_from_user)
+       or ((p_to_system = 'holds' or p_gives_back_hold) and p_reference is null)
+       or (p_gives_back_hold and p_to_user is null) then
+      perform mycelium_private.fail('invalid_argument',
+        'a movement into or out of holds names its holder (going in: the sender), and a hold its reference');
+    end if;
+    if p_holder is not null then
+      v_held := coalesce(p_held, case when p_to_system = 'holds' then p_amount else -p_amount end);
+    end if;
   end if;
 
   -- Claim the retry key first: a concurrent movement with the same key waits on the unique index
@@ -623,7 +614,7 @@ begin
     (kind, from_user, from_system, to_user, to_system, amount, usd_amount, rate, package_id, memo, reference,
      expires_at, initiated_by, initiated_role)
   values
-    (p_kind, p_from_user, p_from_system, p_to_user, p_to_system, v_amount, p_usd_amount, p_rate, p_package_id,
+    (p_kind, p_from_user, p_from_system, p_to_user, p_to_system, p_amount, p_usd_amount, p_rate, p_package_id,
      p_memo, p_reference, p_expires_at, auth.uid(), mycelium_private.caller_role())
   on conflict (retry_key) where retry_key is not null do nothing
   returning t.id, t.created_at into transfer_id, created_at;
@@ -634,51 +625,68 @@ begin
     return;
   end if;
 
-  -- The accounts, in ascending user_id order. Most movements touch one account, or two holding no
-  -- expiring credits: one UPDATE each.
-  if v_held_apart and (p_to_user is null or p_holder < p_to_user) then
-    update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
-  end if;
-  if v_to_first then
-    to_balance := mycelium_private.credit_user(p_to_user, v_amount, p_expires_at, transfer_id, 0,
-      case when p_holder = p_to_user then v_held else 0 end);
-  end if;
-  if p_from_user is not null and p_expires_at is not null then
-    from_balance := mycelium_private.debit_lot(p_from_user, v_amount, p_expires_at);
-  elsif p_from_user is not null then
-    v_debit := mycelium_private.debit_user(p_from_user, v_amount, case when p_holder = p_from_user then v_held else 0 end,
-      case when p_to_system = 'holds' then p_reference end, p_to_user, transfer_id, p_lots_last);
+  if p_from_user is not null and p_to_user is not null then
+    -- Between two users (a transfer, a refund): the two accounts in user_id order.
+    if p_from_user < p_to_user then
+      v_debit := mycelium_private.debit_user(p_from_user, p_amount, 0, null, p_to_user, transfer_id, p_lots_last);
+      to_balance := mycelium_private.credit_user(p_to_user, p_amount, null, transfer_id, v_debit.from_lots, 0);
+    else
+      to_balance := mycelium_private.credit_user(p_to_user, p_amount, null, transfer_id, 0, 0);
+      v_debit := mycelium_private.debit_user(p_from_user, p_amount, 0, null, p_to_user, transfer_id, p_lots_last);
+      v_late := v_debit.from_lots;
+    end if;
     from_balance := v_debit.balance;
-    v_passed := case when p_to_user is null then 0 else v_debit.from_lots end;
-  end if;
-  if v_to_first then
-    v_late := v_passed;
+    v_passed := v_debit.from_lots;
+    insert into public.credit_transactions
+      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
+    values
+      (transfer_id, p_from_user, -p_amount, case when p_kind = 'transfer' then 'transfer_out' else p_kind end,
+       from_balance, p_to_user, p_memo, p_reference, null),
+      (transfer_id, p_to_user, p_amount, case when p_kind = 'transfer' then 'transfer_in' else p_kind end,
+       to_balance, p_from_user, p_memo, case when p_kind = 'transfer' then null else p_reference end, null);
   elsif p_to_user is not null then
-    to_balance := mycelium_private.credit_user(p_to_user, v_amount, p_expires_at, transfer_id, v_passed,
-      case when p_holder = p_to_user then v_held else 0 end);
-  end if;
-  if p_gives_back_hold then
-    v_late := v_late + mycelium_private.give_back_hold_lots(p_reference, p_to_user, v_amount - v_passed, transfer_id);
-  end if;
-  if v_late > 0 then
-    -- The recipient's balance holds these credits already: its lots can count as expiring now.
-    update public.credit_accounts a set expiring = a.expiring + v_late where a.user_id = p_to_user;
-  end if;
-  if v_held_apart and p_holder > p_to_user then
+    -- From a system account to a user (issuance, a hold going back or paid out, a refunded fee).
+    if p_holder is null then
+      to_balance := mycelium_private.credit_user(p_to_user, p_amount, p_expires_at, transfer_id, 0, 0);
+    else
+      -- Out of holds: the holder's held goes down, with the recipient's balance if it is the holder
+      -- (a release), else in user_id order with the recipient's account (a capture).
+      if p_holder < p_to_user and v_held <> 0 then
+        update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
+      end if;
+      to_balance := mycelium_private.credit_user(p_to_user, p_amount, p_expires_at, transfer_id, 0,
+        case when p_holder = p_to_user then v_held else 0 end);
+      if p_holder > p_to_user and v_held <> 0 then
+        update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
+      end if;
+    end if;
+    insert into public.credit_transactions
+      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
+    values (transfer_id, p_to_user, p_amount, p_kind, to_balance, p_counterparty, p_memo, p_reference, p_expires_at);
+  elsif p_from_user is not null then
+    -- From a user to a system account (expiry, a hold).
+    if p_expires_at is not null then
+      from_balance := mycelium_private.debit_lot(p_from_user, p_amount, p_expires_at);
+    else
+      from_balance := (mycelium_private.debit_user(p_from_user, p_amount, v_held,
+        case when p_to_system = 'holds' then p_reference end, null, transfer_id, p_lots_last)).balance;
+    end if;
+    insert into public.credit_transactions
+      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
+    values (transfer_id, p_from_user, -p_amount, p_kind, from_balance, p_counterparty, p_memo, p_reference, p_expires_at);
+  elsif v_held <> 0 then
+    -- Between system accounts (a capture's fee): only the holder's held credits may change.
     update public.credit_accounts a set held = a.held + v_held, updated_at = now() where a.user_id = p_holder;
   end if;
 
-  if p_from_user is not null or p_to_user is not null then
-    insert into public.credit_transactions
-      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
-    select transfer_id, e.user_id, e.amount, e.kind, e.balance_after, e.counterparty_id, p_memo, e.reference, p_expires_at
-    from (values
-      (p_from_user, -v_amount, case when p_kind = 'transfer' then 'transfer_out' else p_kind end, from_balance,
-       coalesce(p_to_user, p_counterparty), p_reference),
-      (p_to_user, v_amount, case when p_kind = 'transfer' then 'transfer_in' else p_kind end, to_balance,
-       coalesce(p_from_user, p_counterparty), case when p_kind = 'transfer' then null else p_reference end)
-    ) e (user_id, amount, kind, balance_after, counterparty_id, reference)
-    where e.user_id is not null;
+  if v_late > 0 or p_gives_back_hold then
+    if p_gives_back_hold then
+      v_late := v_late + mycelium_private.give_back_hold_lots(p_reference, p_to_user, p_amount - v_passed, transfer_id);
+    end if;
+    if v_late > 0 then
+      -- The recipient's balance holds these credits already: its lots can count as expiring now.
+      update public.credit_accounts a set expiring = a.expiring + v_late where a.user_id = p_to_user;
+    end if;
   end if;
 end;
 $$;

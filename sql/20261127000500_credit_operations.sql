@@ -46,7 +46,6 @@ create or replace function mycelium_private.movement_result(p_transfer uuid, p_v
 returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (
@@ -105,7 +104,6 @@ create or replace function mycelium_private.replay_movement(
 returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   if not exists (select 1 from mycelium_private.transfers t where t.id = p_transfer and to_jsonb(t) @> p_request) then

@@ -53,9 +53,8 @@ $$;
 
 -- Before every insert and update: the owner is the caller (never someone else, never changed),
 -- the owner holds the role for the category (except to deactivate), the price obeys the amount
--- rules. Also keeps
--- units_in_use right when a capacity is set on a product that had none: counted under the row
--- lock of this UPDATE, which waits for orders in flight (they hold the row FOR SHARE).
+-- rules. units_in_use stays 0 while there is no capacity (the orders count it once one is set:
+-- products_count_units_in_use).
 create or replace function mycelium_private.check_product()
 returns trigger
 language plpgsql
@@ -94,11 +93,7 @@ begin
   end if;
   new.price := mycelium_private.check_amount(new.price, 'price');
   new.name := mycelium_private.check_text(new.name, 'name', 200, true);
-  if tg_op = 'UPDATE' and new.capacity is not null and old.capacity is null then
-    new.units_in_use := coalesce((
-      select sum(i.quantity) from public.order_items i join public.orders o on o.id = i.order_id
-      where i.product_id = new.id and o.status in ('pending', 'fulfilled', 'partially_refunded')), 0);
-  elsif new.capacity is null then
+  if new.capacity is null then
     new.units_in_use := 0;
   end if;
   new.updated_at := now();

@@ -138,6 +138,29 @@ create policy order_refunds_of_visible_orders on public.order_refunds
   for select to authenticated
   using (exists (select 1 from public.orders o where o.id = order_id));
 
+-- A capacity set on a product that had none: units_in_use counts the units of its open orders,
+-- under the row lock of this UPDATE, which waits for orders in flight (they hold the row FOR
+-- SHARE). After products_check (triggers of an event fire in name order), which has refused a
+-- change that may not be made.
+create or replace function mycelium_private.count_units_in_use()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  new.units_in_use := coalesce((
+    select sum(i.quantity) from public.order_items i join public.orders o on o.id = i.order_id
+    where i.product_id = new.id and o.status in ('pending', 'fulfilled', 'partially_refunded')), 0);
+  return new;
+end;
+$$;
+
+create trigger products_count_units_in_use
+  before update of capacity on public.products
+  for each row when (new.capacity is not null and old.capacity is null)
+  execute function mycelium_private.count_units_in_use();
+
 -- ---------------------------------------------------------------------------------------
 -- Helpers shared by the order functions
 -- ---------------------------------------------------------------------------------------
@@ -147,7 +170,6 @@ create or replace function mycelium_private.order_object(p_order uuid)
 returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select to_jsonb(o) || jsonb_build_object('items', (
@@ -164,7 +186,6 @@ create or replace function mycelium_private.record_order_status(
   p_order uuid, p_from text, p_to text, p_reason text default null)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   insert into public.order_status_history (order_id, from_status, to_status, changed_by, changed_role, reason)
@@ -178,7 +199,6 @@ $$;
 create or replace function mycelium_private.lock_order(p_order uuid)
 returns public.orders
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_order public.orders;
@@ -198,7 +218,6 @@ $$;
 create or replace function mycelium_private.refuse_transition(p_order public.orders, p_to text)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   perform mycelium_private.fail('invalid_transition',
@@ -212,7 +231,6 @@ $$;
 create or replace function mycelium_private.is_retry(p_order public.orders, p_to text)
 returns boolean
 language plpgsql
-set search_path = ''
 as $$
 begin
   if p_order.status = p_to then
@@ -228,7 +246,6 @@ $$;
 create or replace function mycelium_private.change_units_in_use(p_order uuid, p_sign integer)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   perform 1 from public.products p
@@ -253,7 +270,6 @@ create or replace function mycelium_private.parse_order_items(p_items jsonb)
 returns table (product_id uuid, quantity integer)
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v_item jsonb;
@@ -288,7 +304,6 @@ create or replace function mycelium_private.order_replay(p_order public.orders, 
 returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_product_ids uuid[];

@@ -26,7 +26,6 @@
 create or replace function mycelium_private.release_hold(p_order public.orders, p_to text, p_reason text)
 returns jsonb
 language plpgsql
-set search_path = ''
 as $$
 begin
   perform mycelium_private.change_units_in_use(p_order.id, -1);

@@ -112,7 +112,6 @@ create policy legacy_transactions_select_own on public.legacy_transactions
 create or replace function mycelium_private.claim_legacy_account(p_user uuid, p_email text)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account mycelium_private.legacy_accounts;
@@ -215,7 +214,6 @@ revoke all on mycelium_private.legacy_admin_roles_waiting from public, anon, aut
 create or replace function mycelium_private.apply_legacy_settings(p_settings jsonb)
 returns jsonb
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_fee numeric := (p_settings ->> 'platform_fee_percent')::numeric;
