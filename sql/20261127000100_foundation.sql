@@ -142,7 +142,8 @@ as $$
 $$;
 -- Arithmetic only: the marketplace's security invoker views (each order item's share of a fee)
 -- call it as the reader.
-grant execute on function mycelium_private.divide_rounded(numeric, numeric, integer) to authenticated, service_role;
+grant execute on function mycelium_private.divide_rounded(numeric, numeric, integer)
+  to authenticated, service_role;
 
 -- The arguments of a periodic job that works in batches (expire_credits, release_expired_holds):
 -- the moment it works as of (not in the future) and its batch size `p_max`, named `p_max_name`,
@@ -164,7 +165,8 @@ end;
 $$;
 
 -- Text arguments: required or optional, trimmed, bounded.
-create or replace function mycelium_private.check_text(value text, what text, max_length integer, required boolean default false)
+create or replace function mycelium_private.check_text(
+  value text, what text, max_length integer, required boolean default false)
 returns text
 language plpgsql
 immutable

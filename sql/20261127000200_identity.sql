@@ -171,8 +171,11 @@ create trigger mycelium_profile_on_user_email_changed
   for each row execute function mycelium_private.sync_profile_email();
 
 insert into public.profiles (id, email, display_name)
-select u.id, u.email, left(coalesce(u.raw_user_meta_data ->> 'display_name', u.raw_user_meta_data ->> 'full_name'), 200)
-from auth.users u
+select
+  u.id, u.email,
+  left(coalesce(u.raw_user_meta_data ->> 'display_name', u.raw_user_meta_data ->> 'full_name'), 200)
+    as display_name
+from auth.users as u
 on conflict (id) do nothing;
 
 -- ---------------------------------------------------------------------------------------
@@ -225,7 +228,8 @@ end;
 $$;
 
 revoke execute on function public.grant_role(uuid, text), public.revoke_role(uuid, text) from public, anon;
-grant execute on function public.grant_role(uuid, text), public.revoke_role(uuid, text) to authenticated, service_role;
+grant execute on function public.grant_role(uuid, text), public.revoke_role(uuid, text)
+  to authenticated, service_role;
 revoke execute on function public.has_role(text), public.is_admin() from public, anon;
 grant execute on function public.has_role(text), public.is_admin() to authenticated, service_role;
 revoke execute on all functions in schema mycelium_private from public;

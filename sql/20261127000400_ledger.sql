@@ -189,7 +189,8 @@ alter table mycelium_private.transfers enable row level security;
 
 revoke all on public.credit_accounts, public.credit_transactions, public.credit_lots
   from anon, authenticated, service_role;
-revoke all on sequence public.credit_transactions_id_seq, public.credit_lots_id_seq from anon, authenticated, service_role;
+revoke all on sequence public.credit_transactions_id_seq, public.credit_lots_id_seq
+  from anon, authenticated, service_role;
 grant select on public.credit_accounts, public.credit_transactions, public.credit_lots
   to authenticated, service_role;
 
@@ -238,8 +239,8 @@ grant execute on function public.credit_history(timestamptz, bigint, integer) to
 
 -- Your balance with its USD value, for display.
 create view public.credit_balances with (security_invoker = true) as
-select a.user_id, a.balance, a.held, public.tfc_to_usd(a.balance) as balance_usd, a.updated_at
-from public.credit_accounts a;
+select a.user_id, a.balance, a.held, public.tfc_to_usd(a.balance) as balance_usd, a.updated_at  -- noqa: ST06
+from public.credit_accounts as a;
 comment on view public.credit_balances is 'Your balance and its value in USD at the configured rate (display only).';
 
 revoke all on public.credit_balances from anon, authenticated, service_role;
@@ -274,7 +275,7 @@ create trigger mycelium_credit_account_on_user_created
   after insert on auth.users
   for each row execute function mycelium_private.create_credit_account_for_new_user();
 
-select mycelium_private.open_credit_account(u.id) from auth.users u;
+select mycelium_private.open_credit_account(u.id) from auth.users as u;
 
 -- ---------------------------------------------------------------------------------------
 -- Holds keep the expiry of what they took. A hold (a transfer into `holds`, named by its
@@ -465,7 +466,8 @@ $$;
 -- The UPDATE of the balance locks the account; no account: unknown_recipient. Returns the new
 -- balance.
 create or replace function mycelium_private.credit_user(
-  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric, p_held numeric)
+  p_user uuid, p_amount numeric, p_expires_at timestamptz, p_transfer uuid, p_from_lots numeric,
+  p_held numeric)
 returns numeric
 language plpgsql
 as $$

@@ -8,9 +8,11 @@ create table public.credit_packages (
   name text not null unique check (btrim(name) <> '' and length(name) <= 100),
   description text check (description is null or length(description) <= 1000),
   price_usd numeric not null
-    check (price_usd <> 'NaN'::numeric and price_usd > 0 and price_usd < 1e15 and scale(trim_scale(price_usd)) <= 6),
+    check (price_usd <> 'NaN'::numeric and price_usd > 0 and price_usd < 1e15
+           and scale(trim_scale(price_usd)) <= 6),
   bonus_credits numeric not null default 0
-    check (bonus_credits <> 'NaN'::numeric and bonus_credits >= 0 and bonus_credits < 1e15 and scale(trim_scale(bonus_credits)) <= 6),
+    check (bonus_credits <> 'NaN'::numeric and bonus_credits >= 0 and bonus_credits < 1e15
+           and scale(trim_scale(bonus_credits)) <= 6),
   expires_after interval check (expires_after is null or expires_after > interval '0'),
   active boolean not null default true,
   sort_order integer not null default 0,
@@ -288,12 +290,14 @@ begin
 end;
 $$;
 
-revoke execute on function public.purchase_credits(uuid, numeric, text, uuid) from public, anon, authenticated;
+revoke execute on function public.purchase_credits(uuid, numeric, text, uuid)
+  from public, anon, authenticated;
 grant execute on function public.purchase_credits(uuid, numeric, text, uuid) to service_role;
 revoke execute on function public.transfer_credits(uuid, numeric, text, text) from public, anon, service_role;
 grant execute on function public.transfer_credits(uuid, numeric, text, text) to authenticated;
 revoke execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) from public, anon;
-grant execute on function public.grant_credits(uuid, numeric, text, timestamptz, text) to authenticated, service_role;
+grant execute on function public.grant_credits(uuid, numeric, text, timestamptz, text)
+  to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/expire_credits: what is left of a lot past its expires_at is not spendable; the sweep
@@ -302,7 +306,8 @@ grant execute on function public.grant_credits(uuid, numeric, text, timestamptz,
 -- over): a call stays well inside the API's statement timeout however many lots expire at once.
 -- Call again while lots_expired >= max_lots.
 -- ---------------------------------------------------------------------------------------
-create or replace function public.expire_credits(as_of timestamptz default now(), max_lots integer default 1000)
+create or replace function public.expire_credits(
+  as_of timestamptz default now(), max_lots integer default 1000)
 returns jsonb
 language plpgsql
 security definer

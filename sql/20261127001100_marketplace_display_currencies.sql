@@ -10,7 +10,8 @@ create table public.display_currencies (
   name text check (name is null or length(name) <= 100),
   -- What one unit of the currency is worth in USD.
   usd_per_unit numeric not null
-    check (usd_per_unit <> 'NaN'::numeric and usd_per_unit > 0 and usd_per_unit < 1e9 and scale(usd_per_unit) <= 12),
+    check (usd_per_unit <> 'NaN'::numeric and usd_per_unit > 0 and usd_per_unit < 1e9
+           and scale(usd_per_unit) <= 12),
   decimals integer not null default 2 check (decimals between 0 and 8),
   updated_at timestamptz not null default now(),
   updated_by uuid
@@ -98,11 +99,12 @@ comment on function public.display_prices(numeric) is
 create view public.product_prices with (security_invoker = true) as
 select p.id, p.name, p.category, p.unit, p.price, public.tfc_to_usd(p.price) as price_usd,
        public.display_prices(p.price) as prices
-from public.products p;
+from public.products as p;
 comment on view public.product_prices is 'Each product''s price in TFC, in USD and in every display currency (display only).';
 
 revoke all on public.product_prices from anon, authenticated, service_role;
 grant select on public.product_prices to anon, authenticated, service_role;
 revoke execute on function public.set_display_currency(text, text, numeric, text, integer) from public, anon;
-grant execute on function public.set_display_currency(text, text, numeric, text, integer) to authenticated, service_role;
+grant execute on function public.set_display_currency(text, text, numeric, text, integer)
+  to authenticated, service_role;
 grant execute on function public.display_prices(numeric) to anon, authenticated, service_role;

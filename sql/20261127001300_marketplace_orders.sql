@@ -130,13 +130,22 @@ create policy orders_buyer_provider_or_admin on public.orders
 -- The subqueries see orders through the policy above.
 create policy order_items_of_visible_orders on public.order_items
   for select to authenticated
-  using (exists (select 1 from public.orders o where o.id = order_id));
+  using (exists (
+    select 1 from public.orders as o
+    where o.id = order_items.order_id
+  ));
 create policy order_status_history_of_visible_orders on public.order_status_history
   for select to authenticated
-  using (exists (select 1 from public.orders o where o.id = order_id));
+  using (exists (
+    select 1 from public.orders as o
+    where o.id = order_status_history.order_id
+  ));
 create policy order_refunds_of_visible_orders on public.order_refunds
   for select to authenticated
-  using (exists (select 1 from public.orders o where o.id = order_id));
+  using (exists (
+    select 1 from public.orders as o
+    where o.id = order_refunds.order_id
+  ));
 
 -- A capacity set on a product that had none: units_in_use counts the units of its open orders,
 -- under the row lock of this UPDATE, which waits for orders in flight (they hold the row FOR
@@ -300,7 +309,8 @@ $$;
 
 -- A retry with the same key: the same order back, if it asked for the same items (an order has
 -- one item per product, as parse_order_items merges them).
-create or replace function mycelium_private.order_replay(p_order public.orders, p_product_ids uuid[], p_quantities integer[])
+create or replace function mycelium_private.order_replay(
+  p_order public.orders, p_product_ids uuid[], p_quantities integer[])
 returns jsonb
 language plpgsql
 stable

@@ -137,7 +137,8 @@ $$;
 -- the global order (orders, products, accounts) before anything moves, so it cannot deadlock
 -- with orders placed, fulfilled or refunded meanwhile.
 -- ---------------------------------------------------------------------------------------
-create or replace function public.release_expired_holds(as_of timestamptz default now(), max_orders integer default 1000)
+create or replace function public.release_expired_holds(
+  as_of timestamptz default now(), max_orders integer default 1000)
 returns jsonb
 language plpgsql
 security definer
@@ -258,8 +259,10 @@ begin
 end;
 $$;
 
-revoke execute on function public.fulfil_order(uuid), public.cancel_order(uuid), public.fail_order(uuid, text),
-  public.refund_order(uuid, text, numeric, text), public.release_expired_holds(timestamptz, integer) from public, anon;
+revoke execute on function public.fulfil_order(uuid), public.cancel_order(uuid),
+  public.fail_order(uuid, text), public.refund_order(uuid, text, numeric, text),
+  public.release_expired_holds(timestamptz, integer)
+  from public, anon;
 grant execute on function public.fulfil_order(uuid), public.fail_order(uuid, text),
   public.refund_order(uuid, text, numeric, text) to authenticated, service_role;
 grant execute on function public.cancel_order(uuid) to authenticated;

@@ -32,12 +32,12 @@ grant execute on function mycelium_private.provider_earnings(text) to authentica
 
 create view public.provider_earnings_daily with (security_invoker = true) as
 select e.provider_id, e.period as day, e.orders, e.gross, e.fee, e.refunded, e.fee_refunded, e.net
-from mycelium_private.provider_earnings('day') e;
+from mycelium_private.provider_earnings('day') as e;
 comment on view public.provider_earnings_daily is 'Your earnings as a provider per UTC day: gross, platform fee, refunds, net.';
 
 create view public.provider_earnings_monthly with (security_invoker = true) as
 select e.provider_id, e.period as month, e.orders, e.gross, e.fee, e.refunded, e.fee_refunded, e.net
-from mycelium_private.provider_earnings('month') e;
+from mycelium_private.provider_earnings('month') as e;
 comment on view public.provider_earnings_monthly is 'Your earnings as a provider per UTC month: gross, platform fee, refunds, net.';
 
 -- An order's items with their share of its fee and refunds.
@@ -47,7 +47,7 @@ select i.order_id, i.product_id, i.product_name, i.category, i.quantity, i.line_
        mycelium_private.divide_rounded(i.line_total * o.fee_amount, o.total, 6) as fee,
        mycelium_private.divide_rounded(i.line_total * o.refunded_amount, o.total, 6) as refunded,
        mycelium_private.divide_rounded(i.line_total * o.fee_refunded, o.total, 6) as fee_refunded
-from public.order_items i join public.orders o on o.id = i.order_id
+from public.order_items as i inner join public.orders as o on i.order_id = o.id
 where o.fulfilled_at is not null;
 comment on view public.order_item_shares is 'Items of captured orders you may see, with their share of the fee and of refunds.';
 
@@ -56,7 +56,7 @@ select s.provider_id, s.product_id, min(s.product_name) as product_name, min(s.c
        count(distinct s.order_id) as orders, sum(s.quantity) as units, sum(s.line_total) as gross,
        sum(s.fee) as fee, sum(s.refunded) as refunded, sum(s.fee_refunded) as fee_refunded,
        sum(s.line_total - s.fee - s.refunded + s.fee_refunded) as net
-from public.order_item_shares s
+from public.order_item_shares as s
 where s.provider_id = (select auth.uid()) or (select public.is_admin())
 group by s.provider_id, s.product_id;
 comment on view public.provider_earnings_by_product is 'Your earnings as a provider per product: gross, platform fee, refunds, net.';
@@ -64,13 +64,14 @@ comment on view public.provider_earnings_by_product is 'Your earnings as a provi
 create view public.buyer_spending_by_category with (security_invoker = true) as
 select s.buyer_id, s.category, count(distinct s.order_id) as orders, sum(s.quantity) as units,
        sum(s.line_total) as paid, sum(s.refunded) as refunded, sum(s.line_total - s.refunded) as spent
-from public.order_item_shares s
+from public.order_item_shares as s
 where s.buyer_id = (select auth.uid()) or (select public.is_admin())
 group by s.buyer_id, s.category;
 comment on view public.buyer_spending_by_category is 'What you spent on captured orders per category, net of refunds.';
 
 revoke all on public.provider_earnings_daily, public.provider_earnings_monthly, public.order_item_shares,
-  public.provider_earnings_by_product, public.buyer_spending_by_category from anon, authenticated, service_role;
+  public.provider_earnings_by_product, public.buyer_spending_by_category
+  from anon, authenticated, service_role;
 grant select on public.provider_earnings_daily, public.provider_earnings_monthly, public.order_item_shares,
   public.provider_earnings_by_product, public.buyer_spending_by_category to authenticated, service_role;
 -- Aggregates and joins: PostgreSQL cannot update them itself (see refuse_view_write).

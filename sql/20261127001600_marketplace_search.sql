@@ -152,5 +152,6 @@ $$;
 comment on function public.search_products(text, text, numeric, numeric, text, jsonb, jsonb, text, jsonb, integer, text) is
   'Active products: full text, category, price range, location, attributes; newest or by price; keyset pages of up to 100.';
 
-grant execute on function public.search_products(text, text, numeric, numeric, text, jsonb, jsonb, text, jsonb, integer, text)
+grant execute on function
+  public.search_products(text, text, numeric, numeric, text, jsonb, jsonb, text, jsonb, integer, text)
   to anon, authenticated, service_role;

@@ -36,16 +36,19 @@ $$;
 grant execute on function mycelium_private.credit_activity(text) to authenticated, service_role;
 
 create view public.credit_daily_activity with (security_invoker = true) as
-select a.user_id, a.period as day, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net, a.movements
-from mycelium_private.credit_activity('day') a;
+select a.user_id, a.period as day, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net,
+       a.movements
+from mycelium_private.credit_activity('day') as a;
 comment on view public.credit_daily_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC day.';
 
 create view public.credit_monthly_activity with (security_invoker = true) as
-select a.user_id, a.period as month, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net, a.movements
-from mycelium_private.credit_activity('month') a;
+select a.user_id, a.period as month, a.bought, a.granted, a.received, a.sent, a.spent, a.expired, a.net,
+       a.movements
+from mycelium_private.credit_activity('month') as a;
 comment on view public.credit_monthly_activity is 'Your credits bought, granted, received, sent, spent, expired per UTC month.';
 
-revoke all on public.credit_daily_activity, public.credit_monthly_activity from anon, authenticated, service_role;
+revoke all on public.credit_daily_activity, public.credit_monthly_activity
+  from anon, authenticated, service_role;
 grant select on public.credit_daily_activity, public.credit_monthly_activity to authenticated, service_role;
 -- Aggregates: PostgreSQL cannot update them itself (see refuse_view_write).
 create trigger refuse_writes instead of insert or update or delete on public.credit_daily_activity
@@ -287,7 +290,8 @@ $$;
 -- Top spenders (credits sent to users or put into orders, net of released holds and refunds
 -- received) and earners (credits received from users or earned, net of refunds given).
 create or replace function public.top_credit_users(
-  direction text default 'spenders', from_day date default null, to_day date default null, max_rows integer default 10)
+  direction text default 'spenders', from_day date default null, to_day date default null,
+  max_rows integer default 10)
 returns table (user_id uuid, email text, total numeric, movements bigint)
 language plpgsql
 stable

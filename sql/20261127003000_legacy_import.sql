@@ -202,9 +202,12 @@ create trigger mycelium_user_confirmed_claims_legacy_account
 -- to check who owns the address, then grant the role (public.grant_role).
 create view mycelium_private.legacy_admin_roles_waiting as
 select a.email, a.user_id, a.claimed_at
-from mycelium_private.legacy_accounts a
-where 'admin' = any (a.roles) and a.user_id is not null
-  and not exists (select 1 from public.user_roles r where r.user_id = a.user_id and r.role = 'admin');
+from mycelium_private.legacy_accounts as a
+where 'admin' = any(a.roles) and a.user_id is not null
+  and not exists (
+    select 1 from public.user_roles as r
+    where r.user_id = a.user_id and r.role = 'admin'
+  );
 comment on view mycelium_private.legacy_admin_roles_waiting is
   'Claimed legacy accounts whose admin role waits to be granted explicitly.';
 revoke all on mycelium_private.legacy_admin_roles_waiting from public, anon, authenticated, service_role;
