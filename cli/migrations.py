@@ -118,8 +118,49 @@ def discover(directory: Path) -> list[MigrationFile]:
     return [found[version] for version in sorted(found)]
 
 
+# What `mycelium sql new` writes: comments only (a push of it changes nothing) that carry the
+# rules every migration after the released baseline follows, and the shape of an API function.
+TEMPLATE = """\
+-- {title}: what this migration changes, and why.
+--
+-- Released migrations never change (sql/RELEASED lists them): a change of the schema is a new
+-- file like this one. Expand, then contract: add what old and new clients can both live with,
+-- and drop or rename the old only in a later release, once no client uses it (docs/deploy.md,
+-- "Upgrading"). A push applies every pending file in one transaction.
+--
+-- Checklist, for every function the API reaches (schema public):
+--   [ ] security definer, with set search_path = '' (so every name is schema-qualified)
+--   [ ] the caller checked first: mycelium_private.require_admin(), require_service(),
+--       require_signed_in('...'), or authorize(<who may>, '<message>')
+--   [ ] arguments checked by the helpers (check_amount, check_text, ...); refusals through
+--       mycelium_private.fail('<stable reason>', ...); credits move only through
+--       mycelium_private.create_transfer
+--   [ ] revoke execute on function ... from public, anon (Supabase grants anon every new one)
+--   [ ] grant execute on function ... to the roles that may call it
+-- and for every table and view in public:
+--   [ ] tables: enable row level security, with policies; views: security_invoker = true
+--   [ ] revoke all ... from anon, authenticated, service_role (identity sequences too), then
+--       grant back only what the API needs
+--   [ ] its line in sql/privileges.manifest (tests/test_security_privileges.py holds them equal)
+--
+-- create or replace function public.{name}(p_example text)
+-- returns jsonb
+-- language plpgsql
+-- security definer
+-- set search_path = ''
+-- as $$
+-- begin
+--   perform mycelium_private.require_admin();
+--   ...
+-- end;
+-- $$;
+-- revoke execute on function public.{name}(text) from public, anon;
+-- grant execute on function public.{name}(text) to authenticated, service_role;
+"""
+
+
 def new_migration(directory: Path, name: str, *, now: datetime | None = None) -> Path:
-    """Create an empty migration file whose version sorts after every existing one."""
+    """Create a migration file from the template whose version sorts after every existing one."""
     if not NEW_NAME.match(name):
         raise UsageError(f"migration name {name!r}: use lowercase letters, digits and underscores")
     existing = discover(directory)
@@ -127,7 +168,7 @@ def new_migration(directory: Path, name: str, *, now: datetime | None = None) ->
     if existing:
         stamp = max(stamp, int(existing[-1].version) + 1)
     path = directory / f"{stamp:014d}_{name}.sql"
-    path.write_text(f"-- {name.replace('_', ' ')}\n", encoding="utf-8")
+    path.write_text(TEMPLATE.format(title=name.replace("_", " ").capitalize(), name=name), encoding="utf-8")
     return path
 
 

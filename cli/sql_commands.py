@@ -94,9 +94,11 @@ def new(
     directory: DirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create the next migration file.
+    """Start the next migration file from the template.
 
-    Example: mycelium sql new marketplace_orders
+    Its comments carry the checklist: security definer, search_path, caller check, revoke, grant.
+
+    Example: mycelium sql new order_notes
     """
     path = migrations.new_migration(migrations.resolve_sql_dir(directory), name)
     if as_json:

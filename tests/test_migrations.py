@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -203,6 +204,63 @@ def test_new_creates_the_next_version(write: Callable[..., Path]) -> None:
         migrations.new_migration(existing.parent, "Bad Name")
 
 
+def test_a_new_migration_carries_the_security_checklist_and_pushes_as_a_no_op(
+    fresh_db: str, write: Callable[..., Path]
+) -> None:
+    first = write("20260101000000_first.sql", FIRST)
+    created = migrations.new_migration(first.parent, "order_notes")
+    text = created.read_text()
+    assert text.startswith("-- Order notes: ")
+    for rule in (
+        "security definer",
+        "set search_path = ''",
+        "require_admin()",
+        "revoke execute on function public.order_notes(text) from public, anon",
+        "grant execute on function public.order_notes(text) to",
+        "enable row level security",
+        "sql/privileges.manifest",
+        "sql/RELEASED",
+        "Expand, then contract",
+    ):
+        assert rule in text, rule
+    # Comments only, until someone writes the change: pushing it as it is changes nothing.
+    assert [f.file_name for f in push(fresh_db, first.parent).applied] == [first.name, created.name]
+    assert query(fresh_db, "select count(*) from pg_proc where proname = 'order_notes'") == [(0,)]
+
+
+# -- the released baseline ---------------------------------------------------------------------
+SQL_DIR = PROJECT_ROOT / "sql"
+
+
+def released() -> list[tuple[str, str, str]]:
+    """sql/RELEASED: (release, file name, sha256) a line, comments and blank lines left out."""
+    lines = (line.split() for line in (SQL_DIR / "RELEASED").read_text().splitlines())
+    return [(fields[0], fields[1], fields[2]) for fields in lines if fields and not fields[0].startswith("#")]
+
+
+def test_released_migrations_never_change() -> None:
+    files = {f.file_name: f for f in migrations.discover(SQL_DIR)}
+    listed = released()
+    assert {release for release, _, _ in listed} >= {"0.1.0"}
+    changed = [name for _, name, checksum in listed if name not in files or files[name].checksum != checksum]
+    assert not changed, (
+        "released migrations were changed or removed (they never change: a change of the schema is a "
+        f"new file, `mycelium sql new NAME`): {changed}"
+    )
+
+
+def test_every_migration_is_released_in_version_order_or_comes_after_the_last_release() -> None:
+    files = migrations.discover(SQL_DIR)
+    listed = {name: release for release, name, _ in released()}
+    last_released = max(f.version for f in files if f.file_name in listed)
+    early = [f.file_name for f in files if f.file_name not in listed and f.version < last_released]
+    assert not early, f"not released, yet older than the last released migration: {early}"
+    releases = [
+        tuple(int(part) for part in listed[f.file_name].split(".")) for f in files if f.file_name in listed
+    ]
+    assert releases == sorted(releases), "a release's files sort after every file of the releases before it"
+
+
 def test_cli_exit_codes_and_one_line_errors(fresh_db: str, write: Callable[..., Path]) -> None:
     first = write("20260101000000_first.sql", FIRST)
     folder = str(first.parent)
@@ -311,3 +369,26 @@ def test_postgrest_sees_a_pushed_function_at_once(stack: LocalStack, tmp_path: P
             admin.execute(sql.SQL("drop function public.{}()").format(sql.Identifier(name)))
             admin.execute("delete from supabase_migrations.mycelium_checksums where version = %s", (version,))
             admin.execute("delete from supabase_migrations.schema_migrations where version = %s", (version,))
+
+
+# -- the baseline's layout -----------------------------------------------------------------------
+OUR_OBJECT = r"(?:public|mycelium_private|mycelium_gate)\.\w+"
+CREATED = re.compile(
+    rf"\bcreate\s+(?:or\s+replace\s+)?(?:table|view|function|type|domain|schema)\s+(?:if\s+not\s+exists\s+)?({OUR_OBJECT})",
+    re.IGNORECASE,
+)
+
+
+def test_dependencies_point_one_way_each_migration_names_only_what_it_or_an_earlier_one_creates() -> None:
+    """Credits first, the marketplace on top, audits and jobs after both: a function body is bound
+    late, so PostgreSQL itself would not notice a migration calling what a later one creates."""
+    texts = {f.file_name: re.sub(r"--[^\n]*", "", f.text) for f in migrations.discover(SQL_DIR)}
+    created_in = {name: file for file, text in texts.items() for name in CREATED.findall(text)}
+    order = list(texts)
+    backwards = sorted(
+        f"{file} names {name} (created in {created_in[name]})"
+        for file, text in texts.items()
+        for name in set(re.findall(OUR_OBJECT, text))
+        if name in created_in and order.index(created_in[name]) > order.index(file)
+    )
+    assert not backwards, "\n".join(backwards)
