@@ -141,7 +141,7 @@ TEMPLATE = """\
 --   [ ] tables: enable row level security, with policies; views: security_invoker = true
 --   [ ] revoke all ... from anon, authenticated, service_role (identity sequences too), then
 --       grant back only what the API needs
---   [ ] its line in sql/privileges.manifest (tests/test_security_privileges.py holds them equal)
+--   [ ] its line in sql/privileges.manifest (tests/security/test_privileges.py holds them equal)
 --
 -- create or replace function public.{name}(p_example text)
 -- returns jsonb

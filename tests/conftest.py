@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,9 +15,10 @@ from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
 from cli.dev.users import create_user
 from cli.keys import access_token
-from tests.support import Api, User
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from tests.client.doubles.auth import AuthDouble
+from tests.client.doubles.realtime import RealtimeDouble
+from tests.support import Api, User, stack_folder
+from tests.support.client import Doubles
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,13 +31,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "live" in item.keywords:
             item.add_marker(skip)
-
-
-def stack_folder(prefix: str) -> Path:
-    """A fresh folder the `postgres` OS user can reach (pytest's own tmp folders are private)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("MYCELIUM_TEST_TMP", "/tmp")))
-    folder.chmod(0o755)
-    return folder
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -104,3 +95,19 @@ def make_user(
     yield make
     for user in made:
         user.api.close()
+
+
+@pytest.fixture(scope="session")
+def doubles(stack: LocalStack) -> Iterator[Doubles]:
+    """The Auth and Realtime doubles, behind the stack's gateway for the rest of the session."""
+    auth = AuthDouble(stack.superuser_db_url, stack.jwt_secret)
+    realtime = RealtimeDouble(stack.superuser_db_url, stack.jwt_secret)
+    stack.set_upstreams(auth=auth.start(), realtime=realtime.start())
+    stack.restart_gateway()
+    try:
+        yield Doubles(auth, realtime)
+    finally:
+        stack.set_upstreams(auth=None, realtime=None)
+        stack.restart_gateway()
+        realtime.stop()
+        auth.stop()

@@ -12,7 +12,7 @@
 -- and uuid-ossp extensions are installed (the ones the business rules may use).
 -- Not cli/dev/supabase_bootstrap.sql: that one emulates Auth's and Realtime's tables for the
 -- Docker-free dev stack, where here the real services create them (and would collide with it).
--- tests/test_deploy_k3s.py runs this file on a real PostgreSQL 15 when one is installed.
+-- tests/deploy/test_k3s.py runs this file on a real PostgreSQL 15 when one is installed.
 
 -- ---------------------------------------------------------------------------------------
 -- Roles, with Supabase's attributes

@@ -14,7 +14,7 @@ grant pg_read_all_stats to postgres;
 
 -- API requests cannot hold the database for long. The image sets these itself; they are written
 -- here too so that every deployment's bootstrap states them (cli/dev/supabase_bootstrap.sql,
--- deploy/k3s/supabase-init.sql; tests/test_deploy_compose.py holds the three equal).
+-- deploy/k3s/supabase-init.sql; tests/deploy/test_compose.py holds the three equal).
 alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
 alter role authenticator set statement_timeout = '8s';

@@ -23,7 +23,7 @@ from mycelium_client import (
     TransactionKind,
     UpkeepBacklog,
 )
-from tests.client.conftest import FAST_RETRY, MakeAccount, Target, listed
+from tests.support.client import FAST_RETRY, MakeAccount, Target, listed
 
 
 def test_purchase_for_a_confirmed_payment_is_applied_once(target: Target, account: MakeAccount) -> None:

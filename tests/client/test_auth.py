@@ -15,7 +15,7 @@ import supabase
 from supabase.lib.client_options import SyncClientOptions
 
 from mycelium_client import Conflict, InvalidArgument, MyceliumClient, NotAuthorized
-from tests.client.conftest import AUTH_SPEC, FAST_RETRY, PASSWORD, Doubles, MakeAccount, Target
+from tests.support.client import AUTH_SPEC, FAST_RETRY, PASSWORD, Doubles, MakeAccount, Target
 
 
 def test_sign_up_gives_a_session_and_a_credit_account(target: Target) -> None:

@@ -18,7 +18,7 @@ from mycelium_client import (
     NotFound,
     TransactionKind,
 )
-from tests.client.conftest import MakeAccount, Target
+from tests.support.client import MakeAccount, Target
 
 
 def test_config_is_readable_without_signing_in(target: Target) -> None:

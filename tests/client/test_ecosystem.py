@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 from supabase import Client, create_client
 
-from tests.client.conftest import PASSWORD, Target
+from tests.support import REPO
+from tests.support.client import PASSWORD, Target
 
 DASHBOARD = Path(__file__).parent / "ecosystem" / "dashboard.mjs"
-SUPABASE_JS = Path(__file__).resolve().parents[2] / "node_modules" / "@supabase" / "supabase-js"
+SUPABASE_JS = REPO / "node_modules" / "@supabase" / "supabase-js"
 
 NewClient = Callable[[], Client]
 

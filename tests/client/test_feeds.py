@@ -15,7 +15,7 @@ from psycopg.conninfo import make_conninfo
 
 from mycelium_client import BalanceSource
 from mycelium_client.feeds import CHANNEL, AsyncBalanceFeed, BalanceFeed
-from tests.client.conftest import MakeAccount, Target
+from tests.support.client import MakeAccount, Target
 
 
 def test_the_feed_delivers_committed_changes(target: Target, account: MakeAccount) -> None:

@@ -22,7 +22,7 @@ from mycelium_client import (
     ProductUnit,
     RoleName,
 )
-from tests.client.conftest import FAST_RETRY, PASSWORD, Account, MakeAccount, Target, listed
+from tests.support.client import FAST_RETRY, PASSWORD, Account, MakeAccount, Target, listed
 
 
 def farmer(account: MakeAccount) -> Account:

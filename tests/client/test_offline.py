@@ -136,9 +136,22 @@ def test_page_sizes_postgrest_would_cut_short_are_refused(offline: MyceliumClien
     asyncio.run(async_history())
 
 
-def test_the_largest_page_is_accepted(offline: MyceliumClient) -> None:
-    offline.credits.history(page_size=1000)  # lazy: nothing is fetched until iterated
-    offline.orders.history(page_size=1)
+def test_the_page_size_bounds_are_accepted_and_asked_for() -> None:
+    limits: list[str] = []
+
+    def empty_page(request: httpx.Request) -> httpx.Response:
+        limits.append(request.url.params["limit"])
+        return httpx.Response(200, json=[])
+
+    client = MyceliumClient(
+        "http://127.0.0.1:9",
+        "anon",
+        access_token=offline_token(),
+        http_client=httpx.Client(transport=httpx.MockTransport(empty_page)),
+    )
+    assert list(client.credits.history(page_size=1000)) == []
+    assert list(client.orders.history(page_size=1)) == []
+    assert limits == ["1000", "1"]
 
 
 def test_usd_is_exact_beyond_the_default_precision() -> None:

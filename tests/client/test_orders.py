@@ -23,8 +23,16 @@ from mycelium_client import (
     RoleName,
     TransactionKind,
 )
-from tests.client.conftest import FAST_RETRY, PASSWORD, Account, MakeAccount, Target, listed
-from tests.client.test_retries import DropsResponses, signed_in
+from tests.support.client import (
+    FAST_RETRY,
+    PASSWORD,
+    Account,
+    DropsResponses,
+    MakeAccount,
+    Target,
+    listed,
+    signed_in,
+)
 
 
 def balances(account: Account) -> tuple[Decimal, Decimal]:

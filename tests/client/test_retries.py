@@ -12,58 +12,16 @@ import httpx
 import pytest
 
 from mycelium_client import AsyncMyceliumClient, MyceliumClient, ServiceUnavailable, TransactionKind
-from tests.client.conftest import FAST_RETRY, PASSWORD, MakeAccount, Target
-
-
-class DropsResponses(httpx.BaseTransport):
-    """Sends the request for real, then loses the response `drops` times (for matching paths)."""
-
-    def __init__(self, path: str, drops: int) -> None:
-        self.inner, self.path, self.drops, self.sent = httpx.HTTPTransport(), path, drops, 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        if self.path in request.url.path:
-            self.sent += 1
-            if self.drops > 0:
-                self.drops -= 1
-                response.read()
-                raise httpx.ReadError("connection reset by peer", request=request)
-        return response
-
-
-class AsyncDropsResponses(httpx.AsyncBaseTransport):
-    def __init__(self, path: str, drops: int) -> None:
-        self.inner, self.path, self.drops, self.sent = httpx.AsyncHTTPTransport(), path, drops, 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if self.path in request.url.path:
-            self.sent += 1
-            if self.drops > 0:
-                self.drops -= 1
-                await response.aread()
-                raise httpx.ReadError("connection reset by peer", request=request)
-        return response
-
-
-class Unavailable(httpx.BaseTransport):
-    """503 the first `times` requests (PostgREST without its database), then forwards."""
-
-    def __init__(self, times: int) -> None:
-        self.inner, self.times, self.sent = httpx.HTTPTransport(), times, 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent += 1
-        if self.sent <= self.times:
-            return httpx.Response(503, json={"code": "PGRST001", "message": "Database client error"})
-        return self.inner.handle_request(request)
-
-
-def signed_in(target: Target, email: str, transport: httpx.BaseTransport) -> MyceliumClient:
-    client = target.client(http_client=httpx.Client(transport=transport))
-    client.auth.sign_in(email, PASSWORD)
-    return client
+from tests.support.client import (
+    FAST_RETRY,
+    PASSWORD,
+    AsyncDropsResponses,
+    DropsResponses,
+    MakeAccount,
+    Target,
+    Unavailable,
+    signed_in,
+)
 
 
 def test_a_transfer_whose_response_was_lost_is_applied_once(target: Target, account: MakeAccount) -> None:

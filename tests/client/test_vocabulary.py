@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -62,9 +61,9 @@ from mycelium_client import (
 )
 from mycelium_client.errors import error_class
 from mycelium_client.models import Row
-from tests.support import Api, User, body
+from tests.support import REPO, Api, User, body
 
-SQL_FOLDER = Path(__file__).resolve().parents[2] / "sql"
+SQL_FOLDER = REPO / "sql"
 # The reason a business rule fails with: the first argument of mycelium_private.fail.
 FAIL_REASON = re.compile(r"mycelium_private\.fail\(\s*'([a-z_]+)'")
 

@@ -25,8 +25,8 @@ from mycelium_client import (
     NotFound,
     ServiceUnavailable,
 )
-from tests.client.conftest import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target
 from tests.client.doubles.realtime import RESTARTING, TOKEN_EXPIRED, JoinScript, policy_refusal
+from tests.support.client import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target
 
 WAIT = 10.0
 # FAST_WATCH's rejoin delays after 1, 2, 3... failures in a row: doubling, up to its maximum.

@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 
 NOTIFY_CHANNEL = "realtime_double"
 # The Realtime release whose protocol this double speaks. A literal, not read from
-# supabase/versions.env: tests/test_server_versions.py fails when the pinned server moves on
+# supabase/versions.env: tests/deploy/test_server_versions.py fails when the pinned server moves on
 # until someone checks this double against the new release and moves this too.
 PROTOCOL_OF = "v2.34.47"
 

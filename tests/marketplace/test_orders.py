@@ -11,7 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from tests.marketplace_support import (
+from tests.support import Api, User, body
+from tests.support.marketplace import (
     D,
     MakeUser,
     account,
@@ -23,7 +24,6 @@ from tests.marketplace_support import (
     placed,
     setting,
 )
-from tests.support import Api, User, body
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from cli.dev.postgres import socket_folder
 from cli.dev.processes import free_port_base, pid_alive, port_open, read_pid
 from cli.dev.stack import STACKS_HOME, LocalStack, StackSettings
 from cli.dev.versions import VERSIONS, auth_build_dir
-from tests.conftest import stack_folder
-from tests.support import loads
+from tests.support import loads, stack_folder
 
 
 def mycelium(

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from cli import upkeep
 from cli.dev.stack import LocalStack
 from cli.main import app
-from tests.marketplace_support import abandoned_order, account, audit_is_clean, expired_promotion
 from tests.support import MYCELIUM, Api, User, body, interruptible
+from tests.support.marketplace import abandoned_order, account, audit_is_clean, expired_promotion
 
 MakeUser = Callable[..., User]
 D = Decimal

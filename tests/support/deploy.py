@@ -21,10 +21,9 @@ import pytest
 import yaml
 
 from cli.dev.gateway import BODY_LIMIT_MIB, Limits
+from tests.support import REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
 # CI lays shared/ beside the repository's clone; it is read-only reference material.
-SHARED = REPO.parent / "shared"
 
 COMPOSE_FILE = REPO / "docker-compose.supabase.yml"
 ENV_EXAMPLE = REPO / "supabase" / ".env.example"

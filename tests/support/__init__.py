@@ -4,16 +4,26 @@ that run `mycelium` as an operator runs it."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from cli.dev.stack import LocalStack
+
+REPO = Path(__file__).resolve().parents[2]
+# ../shared/, beside the checkout: tests that need it skip, saying so, where it is absent.
+SHARED = REPO.parent / "shared"
 
 
 def loads(text: str) -> Any:
@@ -104,3 +114,37 @@ def interruptible() -> None:
     background commands with SIGINT ignored, children inherit that, and Python then installs no
     KeyboardInterrupt handler: `./run test &` would otherwise see these commands ignore it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stack_folder(prefix: str) -> Path:
+    """A fresh folder the `postgres` OS user can reach (pytest's own tmp folders are private)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("MYCELIUM_TEST_TMP", "/tmp")))
+    folder.chmod(0o755)
+    return folder
+
+
+def denied(response: httpx.Response) -> bool:
+    return response.status_code in (401, 403, 404)
+
+
+class Clients:
+    """One httpx client per thread and user."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.local = threading.local()
+        self.made: list[Api] = []
+        self.lock = threading.Lock()
+
+    def api(self, token: str) -> Api:
+        cache: dict[str, Api] = getattr(self.local, "cache", None) or {}
+        self.local.cache = cache
+        if token not in cache:
+            cache[token] = Api(self.stack.api_url, self.stack.anon_key, token)
+            with self.lock:
+                self.made.append(cache[token])
+        return cache[token]
+
+    def close(self) -> None:
+        for api in self.made:
+            api.close()

@@ -21,9 +21,9 @@ from hatchling.builders.wheel import WheelBuilder
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy_support import MIGRATE_DOCKERFILE
+from tests.support import REPO
+from tests.support.deploy import MIGRATE_DOCKERFILE
 
-REPO = Path(__file__).resolve().parents[1]
 PROJECT = "mycelium"
 # What only the command needs, by import name: its distribution (PyJWT is left out: the client's
 # supabase-auth requires it too).

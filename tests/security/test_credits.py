@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from tests.support import Api, User, body
+from tests.support import Api, User, body, denied
 
 MakeUser = Callable[..., User]
 
@@ -49,10 +48,6 @@ ADMIN_ONLY = [
     "refresh_ledger_rollups",
     "upkeep_backlog",
 ]
-
-
-def denied(response: httpx.Response) -> bool:
-    return response.status_code in (401, 403, 404)
 
 
 def funded_pair(service_api: Api, make_user: MakeUser) -> tuple[User, User]:

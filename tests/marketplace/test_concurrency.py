@@ -14,9 +14,8 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
-from tests.marketplace_support import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
-from tests.support import Api, User, body
-from tests.test_credits_concurrency import Clients
+from tests.support import Api, Clients, User, body
+from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
 
 Call = tuple[User, str, dict[str, Any]]
 

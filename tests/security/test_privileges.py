@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from tests.privilege_manifest import API_ROLES, SCHEMAS, TABLE_PRIVILEGES, Line, catalog_grants, read_manifest
 from tests.support import Api, User, body
+from tests.support.privileges import API_ROLES, SCHEMAS, TABLE_PRIVILEGES, Line, catalog_grants, read_manifest
 
 Conn = psycopg.Connection[TupleRow]
 MakeUser = Callable[..., User]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.marketplace_support import (
+from tests.support import Api, body, denied
+from tests.support.marketplace import (
     D,
     MakeUser,
     account,
@@ -18,8 +19,6 @@ from tests.marketplace_support import (
     list_product,
     placed,
 )
-from tests.support import Api, body
-from tests.test_security_credits import denied
 
 ORDER_TABLES = ["orders", "order_items", "order_status_history", "order_refunds"]
 PRIVATE_VIEWS = [

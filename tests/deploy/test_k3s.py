@@ -30,14 +30,14 @@ import yaml
 
 from cli.dev.postgrest import MAX_ROWS
 from cli.keys import ApiKeys
-from tests.deploy_support import (
+from tests.support import REPO
+from tests.support.deploy import (
     DEPLOY_DOC,
     JWT_LIKE,
     K3S_DIR,
     KONG_CONFIG,
     MIGRATE_IMAGE,
     MONITORING_DIR,
-    REPO,
     SQL_DIR_IN_IMAGE,
     assert_kong_limits,
     assert_kong_serves_supabase_paths,

@@ -29,11 +29,11 @@ from cli.dev.versions import (
     auth_build_dir,
 )
 from tests.client.doubles.realtime import PROTOCOL_OF
-from tests.deploy_support import (
+from tests.support import REPO
+from tests.support.deploy import (
     COMPOSE_FILE,
     K3S_DIR,
     MIGRATE_DOCKERFILE,
-    REPO,
     image_tag,
     load_yaml,
     load_yaml_documents,

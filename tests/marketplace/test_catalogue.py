@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.marketplace_support import D, MakeUser, buyer, failure, list_product, placed, setting
 from tests.support import Api, User, body
+from tests.support.marketplace import D, MakeUser, buyer, failure, list_product, placed, setting
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from cli.dev.gateway import Limits
 from cli.dev.postgrest import MAX_ROWS
 from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
-from tests.deploy_support import (
+from tests.support import REPO
+from tests.support.deploy import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     JWT_LIKE,
@@ -33,7 +34,6 @@ from tests.deploy_support import (
     KONG_KEY_VARIABLES,
     MIGRATE_DOCKERFILE,
     MIGRATE_IMAGE,
-    REPO,
     SQL_DIR_IN_IMAGE,
     assert_kong_limits,
     assert_kong_serves_supabase_paths,

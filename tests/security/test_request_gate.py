@@ -19,8 +19,8 @@ from psycopg.rows import TupleRow
 from cli.dev.postgrest import PRE_REQUEST
 from cli.dev.stack import LocalStack
 from cli.keys import access_token
-from tests.deploy_support import COMPOSE_FILE, K3S_DIR, load_yaml, load_yaml_documents
 from tests.support import Api, User, body
+from tests.support.deploy import COMPOSE_FILE, K3S_DIR, load_yaml, load_yaml_documents
 
 MakeUser = Callable[..., User]
 Conn = psycopg.Connection[TupleRow]

@@ -25,9 +25,8 @@ from cli.dev.stack import LocalStack
 from cli.dev.users import create_user
 from cli.keys import access_token
 from cli.main import app
-from tests.support import Api, User, body
+from tests.support import SHARED, Api, User, body
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "legacy" / "sample"
 Import = Callable[..., Result]
 Conn = psycopg.Connection[TupleRow]

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from tests.marketplace_support import MakeUser, abandoned_order, expired_promotion
 from tests.support import Api, body
+from tests.support.marketplace import MakeUser, abandoned_order, expired_promotion
 
 
 def backlog(api: Api, **args: Any) -> dict[str, dict[str, Any]]:
@@ -21,7 +21,7 @@ def backlog(api: Api, **args: Any) -> dict[str, dict[str, Any]]:
 
 
 def test_the_service_and_admins_read_every_jobs_backlog(service_api: Api, make_user: MakeUser) -> None:
-    # Anyone else is refused: tests/test_security_credits.py, ADMIN_ONLY.
+    # Anyone else is refused: tests/security/test_credits.py, ADMIN_ONLY.
     jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups"}
     assert set(backlog(service_api)) == jobs
     assert set(backlog(make_user("admin").api)) == jobs

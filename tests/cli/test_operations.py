@@ -29,9 +29,9 @@ from cli.dev.stack import LocalStack
 from cli.main import app
 from cli.metrics import exporter
 from mycelium_client import MyceliumClient
-from tests.client.conftest import Doubles, doubles  # noqa: F401  (the Auth and Realtime doubles)
-from tests.marketplace_support import abandoned_order, buyer, list_product, placed
-from tests.support import MYCELIUM, Api, User, interruptible
+from tests.support import MYCELIUM, REPO, Api, User, interruptible
+from tests.support.client import Doubles
+from tests.support.marketplace import abandoned_order, buyer, list_product, placed
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_health_fails_on_pending_migrations_and_an_unreachable_database(
     stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     sql = tmp_path / "sql"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "sql", sql)
+    shutil.copytree(REPO / "sql", sql)
     (sql / "20991231000000_not_yet.sql").write_text("select 1;\n")
     _, report = health({**stack_env, "MYCELIUM_SQL_DIR": str(sql)})
     assert by_name(report)["migrations"] == {
@@ -237,7 +237,7 @@ def test_watch_through_the_database_feed(
 def test_watch_through_realtime(
     stack_env: dict[str, str],
     make_user: Callable[..., User],
-    doubles: Doubles,  # noqa: F811
+    doubles: Doubles,
 ) -> None:
     user = make_user()
     watcher = Watcher([user.email], stack_env)

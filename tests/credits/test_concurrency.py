@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,33 +15,10 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
-from tests.support import Api, User, body
+from tests.support import Api, Clients, User, body
 
 MakeUser = Callable[..., User]
 D = Decimal
-
-
-class Clients:
-    """One httpx client per thread and user."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        self.stack = stack
-        self.local = threading.local()
-        self.made: list[Api] = []
-        self.lock = threading.Lock()
-
-    def api(self, token: str) -> Api:
-        cache: dict[str, Api] = getattr(self.local, "cache", None) or {}
-        self.local.cache = cache
-        if token not in cache:
-            cache[token] = Api(self.stack.api_url, self.stack.anon_key, token)
-            with self.lock:
-                self.made.append(cache[token])
-        return cache[token]
-
-    def close(self) -> None:
-        for api in self.made:
-            api.close()
 
 
 def balances(db: psycopg.Connection[TupleRow], users: list[User]) -> dict[str, Decimal]:

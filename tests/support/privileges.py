@@ -17,7 +17,9 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
-MANIFEST = Path(__file__).resolve().parents[1] / "sql" / "privileges.manifest"
+from tests.support import REPO
+
+MANIFEST = REPO / "sql" / "privileges.manifest"
 API_ROLES = ("anon", "authenticated", "service_role")
 # The schemas whose objects the API roles reach: PostgREST exposes `public` and runs the request
 # gate from `mycelium_gate`.

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.marketplace_support import D, MakeUser, buyer, list_product, placed, setting
 from tests.support import Api, body
+from tests.support.marketplace import D, MakeUser, buyer, list_product, placed, setting
 
 
 @pytest.fixture
