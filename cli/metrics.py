@@ -18,8 +18,9 @@ from prometheus_client.registry import Collector
 
 from cli.common import ApiSettings, JsonOption, ServiceKeyOption, UrlOption, reported, resolve_api
 from cli.errors import UsageError
+from cli.migrations import State, bundled_sql_dir, compare, discover
 from cli.output import emit_json, err, say
-from mycelium_client import MyceliumClient, MyceliumError
+from mycelium_client import AppliedMigration, MyceliumClient, MyceliumError
 
 DEFAULT_PORT = 9464
 
@@ -60,6 +61,8 @@ class CreditsCollector(Collector):
             findings = self.client.admin.audit_ledger()
             orders = self.client.admin.order_status_counts()
             backlog = self.client.admin.upkeep_backlog()
+            history = self.client.admin.applied_migrations()
+            connections = self.client.admin.database_connections()
         except MyceliumError as error:
             # No numbers rather than stale ones; mycelium_requests_total shows the failures.
             if error.status == 0:
@@ -105,7 +108,34 @@ class CreditsCollector(Collector):
         for job in backlog:
             overdue.add_metric([job.job], job.overdue)
         yield overdue
+        yield migration_states(history)
+        yield GaugeMetricFamily(
+            "mycelium_database_connections",
+            "Client connections open on the database server.",
+            value=connections.connections,
+        )
+        yield GaugeMetricFamily(
+            "mycelium_database_max_connections",
+            "The most client connections the database accepts from the API's roles.",
+            value=connections.max_connections,
+        )
         yield flag(AUDIT_OK, not findings)
+
+
+def migration_states(history: list[AppliedMigration]) -> GaugeMetricFamily:
+    """The database's migrations against those this install shipped with (the same image runs the
+    migrate job and the exporter), counted by state: nonzero pending means the migrate job has not
+    run or failed; drifted or missing, that the schema was changed outside `mycelium sql push`."""
+    applied = {row.version: (row.name, row.checksum, row.statements) for row in history}
+    states = [row.state for row in compare(discover(bundled_sql_dir()), applied)]
+    family = GaugeMetricFamily(
+        "mycelium_migrations",
+        "Migrations by state, against those this exporter shipped with.",
+        labels=["state"],
+    )
+    for state in State:
+        family.add_metric([state.value], states.count(state))
+    return family
 
 
 @dataclass

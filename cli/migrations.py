@@ -183,6 +183,10 @@ def connect(db_url: str) -> psycopg.Connection[tuple[object, ...]]:
         raise UsageError(f"cannot connect to the database: {error}") from None
 
 
+# A migration history: version -> name, checksum (None where the Supabase CLI pushed it), statements.
+Applied = dict[str, tuple[str, str | None, list[str]]]
+
+
 def _normalized(text: str) -> str:
     """`text` without comments, white space and semicolons: what survives any statement splitter."""
     return "".join("".join(statement.text.split()) for statement in split_statements(text))
@@ -193,7 +197,7 @@ def _history_exists(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
     return bool(row and row[0])
 
 
-def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, tuple[str, str | None, list[str]]]:
+def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> Applied:
     """Applied versions: name, our checksum (None where another tool pushed it), statements."""
     if not _history_exists(conn):
         return {}
@@ -226,6 +230,12 @@ def status(conn: psycopg.Connection[tuple[object, ...]], files: list[MigrationFi
     """Every migration known to the folder or the database, in version order."""
     applied = _applied(conn)
     conn.rollback()
+    return compare(files, applied)
+
+
+def compare(files: list[MigrationFile], applied: Applied) -> list[MigrationStatus]:
+    """The state of every migration in `files` or in the history `applied` (version: name,
+    checksum, statements), in version order."""
     rows = [MigrationStatus(f.version, f.name, _state(f, applied.get(f.version))) for f in files]
     known = {f.version for f in files}
     rows += [

@@ -42,6 +42,7 @@ from mycelium_client.marketplace import (
     SearchFilters,
 )
 from mycelium_client.models import (
+    AppliedMigration,
     AuditFinding,
     AuthUser,
     Balance,
@@ -53,6 +54,7 @@ from mycelium_client.models import (
     CreditSummary,
     DailyEarnings,
     DailyStats,
+    DatabaseConnections,
     DisplayCurrency,
     ExpiryResult,
     HoldRelease,
@@ -89,6 +91,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Admin",
     "AmountLike",
+    "AppliedMigration",
     "AsyncAdmin",
     "AsyncAuth",
     "AsyncBalanceWatch",
@@ -114,6 +117,7 @@ __all__ = [
     "Credits",
     "DailyEarnings",
     "DailyStats",
+    "DatabaseConnections",
     "DisplayCurrency",
     "ExpiryResult",
     "HoldRelease",

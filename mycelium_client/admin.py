@@ -13,10 +13,12 @@ from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
 from mycelium_client.models import (
+    AppliedMigration,
     AuditFinding,
     CreditConfig,
     CreditSummary,
     DailyStats,
+    DatabaseConnections,
     DisplayCurrency,
     ExpiryResult,
     HoldRelease,
@@ -145,6 +147,14 @@ def rollups_call(max_days: int | None) -> Call[int]:
 
 def backlog_call(grace: timedelta | None) -> Call[list[UpkeepBacklog]]:
     return rpc("upkeep_backlog", rows(UpkeepBacklog), safe=True, grace=grace)
+
+
+def applied_migrations_call() -> Call[list[AppliedMigration]]:
+    return rpc("applied_migrations", rows(AppliedMigration), safe=True)
+
+
+def connections_call() -> Call[DatabaseConnections]:
+    return rpc("database_connections", DatabaseConnections.model_validate, safe=True)
 
 
 def set_marketplace_config_call(
@@ -279,6 +289,15 @@ class Admin:
         past its due time: all zero while `mycelium upkeep` runs."""
         return self._transport.send(backlog_call(grace))
 
+    def applied_migrations(self) -> list[AppliedMigration]:
+        """The database's migration history, to compare with the migrations this install
+        shipped with (`cli.migrations`): what the exporter's migration alerts watch."""
+        return self._transport.send(applied_migrations_call())
+
+    def database_connections(self) -> DatabaseConnections:
+        """Client connections open on the database, and the most it accepts from the API."""
+        return self._transport.send(connections_call())
+
     def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
     ) -> MarketplaceConfig:
@@ -388,6 +407,12 @@ class AsyncAdmin:
 
     async def upkeep_backlog(self, grace: timedelta | None = None) -> list[UpkeepBacklog]:
         return await self._transport.send(backlog_call(grace))
+
+    async def applied_migrations(self) -> list[AppliedMigration]:
+        return await self._transport.send(applied_migrations_call())
+
+    async def database_connections(self) -> DatabaseConnections:
+        return await self._transport.send(connections_call())
 
     async def set_marketplace_config(
         self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None

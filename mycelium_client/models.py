@@ -429,6 +429,25 @@ class UpkeepBacklog(Row):
     due_since: AwareDatetime | None
 
 
+class AppliedMigration(Row):
+    """One migration in the database's history (`admin.applied_migrations`): `checksum` is the
+    sha256 of the file as `mycelium sql push` applied it, null when the Supabase CLI pushed it
+    (which keeps the `statements` it ran instead)."""
+
+    version: str
+    name: str
+    checksum: str | None
+    statements: list[str]
+
+
+class DatabaseConnections(Row):
+    """Client connections open on the database server, and the most it accepts from the API's
+    roles (`max_connections` less the slots reserved for superusers)."""
+
+    connections: int
+    max_connections: int
+
+
 class _Earnings(Row):
     """Captured orders: what buyers paid (gross), the platform's fee, refunds (fee_refunded of
     them from the fee) and what the provider keeps (net)."""

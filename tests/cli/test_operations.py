@@ -27,7 +27,8 @@ from cli.common import ApiSettings
 from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
 from cli.main import app
-from cli.metrics import exporter
+from cli.metrics import exporter, migration_states
+from cli.migrations import discover
 from mycelium_client import MyceliumClient
 from tests.support import MYCELIUM, REPO, Api, User, interruptible
 from tests.support.client import Doubles
@@ -155,12 +156,32 @@ def test_metrics_are_scraped_over_http_and_ctrl_c_stops_the_exporter(
         assert not [name for name in samples if re.search(r"[{,](job|instance)=", name)]
         for task in ("release_expired_holds", "expire_credits", "refresh_ledger_rollups"):
             assert f'mycelium_upkeep_overdue{{task="{task}"}}' in samples
-        assert samples['mycelium_requests_total{status="200"}'] == "4.0"  # this scrape's four reads
+        # The session's stack pushed every migration of this checkout, which the exporter ships.
+        assert samples['mycelium_migrations{state="applied"}'] == f"{len(discover(REPO / 'sql'))}.0"
+        for state in ("pending", "drifted", "missing"):
+            assert samples[f'mycelium_migrations{{state="{state}"}}'] == "0.0", state
+        assert (
+            1
+            <= float(samples["mycelium_database_connections"])
+            < float(samples["mycelium_database_max_connections"])
+        )
+        assert samples['mycelium_requests_total{status="200"}'] == "6.0"  # this scrape's six reads
     finally:
         exporter.send_signal(signal.SIGINT)
         out, err = exporter.communicate(timeout=15)
     assert exporter.returncode == 0, err
     assert "Stopped." in out and "Traceback" not in err
+
+
+def test_migrations_the_database_lacks_or_altered_are_counted(stack: LocalStack) -> None:
+    with MyceliumClient(stack.api_url, stack.service_role_key) as client:
+        history = client.admin.applied_migrations()
+    latest, altered = history[-1], history[0]
+    lacking = [row for row in history if row is not latest]
+    lacking[0] = altered.model_copy(update={"checksum": "0" * 64})
+    lacking.append(altered.model_copy(update={"version": "19990101000000", "name": "gone"}))
+    states = {metric.labels["state"]: metric.value for metric in migration_states(lacking).samples}
+    assert states == {"applied": len(history) - 2, "pending": 1, "drifted": 1, "missing": 1}
 
 
 def mycelium_samples(page: str) -> dict[str, str]:

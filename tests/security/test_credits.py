@@ -47,6 +47,8 @@ ADMIN_ONLY = [
     "revoke_role",
     "refresh_ledger_rollups",
     "upkeep_backlog",
+    "applied_migrations",
+    "database_connections",
 ]
 
 
