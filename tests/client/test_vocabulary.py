@@ -20,6 +20,7 @@ from supabase_auth.types import Session as AuthSessionData
 from supabase_auth.types import User as AuthUserData
 
 from mycelium_client import (
+    AppliedMigration,
     AuditFinding,
     AuthUser,
     Balance,
@@ -30,6 +31,7 @@ from mycelium_client import (
     CreditSummary,
     DailyEarnings,
     DailyStats,
+    DatabaseConnections,
     DisplayCurrency,
     ExpiryResult,
     HoldRelease,
@@ -222,6 +224,8 @@ SOURCES: dict[type[Row], Source] = {
     OrderStatusCount: returned("public.order_status_counts"),
     HoldRelease: answer("release_expired_holds", lambda _: {"as_of": PAST}),
     UpkeepBacklog: returned("public.upkeep_backlog"),
+    AppliedMigration: returned("public.applied_migrations"),
+    DatabaseConnections: answer("database_connections"),
     DailyEarnings: relation("public.provider_earnings_daily"),
     MonthlyEarnings: relation("public.provider_earnings_monthly"),
     ProductEarnings: relation("public.provider_earnings_by_product"),
