@@ -1,11 +1,11 @@
 """Supabase's database advisor lints (splinter), held against the pushed schema.
 
 Each lint is a catalog query written here from the rule Supabase documents: it returns its
-offenders, and a test fails listing them. The exposed schemas are the ones the stack's PostgREST
-serves (`db-schemas`) and the one holding its `db-pre-request` function; "our" schemas add those
-the migration role owns (`mycelium_private`). Each lint also runs once over a scratch schema
-holding a deliberately bad object, created in a transaction that is rolled back, so that none can
-pass by finding nothing where it does not look.
+offenders, and a test fails listing them. The exposed schemas are those PostgREST serves
+(`db-schemas`, the local stack's and every deployment's) and the one holding its `db-pre-request`
+function; "our" schemas add those the migration role owns (`mycelium_private`). Each lint also
+runs once over a scratch schema holding a deliberately bad object, created in a transaction that
+is rolled back, so that none can pass by finding nothing where it does not look.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
+from tests.support.deploy import ENV_EXAMPLE, K3S_DIR, load_yaml_documents
 from tests.support.privileges import read_manifest
 
 Conn = psycopg.Connection[TupleRow]
@@ -59,10 +60,23 @@ def postgrest_settings(stack: LocalStack) -> dict[str, str]:
     return settings
 
 
+def deployed_schema_lists() -> list[str]:
+    """PGRST_DB_SCHEMAS of the single node (supabase/.env.example) and of k3s (its ConfigMap)."""
+    (single_node,) = [
+        line.partition("=")[2]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.startswith("PGRST_DB_SCHEMAS=")
+    ]
+    (config,) = [doc for doc in load_yaml_documents(K3S_DIR / "config.yaml") if doc["kind"] == "ConfigMap"]
+    return [single_node, str(config["data"]["PGRST_DB_SCHEMAS"])]
+
+
 @pytest.fixture(scope="module")
 def schemas(stack: LocalStack, superuser_conn: Conn) -> Schemas:
+    """What any deployment exposes: the local stack's and the deployments' db-schemas."""
     settings = postgrest_settings(stack)
-    served = [name.strip() for name in settings["db-schemas"].split(",")]
+    lists = [settings["db-schemas"], *deployed_schema_lists()]
+    served = [name.strip() for listed in lists for name in listed.split(",")]
     gate = settings["db-pre-request"].split(".")[0]
     exposed = tuple(dict.fromkeys([*served, gate]))
     owned = superuser_conn.execute(
