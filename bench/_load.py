@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -129,17 +130,24 @@ local RUN = "{run}"
 """
 
 
-def lua_locals(**values: str | list[str]) -> str:
-    """Lua `local` definitions of strings and arrays of strings (JSON's string syntax is Lua's for
-    ASCII)."""
-    lines = []
-    for name, value in values.items():
-        strings = [value] if isinstance(value, str) else value
-        literal = ",".join(map(json.dumps, strings))
-        if not isinstance(value, str):
-            literal = "{" + literal + "}"
-        lines.append(f"local {name} = {literal}\n")
-    return "".join(lines)
+# A value a Lua script receives: a string, an array, or a table keyed by strings.
+LuaValue = str | Sequence["LuaValue"] | Mapping[str, "LuaValue"]
+
+
+def lua_literal(value: LuaValue) -> str:
+    """`value` in Lua's syntax (JSON's string syntax is Lua's for ASCII)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        fields = [f"[{json.dumps(key)}] = {lua_literal(item)}" for key, item in value.items()]
+    else:
+        fields = list(map(lua_literal, value))
+    return "{" + ",".join(fields) + "}"
+
+
+def lua_locals(**values: LuaValue) -> str:
+    """Lua `local` definitions of strings, arrays and tables keyed by strings."""
+    return "".join(f"local {name} = {lua_literal(value)}\n" for name, value in values.items())
 
 
 @contextmanager
@@ -171,19 +179,44 @@ def wrk_command(
         os.unlink(file.name)
 
 
+@dataclass(frozen=True)
+class WrkTotals:
+    """What wrk's summary says of a run: calls made, in how many seconds, and how many failed (an
+    answer other than 2xx or 3xx, or a socket error)."""
+
+    calls: int
+    seconds: float
+    failed: int
+
+    @classmethod
+    def parse(cls, stdout: str) -> WrkTotals | None:
+        # wrk shows a run's length in s, then m from a minute on, then h.
+        totals = re.search(r"(\d+) requests in ([\d.]+)([smh])\b", stdout)
+        if totals is None:
+            return None
+        failures = r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)"
+        failed = sum(int(n) for n in re.findall(failures, stdout))
+        seconds = float(totals.group(2)) * {"s": 1, "m": 60, "h": 3600}[totals.group(3)]
+        return cls(int(totals.group(1)), seconds, failed)
+
+
+def run_wrk(command: list[str]) -> tuple[WrkTotals, str]:
+    """Run a `wrk_command`; its totals and its output (what the script's done() printed too)."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    totals = WrkTotals.parse(done.stdout)
+    if done.returncode != 0 or totals is None:
+        raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+    return totals, done.stdout
+
+
 def wrk_rate(base_url: str, script: str, seconds: float) -> float:
     """Successful requests per second of a wrk `script` (it defines `request`), WORKERS keep-alive
     connections for `seconds`."""
     with wrk_command(base_url, script, seconds) as command:
-        done = subprocess.run(command, capture_output=True, text=True)
-    totals = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
-    if done.returncode != 0 or totals is None:
-        raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
-    failures = r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)"
-    failed = sum(int(n) for n in re.findall(failures, done.stdout))
-    if failed:
-        print(f"    ({failed} failed calls)", flush=True)
-    elapsed = float(totals.group(2)) * (60 if totals.group(3) == "m" else 1)
+        totals, stdout = run_wrk(command)
+    if totals.failed:
+        print(f"    ({totals.failed} failed calls)", flush=True)
     # A script that counts its own units (an order is two calls) prints `counted: N` from done().
-    counted = re.search(r"^counted: (\d+)$", done.stdout, re.MULTILINE)
-    return int(counted.group(1)) / elapsed if counted else (int(totals.group(1)) - failed) / elapsed
+    counted = re.search(r"^counted: (\d+)$", stdout, re.MULTILINE)
+    done = int(counted.group(1)) if counted else totals.calls - totals.failed
+    return done / totals.seconds
