@@ -90,6 +90,9 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "read_only": Conflict,  # a write into a view that only reads
     "product_inactive": Conflict,
     "capacity_exceeded": Conflict,
+    "provider_not_selling": Conflict,  # the provider no longer holds the role the product needs
+    "too_many_pending_orders": Conflict,  # a buyer's pending orders are bounded (marketplace_config)
+    "too_many_pending_units": Conflict,  # so is their share of a product's capacity
     "invalid_transition": Conflict,  # e.g. fulfilling an order twice, cancelling a fulfilled one
     "refund_exceeds_paid": Conflict,
     "42501": NotAuthorized,  # insufficient_privilege

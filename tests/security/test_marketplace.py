@@ -176,7 +176,9 @@ def test_a_provider_without_the_role_can_only_take_products_off_sale(
     farmer = make_user("farmer")
     product = list_product(farmer)
     assert service_api.rpc("revoke_role", user_id=farmer.id, role="farmer").status_code == 200
-    failure(farmer.api.patch("/products", {"price": "1"}, id=f"eq.{product['id']}"), 403, "not_authorized")
+    # The revocation took the product off sale (tests/security/test_sellers.py): it stays off.
+    back = farmer.api.patch("/products", {"active": True, "price": "1"}, id=f"eq.{product['id']}")
+    failure(back, 403, "not_authorized")
     failure(
         farmer.api.post("/products", {"category": "node", "name": "x", "price": "1", "unit": "hour"}),
         403,
