@@ -1,6 +1,6 @@
 """The benchmarks' verdicts, their latency rows and their results for scripts (bench/_*.py),
-bench/client.py's sign-in measure, skipped without Auth, and bench/flood.py's floods: what a reader
-of a benchmark run relies on, checked without running a benchmark."""
+bench/client.py's sign-in measure, skipped without Auth, bench/flood.py's floods and bench/soak.py's
+windows: what a reader of a benchmark run relies on, checked without running a benchmark."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import pytest
 from rich.console import Console
 
 from bench._cycles import Rate
+from bench._load import WrkTotals, lua_locals
 from bench._percentiles import PercentileRow, Percentiles
 from bench._results import results_for_scripts
 from bench._verdicts import LatencyRow, RateRow, print_rates
 from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
 from bench.flood import FloodRow, print_rows
+from bench.soak import Memory, Window, growths, print_report, report, window_of
 
 
 def test_a_ratio_is_of_the_means_and_its_range_of_the_cycles() -> None:
@@ -185,3 +187,89 @@ def test_a_flood_is_judged_by_the_victims_p99_under_it_against_its_p99_idle(
     assert print_rows([held, FloodRow("long", idle, Percentiles(0.1, 1.0), {"failed": 2}), untimed]) == 1
     table = capsys.readouterr().out
     assert "100.00" in table and "MISSED" in table and "flooders got: failed 2" in table
+
+
+def test_lua_data_holds_strings_arrays_and_tables_by_key() -> None:
+    assert lua_locals(key='a"b', ids=["x", "y"], tokens={"p1": ["t1", "t2"]}) == (
+        'local key = "a\\"b"\nlocal ids = {"x","y"}\nlocal tokens = {["p1"] = {"t1","t2"}}\n'
+    )
+
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:48503
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.10ms    4.02ms  80.11ms   91.20%
+    Req/Sec   650.00    40.00   700.00     70.00%
+  12000 requests in 10.00s, 9.00MB read
+  Socket errors: connect 0, read 0, write 0, timeout 3
+  Non-2xx or 3xx responses: 17
+Requests/sec:   1200.00
+Transfer/sec:    921.60KB
+latency p50: 5012
+latency p99: 21450.5
+count sent_balance: 3000
+count sent_order: 3000
+count sent_fulfil: 2000
+count ok: 11983
+count rate_limited: 12
+count refused: 4
+count failed: 1
+refusal: 400 {"code":"insufficient_balance"}
+"""
+
+
+def test_wrk_totals_count_its_failures_and_read_its_units() -> None:
+    assert WrkTotals.parse(WRK_OUTPUT) == WrkTotals(calls=12000, seconds=10.0, failed=20)
+    assert WrkTotals.parse("  36000 requests in 1.00m, 9.00MB read") == WrkTotals(36000, 60.0, 0)
+    assert WrkTotals.parse("wrk: connection refused") is None
+
+
+def soak_window(start: float, p99: float, postgresql_mib: int, rate_limited: int = 0) -> Window:
+    memory = {
+        "postgresql": Memory(rss=4 * postgresql_mib * 2**20, private=postgresql_mib * 2**20),
+        "postgrest": Memory(rss=60 * 2**20, private=40 * 2**20),
+    }
+    answers = {"ok": 6000, "rate_limited": rate_limited, "refused": 0, "failed": 0}
+    return Window(start, 10.0, 6000, Percentiles(0.004, p99), {"balance": 6000}, answers, 0, memory)
+
+
+def test_a_soak_window_is_read_from_wrk_and_its_script() -> None:
+    memory = {"postgresql": Memory(200, 100), "postgrest": Memory(50, 40)}
+    window = window_of(20.0, WrkTotals.parse(WRK_OUTPUT) or WrkTotals(0, 1, 0), WRK_OUTPUT, memory)
+    assert window.per_second == pytest.approx(1200.0)
+    assert (window.latency.p50, window.latency.p99) == pytest.approx((0.005012, 0.0214505))
+    assert window.answers == {"ok": 11983, "rate_limited": 12, "refused": 4, "failed": 1}
+    assert window.socket_errors == 3
+    assert window.sent["order"] == 3000 and window.sent["cancel"] == 0
+    assert window.refusal == '400 {"code":"insufficient_balance"}'
+    shown = window.as_dict()
+    assert (shown["start_s"], shown["p99_ms"]) == (20.0, pytest.approx(21.4505))
+    assert shown["memory"]["postgresql"] == {"rss_bytes": 200, "private_bytes": 100}
+
+
+def test_a_soak_is_judged_by_its_last_window_against_its_first(capsys: pytest.CaptureFixture[str]) -> None:
+    steady = [soak_window(0, 0.020, 100), soak_window(10, 0.040, 110), soak_window(20, 0.029, 119)]
+    assert [(row.name, row.verdict) for row in growths(steady)] == [
+        ("p99 latency", "ok"),
+        ("postgresql private memory", "ok"),
+        ("postgrest private memory", "ok"),
+    ]
+    assert print_report(steady) == 0
+    assert "429" in capsys.readouterr().out.splitlines()[0]
+
+    # p99 one and a half times the first's, memory a fifth more: both missed.
+    worse = [soak_window(0, 0.020, 100, rate_limited=5), soak_window(10, 0.030, 120)]
+    assert [row.verdict for row in growths(worse)] == ["MISSED", "MISSED", "ok"]
+    assert print_report(worse) == 2
+    out = capsys.readouterr().out
+    assert "rate limit answered 5 calls 429" in out
+    assert report(worse, 2)["rate_limited"] == 5
+    judged = report(worse, 2)["last_against_first"][1]
+    assert judged == {
+        "measure": "postgresql private memory",
+        "first_mib": pytest.approx(100.0),
+        "last_mib": pytest.approx(120.0),
+        "ratio": pytest.approx(1.2),
+        "target_below": 1.2,
+        "verdict": "MISSED",
+    }
