@@ -1,7 +1,7 @@
 """`client.admin`: for the service_role key or an admin user. Purchases for confirmed payments,
 grants, the credit configuration, roles, users' profiles by e-mail address, analytics, the ledger
-audit and the expiry sweep; the marketplace's configuration, display currencies, orders counted
-by status and the sweep of expired order holds."""
+audit and the expiry sweep; the marketplace's configuration, display currencies, products taken
+off sale, orders counted by status and the sweep of expired order holds."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
 from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
+from mycelium_client.marketplace import ProductRef
 from mycelium_client.models import (
     AppliedMigration,
     AuditFinding,
@@ -25,6 +26,7 @@ from mycelium_client.models import (
     MarketplaceConfig,
     Movement,
     OrderStatusCount,
+    Product,
     Profile,
     RoleChange,
     RoleName,
@@ -158,16 +160,40 @@ def connections_call() -> Call[DatabaseConnections]:
 
 
 def set_marketplace_config_call(
-    platform_fee_percent: AmountLike | None, hold_ttl: timedelta | None
+    platform_fee_percent: AmountLike | None,
+    hold_ttl: timedelta | None,
+    max_pending_orders: int | None,
+    max_pending_capacity_percent: AmountLike | None,
 ) -> Call[MarketplaceConfig]:
     # Each call is a history row, as for the credit config: only retried if never sent.
     fee = None if platform_fee_percent is None else to_decimal(platform_fee_percent, "platform_fee_percent")
+    share = (
+        None
+        if max_pending_capacity_percent is None
+        else to_decimal(max_pending_capacity_percent, "max_pending_capacity_percent")
+    )
     return rpc(
         "set_marketplace_config",
         MarketplaceConfig.model_validate,
         safe=False,
         platform_fee_percent=fee,
         hold_ttl=hold_ttl,
+        max_pending_orders=max_pending_orders,
+        max_pending_capacity_percent=share,
+    )
+
+
+def set_product_active_call(product_id: ProductRef, active: bool, reason: str) -> Call[Product]:
+    # Each call is a moderation record: only retried if never sent.
+    if not reason.strip():
+        raise InvalidArgument("a reason is required", reason="invalid_argument")
+    return rpc(
+        "set_product_active",
+        Product.model_validate,
+        safe=False,
+        product_id=str(product_id),
+        active=active,
+        reason=reason,
     )
 
 
@@ -299,10 +325,26 @@ class Admin:
         return self._transport.send(connections_call())
 
     def set_marketplace_config(
-        self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
+        self,
+        *,
+        platform_fee_percent: AmountLike | None = None,
+        hold_ttl: timedelta | None = None,
+        max_pending_orders: int | None = None,
+        max_pending_capacity_percent: AmountLike | None = None,
     ) -> MarketplaceConfig:
-        """Change what is given; the rest stays. A new fee applies to orders placed from now on."""
-        return self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
+        """Change what is given; the rest stays. A new fee applies to orders placed from now on;
+        the bounds on what one buyer holds pending apply to the next order."""
+        return self._transport.send(
+            set_marketplace_config_call(
+                platform_fee_percent, hold_ttl, max_pending_orders, max_pending_capacity_percent
+            )
+        )
+
+    def set_product_active(self, product_id: ProductRef, active: bool, reason: str) -> Product:
+        """Take a product off sale (`active=False`), or lift such a take-down (`True`): admins
+        and the service only, recorded with the reason. Its provider cannot put back on sale
+        what was taken down, nor can an admin what its provider took off sale."""
+        return self._transport.send(set_product_active_call(product_id, active, reason))
 
     def release_expired_holds(
         self, as_of: datetime | None = None, *, max_orders: int | None = None
@@ -415,9 +457,21 @@ class AsyncAdmin:
         return await self._transport.send(connections_call())
 
     async def set_marketplace_config(
-        self, *, platform_fee_percent: AmountLike | None = None, hold_ttl: timedelta | None = None
+        self,
+        *,
+        platform_fee_percent: AmountLike | None = None,
+        hold_ttl: timedelta | None = None,
+        max_pending_orders: int | None = None,
+        max_pending_capacity_percent: AmountLike | None = None,
     ) -> MarketplaceConfig:
-        return await self._transport.send(set_marketplace_config_call(platform_fee_percent, hold_ttl))
+        return await self._transport.send(
+            set_marketplace_config_call(
+                platform_fee_percent, hold_ttl, max_pending_orders, max_pending_capacity_percent
+            )
+        )
+
+    async def set_product_active(self, product_id: ProductRef, active: bool, reason: str) -> Product:
+        return await self._transport.send(set_product_active_call(product_id, active, reason))
 
     async def release_expired_holds(
         self, as_of: datetime | None = None, *, max_orders: int | None = None

@@ -359,11 +359,13 @@ class DisplayCurrency(Row):
 
 
 class MarketplaceConfig(Row):
-    """The platform's share of each order (snapshotted when it is placed) and how long an order
-    may stay pending before its hold is released."""
+    """The platform's share of each order (snapshotted when it is placed), how long an order
+    may stay pending before its hold is released, and how much one buyer may hold pending."""
 
     platform_fee_percent: Money
     hold_ttl: Interval
+    max_pending_orders: int  # how many pending orders one buyer may have at once
+    max_pending_capacity_percent: Money  # the share of a product's capacity one buyer may hold pending
     updated_at: AwareDatetime
 
 
