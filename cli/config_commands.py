@@ -1,5 +1,6 @@
-"""`mycelium config`: the credit configuration and the platform fee from `marketplace.config` and
-the environment, compared with what the database holds, and pushed through the admin functions.
+"""`mycelium config`: the credit configuration, the platform fee and the bounds on what one buyer
+holds pending, from `marketplace.config` and the environment, compared with what the database
+holds, and pushed through the admin functions.
 
 The file is plain `key = value` lines with `#` comments; the environment overrides it. Every
 value is checked before anything is applied, and an error names its line (or variable).
@@ -47,6 +48,20 @@ def _percent(text: str) -> Decimal:
     return number
 
 
+def _share(text: str) -> Decimal:
+    number = _number(text)
+    if not 0 < number <= 100:
+        raise ValueError(f"must be a percentage above 0 and at most 100, not {text}")
+    return number
+
+
+def _count(text: str) -> Decimal:
+    number = _number(text)
+    if number != number.to_integral_value() or not 1 <= number <= 10000:
+        raise ValueError(f"must be a whole number from 1 to 10000, not {text}")
+    return number
+
+
 def _number(text: str) -> Decimal:
     try:
         number = Decimal(text)
@@ -79,6 +94,10 @@ KEYS: dict[str, Key] = {
         Key("credit_display_name", "MYCELIUM_CREDIT_NAME", _text),
         Key("credit_symbol", "MYCELIUM_CREDIT_SYMBOL", _text),
         Key("platform_fee_percent", "MYCELIUM_PLATFORM_FEE_PERCENT", _percent, marketplace=True),
+        Key("max_pending_orders", "MYCELIUM_MAX_PENDING_ORDERS", _count, marketplace=True),
+        Key(
+            "max_pending_capacity_percent", "MYCELIUM_MAX_PENDING_CAPACITY_PERCENT", _share, marketplace=True
+        ),
     )
 }
 
@@ -164,8 +183,12 @@ def apply_changes(client: MyceliumClient, found: list[Change]) -> None:
             credit_display_name=text("credit_display_name"),
             credit_symbol=text("credit_symbol"),
         )
-    if "platform_fee_percent" in new:
-        client.admin.set_marketplace_config(platform_fee_percent=new["platform_fee_percent"])
+    if any(KEYS[key].marketplace for key in new):
+        client.admin.set_marketplace_config(
+            platform_fee_percent=new.get("platform_fee_percent"),
+            max_pending_orders=None if "max_pending_orders" not in new else int(new["max_pending_orders"]),
+            max_pending_capacity_percent=new.get("max_pending_capacity_percent"),
+        )
 
 
 def _show_changes(found: list[Change], as_json: bool) -> None:

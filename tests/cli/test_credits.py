@@ -31,6 +31,8 @@ CONFIG_VARIABLES = (
     "MYCELIUM_CREDIT_NAME",
     "MYCELIUM_CREDIT_SYMBOL",
     "MYCELIUM_PLATFORM_FEE_PERCENT",
+    "MYCELIUM_MAX_PENDING_ORDERS",
+    "MYCELIUM_MAX_PENDING_CAPACITY_PERCENT",
     "MYCELIUM_CONFIG_FILE",
 )
 Run = Callable[..., Result]
@@ -311,14 +313,21 @@ def restored_config(db: psycopg.Connection[TupleRow]) -> Iterator[None]:
         "select tfc_to_usd_rate, credit_currency_code, credit_display_name, credit_symbol"
         " from public.credit_config"
     ).fetchone()
-    fee = db.execute("select platform_fee_percent from public.marketplace_config").fetchone()
+    marketplace = db.execute(
+        "select platform_fee_percent, max_pending_orders, max_pending_capacity_percent"
+        " from public.marketplace_config"
+    ).fetchone()
     yield
     db.execute(
         "update public.credit_config set tfc_to_usd_rate = %s, credit_currency_code = %s, "
         "credit_display_name = %s, credit_symbol = %s",
         saved,
     )
-    db.execute("update public.marketplace_config set platform_fee_percent = %s", fee)
+    db.execute(
+        "update public.marketplace_config set platform_fee_percent = %s, max_pending_orders = %s, "
+        "max_pending_capacity_percent = %s",
+        marketplace,
+    )
 
 
 def write_config(folder: Path, text: str) -> Path:
@@ -358,6 +367,23 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
 
 
 @pytest.mark.usefixtures("restored_config")
+def test_config_sets_the_bounds_on_what_one_buyer_holds_pending(run: Run, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "max_pending_orders = 7\nmax_pending_capacity_percent = 25.5\n")
+    applied = data(run("config", "apply", "--file", str(path), "--json"))
+    assert {c["key"]: c["new"] for c in applied["changed"]} == {
+        "max_pending_orders": "7",
+        "max_pending_capacity_percent": "25.5",
+    }
+    shown = {row["key"]: row for row in data(run("config", "show", "--json"))}
+    assert str(shown["max_pending_orders"]["database"]) == "7"
+    assert shown["max_pending_capacity_percent"]["database"] == "25.5"
+    changed = data(
+        run("config", "set", "max_pending_orders", "3", "--json", env={"MYCELIUM_MAX_PENDING_ORDERS": "9"})
+    )
+    assert [(c["key"], c["new"]) for c in changed["changed"]] == [("max_pending_orders", "3")]
+
+
+@pytest.mark.usefixtures("restored_config")
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
@@ -366,6 +392,16 @@ def test_config_apply_is_idempotent_and_env_overrides_the_file(run: Run, tmp_pat
         ("credit_symbol = X\ntfc_to_usd_rate = 0\n", {}, "line 2: tfc_to_usd_rate must be greater than zero"),
         ("tfc_to_usd_rate = -2\n", {}, "line 1: tfc_to_usd_rate must be greater than zero"),
         ("platform_fee_percent = 150\n", {}, "line 1: platform_fee_percent must be a percentage"),
+        (
+            "max_pending_orders = 2.5\n",
+            {},
+            "line 1: max_pending_orders must be a whole number from 1 to 10000",
+        ),
+        (
+            "max_pending_capacity_percent = 0\n",
+            {},
+            "line 1: max_pending_capacity_percent must be a percentage",
+        ),
         ("just some words\n", {}, "line 1: expected `key = value`"),
         ("credit_symbol = X\n", {"TFC_USD_RATE": "abc"}, "env TFC_USD_RATE: tfc_to_usd_rate 'abc'"),
     ],
