@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -13,11 +12,9 @@ from psycopg.rows import TupleRow
 
 from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
-from cli.dev.users import create_user
-from cli.keys import access_token
 from tests.client.doubles.auth import AuthDouble
 from tests.client.doubles.realtime import RealtimeDouble
-from tests.support import Api, User, stack_folder
+from tests.support import Api, User, new_user, stack_folder
 from tests.support.client import Doubles
 
 
@@ -85,10 +82,7 @@ def make_user(
     made: list[User] = []
 
     def make(*roles: str, email: str | None = None) -> User:
-        address = email or f"user-{uuid.uuid4().hex[:12]}@example.test"
-        created = create_user(superuser_conn, address, roles=roles)
-        token = access_token(stack.jwt_secret, created.id, email=created.email)
-        user = User(str(created.id), created.email, token, Api(stack.api_url, stack.anon_key, token))
+        user = new_user(stack, superuser_conn, *roles, email=email)
         made.append(user)
         return user
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail
+from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, wait_until
 from cli.errors import UsageError
 
 SUPERUSER = "supabase_admin"
@@ -43,12 +43,19 @@ def server_binaries() -> Path:
     return initdb.parent
 
 
-# Who may log in, and how: passwords always, over loopback and the local socket. Written at every
-# start, so that a cluster made before the socket existed accepts it too.
-PG_HBA = """# mycelium dev: password logins over loopback and the local Unix socket only
+# Who may log in, and how: passwords always, over loopback and the local socket; the superuser may
+# also stream a base backup over loopback (`pg_basebackup`, as in docs/deploy.md's backups). Written
+# at every start, so that a cluster made before a line existed accepts it too.
+PG_HBA = f"""# mycelium dev: password logins over loopback and the local Unix socket only
 host all all 127.0.0.1/32 scram-sha-256
 local all all scram-sha-256
+host replication {SUPERUSER} 127.0.0.1/32 scram-sha-256
 """
+
+# postmaster.pid's line of the server's status (LOCK_FILE_LINE_PM_STATUS, counted from 0), and how
+# long a restored cluster may take to replay its archived WAL.
+PID_FILE_STATUS_LINE = 7
+RECOVERY_TIMEOUT_SECONDS = 600
 
 # A Unix socket's path (folder + "/.s.PGSQL.<port>") must fit in sockaddr_un's 108 bytes, and the
 # folder goes through a shell (pg_ctl) and a comma- and space-separated list (the server's setting).
@@ -128,6 +135,22 @@ class Cluster:
         )
         if result.returncode != 0:
             raise ServiceFailed(f"PostgreSQL did not start on port {self.port}: {log_tail(self.log)}")
+        # pg_ctl reports a cluster restored from a backup as started once it replays the WAL; it
+        # takes connections once the replay is over (docs/deploy.md's restores turn hot standby off).
+        wait_until(
+            lambda: self.server_status() not in ("starting", "standby"), timeout=RECOVERY_TIMEOUT_SECONDS
+        )
+        if self.server_status() != "ready":
+            raise ServiceFailed(f"PostgreSQL did not finish its recovery: {log_tail(self.log)}")
+
+    def server_status(self) -> str | None:
+        """What the server says of itself in postmaster.pid (`starting`, `standby`, `ready`,
+        `stopping`), None when it is not running."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        return lines[PID_FILE_STATUS_LINE].strip() if len(lines) > PID_FILE_STATUS_LINE else "starting"
 
     def stop(self) -> None:
         if self.running():

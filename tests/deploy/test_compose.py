@@ -27,6 +27,8 @@ from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
 from tests.support import REPO
 from tests.support.deploy import (
+    BACKUP_SCRIPT,
+    BACKUPS_IN_CONTAINERS,
     COMPOSE_FILE,
     ENV_EXAMPLE,
     JWT_LIKE,
@@ -34,7 +36,9 @@ from tests.support.deploy import (
     KONG_KEY_VARIABLES,
     MIGRATE_DOCKERFILE,
     MIGRATE_IMAGE,
+    RESTORE_SCRIPT,
     SQL_DIR_IN_IMAGE,
+    WAL_ARCHIVE_IN_CONTAINERS,
     assert_kong_limits,
     assert_kong_serves_supabase_paths,
     image_tag,
@@ -45,6 +49,7 @@ from tests.support.deploy import (
     load_yaml,
     option_value,
     package_version,
+    postgres_settings,
     render_kong_config,
     shared_file,
     walk_strings,
@@ -61,6 +66,7 @@ NO_HEALTHCHECK = {
     "rest": "postgrest/postgrest ships the binary alone: no shell, no HTTP client",
     "migrate": "a one-shot job: others wait for it to complete, not to be healthy",
     "upkeep": "nothing depends on it, and each round logs its outcome (a failed one is retried)",
+    "backup": "a one-shot job run from cron: its exit status is its outcome",
 }
 # Everything published to the host, and on which address (None: all interfaces).
 PUBLISHED = {"kong": None, "studio": "127.0.0.1"}
@@ -166,6 +172,7 @@ def test_the_stack_has_the_services_mycelium_uses(services: dict[str, dict[str, 
         "migrate",
         "metrics",
         "upkeep",
+        "backup",
     }
     assert services["db"]["image"].startswith("supabase/postgres:15.")
     assert services["rest"]["image"].startswith("postgrest/postgrest:v12.")
@@ -312,9 +319,94 @@ def test_the_database_lives_on_a_named_volume(compose: dict[str, Any], services:
 
 
 def test_the_database_init_scripts_are_mounted_where_the_image_runs_them(services: dict[str, Any]) -> None:
-    for source, target in bind_mounts(services["db"]):
-        assert target.startswith("/docker-entrypoint-initdb.d/"), target
+    init_scripts = [
+        (s, t) for s, t in bind_mounts(services["db"]) if t.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert init_scripts
+    for source, _ in init_scripts:
         assert source.endswith(".sql") and (REPO / source).is_file()
+    # Besides them, only the restore script (a restore runs in a one-off container of the service).
+    others = set(bind_mounts(services["db"])) - set(init_scripts)
+    assert {(REPO / source).resolve() for source, _ in others} == {RESTORE_SCRIPT}
+
+
+# ---------------------------------------------------------------------------------------------
+# Backups: WAL archiving, base backups, point-in-time restores (tests/stack/test_backup_drill.py
+# runs the same archive_command and scripts against a local stack and restores from them)
+# ---------------------------------------------------------------------------------------------
+
+
+def named_volumes(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path -> (named volume, read-only) of the service's named volumes."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if not source.startswith((".", "/")):
+            found[target] = (source, mode == ["ro"])
+    return found
+
+
+def test_the_database_archives_every_wal_segment_to_a_volume_of_its_own(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    db = services["db"]
+    settings = postgres_settings(db["command"])
+    assert settings["archive_mode"] == "on"
+    # Never overwrites a segment already archived; a segment is complete once it has its name.
+    command = settings["archive_command"]
+    assert command.startswith(f"test ! -f {WAL_ARCHIVE_IN_CONTAINERS}/%f && ")
+    assert command.endswith(f"mv {WAL_ARCHIVE_IN_CONTAINERS}/%f.part {WAL_ARCHIVE_IN_CONTAINERS}/%f")
+    assert 0 < int(settings["archive_timeout"]) <= 300, "a quiet database archives at least every 5 minutes"
+    archive, read_only = named_volumes(db)[WAL_ARCHIVE_IN_CONTAINERS]
+    assert archive in compose["volumes"] and not read_only
+    assert archive != named_volumes(db)["/var/lib/postgresql/data"][0]
+    # The volume is created root's; the wrapper gives it to postgres, then runs the image's own
+    # entrypoint with the command, and lets base backups replicate over the stack's network.
+    bash, dash_c, wrapper, name = db["entrypoint"]
+    assert (bash, dash_c, name) == ("bash", "-c", "docker-entrypoint.sh")
+    assert f"install -d -o postgres -g postgres -m 700 {WAL_ARCHIVE_IN_CONTAINERS} &&" in wrapper
+    assert wrapper.endswith('exec docker-entrypoint.sh "$$@"')
+    assert db["environment"]["BACKUP_HBA"] == "host replication supabase_admin samenet scram-sha-256"
+    assert '$$BACKUP_HBA" >> /etc/postgresql/pg_hba.conf' in wrapper
+
+
+def test_the_backup_service_takes_base_backups_next_to_the_archive(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    backup, db = services["backup"], services["db"]
+    assert backup["profiles"] == ["backup"] and backup["restart"] == "no"
+    assert backup["image"] == db["image"], "pg_basebackup of the server's own version"
+    assert backup["depends_on"] == {"db": {"condition": "service_healthy"}}
+    mounted = {target: (REPO / source).resolve() for source, target in bind_mounts(backup)}
+    (script_path,) = [path for path, source in mounted.items() if source == BACKUP_SCRIPT]
+    assert backup["entrypoint"][-1].endswith(f"exec gosu postgres bash {script_path}")
+    environment = backup["environment"]
+    assert (environment["PGHOST"], environment["PGUSER"]) == ("db", "supabase_admin")
+    assert environment["PGPASSWORD"] == "${POSTGRES_PASSWORD}"
+    assert int(environment["KEEP_DAYS"]) >= 7
+    volumes = named_volumes(backup)
+    # The script's defaults are the folders mounted here and in the database's containers.
+    script = BACKUP_SCRIPT.read_text(encoding="utf-8")
+    assert "${BACKUP_DIR:-" + BACKUPS_IN_CONTAINERS + "}" in script
+    assert "${WAL_ARCHIVE:-" + WAL_ARCHIVE_IN_CONTAINERS + "}" in script
+    assert volumes[BACKUPS_IN_CONTAINERS] == (named_volumes(db)[BACKUPS_IN_CONTAINERS][0], False)
+    assert volumes[WAL_ARCHIVE_IN_CONTAINERS] == (named_volumes(db)[WAL_ARCHIVE_IN_CONTAINERS][0], False)
+    assert named_volumes(db)[BACKUPS_IN_CONTAINERS][1], "the database only reads the backups"
+    assert volumes[BACKUPS_IN_CONTAINERS][0] in compose["volumes"]
+
+
+def test_restores_read_what_the_backups_write(services: dict[str, Any]) -> None:
+    restore = RESTORE_SCRIPT.read_text(encoding="utf-8")
+    assert "${BACKUP_DIR:-" + BACKUPS_IN_CONTAINERS + "}" in restore
+    assert "${WAL_ARCHIVE:-" + WAL_ARCHIVE_IN_CONTAINERS + "}" in restore
+    assert "${PGDATA:-/var/lib/postgresql/data}" in restore
+    # archive_command gzips each segment; restore_command unzips it.
+    archive_command = postgres_settings(services["db"]["command"])["archive_command"]
+    assert "gzip < %p > " in archive_command
+    assert "restore_command = 'gunzip < $archive/%f > %p'" in restore
+    for script in (BACKUP_SCRIPT, RESTORE_SCRIPT):
+        checked = subprocess.run(["bash", "-n", script], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
+from cli.dev.users import create_user
+from cli.keys import access_token
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/, beside the checkout: tests that need it skip, saying so, where it is absent.
@@ -92,6 +96,16 @@ class User:
     email: str
     token: str
     api: Api
+
+
+def new_user(
+    stack: LocalStack, superuser_conn: psycopg.Connection[TupleRow], *roles: str, email: str | None = None
+) -> User:
+    """A fresh user of `stack`, created as GoTrue would, with a real JWT; close `user.api` after."""
+    address = email or f"user-{uuid.uuid4().hex[:12]}@example.test"
+    created = create_user(superuser_conn, address, roles=roles)
+    token = access_token(stack.jwt_secret, created.id, email=created.email)
+    return User(str(created.id), created.email, token, Api(stack.api_url, stack.anon_key, token))
 
 
 def after_schema_reload(request: Callable[[], httpx.Response], *, timeout: float = 10) -> httpx.Response:

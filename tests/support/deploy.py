@@ -8,6 +8,7 @@ gateway's config rendering, the database bootstrap SQL) are run.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -32,6 +33,12 @@ K3S_DIR = REPO / "deploy" / "k3s"
 MONITORING_DIR = REPO / "deploy" / "monitoring"
 MIGRATE_DOCKERFILE = REPO / "deploy" / "migrate.Dockerfile"
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
+# The single node's base backups and point-in-time restores (the backup drill runs them), and the
+# folders the compose file mounts for them in the database's containers.
+BACKUP_SCRIPT = REPO / "supabase" / "db" / "backup.sh"
+RESTORE_SCRIPT = REPO / "supabase" / "db" / "restore.sh"
+WAL_ARCHIVE_IN_CONTAINERS = "/wal-archive"
+BACKUPS_IN_CONTAINERS = "/backups"
 
 # The image with the `mycelium` command and sql/ (deploy/migrate.Dockerfile), tagged with the
 # package version, and where that image keeps the migrations.
@@ -95,6 +102,11 @@ def walk_strings(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from walk_strings(item)
+
+
+def postgres_settings(command: list[str]) -> dict[str, str]:
+    """The `-c name=value` settings of a `postgres` command line."""
+    return dict(value.split("=", 1) for option, value in itertools.pairwise(command) if option == "-c")
 
 
 def option_value(args: list[str], option: str) -> str:
