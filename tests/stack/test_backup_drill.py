@@ -40,14 +40,23 @@ from tests.support.deploy import (
 RESTORE_POINT = "before-the-second-transfer"
 
 
+# The two ways docs/deploy.md names the moment to restore: a restore point (made just before a
+# risky operation) and a time (what an operator usually has).
+TARGETS = ("name", "time")
+
+
+@dataclass
+class Restore:
+    stack: LocalStack
+    up: UpReport
+
+
 @dataclass
 class Drill:
-    live: LocalStack
-    restored: LocalStack
-    restored_up: UpReport
     accounts: list[str]
     at_restore_point: dict[str, Decimal]
     at_the_loss: dict[str, Decimal]
+    restores: dict[str, Restore]
 
 
 def balances(stack: LocalStack, accounts: list[str]) -> dict[str, Decimal]:
@@ -108,7 +117,8 @@ def switch_and_archive(stack: LocalStack) -> None:
 def drill() -> Iterator[Drill]:
     folder = stack_folder("mycelium-backup-drill-")
     archive, backups = folder / "wal-archive", folder / "backups"
-    live, restored = LocalStack(folder / "live"), LocalStack(folder / "restored")
+    live = LocalStack(folder / "live")
+    restored = {target: LocalStack(folder / f"restored-by-{target}") for target in TARGETS}
     try:
         live.up(port_base=free_port_base())
         for made in (archive, backups):
@@ -137,6 +147,10 @@ def drill() -> Iterator[Drill]:
         transfer(alice.api, bob.id, "10.5")
         with psycopg.connect(live.superuser_db_url, autocommit=True) as db:
             db.execute("select pg_create_restore_point(%s)", [RESTORE_POINT])
+            # The database's clock, after the first transfer's commit and before the second's.
+            row = db.execute("select clock_timestamp()::text").fetchone()
+            assert row is not None
+        targets = {"name": ["--name", RESTORE_POINT], "time": ["--time", row[0]]}
         at_restore_point = balances(live, accounts)
         transfer(alice.api, bob.id, "25")
         at_the_loss = balances(live, accounts)
@@ -146,19 +160,21 @@ def drill() -> Iterator[Drill]:
         live.down()
 
         (backup,) = [entry.name for entry in backups.iterdir()]
-        restored.directory.mkdir()
-        shutil.copy2(live.settings_file, restored.settings_file)
-        data = restored.directory / "postgres"
-        data.mkdir(mode=0o700)
-        restored.run_as.own(data)
-        run_script(
-            restored, RESTORE_SCRIPT, backup, "--name", RESTORE_POINT, PGDATA=str(data), **backup_settings
-        )
-        restored_up = restored.up(port_base=free_port_base())
-        yield Drill(live, restored, restored_up, accounts, at_restore_point, at_the_loss)
+        restores = {}
+        for target, stack in restored.items():
+            # The restored stack keeps the lost one's keys and passwords, as supabase/.env is
+            # restored with the database.
+            stack.directory.mkdir()
+            shutil.copy2(live.settings_file, stack.settings_file)
+            data = stack.directory / "postgres"
+            data.mkdir(mode=0o700)
+            stack.run_as.own(data)
+            run_script(stack, RESTORE_SCRIPT, backup, *targets[target], PGDATA=str(data), **backup_settings)
+            restores[target] = Restore(stack, stack.up(port_base=free_port_base()))
+        yield Drill(accounts, at_restore_point, at_the_loss, restores)
     finally:
-        restored.destroy()
-        live.destroy()
+        for stack in (*restored.values(), live):
+            stack.destroy()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -169,29 +185,29 @@ def mycelium_json(*args: str) -> tuple[int, Any]:
     return done.returncode, loads(done.stdout) if done.stdout else done.stderr
 
 
-def test_the_restore_brings_back_the_balances_of_the_restore_point(drill: Drill) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_restore_brings_back_the_balances_of_the_target(drill: Drill, target: str) -> None:
     assert drill.at_restore_point != drill.at_the_loss, "the second transfer must change the balances"
     alice, bob = drill.accounts
     # The first transfer, made after the base backup, came back from the archived WAL.
     assert drill.at_restore_point == {alice: Decimal("89.5"), bob: Decimal("10.5")}
-    assert balances(drill.restored, drill.accounts) == drill.at_restore_point
+    assert balances(drill.restores[target].stack, drill.accounts) == drill.at_restore_point
 
 
-def test_the_restored_ledger_audit_is_clean(drill: Drill) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_restored_ledger_audit_is_clean(drill: Drill, target: str) -> None:
+    restored = drill.restores[target].stack
     status, report = mycelium_json(
-        "credits",
-        "audit",
-        "--url",
-        drill.restored.api_url,
-        "--service-key",
-        drill.restored.service_role_key,
+        "credits", "audit", "--url", restored.api_url, "--service-key", restored.service_role_key
     )
     assert (status, report) == (0, {"ok": True, "findings": []})
 
 
-def test_the_next_push_applies_nothing(drill: Drill) -> None:
-    assert drill.restored_up.migrations_applied == []
-    status, result = mycelium_json("sql", "push", "--db-url", drill.restored.db_url)
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_next_push_applies_nothing(drill: Drill, target: str) -> None:
+    restore = drill.restores[target]
+    assert restore.up.migrations_applied == []
+    status, result = mycelium_json("sql", "push", "--db-url", restore.stack.db_url)
     assert status == 0, result
     assert result == {
         "dry_run": False,
@@ -200,9 +216,16 @@ def test_the_next_push_applies_nothing(drill: Drill) -> None:
     }
 
 
-def test_the_restored_database_takes_writes_on_a_timeline_of_its_own(drill: Drill) -> None:
-    """Promoted after the replay, on a new timeline, so that its WAL never mixes in the archive
-    with the lost database's."""
-    with psycopg.connect(drill.restored.superuser_db_url, autocommit=True) as db:
-        row = db.execute("select pg_is_in_recovery(), timeline_id from pg_control_checkpoint()").fetchone()
-    assert row == (False, 2)
+def test_each_restored_database_takes_writes_on_a_timeline_of_its_own(drill: Drill) -> None:
+    """Promoted after the replay, each on a new timeline (the archive's history files tell a restore
+    which ones are taken), so that their WAL never mixes in the archive with the lost database's
+    or with each other's."""
+    timelines = []
+    for restore in drill.restores.values():
+        with psycopg.connect(restore.stack.superuser_db_url, autocommit=True) as db:
+            row = db.execute(
+                "select pg_is_in_recovery(), timeline_id from pg_control_checkpoint()"
+            ).fetchone()
+        assert row is not None and row[0] is False
+        timelines.append(row[1])
+    assert 1 not in timelines and len(set(timelines)) == len(timelines), timelines
