@@ -2,9 +2,10 @@
 sync and the async transport; everything else here is shared.
 
 Retries: a *safe* call (a read, or a money call that carries an idempotency key the SQL
-deduplicates on) is retried after network errors and 502/503/504, with backoff, reusing the
-same body and so the same key. Any other call is retried only when the connection failed
-before the request was sent, so it is never applied twice.
+deduplicates on) is retried after network errors, 502/503/504 and a database connection lost
+mid-request (`errors.lost_database_connection`), with backoff, reusing the same body and so the
+same key. Any other call is retried only when the connection failed before the request was
+sent, so it is never applied twice.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 from pydantic import BaseModel
 
 from mycelium_client.amounts import dumps, loads
-from mycelium_client.errors import InvalidArgument, ServiceUnavailable, from_body
+from mycelium_client.errors import InvalidArgument, ServiceUnavailable, from_body, lost_database_connection
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -165,7 +166,11 @@ class Attempts:
 
     def after_response(self, response: httpx.Response) -> float | None:
         """The delay before retrying, or None when the response is the answer."""
-        if response.status_code not in _RETRY_STATUSES or not self.call.safe:
+        if not self.call.safe:
+            return None
+        if response.status_code not in _RETRY_STATUSES and not lost_database_connection(
+            response.status_code, _body(response)
+        ):
             return None
         self.done += 1
         if self.done >= self.policy.attempts:
@@ -173,13 +178,17 @@ class Attempts:
         return self.policy.delay(self.done - 1)
 
 
+def _body(response: httpx.Response) -> Any:
+    """An error response's JSON, or its text when it is not JSON."""
+    try:
+        return loads(response.content)
+    except ValueError:
+        return response.text
+
+
 def read(call: Call[T], response: httpx.Response) -> T:
     if response.status_code >= 400:
-        try:
-            body: Any = loads(response.content)
-        except ValueError:
-            body = response.text
-        raise from_body(response.status_code, body)
+        raise from_body(response.status_code, _body(response))
     if not response.content:
         return call.parse(None)
     return call.parse(loads(response.content))

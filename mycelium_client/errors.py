@@ -123,8 +123,21 @@ def error_class(reason: str, status: int) -> type[MyceliumError]:
     return _BY_STATUS.get(status, MyceliumError)
 
 
+def lost_database_connection(status: int, body: Any) -> bool:
+    """PostgREST's answer when the database connection itself failed mid-request (PostgreSQL
+    crashed or closed it): libpq's own error, which carries no SQLSTATE, passed on as HTTP 400
+    with an empty code. The database never answered: the request may or may not have been applied."""
+    return status == 400 and isinstance(body, Mapping) and body.get("code") == ""
+
+
 def from_body(status: int, body: Any) -> MyceliumError:
     """The error for a PostgREST (or gateway) error response body, whatever its shape."""
+    if lost_database_connection(status, body):
+        return ServiceUnavailable(
+            "the database connection failed during the request, which may have been applied",
+            reason="database_connection_lost",
+            status=status,
+        )
     fields: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
     reason = str(fields.get("code") or f"http_{status}")
     message = str(fields.get("message") or fields.get("msg") or body or f"HTTP {status}")

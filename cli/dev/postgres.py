@@ -8,12 +8,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cli.dev.processes import RunAs, ServiceFailed, find_program, log_tail, wait_until
 from cli.errors import UsageError
 
 SUPERUSER = "supabase_admin"
 DATABASE = "postgres"
+# pg_ctl's shutdown modes.
+StopMode = Literal["smart", "fast", "immediate"]
 
 # Loopback, plus a Unix socket where the stack has one (`Cluster.socket_dir`, given at each start);
 # logical WAL so that a database feed can decode changes, and WAL flush times in pg_stat_wal (the
@@ -152,6 +155,8 @@ class Cluster:
             return None
         return lines[PID_FILE_STATUS_LINE].strip() if len(lines) > PID_FILE_STATUS_LINE else "starting"
 
-    def stop(self) -> None:
+    def stop(self, *, mode: StopMode = "fast") -> None:
+        """`fast`: roll back open transactions and shut down cleanly; `immediate`: end every
+        process at once, as a crash would, so that the next start runs crash recovery."""
         if self.running():
-            self.run_as.run([self.pg_ctl, "stop", "-D", self.data, "-m", "fast", "-w", "-t", "60"])
+            self.run_as.run([self.pg_ctl, "stop", "-D", self.data, "-m", mode, "-w", "-t", "60"])

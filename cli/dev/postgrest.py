@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +91,15 @@ class PostgREST:
     def stop(self) -> None:
         terminate(self.pid())
         self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: requests in flight get no answer. The pid
+        file stays behind, as after a crash; `start` replaces it."""
+        pid = self.pid()
+        if pid_alive(pid):
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not pid_alive(pid), timeout=5)
 
 
 def _quote(value: object) -> str:
