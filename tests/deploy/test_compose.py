@@ -30,6 +30,7 @@ from tests.support.deploy import (
     BACKUP_SCRIPT,
     BACKUPS_IN_CONTAINERS,
     COMPOSE_FILE,
+    DEPLOY_DOC,
     ENV_EXAMPLE,
     JWT_LIKE,
     KONG_CONFIG,
@@ -407,6 +408,11 @@ def test_restores_read_what_the_backups_write(services: dict[str, Any]) -> None:
     for script in (BACKUP_SCRIPT, RESTORE_SCRIPT):
         checked = subprocess.run(["bash", "-n", script], capture_output=True, text=True, check=False)
         assert checked.returncode == 0, checked.stderr
+    # The guide runs them where the compose file mounts them.
+    guide = DEPLOY_DOC.read_text(encoding="utf-8")
+    (restore_path,) = [t for s, t in bind_mounts(services["db"]) if (REPO / s).resolve() == RESTORE_SCRIPT]
+    assert f"--entrypoint bash db \\\n  {restore_path} " in guide
+    assert "--profile backup run --rm backup" in guide
 
 
 # ---------------------------------------------------------------------------------------------
