@@ -84,12 +84,14 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "unknown_recipient": NotFound,
     "product_not_found": NotFound,
     "order_not_found": NotFound,
+    "subscription_not_found": NotFound,
     "duplicate_reference": Conflict,
     "package_inactive": Conflict,
     "append_only": Conflict,
     "read_only": Conflict,  # a write into a view that only reads
     "product_inactive": Conflict,
     "capacity_exceeded": Conflict,
+    "not_subscribable": Conflict,  # a product sold by orders only (unit once, or a capacity)
     "provider_not_selling": Conflict,  # the provider no longer holds the role the product needs
     "too_many_pending_orders": Conflict,  # a buyer's pending orders are bounded (marketplace_config)
     "too_many_pending_units": Conflict,  # so is their share of a product's capacity

@@ -22,7 +22,7 @@ def backlog(api: Api, **args: Any) -> dict[str, dict[str, Any]]:
 
 def test_the_service_and_admins_read_every_jobs_backlog(service_api: Api, make_user: MakeUser) -> None:
     # Anyone else is refused: tests/security/test_credits.py, ADMIN_ONLY.
-    jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups"}
+    jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups", "charge_due_subscriptions"}
     assert set(backlog(service_api)) == jobs
     assert set(backlog(make_user("admin").api)) == jobs
 

@@ -1,0 +1,215 @@
+"""rpc/charge_due_subscriptions through PostgREST: periods paid when they end and the next held at
+the price of the moment, a batch behind catching up, credits running out (grace, suspension,
+cancellation) and a top-up resuming; overlapping batches; the backlog it leaves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import pairwise
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from cli.dev.stack import LocalStack
+from tests.support import Api, body
+from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
+from tests.support.subscriptions import (
+    backdate,
+    charge,
+    charge_all_due,
+    events,
+    periods,
+    start,
+    stop,
+    subscription,
+    subscription_config,
+)
+
+Conn = psycopg.Connection[TupleRow]
+
+
+def test_an_ended_period_is_paid_and_the_next_held_at_the_new_price(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    product = list_product(provider, price="2", unit="hour")
+    started = start(alice, product["id"])
+    # A price change applies from the next period: the running one keeps its price.
+    assert provider.api.patch("/products", {"price": "3"}, id=f"eq.{product['id']}").status_code == 200
+    earned_before = account(provider)[0]
+    backdate(db, started["id"], "1 hour")
+
+    done = charge(service_api)
+    assert done["renewed"] >= 1 and done["done"] is True
+    first, second = periods(alice.api, started["id"])
+    assert (first["status"], D(str(first["charged_amount"])), D(str(first["unit_price"]))) == (
+        "charged",
+        D("2"),
+        D("2"),
+    )
+    assert (second["seq"], second["status"], D(str(second["amount"]))) == (2, "held", D("3"))
+    assert second["starts_at"] == first["ends_at"]  # contiguous, however late the batch ran
+    assert subscription(alice.api, started["id"])["paid_until"] == second["ends_at"]
+    assert account(alice) == (D("5"), D("3"))
+    assert account(provider)[0] == earned_before + D("2") - D(str(first["fee_amount"]))
+    assert events(provider.api, started["id"]) == ["started", "renewed"]
+    stop(alice.api, started["id"])
+    audit_is_clean(service_api)
+
+
+def test_a_batch_behind_catches_up_period_by_period_within_its_budget(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, started["id"], "3 hours")  # three periods have ended
+
+    one_step = charge(service_api, max_periods=1)
+    assert (one_step["renewed"], one_step["periods_charged"], one_step["done"]) == (1, 1, False)
+    rest = charge(service_api)
+    assert (rest["renewed"], rest["periods_charged"], rest["done"]) == (2, 2, True)
+    rows = periods(alice.api, started["id"])
+    assert [(row["seq"], row["status"]) for row in rows] == [
+        (1, "charged"),
+        (2, "charged"),
+        (3, "charged"),
+        (4, "held"),
+    ]
+    assert all(
+        later["starts_at"] == earlier["ends_at"] for earlier, later in zip(rows, rows[1:], strict=False)
+    )
+    assert datetime.fromisoformat(rows[-1]["ends_at"]) > datetime.fromisoformat(rest["as_of"])
+    assert account(alice) == (D("6"), D("1"))
+    # Nothing is due any more: a batch again charges nothing.
+    assert charge(service_api)["periods_charged"] == 0
+    stop(alice.api, started["id"])
+    audit_is_clean(service_api)
+
+
+def test_credits_running_out_mean_grace_then_suspension_and_a_top_up_resumes(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "1")
+    with subscription_config(service_api, grace_period="2 hours", suspension_period="3 hours"):
+        started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+        backdate(db, started["id"], "1 hour")
+        assert charge(service_api)["grace"] >= 1
+        unpaid = subscription(alice.api, started["id"])
+        assert unpaid["status"] == "grace"
+        assert unpaid["grace_since"] == periods(alice.api, started["id"])[0]["ends_at"]
+        assert account(alice) == (D("0"), D("0"))  # the first period paid; nothing held
+
+        backdate(db, started["id"], "2 hours")  # the grace is over
+        assert charge(service_api)["suspended"] >= 1
+        suspended = subscription(provider.api, started["id"])
+        assert suspended["status"] == "suspended"
+
+        # Two hours of grace ran unpaid, and the next period needs one more credit: 2 are not enough.
+        fund(service_api, alice, "2")
+        assert charge(service_api)["resumed"] == 0
+        assert subscription(alice.api, started["id"])["status"] == "suspended"
+        fund(service_api, alice, "1")
+        assert charge(service_api)["resumed"] == 1
+
+        resumed = subscription(alice.api, started["id"])
+        assert resumed["status"] == "active" and resumed["grace_since"] is None
+        rows = periods(alice.api, started["id"])
+        assert [(r["seq"], r["kind"], r["status"], D(str(r["amount"]))) for r in rows] == [
+            (1, "period", "charged", D("1")),
+            (2, "arrears", "charged", D("2")),
+            (3, "period", "held", D("1")),
+        ]
+        # The arrears: from the last period paid to the suspension, when the workload stopped.
+        assert rows[1]["starts_at"] == rows[0]["ends_at"] and rows[1]["ends_at"] == suspended["suspended_at"]
+        assert account(alice) == (D("0"), D("1"))
+        assert events(alice.api, started["id"]) == ["started", "grace", "suspended", "resumed"]
+        stop(alice.api, started["id"])
+    audit_is_clean(service_api)
+
+
+def test_an_unpaid_subscription_is_cancelled_settling_what_the_balance_can(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "1")
+    with subscription_config(service_api, grace_period="1 hour", suspension_period="1 hour"):
+        started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+        backdate(db, started["id"], "1 hour")
+        charge(service_api)
+        backdate(db, started["id"], "1 hour")
+        charge(service_api)
+        assert subscription(alice.api, started["id"])["status"] == "suspended"
+        fund(service_api, alice, "0.5")  # not enough to resume
+        backdate(db, started["id"], "1 hour")
+        assert charge(service_api)["cancelled"] >= 1
+
+    ended = subscription(alice.api, started["id"])
+    assert ended["status"] == "cancelled" and ended["due_at"] is None
+    arrears = periods(alice.api, started["id"])[-1]
+    # An hour of grace was owed; the balance paid what it could, the rest is never charged.
+    assert (arrears["kind"], D(str(arrears["charged_amount"]))) == ("arrears", D("0.5"))
+    assert account(alice) == (D("0"), D("0"))
+    assert events(provider.api, started["id"]) == ["started", "grace", "suspended", "cancelled"]
+    refused = alice.api.rpc("stop_subscription", subscription_id=started["id"])
+    assert refused.status_code == 409 and body(refused)["code"] == "invalid_transition"
+    audit_is_clean(service_api)
+
+
+def test_a_product_off_sale_is_not_renewed(service_api: Api, make_user: MakeUser, db: Conn) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    product = list_product(provider, price="1", unit="hour")
+    started = start(alice, product["id"])
+    assert provider.api.patch("/products", {"active": False}, id=f"eq.{product['id']}").status_code == 200
+    backdate(db, started["id"], "1 hour")
+    assert charge(service_api)["cancelled"] >= 1
+    assert subscription(alice.api, started["id"])["status"] == "cancelled"
+    assert account(alice) == (D("9"), D("0"))  # the period that ran, paid; nothing held
+    audit_is_clean(service_api)
+
+
+def test_overlapping_batches_take_different_subscriptions_and_charge_each_period_once(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    started = []
+    for _ in range(2):
+        provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+        started.append((alice, start(alice, list_product(provider, price="1", unit="hour")["id"])))
+    backdate(db, started[0][1]["id"], "70 minutes")  # the first is due first
+    backdate(db, started[1][1]["id"], "1 hour")
+
+    with psycopg.connect(stack.superuser_db_url) as first_batch:
+        row = first_batch.execute("select public.charge_due_subscriptions(now(), 1)").fetchone()
+        assert row is not None and row[0]["renewed"] == 1
+        # While the first batch holds its subscription, the second takes the other one.
+        assert charge(service_api)["renewed"] == 1
+        first_batch.commit()
+    assert charge(service_api)["periods_charged"] == 0
+    for alice, sub in started:
+        assert [(p["seq"], p["status"]) for p in periods(alice.api, sub["id"])] == [
+            (1, "charged"),
+            (2, "held"),
+        ]
+        stop(alice.api, sub["id"])
+    audit_is_clean(service_api)
+
+
+def test_the_backlog_counts_subscriptions_left_due(service_api: Api, make_user: MakeUser, db: Conn) -> None:
+    charge_all_due(service_api)
+
+    def overdue() -> int:
+        rows = body(service_api.rpc("upkeep_backlog"))
+        return int(next(row["overdue"] for row in rows if row["job"] == "charge_due_subscriptions"))
+
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    assert overdue() == 0
+    backdate(db, started["id"], "2 hours")
+    assert overdue() == 1
+    charge(service_api)
+    assert overdue() == 0
+    stop(alice.api, started["id"])
