@@ -57,7 +57,7 @@ class NotFound(MyceliumError):
 class Conflict(MyceliumError):
     """The request contradicts what exists: a reused idempotency key, an inactive package or
     product, a product sold out, an order not in a state that allows this, a refund above what
-    is left, ..."""
+    is left, a refund whose provider cannot pay their part yet, ..."""
 
 
 class ServiceUnavailable(MyceliumError):
@@ -97,6 +97,7 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "too_many_pending_units": Conflict,  # so is their share of a product's capacity
     "invalid_transition": Conflict,  # e.g. fulfilling an order twice, cancelling a fulfilled one
     "refund_exceeds_paid": Conflict,
+    "provider_funds_short": Conflict,  # a refund the provider's credits cannot pay yet: fund them, retry
     "42501": NotAuthorized,  # insufficient_privilege
     "22P02": InvalidArgument,  # invalid text representation (a malformed uuid, ...)
     "22023": InvalidArgument,  # invalid parameter value

@@ -383,7 +383,11 @@ def test_dependencies_point_one_way_each_migration_names_only_what_it_or_an_earl
     """Credits first, the marketplace on top, audits and jobs after both: a function body is bound
     late, so PostgreSQL itself would not notice a migration calling what a later one creates."""
     texts = {f.file_name: re.sub(r"--[^\n]*", "", f.text) for f in migrations.discover(SQL_DIR)}
-    created_in = {name: file for file, text in texts.items() for name in CREATED.findall(text)}
+    # Where each object is first created: a later migration may redefine it (create or replace).
+    created_in: dict[str, str] = {}
+    for file, text in texts.items():
+        for name in CREATED.findall(text):
+            created_in.setdefault(name, file)
     order = list(texts)
     backwards = sorted(
         f"{file} names {name} (created in {created_in[name]})"

@@ -1,0 +1,96 @@
+"""Smaller holes, closed and held closed through PostgREST: admins' ids in the configurations
+anyone reads, display amounts nobody checked, broadcasts readable on any topic."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+
+from tests.support import Api, body, denied
+from tests.support.marketplace import MakeUser, failure
+from tests.support.realtime import readable_messages
+
+CONFIG_TABLES = ["credit_config", "marketplace_config", "display_currencies"]
+
+
+def test_who_changed_a_configuration_is_for_admins_only(
+    anon_api: Api, service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    admin, user = make_user("admin"), make_user()
+    code = "H" + uuid.uuid4().hex[:6].upper()
+    # Each setting set to the value it has: a change (and its history) without changing anything.
+    credit = body(anon_api.get("/credit_config"))[0]
+    market = body(anon_api.get("/marketplace_config"))[0]
+    changes = [
+        admin.api.rpc("set_credit_config", credit_symbol=credit["credit_symbol"]),
+        admin.api.rpc("set_marketplace_config", platform_fee_percent=str(market["platform_fee_percent"])),
+        admin.api.rpc("set_display_currency", code=code, symbol="h", usd_per_unit="2"),
+    ]
+    # An operator writing the row by hand leaves no id behind either.
+    db.execute("update public.credit_config set updated_by = %s", (admin.id,))
+    try:
+        for reply in changes:
+            assert reply.status_code == 200, reply.text
+            assert body(reply)["updated_by"] is None
+        # `select=*` still works for everyone (supabase-py and supabase-js read these that way).
+        for api in (anon_api, user.api, admin.api):
+            for table in CONFIG_TABLES:
+                reply = api.get(f"/{table}", select="*")
+                assert reply.status_code == 200, reply.text
+                assert [row["updated_by"] for row in body(reply)] == [None] * len(body(reply))
+
+        for table in CONFIG_TABLES:
+            history = body(admin.api.get(f"/{table}_history", order="id.desc", limit=10))
+            assert admin.id in [entry["changed_by"] for entry in history], table
+            assert denied(anon_api.get(f"/{table}_history")), table
+            assert body(user.api.get(f"/{table}_history")) == [], table
+        added = body(admin.api.get("/display_currencies_history", order="id.desc", limit=1))[0]
+        assert added["old_config"] is None and added["new_config"]["code"] == code
+    finally:
+        removed = admin.api.rpc("set_display_currency", code=code, usd_per_unit=None)
+        assert removed.status_code == 200, removed.text
+    gone = body(admin.api.get("/display_currencies_history", order="id.desc", limit=1))[0]
+    assert (
+        gone["changed_by"] == admin.id and gone["old_config"]["code"] == code and gone["new_config"] is None
+    )
+
+
+@pytest.mark.parametrize("function", ["tfc_to_usd", "display_prices"])
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-Infinity", "-1", "-0.000001", "0.0000001", "1e15"])
+def test_display_amounts_follow_the_amount_rules(anon_api: Api, function: str, amount: str) -> None:
+    failure(anon_api.rpc(function, amount=amount), 400, "invalid_amount")
+
+
+def test_display_amounts_still_show_zero_and_valid_amounts(anon_api: Api, make_user: MakeUser) -> None:
+    rate = Decimal(str(body(anon_api.get("/credit_config"))[0]["tfc_to_usd_rate"]))
+    assert body(anon_api.rpc("tfc_to_usd", amount="0")) == 0
+    assert body(anon_api.rpc("tfc_to_usd", amount="2.500000")) == Decimal("2.5") * rate
+    prices = body(anon_api.rpc("display_prices", amount="0"))
+    assert prices["TFC"] == 0 and prices["USD"] == 0
+    assert body(anon_api.rpc("display_prices", amount="12.345678"))["TFC"] == Decimal("12.345678")
+    # An empty account is still shown in USD.
+    empty = body(make_user().api.get("/credit_balances"))
+    assert [(row["balance"], row["balance_usd"]) for row in empty] == [(0, 0)]
+
+
+def test_a_broadcast_is_read_on_its_own_topic_only(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    owner, other = make_user(), make_user()
+    for user in (owner, other):
+        bought = service_api.rpc(
+            "purchase_credits", user_id=user.id, usd_amount="3", payment_reference=f"h-{uuid.uuid4()}"
+        )
+        assert bought.status_code == 200, bought.text
+    own_topic = f"balance:{owner.id}"
+
+    # Joining their own topic, the owner reads that topic's messages, not every user's.
+    readable = readable_messages(db, owner.id, own_topic)
+    assert {topic for topic, _, _ in readable} == {own_topic}
+    assert [(event, payload["user_id"]) for _, event, payload in readable] == [("balance_changed", owner.id)]
+    # Nobody reads another user's topic.
+    assert readable_messages(db, owner.id, f"balance:{other.id}") == []
