@@ -7,7 +7,16 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from cli import config_commands, credits_commands, demo, health, metrics, sql_commands, upkeep
+from cli import (
+    config_commands,
+    credits_commands,
+    demo,
+    health,
+    metrics,
+    products_commands,
+    sql_commands,
+    upkeep,
+)
 from cli.common import show_tracebacks
 from cli.dev import commands as dev_commands
 from cli.legacy import commands as legacy_commands
@@ -37,6 +46,7 @@ app.command("health", rich_help_panel=OPERATE)(health.health)
 app.command("upkeep", rich_help_panel=OPERATE)(upkeep.upkeep)
 app.add_typer(credits_commands.app, name="credits", rich_help_panel=OPERATE)
 app.add_typer(config_commands.app, name="config", rich_help_panel=OPERATE)
+app.add_typer(products_commands.app, name="products", rich_help_panel=OPERATE)
 app.add_typer(metrics.app, name="metrics", rich_help_panel=OPERATE)
 app.add_typer(sql_commands.app, name="sql", rich_help_panel=MIGRATE)
 app.add_typer(legacy_commands.app, name="legacy", rich_help_panel=MIGRATE)
