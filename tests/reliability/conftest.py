@@ -17,6 +17,7 @@ from tests.support import stack_folder
 from tests.support.bank import SIZES, BankSize
 
 REPORTS = pytest.StashKey[list[str]]()
+SETUP_AND_CHECKS_SECONDS = 300
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,15 +29,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def bank_size(request: pytest.FixtureRequest) -> BankSize:
+def chosen_size(config: pytest.Config) -> BankSize:
     # The option exists only where this conftest was loaded before the command line was read.
-    name = request.config.getoption("bank_size", default=None) or os.environ.get(
-        "MYCELIUM_BANK_SIZE", "small"
-    )
+    name = config.getoption("bank_size", default=None) or os.environ.get("MYCELIUM_BANK_SIZE", "small")
     if name not in SIZES:
         raise pytest.UsageError(f"MYCELIUM_BANK_SIZE must be one of {', '.join(sorted(SIZES))}, not {name!r}")
     return SIZES[name]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A bank test's time limit follows its size: its own deadline, plus setting up and checking."""
+    limit = pytest.mark.timeout(chosen_size(config).deadline_seconds + SETUP_AND_CHECKS_SECONDS)
+    for item in items:
+        if "bank_size" in getattr(item, "fixturenames", ()):
+            item.add_marker(limit)
+
+
+@pytest.fixture(scope="module")
+def bank_size(request: pytest.FixtureRequest) -> BankSize:
+    return chosen_size(request.config)
 
 
 @pytest.fixture(scope="module")

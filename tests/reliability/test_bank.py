@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import psycopg
+import pytest
 from psycopg.rows import TupleRow
 
 from cli.dev.processes import wait_until
@@ -449,6 +450,7 @@ def report_of(
     )
 
 
+@pytest.mark.slow
 def test_the_ledger_holds_under_faults(
     own_stack: LocalStack, bank_size: BankSize, report: Callable[[str], None]
 ) -> None:
