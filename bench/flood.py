@@ -8,11 +8,15 @@ only, each connection pacing itself to 100 requests a second, for a few seconds 
   anon       `GET /rest/v1/products?or=(...)` with the anon key, from 32 connections;
   attacker   a signed-in user's cheap read (its own balance), from 32 connections.
 
-Two floods, each beside the attacker: the issue's query (300 `ilike` terms, which held a database
-connection for the whole anon statement timeout), and the longest `or=` the gateway still lets an
-anonymous caller send (`Limits.anon_query_bytes`). Idle and flood windows alternate, several
-rounds, each round in the reverse order of the one before, so that the machine's own noise falls on
-all of them alike. Target: the victim's p99 under a flood / its p99 idle < 3.
+Three floods, each beside the attacker: the issue's query (300 `ilike` terms, which held a database
+connection for the whole anon statement timeout), the longest `or=` of such terms within the
+anonymous query allowance (`Limits.anon_query_bytes`; about 95 terms, which the gateway now refuses
+as `filter_too_complex`), and the costliest filter it still lets an anonymous caller send: as many
+`ilike` terms as `Limits.anon_pattern_terms` allows, sharing the wildcards anon may send
+(`Limits.anon_wildcards`), their patterns filling what such a query may hold
+(`Limits.anon_pattern_query_bytes`). Idle and flood windows alternate, several rounds, each
+round in the reverse order of the one before, so that the machine's own noise falls on all of
+them alike. Target: the victim's p99 under a flood / its p99 idle < 3.
 
     ./run bench flood [--rounds 3] [--seconds 4] [--products 10000]
 """
@@ -40,13 +44,15 @@ from bench._results import run_benchmark
 from bench._stack import fresh_stack
 from bench._users import create_users, fund
 from bench._verdicts import verdict
+from cli.dev.gateway import Limits
 from cli.dev.stack import LocalStack
 from cli.keys import access_token
 
 TARGET = 3.0
 IDLE = "idle"
 ISSUE_QUERY = "anon: the issue's or= (300 ilike terms)"
-ALLOWANCE_QUERY = "anon: the longest or= allowed anon"
+ALLOWANCE_QUERY = "anon: the longest or= of ilike terms"
+COSTLIEST_QUERY = "anon: the costliest filter allowed anon"
 VICTIM_READS_PER_SECOND = 40
 FLOOD_CONNECTIONS = 32
 FLOOD_PACE_MS = 10
@@ -189,6 +195,22 @@ def longest_allowed_or(limit: int) -> str:
     return or_query(terms)
 
 
+def costliest_allowed_filter(limits: Limits) -> str:
+    """As many ilike terms on the product's name as `limits.anon_pattern_terms` allows, sharing
+    the wildcards anon may send between letters (`*u*e*`), their patterns growing together up to
+    what an anonymous query holding patterns may hold."""
+    per_pattern = limits.anon_wildcards // limits.anon_pattern_terms
+
+    def query(letters: int) -> str:
+        pattern = "*" + "*".join(["u" * letters] * (per_pattern - 1)) + "*"
+        return "select=id&or=(" + ",".join([f"name.ilike.{pattern}"] * limits.anon_pattern_terms) + ")"
+
+    letters = 1
+    while len(query(letters + 1)) <= limits.anon_pattern_query_bytes:
+        letters += 1
+    return query(letters)
+
+
 # ---------------------------------------------------------------------------------------------
 # The victim
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +298,7 @@ def windows(
     anon = {
         ISSUE_QUERY: or_query(ISSUE_TERMS),
         ALLOWANCE_QUERY: longest_allowed_or(stack.settings.limits.anon_query_bytes),
+        COSTLIEST_QUERY: costliest_allowed_filter(stack.settings.limits),
     }
     kinds = [IDLE, *anon]
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}

@@ -31,6 +31,8 @@ from mycelium_client.errors import (
     MyceliumError,
     NotAuthorized,
     NotFound,
+    QueryTimeout,
+    RateLimited,
     ServiceUnavailable,
 )
 from mycelium_client.marketplace import (
@@ -149,6 +151,8 @@ __all__ = [
     "ProductSort",
     "ProductUnit",
     "Profile",
+    "QueryTimeout",
+    "RateLimited",
     "RetryPolicy",
     "RoleChange",
     "RoleName",

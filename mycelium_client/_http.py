@@ -5,12 +5,15 @@ Retries: a *safe* call (a read, or a money call that carries an idempotency key 
 deduplicates on) is retried after network errors, 502/503/504 and a database connection lost
 mid-request (`errors.lost_database_connection`), with backoff, reusing the same body and so the
 same key. Any other call is retried only when the connection failed before the request was
-sent, so it is never applied twice.
+sent, so it is never applied twice. Every call is retried after a 429:
+the gateway refused it before anything ran; the wait is the answer's Retry-After, capped by the
+policy's `max_backoff`, and when the attempts run out the call raises RateLimited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -22,7 +25,13 @@ import httpx
 from pydantic import BaseModel
 
 from mycelium_client.amounts import dumps, loads
-from mycelium_client.errors import InvalidArgument, ServiceUnavailable, from_body, lost_database_connection
+from mycelium_client.errors import (
+    InvalidArgument,
+    RateLimited,
+    ServiceUnavailable,
+    from_body,
+    lost_database_connection,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -30,6 +39,7 @@ M = TypeVar("M", bound=BaseModel)
 # The request never left: retrying cannot apply anything twice.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_RATE_LIMITED = 429
 OBJECT = "application/vnd.pgrst.object+json"
 # PostgREST answers an insert or update with the rows it wrote (else with nothing).
 RETURN_ROWS = "return=representation"
@@ -166,16 +176,31 @@ class Attempts:
 
     def after_response(self, response: httpx.Response) -> float | None:
         """The delay before retrying, or None when the response is the answer."""
-        if not self.call.safe:
-            return None
-        if response.status_code not in _RETRY_STATUSES and not lost_database_connection(
-            response.status_code, _body(response)
-        ):
-            return None
+        rate_limited = response.status_code == _RATE_LIMITED
+        if not rate_limited:
+            if not self.call.safe:
+                return None
+            if response.status_code not in _RETRY_STATUSES and not lost_database_connection(
+                response.status_code, _body(response)
+            ):
+                return None
         self.done += 1
         if self.done >= self.policy.attempts:
             return None
+        asked = retry_after(response) if rate_limited else None
+        if asked is not None:
+            return min(asked, self.policy.max_backoff)
         return self.policy.delay(self.done - 1)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds a Retry-After header asks for; None without one, or for an HTTP date (which
+    neither gateway sends) or anything else that is not a number of seconds."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _body(response: httpx.Response) -> Any:
@@ -188,7 +213,10 @@ def _body(response: httpx.Response) -> Any:
 
 def read(call: Call[T], response: httpx.Response) -> T:
     if response.status_code >= 400:
-        raise from_body(response.status_code, _body(response))
+        error = from_body(response.status_code, _body(response))
+        if isinstance(error, RateLimited):
+            error.retry_after = retry_after(response)
+        raise error
     if not response.content:
         return call.parse(None)
     return call.parse(loads(response.content))

@@ -64,6 +64,20 @@ class ServiceUnavailable(MyceliumError):
     """The service could not be reached or answered with a server error, retries included."""
 
 
+class RateLimited(ServiceUnavailable):
+    """The gateway refused the call for now (429, `rate_limited`): too many calls from this
+    address or token; `retry_after` says in how many seconds to try again (None: not said).
+    The client already retried as often as its retry policy allows."""
+
+    retry_after: float | None = None
+
+
+class QueryTimeout(ServiceUnavailable):
+    """The database cancelled the statement at its timeout (3 s for anon, 8 s for a user):
+    PostgREST answers it 500 with SQLSTATE 57014, read here as `query_timeout`. Narrow the
+    filter or page; the client does not retry it, as the same statement would time out again."""
+
+
 class ConfigurationError(MyceliumError):
     """The client is missing a setting (an environment variable, a database URL)."""
 
@@ -77,6 +91,7 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "invalid_quantity": InvalidArgument,
     "mixed_providers": InvalidArgument,  # one order per provider
     "own_product": InvalidArgument,  # providers do not buy from themselves
+    "unknown_usage_unit": InvalidArgument,  # usage of a unit the product has no usage price for
     "not_authorized": NotAuthorized,
     "user_banned": NotAuthorized,  # a token of a user Auth has banned since it was issued
     "user_not_found": NotAuthorized,  # a token of a user Auth has deleted since
@@ -98,6 +113,13 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "invalid_transition": Conflict,  # e.g. fulfilling an order twice, cancelling a fulfilled one
     "refund_exceeds_paid": Conflict,
     "provider_funds_short": Conflict,  # a refund the provider's credits cannot pay yet: fund them, retry
+    # The gateway's own answers (cli/dev/gateway.py, supabase/kong.yml).
+    "rate_limited": RateLimited,
+    "query_too_long": InvalidArgument,  # an anonymous query string past the allowance
+    "filter_too_complex": InvalidArgument,  # an anonymous filter past its operator allowance
+    "invalid_query_encoding": InvalidArgument,  # a query string that is not UTF-8
+    "body_too_large": InvalidArgument,
+    "query_timeout": QueryTimeout,
     "42501": NotAuthorized,  # insufficient_privilege
     "22P02": InvalidArgument,  # invalid text representation (a malformed uuid, ...)
     "22023": InvalidArgument,  # invalid parameter value
@@ -114,7 +136,12 @@ _BY_STATUS: dict[int, type[MyceliumError]] = {
     406: NotFound,
     409: Conflict,
     422: InvalidArgument,
+    429: RateLimited,
 }
+# Reasons for answers that carry none of ours: Kong's rate limiting says only a message, and
+# PostgREST passes a statement timeout on as its SQLSTATE.
+_REASON_BY_STATUS = {429: "rate_limited"}
+_REASON_BY_CODE = {"57014": "query_timeout"}
 
 
 def error_class(reason: str, status: int) -> type[MyceliumError]:
@@ -142,7 +169,8 @@ def from_body(status: int, body: Any) -> MyceliumError:
             status=status,
         )
     fields: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
-    reason = str(fields.get("code") or f"http_{status}")
+    code = str(fields.get("code") or _REASON_BY_STATUS.get(status) or f"http_{status}")
+    reason = _REASON_BY_CODE.get(code, code)
     message = str(fields.get("message") or fields.get("msg") or body or f"HTTP {status}")
     details, hint = fields.get("details"), fields.get("hint")
     cls = error_class(reason, status)

@@ -51,6 +51,51 @@ BODY_LIMIT_MIB = 1
 # (quotes, `\`, control characters) give a meaning are kept.
 _UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;/()@_+=-]+")
 
+# PostgREST 12 answers a query string that is not UTF-8 once percent-decoded with a bare 500
+# ("Something went wrong"): the gateway refuses it first, for every caller (400
+# `invalid_query_encoding`), as Kong's global pre-function does (supabase/kong.yml). Raw bytes
+# above ASCII are refused too (URIs percent-encode them), so only percent-encoded bytes are
+# judged: a lead byte not followed by the continuation bytes it announces (nor by the narrower
+# second byte that E0, ED, F0 and F4 need against overlong forms, surrogates and code points past
+# U+10FFFF), a continuation byte that no lead byte announced, or a byte no UTF-8 holds. Malformed
+# escapes (`%zz`) are no bytes: PostgREST keeps them as they are, and so do the gateways.
+_CONT = "%[89ab][0-9a-f]"
+INVALID_UTF8 = [
+    "[\\x80-\\xff]",
+    "%(?:c[01]|f[5-9a-f])",
+    f"%(?:c[2-9a-f]|d[0-9a-f])(?!{_CONT})",
+    f"%e0(?!%[ab][0-9a-f]{_CONT})",
+    f"%(?:e[1-9abcef])(?!{_CONT}{_CONT})",
+    f"%ed(?!%[89][0-9a-f]{_CONT})",
+    f"%f0(?!%[9ab][0-9a-f]{_CONT}{_CONT})",
+    f"%f[1-3](?!{_CONT}{_CONT}{_CONT})",
+    f"%f4(?!%8[0-9a-f]{_CONT}{_CONT})",
+    f"(?<!%[c-f][0-9a-f]|%[ef][0-9a-f]{_CONT}|%f[0-9a-f]{_CONT}{_CONT}){_CONT}",
+]
+# PostgREST's filter operators; a pattern operator tests every row it reaches with a pattern or a
+# text search. In a query an operator stands between delimiters (`name=ilike.x`,
+# `or=(name.ilike.x,...)`, `not.ilike`, `ilike(any)`), each possibly percent-encoded.
+FILTER_OPERATORS = [
+    *["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "match", "imatch", "in", "is", "isdistinct"],
+    *["fts", "plfts", "phfts", "wfts", "cs", "cd", "ov", "sl", "sr", "nxr", "nxl", "adj"],
+]
+PATTERN_OPERATORS = ["like", "ilike", "match", "imatch", "fts", "plfts", "phfts", "wfts"]
+LISTED_PATTERN_OPERATORS = ["like", "ilike", "match", "imatch"]  # those that take (any) and (all)
+_BEFORE_OPERATOR = "(?:^|(?<=[&=.(,]|%2e|%28|%2c|%3d))"
+_AFTER_OPERATOR = "(?=[.(]|%2e|%28)"
+ENCODED_ALPHANUMERIC = "%(?:3[0-9]|[46][1-9a-f]|[57][0-9a])"
+WILDCARD = "(?:[*]|%2a|%25)"
+
+
+def operator_regex(operators: list[str], after: str = _AFTER_OPERATOR) -> str:
+    return f"{_BEFORE_OPERATOR}(?:{'|'.join(operators)}){after}"
+
+
+def more_than(count: int, regex: str) -> str:
+    """Matches a query holding more than `count` matches of `regex`; each is taken once (an
+    atomic group), so a query is scanned once whatever it holds."""
+    return f"^(?>.*?{regex}){{{count + 1}}}"
+
 
 def binary() -> Path:
     return find_program(
@@ -76,13 +121,30 @@ class Limits:
     An anonymous query string longer than `anon_query_bytes` (as sent, percent-encoded) is
     answered 414 (`query_too_long`) before it reaches the database: a filter of hundreds of
     `ilike` terms holds a database connection for the whole anon statement timeout. Signed-in
-    callers keep nginx's and Kong's request line limit (8 KiB)."""
+    callers keep nginx's and Kong's request line limit (8 KiB).
+
+    Within that allowance an anonymous query may name at most `anon_filter_terms` filter
+    operators (`eq`, `in`, `ilike`, ...), at most `anon_pattern_terms` of them patterns (`like`,
+    `ilike`, `match`, `imatch` and the full-text ones, which test every row they reach), and
+    none of those with the `(any)`/`(all)` lists, at most `anon_wildcards` wildcards (`*`, or
+    `%` sent as `%25`: a pattern of many tries every place each can stand), and a query naming a
+    pattern operator may hold `anon_pattern_query_bytes` (PostgreSQL lower-cases an `ilike`
+    pattern again for every row, so a long one costs as much as many); else 400
+    (`filter_too_complex`). About 95
+    `ilike` terms fit in 2 KiB, and anon's rate let such queries keep the database busy enough to
+    make signed-in users' reads a hundred times slower (bench/flood.py). The operators are
+    counted as written, so an anonymous query may not percent-encode letters or digits (400
+    `invalid_query_encoding`): no client does, and PostgREST would decode them into operators."""
 
     anon_per_second: int = 20
     anon_burst: int = 40
     user_per_second: int = 50
     user_burst: int = 100
     anon_query_bytes: int = 2048
+    anon_filter_terms: int = 16
+    anon_pattern_terms: int = 4
+    anon_wildcards: int = 8
+    anon_pattern_query_bytes: int = 256
 
 
 @dataclass(frozen=True)
@@ -122,6 +184,22 @@ class Gateway:
                 user_burst=limits.user_burst,
                 user_queue=2 * limits.user_burst,
                 anon_query_bytes=limits.anon_query_bytes,
+                invalid_utf8="\n".join(f'    "~*{regex}" 1;' for regex in INVALID_UTF8),
+                encoded_alphanumeric=ENCODED_ALPHANUMERIC,
+                listed_pattern=operator_regex(LISTED_PATTERN_OPERATORS, after="(?:[(]|%28)"),
+                too_many_patterns=more_than(limits.anon_pattern_terms, operator_regex(PATTERN_OPERATORS)),
+                too_many_terms=more_than(limits.anon_filter_terms, operator_regex(FILTER_OPERATORS)),
+                too_many_wildcards=more_than(limits.anon_wildcards, WILDCARD),
+                long_pattern_query=f"^(?=.{{{limits.anon_pattern_query_bytes + 1}}})(?>.*?"
+                + operator_regex(PATTERN_OPERATORS)
+                + ")",
+                filter_too_complex=_answer("filter_too_complex", filter_too_complex_message(limits)),
+                not_utf8=_answer(
+                    "invalid_query_encoding", "a query string must be UTF-8 once percent-decoded"
+                ),
+                encoded_alphanumeric_answer=_answer(
+                    "invalid_query_encoding", "an anonymous query may not percent-encode letters or digits"
+                ),
                 # At least one character more than the allowance (PCRE counts up to 65535).
                 long_query=f"~^.{{{limits.anon_query_bytes + 1}}}",
                 pid=self.pid_file,
@@ -170,6 +248,21 @@ class Gateway:
         self.pid_file.unlink(missing_ok=True)
 
 
+def filter_too_complex_message(limits: Limits) -> str:
+    """What a caller whose anonymous filter is refused is told (Kong says the same)."""
+    return (
+        f"an anonymous query may hold {limits.anon_filter_terms} filter terms, at most "
+        f"{limits.anon_pattern_terms} of them patterns (like, ilike, match, imatch, fts), "
+        f"no pattern lists (any, all), {limits.anon_wildcards} wildcards, and "
+        f"{limits.anon_pattern_query_bytes} bytes when it holds a pattern"
+    )
+
+
+def _answer(code: str, message: str) -> str:
+    """The JSON body of one of the gateway's own answers."""
+    return json.dumps({"code": code, "message": message}, separators=(",", ":"))
+
+
 def _upstream(url: str | None, service: str, setting: str, why: str = "") -> str:
     if url:
         return (
@@ -188,6 +281,8 @@ _CONFIG = r"""
 # Generated by `mycelium dev`: the local stack's gateway. Edits are overwritten by `mycelium dev up`.
 daemon on;
 worker_processes 1;
+# Query strings are matched against several regular expressions a request: compiled, not interpreted.
+pcre_jit on;
 pid {pid};
 error_log {log} warn;
 
@@ -270,6 +365,26 @@ http {{
     anon:long 1;
     default 0;
   }}
+  # Every caller's query string must be UTF-8 once percent-decoded (INVALID_UTF8).
+  map $args $invalid_query_encoding {{
+{invalid_utf8}
+    default 0;
+  }}
+  # How much an anonymous filter may ask of the database (Limits): only anon's query strings are
+  # matched, the others' are not even read.
+  map $caller $anon_args {{
+    anon $args;
+    default "";
+  }}
+  map $anon_args $anon_filter {{
+    "~*{encoded_alphanumeric}" encoded;
+    "~*{listed_pattern}" too_complex;
+    "~*{too_many_patterns}" too_complex;
+    "~*{too_many_terms}" too_complex;
+    "~*{too_many_wildcards}" too_complex;
+    "~*{long_pattern_query}" too_complex;
+    default "";
+  }}
   map $status $retry_after {{
     429 1;
     default "";
@@ -298,6 +413,10 @@ http {{
     add_header Access-Control-Allow-Methods "GET, POST, PATCH, PUT, DELETE, OPTIONS" always;
     add_header Access-Control-Expose-Headers "content-range, content-location" always;
     add_header Retry-After $retry_after always;
+
+    if ($invalid_query_encoding) {{
+      return 400 '{not_utf8}';
+    }}
 
     location = /health {{
       return 200 '{{"status":"ok"}}';
@@ -351,6 +470,12 @@ http {{
       if ($key_check = missing) {{ return 418; }}
       if ($key_check = invalid) {{ return 419; }}
       if ($anon_query_too_long) {{ return 414; }}
+      if ($anon_filter = encoded) {{
+        return 400 '{encoded_alphanumeric_answer}';
+      }}
+      if ($anon_filter = too_complex) {{
+        return 400 '{filter_too_complex}';
+      }}
       proxy_set_header apikey "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;

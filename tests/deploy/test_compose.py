@@ -55,6 +55,7 @@ from tests.support.deploy import (
     shared_file,
     walk_strings,
 )
+from tests.support.gateway_queries import ANON_ALLOWED, ANON_REFUSED, NOT_UTF8
 
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error},
 # ${VAR:+alt} and $VAR; $$ is a literal dollar sign.
@@ -464,15 +465,21 @@ kong = {
 """
 
 
+def lua_bytes(text: str) -> str:
+    """A Lua string literal of `text`, one byte a character (above ASCII: raw bytes)."""
+    return '"' + "".join(c if " " <= c <= "~" and c not in '"\\' else f"\\{ord(c):03d}" for c in text) + '"'
+
+
 def run_kong_lua(code: str, headers: dict[str, str], query: str, tmp_path: Path) -> list[str]:
-    """What `code` does to a request with `headers` (lower-case names) and `query`, run by LuaJIT."""
+    """What `code` does to a request with `headers` (lower-case names) and `query` (one byte a
+    character), run by LuaJIT."""
     luajit = shutil.which("luajit")
     if luajit is None:
         pytest.skip("luajit is not installed (`./run setup` installs it): Kong's Lua cannot run here")
     table = ", ".join(f"[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items())
     script = tmp_path / "snippet.lua"
     script.write_text(
-        f"HEADERS = {{{table}}}\nQUERY = {json.dumps(query)}\n{KONG_PDK}\n"
+        f"HEADERS = {{{table}}}\nQUERY = {lua_bytes(query)}\n{KONG_PDK}\n"
         f"assert(loadstring({json.dumps(code)}))()\n",
         encoding="utf-8",
     )
@@ -489,7 +496,7 @@ def test_kongs_lua_makes_a_caller_without_token_anon_and_holds_anon_queries_to_t
     script = kong_script_from_compose_entrypoint(services["kong"]["entrypoint"])
     config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
 
-    (rewrite,) = kong_plugins(config)["pre-function"]["rewrite"]
+    (_encoding, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
     anon = {"apikey": keys.anon_key}
     assert run_kong_lua(rewrite, anon, "", tmp_path) == [f"set_header authorization: Bearer {keys.anon_key}"]
     for kept in ({**anon, "authorization": "Bearer user-token"}, {"apikey": keys.service_role_key}):
@@ -500,6 +507,30 @@ def test_kongs_lua_makes_a_caller_without_token_anon_and_holds_anon_queries_to_t
     allowance = Limits().anon_query_bytes
     assert run_kong_lua(check, anon, "a" * allowance, tmp_path) == []
     assert run_kong_lua(check, anon, "a" * (allowance + 1), tmp_path) == ["exit 414 query_too_long"]
+
+
+def test_kongs_lua_judges_query_strings_as_the_local_gateway_does(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The cases tests/security/test_bad_requests.py sends through the local stack's nginx: every
+    caller's query must be UTF-8, and an anonymous filter stays within the allowance."""
+    keys = ApiKeys.generate()
+    env = {"SUPABASE_ANON_KEY": keys.anon_key, "SUPABASE_SERVICE_KEY": keys.service_role_key}
+    config = render_kong_config(
+        kong_script_from_compose_entrypoint(services["kong"]["entrypoint"]), KONG_CONFIG, tmp_path, env
+    )
+    (encoding, _rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+    (anon_route,) = [r for s in config["services"] for r in s["routes"] if r["name"] == "rest-v1-anon"]
+    (anon_check,) = kong_plugins(anon_route)["pre-function"]["access"]
+    anon = {"apikey": keys.anon_key, "authorization": f"Bearer {keys.anon_key}"}
+    for query in NOT_UTF8:
+        assert run_kong_lua(encoding, anon, query, tmp_path) == ["exit 400 invalid_query_encoding"], query
+    for query in [*ANON_REFUSED, *ANON_ALLOWED]:
+        assert run_kong_lua(encoding, anon, query, tmp_path) == [], query
+    for query, reason in ANON_REFUSED.items():
+        assert run_kong_lua(anon_check, anon, query, tmp_path) == [f"exit 400 {reason}"], query
+    for query in ANON_ALLOWED:
+        assert run_kong_lua(anon_check, anon, query, tmp_path) == [], query
 
 
 def test_kong_upstreams_are_services_of_the_stack(services: dict[str, dict[str, Any]]) -> None:

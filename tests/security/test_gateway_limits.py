@@ -1,6 +1,6 @@
 """The gateway's abuse limits (issue 18), through the session stack's real gateway: rate limits per
-caller, the anonymous query allowance, the body limit, and a clean 401 for a large body with a
-token PostgREST refuses.
+caller and how the client meets them, the anonymous query allowance, the body limit, and a clean
+401 for a large body with a token PostgREST refuses.
 
 The session's other tests share this gateway and send as 127.0.0.1: floods here come from other
 loopback addresses (Linux routes all of 127.0.0.0/8 to lo) or with tokens of their own, so that
@@ -18,12 +18,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+import pytest
 
-from cli.dev.gateway import BODY_LIMIT_MIB, Gateway, Limits
+from cli.dev.gateway import BODY_LIMIT_MIB, Gateway, Limits, filter_too_complex_message
 from cli.dev.processes import RunAs
 from cli.dev.stack import LocalStack, StackSettings
 from cli.keys import access_token
+from mycelium_client import AsyncMyceliumClient, RateLimited, RetryPolicy
 from tests.support import User
+from tests.support.client import retry_delays
 
 MakeUser = Callable[..., User]
 
@@ -80,6 +83,49 @@ def test_one_users_flood_leaves_another_users_reads_alone(stack: LocalStack, mak
     answers = burst(stack, [*flood, other.token], "127.0.0.3")
     assert_rate_limited(answers[:-1])
     assert answers[-1].status_code == 200
+
+
+def client_reads(stack: LocalStack, address: str, policy: RetryPolicy) -> list[object]:
+    """Anonymous reads through the client, more at once than the anon budget holds, from
+    `address`: what each returned or raised."""
+    reads = 4 * stack.settings.limits.anon_burst + 20
+
+    async def send() -> list[object]:
+        transport = httpx.AsyncHTTPTransport(
+            local_address=address, limits=httpx.Limits(max_connections=reads)
+        )
+        async with AsyncMyceliumClient(
+            stack.api_url,
+            stack.anon_key,
+            retry=policy,
+            http_client=httpx.AsyncClient(transport=transport, timeout=60),
+        ) as client:
+            return await asyncio.gather(
+                *(client.credits.packages() for _ in range(reads)), return_exceptions=True
+            )
+
+    return asyncio.run(send())
+
+
+def test_the_client_retries_reads_refused_429_after_the_gateways_retry_after(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused read waits the gateway's Retry-After (1 s) capped by the policy, not the
+    policy's own shorter backoff, and is then let through (nginx queues it)."""
+    policy = RetryPolicy(attempts=2, backoff=0.001, max_backoff=0.05)
+    waited = retry_delays(monkeypatch)
+    outcomes = client_reads(stack, "127.0.0.6", policy)
+    assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+    assert waited and set(waited) == {policy.max_backoff}
+
+
+def test_the_client_raises_rate_limited_when_its_attempts_run_out(stack: LocalStack) -> None:
+    outcomes = client_reads(stack, "127.0.0.7", RetryPolicy(attempts=1))
+    limited = [outcome for outcome in outcomes if isinstance(outcome, RateLimited)]
+    assert limited and all(isinstance(outcome, list | RateLimited) for outcome in outcomes), outcomes
+    assert {(error.reason, error.status, error.retry_after) for error in limited} == {
+        ("rate_limited", 429, 1)
+    }
 
 
 def query_of(length: int) -> str:
@@ -142,7 +188,17 @@ def test_the_limits_are_settings_of_the_stack(tmp_path: Path) -> None:
     saved.pop("limits")
     assert StackSettings.load(json.dumps(saved)).limits == Limits()
 
-    custom = Limits(anon_per_second=7, anon_burst=9, user_per_second=11, user_burst=13, anon_query_bytes=300)
+    custom = Limits(
+        anon_per_second=7,
+        anon_burst=9,
+        user_per_second=11,
+        user_burst=13,
+        anon_query_bytes=300,
+        anon_filter_terms=5,
+        anon_pattern_terms=3,
+        anon_wildcards=6,
+        anon_pattern_query_bytes=200,
+    )
     gateway = Gateway(tmp_path / "gateway", tmp_path / "gateway.log", 1, RunAs.for_current_user())
     gateway.write_config(
         rest_port=2,
@@ -160,5 +216,10 @@ def test_the_limits_are_settings_of_the_stack(tmp_path: Path) -> None:
         "limit_req zone=users burst=26 delay=13;",
         '"~^.{301}" long;',
         "may hold 300 bytes",
+        ')){6}" too_complex;',  # terms, each counted once
+        ')){4}" too_complex;',  # patterns
+        '(?:[*]|%2a|%25)){7}" too_complex;',
+        '"~*^(?=.{201})',
+        filter_too_complex_message(custom),
     ):
         assert line in config, line

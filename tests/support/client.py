@@ -24,6 +24,7 @@ from mycelium_client import (
     RoleName,
     WatchSettings,
 )
+from mycelium_client._http import Attempts
 from tests.client.doubles.auth import AuthDouble
 from tests.client.doubles.realtime import RealtimeDouble
 from tests.support import SHARED
@@ -192,3 +193,20 @@ def signed_in(target: Target, email: str, transport: httpx.BaseTransport) -> Myc
     client = target.client(http_client=httpx.Client(transport=transport))
     client.auth.sign_in(email, PASSWORD)
     return client
+
+
+def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the client's transports decide on before each retry after an answer, recorded
+    as they are decided (and still waited): sleep itself is left alone, since other threads of
+    the session (the doubles, httpx) sleep too."""
+    delays: list[float] = []
+    decide = Attempts.after_response
+
+    def recorded(attempts: Attempts, response: httpx.Response) -> float | None:
+        delay = decide(attempts, response)
+        if delay is not None:
+            delays.append(delay)
+        return delay
+
+    monkeypatch.setattr(Attempts, "after_response", recorded)
+    return delays

@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from cli.dev.gateway import BODY_LIMIT_MIB, Limits
+from cli.dev.gateway import (
+    BODY_LIMIT_MIB,
+    FILTER_OPERATORS,
+    LISTED_PATTERN_OPERATORS,
+    PATTERN_OPERATORS,
+    Limits,
+    filter_too_complex_message,
+)
 from tests.support import REPO, SHARED
 
 # CI lays shared/ beside the repository's clone; it is read-only reference material.
@@ -224,8 +231,7 @@ def assert_kong_limits(config: dict[str, Any], keys: dict[str, str], enabled: st
                 counted.setdefault(path, set()).add("anon" if anonymous else "token")
             if anonymous and "/rest/v1/" in route["paths"]:
                 (check,) = plugins["pre-function"]["access"]
-                assert f"#kong.request.get_raw_query() > {limits.anon_query_bytes} then" in check
-                assert "kong.response.exit(414" in check and "query_too_long" in check
+                assert_kong_anon_query_check(check, limits)
     # Where the anon key as bearer has a route of its own, so have all other tokens.
     assert all(kinds == {"token"} or kinds == {"anon", "token"} for kinds in counted.values()), counted
     for path in ("/rest/v1/", "/auth/v1/"):
@@ -238,9 +244,29 @@ def assert_kong_limits(config: dict[str, Any], keys: dict[str, str], enabled: st
         "allowed_payload_size": BODY_LIMIT_MIB,
         "size_unit": "megabytes",
     }
-    (rewrite,) = kong_plugins(config)["pre-function"]["rewrite"]
+    (encoding, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+    assert "'invalid_query_encoding'" in encoding
     assert f"'Bearer {keys['SUPABASE_ANON_KEY']}'" in rewrite
     assert kong_plugin_names(config) <= set(enabled.split(",")), "a plugin kong.yml uses is not enabled"
+
+
+def assert_kong_anon_query_check(check: str, limits: Limits) -> None:
+    """The anonymous query check holds Kong to the local stack's numbers and operator lists (what
+    it does with them runs on LuaJIT in tests/deploy/test_compose.py)."""
+    assert f"#query > {limits.anon_query_bytes} then" in check
+    assert "kong.response.exit(414" in check and "query_too_long" in check
+    for bound in (
+        f"terms > {limits.anon_filter_terms}",
+        f"patterns > {limits.anon_pattern_terms}",
+        f"wildcards > {limits.anon_wildcards}",
+        f"patterns > 0 and #query > {limits.anon_pattern_query_bytes}",
+    ):
+        assert bound in check, bound
+    assert filter_too_complex_message(limits) in check
+    lists = dict(re.findall(r"local (\w+) = '([a-z ]+)'", check))
+    assert lists["FILTERS"].split() == FILTER_OPERATORS
+    assert lists["PATTERNS"].split() == PATTERN_OPERATORS
+    assert lists["LISTED_PATTERNS"].split() == LISTED_PATTERN_OPERATORS
 
 
 def kong_upstreams(config: dict[str, Any]) -> set[tuple[str, int]]:
