@@ -11,8 +11,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,13 +201,18 @@ class WrkTotals:
         return cls(int(totals.group(1)), seconds, failed)
 
 
-def run_wrk(command: list[str]) -> tuple[WrkTotals, str]:
-    """Run a `wrk_command`; its totals and its output (what the script's done() printed too)."""
-    done = subprocess.run(command, capture_output=True, text=True)
-    totals = WrkTotals.parse(done.stdout)
-    if done.returncode != 0 or totals is None:
-        raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
-    return totals, done.stdout
+def run_wrk(command: list[str], every_second: Callable[[], None] | None = None) -> tuple[WrkTotals, str]:
+    """Run a `wrk_command`, calling `every_second` meanwhile if given; its totals and its output
+    (what the script's done() printed too)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
+        while every_second is not None and wrk.poll() is None:
+            every_second()
+            time.sleep(1)
+        stdout, stderr = wrk.communicate()
+    totals = WrkTotals.parse(stdout)
+    if wrk.returncode != 0 or totals is None:
+        raise RuntimeError(f"wrk failed:\n{stdout}\n{stderr}")
+    return totals, stdout
 
 
 def wrk_rate(base_url: str, script: str, seconds: float) -> float:

@@ -4,7 +4,7 @@ of its own. Does it stay as fast at the end as at the start, and does the server
     ./run bench soak                                   # 10 minutes, one-minute windows
     ./run bench soak --duration 60 --window 10 --json  # CI's smoke
 
-The traffic, from wrk's C client (WORKERS connections, as fast as they go unless --rate paces them),
+The traffic, from wrk's C client (WORKERS connections, as fast as they go unless --pause slows them),
 mixes what the marketplace's users do: balance reads, history pages, product searches, transfers,
 orders (placed, then cancelled by the buyer or fulfilled by the provider) as signed-in users, and
 credit purchases as the back end (service_role). Calls are spread over many users' tokens, so that
@@ -12,10 +12,12 @@ the gateway's limit per token (cli/dev/gateway.py's Limits) is not what is measu
 answered 429 are counted and shown.
 
 Each window (a minute by default) reports the calls per second and their p50/p99 latency, and the
-private memory (RssAnon: the heap, what a leak grows) of PostgreSQL (the postmaster and all its
-children, summed) and of PostgREST, sampled at the window's end. RSS is recorded too, but it also
-counts the shared buffers a backend has touched, which fill up with data by design. After an
-unmeasured warm-up, targets, last window against the first:
+peak private memory (RssAnon: the heap, what a leak grows) of PostgreSQL (the postmaster and all its
+children, summed) and of PostgREST, sampled every second. The peak, because PostgREST's heap is a
+sawtooth (GHC's copying collector doubles it, then gives back): one sample lands anywhere on it,
+a leak raises the peaks. RSS is recorded too, but it also counts the shared buffers a backend has
+touched, which fill up with data by design. After an unmeasured warm-up, targets, last window
+against the first:
   p99 latency       last / first < 1.5
   private memory    last / first < 1.2, for each of PostgreSQL and PostgREST ("flat")
 """
@@ -65,7 +67,7 @@ SEARCHES = [
 
 # After bench/_load.py's prelude and the data (lua_locals): user_ids, user_tokens (by user id),
 # provider_tokens (by provider id), products, searches, mix, kinds, answers, apikey, service_key,
-# pace_ms. Each thread keeps the orders it placed and follows each up with its next call; it counts
+# pause_ms. Each thread keeps the orders it placed and follows each up with its next call; it counts
 # what it sent by kind and what it was answered by class; done() prints the totals and the latency.
 SOAK_SCRIPT = """
 local pending = {}
@@ -135,8 +137,8 @@ request = function()
   return send(kind, calls[kind](user_ids[n], n))
 end
 
-if pace_ms > 0 then
-  delay = function() return pace_ms end
+if pause_ms > 0 then
+  delay = function() return pause_ms end
 end
 
 response = function(status, headers, body)
@@ -191,6 +193,10 @@ class Memory:
     def private_mib(self) -> float:
         return self.private / 2**20
 
+    @classmethod
+    def peak(cls, samples: list[Memory]) -> Memory:
+        return cls(max(sample.rss for sample in samples), max(sample.private for sample in samples))
+
 
 def memory_of(pids: list[int]) -> Memory:
     """The processes' memory from /proc/<pid>/status; one that ended meanwhile counts for nothing."""
@@ -237,7 +243,7 @@ def servers_memory(stack: LocalStack) -> dict[str, Memory]:
 @dataclass(frozen=True)
 class Window:
     """One window of traffic: calls answered in how long, their latency, what was sent by kind and
-    answered by class (plus socket errors), and the servers' memory at its end."""
+    answered by class (plus socket errors), and the servers' peak memory."""
 
     start: float
     seconds: float
@@ -353,12 +359,12 @@ def print_report(windows: list[Window]) -> int:
             f"{answers['failed']:>5} {window.socket_errors:>7} "
             f"{memory['postgresql'].private_mib:>15.1f} {memory['postgrest'].private_mib:>14.1f}"
         )
-    print("(memory: private, RssAnon, at the window's end; PostgreSQL: the postmaster and its children)")
+    print("(memory: private, RssAnon, the window's peak; PostgreSQL: the postmaster and its children)")
     limited = sum(window.answers["rate_limited"] for window in windows)
     if limited:
         print(
             f"the gateway's rate limit answered {limited:,} calls 429: it, not only the servers, "
-            "bounds this load (use more --users, or a lower --rate)"
+            "bounds this load (use more --users, or a --pause)"
         )
     refusal = next((window.refusal for window in windows if window.refusal), None)
     if refusal:
@@ -423,34 +429,36 @@ def setup(conn: psycopg.Connection[Any], stack: LocalStack, args: argparse.Names
 
 def traffic(
     stack: LocalStack, script: str, seconds: float, args: argparse.Namespace
-) -> tuple[WrkTotals, str]:
+) -> tuple[WrkTotals, str, dict[str, Memory]]:
+    """The traffic for `seconds`: wrk's totals and output, and the servers' peak memory meanwhile."""
+    samples: list[dict[str, Memory]] = []
     with wrk_command(stack.api_url, script, seconds, connections=args.connections) as command:
-        return run_wrk(command)
+        totals, stdout = run_wrk(command, every_second=lambda: samples.append(servers_memory(stack)))
+    return totals, stdout, {server: Memory.peak([sample[server] for sample in samples]) for server in SERVERS}
 
 
 def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
     count = int(args.duration // args.window)
     if count < 1 or args.window < 1:
         raise SystemExit("--duration must hold at least one --window of a second or more")
-    # Each connection waits between its calls so that together they offer --rate calls a second.
-    pace_ms = round(args.connections * 1000 / args.rate) if args.rate else 0
-    offered = f"{args.rate:,} calls a second offered" if args.rate else "as fast as they go"
+    # A pause after each answer, not a rate: wrk's scripts have no clock to keep a schedule by.
+    pace = f"each pausing {args.pause} ms after each answer" if args.pause else "as fast as they go"
     limits = Limits()
     print("bringing up a local stack", flush=True)
     with fresh_stack(start_port=48500) as stack:
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
-            script = setup(conn, stack, args) + f"local pace_ms = {pace_ms}\n" + SOAK_SCRIPT
+            script = setup(conn, stack, args) + f"local pause_ms = {args.pause}\n" + SOAK_SCRIPT
         print(
             f"{count} windows of {args.window}s after a {WARM_UP_SECONDS}s warm-up: {args.connections} "
-            f"connections, {offered}; gateway limit per token {limits.user_per_second}/s "
+            f"connections {pace}; gateway limit per token {limits.user_per_second}/s "
             f"(burst {limits.user_burst})",
             flush=True,
         )
         traffic(stack, script, WARM_UP_SECONDS, args)
         windows = []
         for number in range(count):
-            totals, stdout = traffic(stack, script, args.window, args)
-            windows.append(window_of(number * args.window, totals, stdout, servers_memory(stack)))
+            totals, stdout, memory = traffic(stack, script, args.window, args)
+            windows.append(window_of(number * args.window, totals, stdout, memory))
             print(f"    window {number + 1}: {windows[-1].per_second:,.0f} calls/s", flush=True)
         with psycopg.connect(stack.superuser_db_url, autocommit=True) as conn:
             problems = conn.execute("select count(*) from public.audit_ledger()").fetchone()
@@ -462,7 +470,7 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
         duration_s=count * args.window,
         window_s=args.window,
         connections=args.connections,
-        offered_per_second=args.rate or None,
+        pause_ms=args.pause,
         users=args.users,
         products=args.products,
         audit_problems=problems[0] if problems else None,
@@ -477,7 +485,7 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=int, default=600, help="seconds of measured traffic")
     parser.add_argument("--window", type=int, default=60, help="seconds a window (a line of the report)")
-    parser.add_argument("--rate", type=int, default=0, help="calls a second offered in all (0: no pacing)")
+    parser.add_argument("--pause", type=int, default=0, help="ms each connection waits after each answer")
     parser.add_argument("--connections", type=int, default=WORKERS)
     parser.add_argument("--users", type=int, default=500, help="signed-in users, one token each")
     parser.add_argument("--provider-sessions", type=int, default=5, help="tokens each provider fulfils from")
