@@ -32,7 +32,13 @@
 --   price; then a new period is held, starting then. Balances never go negative: a subscription
 --   stopped or cancelled while unpaid settles its arrears as far as the spendable balance goes,
 --   and the rest is never charged (the grace period is credit extended at the provider's risk).
--- - Every period, an arrears one too, is one row of subscription_periods, numbered per
+-- - Metered usage (rpc/report_usage: the provider or the service, with an idempotency key) is
+--   priced when reported at the product's usage price for its unit (attributes.usage_prices) and
+--   charged at the period's end as one `usage` period (the reports' quantity times price, summed,
+--   rounded to 6 decimals), before the next period is held: a balance short of it means grace,
+--   and it is owed like the arrears (a resume charges it; a stop or cancellation as far as the
+--   balance goes). Each report is charged once: it points to the usage period that charged it.
+-- - Every period, an arrears or usage one too, is one row of subscription_periods, numbered per
 --   subscription (unique (subscription_id, seq)): it is held once and charged once, under the
 --   subscription's row lock; the audit checks each period's transfers against it.
 -- - Events (subscription_events, append-only, read by the buyer and the provider): started,
@@ -146,12 +152,14 @@ create table public.subscription_periods (
   id uuid primary key default gen_random_uuid(),
   subscription_id uuid not null references public.subscriptions (id),
   seq integer not null check (seq >= 1),
-  -- `period`: held in advance; `arrears`: unpaid time, held and charged at once.
-  kind text not null check (kind in ('period', 'arrears')),
+  -- `period`: held in advance; `arrears`: unpaid time, and `usage`: the metered usage reported
+  -- (subscription_usage), each held and charged at once.
+  kind text not null check (kind in ('period', 'arrears', 'usage')),
   starts_at timestamptz not null,
   -- Where a stop cut it short: the stop.
   ends_at timestamptz not null,
-  unit_price numeric not null check (unit_price > 0),
+  -- The product's price per unit (of time); none for usage, whose reports carry theirs.
+  unit_price numeric check (unit_price > 0),
   quantity integer not null check (quantity >= 1),
   amount numeric not null check (amount > 0 and amount < 1e15),
   fee_percent numeric not null check (fee_percent >= 0 and fee_percent <= 100),
@@ -165,7 +173,8 @@ create table public.subscription_periods (
   created_at timestamptz not null default now(),
   charged_at timestamptz,
   unique (subscription_id, seq),
-  check (ends_at > starts_at),
+  check (ends_at > starts_at or kind = 'usage' and ends_at = starts_at),
+  check ((unit_price is null) = (kind = 'usage')),
   check ((status = 'held') = (charged_amount is null)),
   check (held_amount = case when status = 'held' then amount else 0 end)
 );
@@ -173,6 +182,27 @@ comment on table public.subscription_periods is
   'Every period of every subscription, numbered: held in advance, charged once when it ends or is stopped.';
 create index subscription_periods_held_idx on public.subscription_periods (subscription_id)
   where status = 'held';
+
+create table public.subscription_usage (
+  id uuid primary key default gen_random_uuid(),
+  subscription_id uuid not null references public.subscriptions (id),
+  unit text not null check (btrim(unit) <> '' and length(unit) <= 100),
+  quantity numeric not null check (quantity > 0 and quantity < 1e15 and scale(quantity) <= 6),
+  -- The product's usage price for the unit when reported (attributes.usage_prices).
+  unit_price numeric not null check (unit_price > 0),
+  idempotency_key text not null,
+  reported_by uuid,
+  reported_role text not null,
+  reported_at timestamptz not null default now(),
+  -- The `usage` period that charged it; null until then.
+  charge_id uuid references public.subscription_periods (id),
+  unique (subscription_id, idempotency_key)
+);
+comment on table public.subscription_usage is
+  'Metered usage reported by providers (a unit, a quantity, its price), charged once at the period''s end.';
+create index subscription_usage_owed_idx on public.subscription_usage (subscription_id)
+  where charge_id is null;
+create index subscription_usage_charge_idx on public.subscription_usage (charge_id);
 
 create table public.subscription_events (
   id bigint generated always as identity primary key,
@@ -205,10 +235,13 @@ create trigger subscription_events_append_only
 alter table public.subscriptions enable row level security;
 alter table public.subscription_periods enable row level security;
 alter table public.subscription_events enable row level security;
-revoke all on public.subscriptions, public.subscription_periods, public.subscription_events
+alter table public.subscription_usage enable row level security;
+revoke all on public.subscriptions, public.subscription_periods, public.subscription_events,
+  public.subscription_usage
   from anon, authenticated, service_role;
 revoke all on sequence public.subscription_events_id_seq from anon, authenticated, service_role;
-grant select on public.subscriptions, public.subscription_periods, public.subscription_events
+grant select on public.subscriptions, public.subscription_periods, public.subscription_events,
+  public.subscription_usage
   to authenticated, service_role;
 
 create policy subscriptions_buyer_provider_or_admin on public.subscriptions
@@ -220,6 +253,12 @@ create policy subscription_periods_of_visible_subscriptions on public.subscripti
   using (exists (
     select 1 from public.subscriptions as s
     where s.id = subscription_periods.subscription_id
+  ));
+create policy subscription_usage_of_visible_subscriptions on public.subscription_usage
+  for select to authenticated
+  using (exists (
+    select 1 from public.subscriptions as s
+    where s.id = subscription_usage.subscription_id
   ));
 create policy subscription_events_buyer_provider_or_admin on public.subscription_events
   for select to authenticated
@@ -285,7 +324,7 @@ begin
 end;
 $$;
 
--- Hold the subscription's next period, numbered after its last: `p_amount` at `p_price` per unit,
+-- Hold the subscription's next period, numbered after its last: `p_amount` at `p_price` per unit
 -- the buyer's credits into `holds` (expiring ones first). Returns the period's id. The caller
 -- has locked the subscription and checked (or lets create_transfer check) the balance.
 create or replace function mycelium_private.hold_period(
@@ -296,16 +335,18 @@ language plpgsql
 as $$
 declare
   v_period uuid;
+  v_seq integer;
 begin
   if p_amount >= 1e15 then
     perform mycelium_private.fail('invalid_amount', 'a period must cost less than 1000000000000000');
   end if;
+  update public.subscriptions s set periods = s.periods + 1, updated_at = now() where s.id = p_subscription.id
+  returning s.periods into v_seq;
   insert into public.subscription_periods
     (subscription_id, seq, kind, starts_at, ends_at, unit_price, quantity, amount, fee_percent, held_amount)
-  values (p_subscription.id, p_subscription.periods + 1, p_kind, p_start, p_end, p_price, p_subscription.quantity,
+  values (p_subscription.id, v_seq, p_kind, p_start, p_end, p_price, p_subscription.quantity,
           p_amount, (select c.platform_fee_percent from public.marketplace_config c where c.id), p_amount)
   returning id into v_period;
-  update public.subscriptions s set periods = s.periods + 1, updated_at = now() where s.id = p_subscription.id;
   perform mycelium_private.create_transfer('order_hold', p_amount, p_from_user => p_subscription.buyer_id,
     p_to_system => 'holds', p_reference => v_period::text, p_memo => 'subscription ' || p_subscription.id,
     p_counterparty => p_subscription.provider_id, p_holder => p_subscription.buyer_id);
@@ -387,6 +428,44 @@ begin
   v_period := mycelium_private.hold_period(p_subscription, 'arrears', p_subscription.grace_since, v_end,
     (select p.price from public.products p where p.id = p_subscription.product_id), v_amount);
   perform mycelium_private.charge_period(v_period, v_amount, v_end);
+  return v_amount;
+end;
+$$;
+
+-- What the usage reported and not charged yet costs: each report's quantity times its price,
+-- summed, rounded once to 6 decimals (half away from zero).
+create or replace function mycelium_private.usage_owed(p_subscription uuid)
+returns numeric
+language plpgsql
+stable
+as $$
+begin
+  return (select coalesce(round(sum(u.quantity * u.unit_price), 6), 0) from public.subscription_usage u
+          where u.subscription_id = p_subscription and u.charge_id is null);
+end;
+$$;
+
+-- Charge the usage not charged yet, at most `p_limit` of it (what the balance can pay: the rest is
+-- never charged), as one `usage` period from `p_start` to `p_end`; every report it covers points to
+-- it. Returns what it charged. Reports wait for the subscription's lock (report_usage), which the
+-- caller holds: none arrives between the sum and the marking.
+create or replace function mycelium_private.settle_usage(
+  p_subscription public.subscriptions, p_start timestamptz, p_end timestamptz, p_limit numeric)
+returns numeric
+language plpgsql
+as $$
+declare
+  v_amount numeric := least(mycelium_private.usage_owed(p_subscription.id), p_limit);
+  v_period uuid;
+begin
+  if v_amount <= 0 then
+    return 0;
+  end if;
+  v_period := mycelium_private.hold_period(p_subscription, 'usage', p_start, greatest(p_start, p_end), null,
+    v_amount);
+  update public.subscription_usage u set charge_id = v_period
+  where u.subscription_id = p_subscription.id and u.charge_id is null;
+  perform mycelium_private.charge_period(v_period, v_amount, greatest(p_start, p_end));
   return v_amount;
 end;
 $$;
@@ -528,8 +607,12 @@ begin
     v_charge := least(v_period.amount, mycelium_private.hours_cost(v_subscription.unit, v_period.unit_price,
       v_period.quantity, v_period.starts_at, mycelium_private.started_hours(v_period.starts_at, v_now)));
     perform mycelium_private.charge_period(v_period.id, v_charge, least(v_now, v_period.ends_at));
+    v_charge := v_charge + mycelium_private.settle_usage(v_subscription, v_period.starts_at,
+      least(v_now, v_period.ends_at), mycelium_private.spendable(v_subscription.buyer_id));
   else
-    v_charge := mycelium_private.settle_arrears(v_subscription, v_now,
+    v_charge := mycelium_private.settle_usage(v_subscription, v_subscription.grace_since,
+      least(v_now, v_subscription.suspended_at), mycelium_private.spendable(v_subscription.buyer_id));
+    v_charge := v_charge + mycelium_private.settle_arrears(v_subscription, v_now,
       mycelium_private.spendable(v_subscription.buyer_id));
   end if;
   update public.subscriptions s
@@ -542,6 +625,74 @@ $$;
 
 revoke execute on function public.stop_subscription(uuid) from public, anon;
 grant execute on function public.stop_subscription(uuid) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------
+-- rpc/report_usage(subscription_id, unit, quantity, idempotency_key): the provider or
+-- service_role reports metered usage of a running (active or grace) subscription, priced at the
+-- product's usage price for the unit (`attributes.usage_prices`, e.g. {"egress_gb": "0.01"}) when
+-- reported; charged at the period's end. The same idempotency_key for the same subscription
+-- returns the same report (for another unit or quantity: duplicate_reference, 409).
+-- ---------------------------------------------------------------------------------------
+create or replace function public.report_usage(
+  subscription_id uuid, unit text, quantity numeric, idempotency_key text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  v_subscription public.subscriptions;
+  v_key text := mycelium_private.check_text(report_usage.idempotency_key, 'idempotency_key', 200, true);
+  v_unit text := mycelium_private.check_text(report_usage.unit, 'unit', 100, true);
+  v_quantity numeric := mycelium_private.check_amount(report_usage.quantity, 'quantity');
+  v_price text;
+  v_usage public.subscription_usage;
+begin
+  if report_usage.subscription_id is null then
+    perform mycelium_private.fail('invalid_argument', 'subscription_id is required');
+  end if;
+  -- FOR SHARE: a charge of the subscription's usage (under its lock) sees every report or none.
+  select * into v_subscription from public.subscriptions s where s.id = report_usage.subscription_id for share;
+  if not found or not (v_subscription.buyer_id = auth.uid() or v_subscription.provider_id = auth.uid()
+                       or mycelium_private.is_admin_or_service()) then
+    perform mycelium_private.fail('subscription_not_found', 'no subscription ' || report_usage.subscription_id, 404);
+  end if;
+  perform mycelium_private.authorize(v_subscription.provider_id = auth.uid() or mycelium_private.is_service(),
+    'only the provider or service_role report usage');
+  select * into v_usage from public.subscription_usage u
+  where u.subscription_id = v_subscription.id and u.idempotency_key = v_key;
+  if found then
+    if v_usage.unit <> v_unit or v_usage.quantity <> v_quantity then
+      perform mycelium_private.fail('duplicate_reference', 'idempotency_key was already used for other usage', 409);
+    end if;
+    return to_jsonb(v_usage);
+  end if;
+  if v_subscription.status not in ('active', 'grace') then
+    perform mycelium_private.fail('invalid_transition',
+      format('subscription %s is %s: usage is reported while it runs', v_subscription.id, v_subscription.status), 409);
+  end if;
+  select p.attributes -> 'usage_prices' ->> v_unit into v_price from public.products p
+  where p.id = v_subscription.product_id;
+  if v_price is null or v_price !~ '^[0-9]{1,15}([.][0-9]{1,6})?$' or v_price::numeric = 0 then
+    perform mycelium_private.fail('unknown_usage_unit',
+      format('product %s has no usage price for %s', v_subscription.product_id, v_unit));
+  end if;
+  insert into public.subscription_usage as u
+    (subscription_id, unit, quantity, unit_price, idempotency_key, reported_by, reported_role)
+  values (v_subscription.id, v_unit, v_quantity, v_price::numeric, v_key, auth.uid(), mycelium_private.caller_role())
+  on conflict (subscription_id, idempotency_key) do nothing
+  returning * into v_usage;
+  if v_usage.id is null then
+    -- A concurrent report with the same key committed first: its answer (or duplicate_reference).
+    return public.report_usage(v_subscription.id, v_unit, v_quantity, v_key);
+  end if;
+  return to_jsonb(v_usage);
+end;
+$$;
+
+revoke execute on function public.report_usage(uuid, text, numeric, text) from public, anon;
+grant execute on function public.report_usage(uuid, text, numeric, text) to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------
 -- One step of the batch for a locked subscription whose buyer and provider accounts are locked:
@@ -561,6 +712,7 @@ declare
   v_config public.subscription_config;
   v_next numeric;
   v_arrears numeric;
+  v_usage numeric;
   v_end timestamptz;
   v_id uuid;
 begin
@@ -573,13 +725,21 @@ begin
     where p.subscription_id = v_sub.id and p.status = 'held';
     perform mycelium_private.charge_period(v_period.id, v_period.amount, v_period.ends_at);
     charged := charged + v_period.amount;
+    -- The period's usage is due now: charged whole if the balance covers it, else owed (grace).
+    v_usage := mycelium_private.usage_owed(v_sub.id);
+    if v_usage > 0 and mycelium_private.spendable(v_sub.buyer_id) >= v_usage then
+      charged := charged + mycelium_private.settle_usage(v_sub, v_period.starts_at, v_period.ends_at, v_usage);
+      v_usage := 0;
+    end if;
     if not v_product.active then
+      charged := charged + mycelium_private.settle_usage(v_sub, v_period.starts_at, v_period.ends_at,
+        mycelium_private.spendable(v_sub.buyer_id));
       update public.subscriptions s set status = 'cancelled', due_at = null, ended_at = v_sub.paid_until,
         updated_at = now() where s.id = v_sub.id;
       perform mycelium_private.record_subscription_event(v_sub, 'cancelled', v_period.id, v_period.amount,
         'product off sale');
       outcome := 'cancelled';
-    elsif mycelium_private.spendable(v_sub.buyer_id) >= v_next then
+    elsif v_usage = 0 and mycelium_private.spendable(v_sub.buyer_id) >= v_next then
       v_end := mycelium_private.period_end(v_sub.unit, v_sub.paid_until);
       v_id := mycelium_private.hold_period(v_sub, 'period', v_sub.paid_until, v_end, v_product.price, v_next);
       update public.subscriptions s set paid_until = v_end, due_at = v_end, updated_at = now() where s.id = v_sub.id;
@@ -591,25 +751,28 @@ begin
           updated_at = now()
       where s.id = v_sub.id;
       perform mycelium_private.record_subscription_event(v_sub, 'grace', v_period.id, v_period.amount,
-        format('%s credits needed to renew', v_next));
+        format('%s credits needed to renew', v_usage + v_next));
       outcome := 'grace';
     end if;
     return;
   end if;
 
-  -- Unpaid (grace, suspended): resumed when the balance covers the arrears and a new period.
+  -- Unpaid (grace, suspended): resumed when the balance covers the usage owed, the arrears and a
+  -- new period.
   v_arrears := mycelium_private.arrears(v_sub, p_as_of);
+  v_usage := mycelium_private.usage_owed(v_sub.id);
   if v_product.active and p_as_of > coalesce(v_sub.suspended_at, v_sub.grace_since)
-     and mycelium_private.spendable(v_sub.buyer_id) >= v_arrears + v_next then
+     and mycelium_private.spendable(v_sub.buyer_id) >= v_usage + v_arrears + v_next then
+    charged := charged + mycelium_private.settle_usage(v_sub, v_sub.grace_since,
+      least(p_as_of, v_sub.suspended_at), v_usage);
     charged := charged + mycelium_private.settle_arrears(v_sub, p_as_of, v_arrears);
-    select * into v_sub from public.subscriptions s where s.id = v_sub.id;
     v_end := mycelium_private.period_end(v_sub.unit, p_as_of);
     v_id := mycelium_private.hold_period(v_sub, 'period', p_as_of, v_end, v_product.price, v_next);
     update public.subscriptions s
     set status = 'active', grace_since = null, suspended_at = null, paid_until = v_end, due_at = v_end,
         updated_at = now()
     where s.id = v_sub.id;
-    perform mycelium_private.record_subscription_event(v_sub, 'resumed', v_id, v_arrears + v_next);
+    perform mycelium_private.record_subscription_event(v_sub, 'resumed', v_id, v_usage + v_arrears + v_next);
     outcome := 'resumed';
   elsif v_sub.due_at > p_as_of then
     outcome := 'waiting';
@@ -619,10 +782,12 @@ begin
         updated_at = now()
     where s.id = v_sub.id;
     perform mycelium_private.record_subscription_event(v_sub, 'suspended', null, null,
-      format('%s credits needed to resume', v_arrears + v_next));
+      format('%s credits needed to resume', v_usage + v_arrears + v_next));
     outcome := 'suspended';
   else
-    v_arrears := mycelium_private.settle_arrears(v_sub, v_sub.suspended_at,
+    v_arrears := mycelium_private.settle_usage(v_sub, v_sub.grace_since, v_sub.suspended_at,
+      mycelium_private.spendable(v_sub.buyer_id));
+    v_arrears := v_arrears + mycelium_private.settle_arrears(v_sub, v_sub.suspended_at,
       mycelium_private.spendable(v_sub.buyer_id));
     charged := charged + v_arrears;
     update public.subscriptions s set status = 'cancelled', due_at = null, ended_at = v_sub.due_at,

@@ -12,6 +12,9 @@
 --   subscription_periods           a subscription's periods are numbered 1..periods, without gaps;
 --                                  an active one has exactly one held period, ending at paid_until;
 --                                  any other none
+--   subscription_usage_charges     each usage period charged what its reports cost (less only
+--                                  for a subscription that ended unpaid), and every report it
+--                                  charged is its own subscription's
 -- (A transfer of a hold's kinds naming neither an order nor a period: order_transfers_without_order.)
 
 -- ---------------------------------------------------------------------------------------
@@ -139,6 +142,21 @@ as $$
           when s.status = 'active' then coalesce(n.held, 0) <> 1 or n.held_until is distinct from s.paid_until
           else coalesce(n.held, 0) <> 0
         end
+  union all
+  select 'subscription_usage_charges', p.id::text,
+         format('usage charge of %s for %s report(s) costing %s', p.amount, coalesce(c.reports, 0), c.cost)
+  from public.subscription_periods p
+  join public.subscriptions s on s.id = p.subscription_id
+  left join (
+    select u.charge_id, count(*) as reports, round(sum(u.quantity * u.unit_price), 6) as cost
+    from public.subscription_usage u where u.charge_id is not null group by u.charge_id
+  ) c on c.charge_id = p.id
+  where p.kind = 'usage'
+    and (c.cost is null or p.amount > c.cost or (p.amount < c.cost and s.status not in ('stopped', 'cancelled')))
+  union all
+  select 'subscription_usage_charges', u.id::text, format('report charged by period %s', u.charge_id)
+  from public.subscription_usage u join public.subscription_periods p on p.id = u.charge_id
+  where p.kind <> 'usage' or p.subscription_id <> u.subscription_id
 $$;
 
 -- ---------------------------------------------------------------------------------------

@@ -77,9 +77,7 @@ def test_a_batch_behind_catches_up_period_by_period_within_its_budget(
         (3, "charged"),
         (4, "held"),
     ]
-    assert all(
-        later["starts_at"] == earlier["ends_at"] for earlier, later in zip(rows, rows[1:], strict=False)
-    )
+    assert all(later["starts_at"] == earlier["ends_at"] for earlier, later in pairwise(rows))
     assert datetime.fromisoformat(rows[-1]["ends_at"]) > datetime.fromisoformat(rest["as_of"])
     assert account(alice) == (D("6"), D("1"))
     # Nothing is due any more: a batch again charges nothing.
