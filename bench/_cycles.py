@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from bench._load import WORKERS, pgbench_database, tpcb_rate
+from bench._load import WORKERS, Protocol, pgbench_database, tpcb_rate
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,35 @@ def add_cycle_options(parser: argparse.ArgumentParser, cycles: int) -> None:
     )
 
 
+def yardstick_name(protocol: Protocol) -> str:
+    """The tpcb-like yardstick's name among cycled_rates' measures: `tpcb` in pgbench's default
+    simple protocol, `tpcb_prepared` in the prepared one."""
+    return "tpcb" if protocol == "simple" else f"tpcb_{protocol}"
+
+
 def cycled_rates(
-    admin_url: str, pgbench_scale: int, cycles: int, seconds: float, measures: dict[str, Callable[[], float]]
+    admin_url: str,
+    pgbench_scale: int,
+    cycles: int,
+    seconds: float,
+    measures: dict[str, Callable[[], float]],
+    yardsticks: Sequence[Protocol] = ("simple",),
 ) -> dict[str, Rate]:
-    """The tpcb-like yardstick (`tpcb`) and each measure, `seconds` each, cycled `cycles` times
-    after one unmeasured warm-up cycle, every other cycle in reverse order.
+    """The tpcb-like yardstick in each protocol of `yardsticks` (named by yardstick_name) and each
+    measure, `seconds` each, cycled `cycles` times after one unmeasured warm-up cycle, every other
+    cycle in reverse order.
     Short slices cycled many times spread a shared machine's bursts of outside load and its slow
     drifts (checkpoints, a growing ledger) over both sides of every ratio alike, and the reversed
     cycles cancel a steady drift between neighbours. (The best of a few long rounds did not: two
     sides of a ratio measured a minute apart each caught a different moment.)"""
-    names = ["tpcb", *measures]
+    names = [*map(yardstick_name, yardsticks), *measures]
     samples: dict[str, list[float]] = {name: [] for name in names}
     with pgbench_database(admin_url, pgbench_scale) as yardstick:
-        run = {"tpcb": lambda: tpcb_rate(admin_url, yardstick, seconds), **measures}
+        run: dict[str, Callable[[], float]] = {
+            yardstick_name(protocol): partial(tpcb_rate, admin_url, yardstick, seconds, protocol)
+            for protocol in yardsticks
+        }
+        run.update(measures)
         slices = f"{WORKERS} clients, {seconds:.0f}s a slice"
         print(f"{cycles} cycles after a warm-up ({slices}): " + ", ".join(names), flush=True)
         for cycle in range(cycles + 1):

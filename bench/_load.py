@@ -17,16 +17,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 WORKERS = 8
+# pgbench's -M: each statement parsed and planned every time (simple), or once a connection
+# (prepared, as PostgREST sends its queries). A ratio compares two measures sent the same way.
+Protocol = Literal["simple", "prepared"]
+PROTOCOLS: tuple[Protocol, ...] = ("prepared", "simple")
 
 
 # ---------------------------------------------------------------------------------------------
 # pgbench: the tpcb-like yardstick, and custom scripts driving direct SQL with the same C client
-# (prepared statements, one connection per worker), so ratios compare server work, not Python.
+# (one connection per worker), so ratios compare server work, not Python.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -56,8 +61,11 @@ def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
     return float(tps[-1].split("=")[1].split()[0])
 
 
-def script_rate(db_url: str, script: str, variables: dict[str, int], seconds: float) -> float:
-    """Runs per second of a custom pgbench script by WORKERS clients."""
+def script_rate(
+    db_url: str, script: str, variables: dict[str, int], seconds: float, protocol: Protocol = "prepared"
+) -> float:
+    """Runs per second of a custom pgbench script by WORKERS clients, its statements sent in
+    `protocol`."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
         file.write(script)
     try:
@@ -69,7 +77,7 @@ def script_rate(db_url: str, script: str, variables: dict[str, int], seconds: fl
             [
                 "-n",
                 "-M",
-                "prepared",
+                protocol,
                 "-c",
                 str(WORKERS),
                 "-j",
@@ -106,9 +114,13 @@ def pgbench_database(db_url: str, scale: int, label: str = "yardstick") -> Itera
             conn.execute(f'drop database if exists "{database}" with (force)')
 
 
-def tpcb_rate(db_url: str, database: str, seconds: float) -> float:
+def tpcb_rate(db_url: str, database: str, seconds: float, protocol: Protocol = "simple") -> float:
+    """tpcb-like transactions per second by WORKERS clients, in `protocol` (pgbench's default is
+    simple; a ratio against a measure sent prepared is fair only against the prepared yardstick)."""
     return run_pgbench(
-        db_url, database, ["-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"]
+        db_url,
+        database,
+        ["-M", protocol, "-c", str(WORKERS), "-j", str(WORKERS), "-T", str(int(seconds)), "-b", "tpcb-like"],
     )
 
 

@@ -9,11 +9,15 @@ latencies that must not grow with the size of the ledger.
 
 Every figure is measured in this one run. Throughput measures run in short slices, cycling through
 the pgbench yardstick and every measure many times; each keeps its mean (a shared machine's outside
-load then falls on both sides of a ratio alike). Targets (issue 3):
-  spread transfers    >= 0.8 x tpcb-like
-  purchases           >= 0.8 x spread transfers
-  one hot recipient   >= 0.6 x spread transfers
-  PostgREST           >= 0.5 x direct SQL (transfers and purchases)
+load then falls on both sides of a ratio alike). Every direct-SQL measure and the yardstick run in
+both of pgbench's protocols, prepared and simple, and each ratio compares two measures sent the same
+way. Direct SQL is bare (one statement calling the function) or PostgREST-shaped (the transaction
+PostgREST 12 runs for one RPC: role, claims and request settings, its pre-request check, the call;
+bench/_ledger.py). Targets (issues 3 and 21), all sent prepared, as PostgREST does:
+  PostgREST-shaped spread transfers   >= 0.8 x tpcb-like
+  PostgREST-shaped purchases          >= 0.8 x PostgREST-shaped spread transfers
+  bare transfers into one account     >= 0.6 x bare spread transfers
+  PostgREST through the gateway       >= 0.5 x PostgREST-shaped direct SQL (transfers and purchases)
   balance read        1,000,000 ledger rows / 1,000 ledger rows < 1.2 (each against a trivial read
                       timed alongside: the two are minutes apart, on a machine whose speed varies)
   history page        at depth 100,000 / first page < 1.5
@@ -29,13 +33,15 @@ import argparse
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import psycopg
 
-from bench._cycles import add_cycle_options, cycled_rates
-from bench._load import WORKERS, lua_locals, pgbench_database, script_rate, tpcb_rate, wrk_rate
+from bench._cycles import Rate, add_cycle_options, cycled_rates, yardstick_name
+from bench._ledger import number_users, sql_rate
+from bench._load import PROTOCOLS, WORKERS, Protocol, lua_locals, pgbench_database, tpcb_rate, wrk_rate
 from bench._reads import Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
 from bench._stack import Target, local_target
@@ -47,39 +53,9 @@ from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, r
 # ---------------------------------------------------------------------------------------------
 
 
-# Direct SQL is driven by pgbench itself (custom scripts, prepared statements, one connection per
-# worker): the same C client as the tpcb-like yardstick, so the ratio compares server work, not
-# Python. Users are looked up by number in a bench-only table mycelium_bench.users(n, id).
-SQL_SCRIPTS = {
-    "transfer": """
-\\set a random(1, :accounts)
-\\set b random(1, :accounts - 1)
-\\set r 1 + (:a + :b - 1) % :accounts
-select set_config('request.jwt.claims', json_build_object('sub', s.id, 'role', 'authenticated')::text, true),
-       public.transfer_credits(r.id, 0.01)
-from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :r;
-""",
-    "hot": """
-\\set a random(1, :accounts - 1)
-select set_config('request.jwt.claims', json_build_object('sub', s.id, 'role', 'authenticated')::text, true),
-       public.transfer_credits(r.id, 0.01)
-from mycelium_bench.users s, mycelium_bench.users r where s.n = :a and r.n = :accounts;
-""",
-    # Not a transfer: one row updated by every client, each update its own transaction. The bare
-    # chain of lock handoffs and commit flushes, the floor under any chain into one account here.
-    "floor": """
-update mycelium_bench.chain_floor set updates = updates + 1 where id = 1;
-""",
-    "purchase": """
-\\set a random(1, :accounts)
-select public.purchase_credits(s.id, 1, 'bench-' || gen_random_uuid())
-from mycelium_bench.users s where s.n = :a;
-""",
-}
-
-
-def sql_rate(db_url: str, kind: str, accounts: int, seconds: float) -> float:
-    return script_rate(db_url, SQL_SCRIPTS[kind], {"accounts": accounts}, seconds)
+# Direct SQL is driven by pgbench itself (custom scripts, one connection per worker): the same C
+# client as the tpcb-like yardstick, so the ratio compares server work, not Python. The scripts,
+# bare and PostgREST-shaped, are bench/_ledger.py's.
 
 
 class WalFlushes:
@@ -114,17 +90,21 @@ class WalFlushes:
         return self.milliseconds / self.count if self.count else 0.0
 
 
-# PostgREST is driven by wrk: transfers signed by a random user's JWT to another random user, and
-# purchases with the service_role key, each with a unique payment reference.
+# PostgREST is driven by wrk: transfers signed by a random user's JWT to another random user, each
+# with its idempotency key (mycelium_client sends one with every transfer), and purchases with the
+# service_role key, each with a unique payment reference.
 HTTP_SCRIPTS = {
     "transfer": """
+local sent = 0
 request = function()
   local i = math.random(#users)
   local j = math.random(#users - 1)
   if j >= i then j = j + 1 end
+  sent = sent + 1
+  local key = "bench-" .. RUN .. "-" .. thread_number .. "-" .. sent
   return wrk.format("POST", prefix .. "/rpc/transfer_credits",
     {["apikey"] = apikey, ["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"},
-    '{"recipient":"' .. users[j] .. '","amount":"0.01"}')
+    '{"recipient":"' .. users[j] .. '","amount":"0.01","idempotency_key":"' .. key .. '"}')
 end
 """,
     "purchase": """
@@ -244,7 +224,62 @@ def read_latencies(conn: psycopg.Connection[Any], user: str, deep_user: str, rep
 
 
 # ---------------------------------------------------------------------------------------------
-# pgbench yardstick
+# Throughput: every direct-SQL measure in both protocols, each against the yardstick sent alike
+# ---------------------------------------------------------------------------------------------
+
+# The direct-SQL measures (their bench/_ledger.py script), each run in every protocol.
+SQL_MEASURES = {
+    "rest_transfer": "rest_transfer",
+    "sql_transfer": "transfer",
+    "rest_purchase": "rest_purchase",
+    "sql_purchase": "purchase",
+    "sql_hot": "hot",
+    "sql_floor": "floor",
+}
+PROTOCOL_TITLES = {
+    "prepared": "prepared statements (pgbench -M prepared; PostgREST prepares its queries): the targets",
+    "simple": "simple protocol (pgbench's default; for comparison, no targets)",
+}
+
+
+def in_protocol(name: str, protocol: Protocol) -> str:
+    """A direct-SQL measure's name in cycled_rates' results when sent in `protocol`."""
+    return f"{name}@{protocol}"
+
+
+def throughput_rows(rates: Mapping[str, Rate], protocol: Protocol) -> list[RateRow]:
+    """The throughput table of one protocol: each ratio compares two measures sent in it, the
+    yardstick included. Targets are the prepared table's, as PostgREST prepares its queries; and
+    the calls through HTTP compare with the PostgREST-shaped direct SQL sent prepared."""
+
+    def rate(name: str) -> Rate | None:
+        return rates.get(in_protocol(name, protocol))
+
+    def goal(least: float) -> float | None:
+        return least if protocol == "prepared" else None
+
+    tpcb = rates.get(yardstick_name(protocol))
+    rest_transfer, rest_purchase = rate("rest_transfer"), rate("rest_purchase")
+    rows = [
+        RateRow("pgbench tpcb-like (tps)", tpcb),
+        RateRow("PostgREST-shaped transfers, 1,000 accounts", rest_transfer, tpcb, goal(0.8)),
+        RateRow("  (bare transfers: one statement, no key)", rate("sql_transfer"), tpcb),
+        RateRow("PostgREST-shaped purchases", rest_purchase, rest_transfer, goal(0.8)),
+        RateRow("  (bare purchases)", rate("sql_purchase"), rate("sql_transfer")),
+        RateRow("bare transfers into one account", rate("sql_hot"), rate("sql_transfer"), goal(0.6)),
+        RateRow("  (pgbench tpcb-like, one branch for all)", rate("tpcb_one_branch"), tpcb),
+    ]
+    if protocol == "prepared":
+        rows += [
+            RateRow("PostgREST transfers", rates.get("http_transfer"), rest_transfer, 0.5),
+            RateRow("  (PostgREST transfers, no gateway)", rates.get("direct_transfer"), rest_transfer),
+            RateRow("PostgREST purchases", rates.get("http_purchase"), rest_purchase, 0.5),
+        ]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
 # ---------------------------------------------------------------------------------------------
 
 
@@ -260,28 +295,18 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         small = read_latencies(conn, users[1], deep_user, args.repeat)
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("drop schema if exists mycelium_bench cascade")
-        conn.execute("create schema mycelium_bench")
-        conn.execute("create table mycelium_bench.users (n integer primary key, id uuid not null)")
-        with conn.cursor() as cur:
-            cur.executemany(
-                "insert into mycelium_bench.users values (%s, %s)",
-                [(n, u) for n, u in enumerate(users, start=1)],
-            )
-        conn.execute("create table mycelium_bench.chain_floor (id integer primary key, updates bigint)")
-        conn.execute("insert into mycelium_bench.chain_floor values (1, 0)")
-        conn.execute("grant usage on schema mycelium_bench to postgres")
-        conn.execute("grant select on mycelium_bench.users to postgres")
-        conn.execute("grant select, update on mycelium_bench.chain_floor to postgres")
+        number_users(conn, users)
 
     accounts = len(users)
     hot_flushes = WalFlushes(admin_url)
-    measures = {
-        "sql_transfer": lambda: sql_rate(target.db_url, "transfer", accounts, seconds),
-        "sql_hot": hot_flushes.around(lambda: sql_rate(target.db_url, "hot", accounts, seconds)),
-        "sql_purchase": lambda: sql_rate(target.db_url, "purchase", accounts, seconds),
-        "sql_floor": lambda: sql_rate(target.db_url, "floor", accounts, seconds),
-    }
+    measures: dict[str, Callable[[], float]] = {}
+    for protocol in PROTOCOLS:
+        for name, kind in SQL_MEASURES.items():
+            measures[in_protocol(name, protocol)] = partial(
+                sql_rate, target.db_url, kind, accounts, seconds, protocol
+            )
+    hot_measure = in_protocol("sql_hot", "prepared")
+    measures[hot_measure] = hot_flushes.around(measures[hot_measure])
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
@@ -296,8 +321,11 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         # pgbench's tpcb-like at scale 1: one branch row that every transaction updates, so the
         # yardstick's own chain through one row, beside the transfers into one account.
         one_branch = databases.enter_context(pgbench_database(admin_url, 1, label="one_branch"))
-        measures["tpcb_one_branch"] = lambda: tpcb_rate(admin_url, one_branch, seconds)
-        rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures)
+        for protocol in PROTOCOLS:
+            measures[in_protocol("tpcb_one_branch", protocol)] = partial(
+                tpcb_rate, admin_url, one_branch, seconds, protocol
+            )
+        rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures, PROTOCOLS)
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         print(
@@ -311,22 +339,17 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
             conn.execute("select count(*) from public.audit_ledger()").fetchone() if args.audit else None
         )
 
-    tpcb, sql_transfer, sql_purchase = rates["tpcb"], rates["sql_transfer"], rates["sql_purchase"]
-    rows = [
-        RateRow("pgbench tpcb-like (tps)", tpcb),
-        RateRow("direct SQL transfers, 1,000 accounts", sql_transfer, tpcb, 0.8),
-        RateRow("direct SQL purchases", sql_purchase, sql_transfer, 0.8),
-        RateRow("direct SQL transfers into one account", rates["sql_hot"], sql_transfer, 0.6),
-        RateRow("  (pgbench tpcb-like, one branch for all)", rates["tpcb_one_branch"], tpcb),
-        RateRow("PostgREST transfers", rates.get("http_transfer"), sql_transfer, 0.5),
-        RateRow("  (PostgREST transfers, no gateway)", rates.get("direct_transfer"), sql_transfer),
-        RateRow("PostgREST purchases", rates.get("http_purchase"), sql_purchase, 0.5),
-    ]
-    print()
-    missed = print_rates(rows)
-    results["throughput"] = [row.as_dict() for row in rows]
+    missed = 0
+    throughput = []
+    for protocol in PROTOCOLS:
+        rows = throughput_rows(rates, protocol)
+        print(f"\n{PROTOCOL_TITLES[protocol]}")
+        missed += print_rates(rows)
+        throughput += [{**row.as_dict(), "protocol": protocol} for row in rows]
+    results["throughput"] = throughput
     results["rates"] = {name: {"mean": rate.mean, "cycles": rate.samples} for name, rate in rates.items()}
-    hot, floor = rates["sql_hot"].mean, rates["sql_floor"].mean
+    hot = rates[in_protocol("sql_hot", "prepared")].mean
+    floor = rates[in_protocol("sql_floor", "prepared")].mean
     chain = {"transfer_ms": 1000 / hot, "wal_flush_ms": hot_flushes.mean, "floor_update_ms": 1000 / floor}
     results["chain_into_one_account"] = chain
     if hot_flushes.mean:

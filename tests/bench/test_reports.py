@@ -10,13 +10,14 @@ import httpx
 import pytest
 from rich.console import Console
 
-from bench._cycles import Rate
-from bench._load import WrkTotals, lua_locals
+from bench._cycles import Rate, yardstick_name
+from bench._load import Protocol, WrkTotals, lua_locals
 from bench._percentiles import PercentileRow, Percentiles
 from bench._results import results_for_scripts
 from bench._verdicts import LatencyRow, RateRow, print_rates
 from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
 from bench.flood import FloodRow, print_rows
+from bench.ledger import in_protocol, throughput_rows
 from bench.soak import Memory, Window, growths, print_report, report, window_of
 
 
@@ -273,3 +274,24 @@ def test_a_soak_is_judged_by_its_last_window_against_its_first(capsys: pytest.Ca
         "target_below": 1.2,
         "verdict": "MISSED",
     }
+
+
+def test_the_ledgers_ratios_compare_measures_sent_alike_and_only_prepared_ones_have_targets() -> None:
+    sent: dict[Protocol, float] = {"prepared": 1000.0, "simple": 800.0}
+    rates = {yardstick_name(protocol): Rate((rate,)) for protocol, rate in sent.items()}
+    for protocol, rate in sent.items():
+        rates[in_protocol("rest_transfer", protocol)] = Rate((rate * 0.6,))
+        rates[in_protocol("rest_purchase", protocol)] = Rate((rate * 0.6,))
+    rates["http_transfer"] = Rate((300.0,))
+    prepared = {row.name: row for row in throughput_rows(rates, "prepared")}
+    transfers = prepared["PostgREST-shaped transfers, 1,000 accounts"]
+    assert transfers.ratio == pytest.approx(0.6)
+    assert (transfers.target, transfers.verdict) == (0.8, "MISSED")
+    assert prepared["PostgREST-shaped purchases"].ratio == pytest.approx(1.0)
+    # Through HTTP against the PostgREST-shaped direct SQL, which PostgREST sends prepared.
+    assert prepared["PostgREST transfers"].ratio == pytest.approx(0.5)
+    assert prepared["PostgREST purchases"].verdict == "n/a"
+    simple = throughput_rows(rates, "simple")
+    assert simple[1].ratio == pytest.approx(0.6)
+    assert all(row.target is None for row in simple)
+    assert not any(row.name.startswith("PostgREST ") for row in simple)
