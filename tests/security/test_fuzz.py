@@ -24,12 +24,15 @@ from tests.support.fuzz import (
     Fuzz,
     Operation,
     anon_caller,
+    changed,
+    fingerprint,
+    fingerprint_query,
     forged_tokens,
     openapi,
     operations,
     user_caller,
 )
-from tests.support.marketplace import audit_is_clean, buyer, list_product, placed
+from tests.support.marketplace import audit_is_clean, buyer, fund, list_product, placed
 
 Conn = psycopg.Connection[TupleRow]
 MakeUser = Callable[..., User]
@@ -65,6 +68,19 @@ def fuzz(stack: LocalStack, db: Conn, arena: dict[str, User | str], service_api:
     fuzzer = Fuzz(stack.api_url, db, [*ids, NIL])
     yield fuzzer
     audit_is_clean(service_api)
+
+
+def test_the_fingerprint_sees_a_committed_change_and_nothing_else(
+    db: Conn, service_api: Api, make_user: MakeUser
+) -> None:
+    query = fingerprint_query(db)
+    user = make_user()
+    before = fingerprint(db, query)
+    assert changed(before, fingerprint(db, query)) == []
+    fund(service_api, user, "5")
+    assert {"public.credit_accounts", "public.credit_transactions"} <= set(
+        changed(before, fingerprint(db, query))
+    )
 
 
 def fuzz_all(fuzz: Fuzz, caller: Caller, found: list[Operation]) -> None:
