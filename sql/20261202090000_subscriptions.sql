@@ -18,7 +18,8 @@
 --   is charged by the started hour: at least one hour, an hourly period in full (it is one hour),
 --   a monthly period its amount times the hours started over the hours of that month, rounded to
 --   6 decimals (half away from zero); the rest of the hold goes back to the buyer, as an order's
---   release does (expiring credits with their expiry).
+--   release does (expiring credits with their expiry). Time run past the paid period before the
+--   batch renewed it is charged like arrears (below).
 -- - Renewal (rpc/charge_due_subscriptions, the service's upkeep). When a period ends the batch pays
 --   it and holds the next one, which starts when the last ended (periods are contiguous, however
 --   late the batch runs: a batch behind catches up period by period). A product taken off sale is
@@ -418,7 +419,8 @@ returns numeric
 language plpgsql
 as $$
 declare
-  v_amount numeric := least(mycelium_private.arrears(p_subscription, p_until), p_limit);
+  -- At most what one movement may carry (a price raised far enough must not stop the batch).
+  v_amount numeric := least(mycelium_private.arrears(p_subscription, p_until), p_limit, 999999999999999.999999);
   v_end timestamptz := least(p_until, p_subscription.suspended_at);
   v_period uuid;
 begin
@@ -455,7 +457,7 @@ returns numeric
 language plpgsql
 as $$
 declare
-  v_amount numeric := least(mycelium_private.usage_owed(p_subscription.id), p_limit);
+  v_amount numeric := least(mycelium_private.usage_owed(p_subscription.id), p_limit, 999999999999999.999999);
   v_period uuid;
 begin
   if v_amount <= 0 then
@@ -609,6 +611,12 @@ begin
     perform mycelium_private.charge_period(v_period.id, v_charge, least(v_now, v_period.ends_at));
     v_charge := v_charge + mycelium_private.settle_usage(v_subscription, v_period.starts_at,
       least(v_now, v_period.ends_at), mycelium_private.spendable(v_subscription.buyer_id));
+    if v_now > v_period.ends_at then
+      -- It ran past its paid period before the batch renewed it: that time is unpaid time too.
+      v_subscription.grace_since := v_period.ends_at;
+      v_charge := v_charge + mycelium_private.settle_arrears(v_subscription, v_now,
+        mycelium_private.spendable(v_subscription.buyer_id));
+    end if;
   else
     v_charge := mycelium_private.settle_usage(v_subscription, v_subscription.grace_since,
       least(v_now, v_subscription.suspended_at), mycelium_private.spendable(v_subscription.buyer_id));
@@ -739,7 +747,7 @@ begin
       perform mycelium_private.record_subscription_event(v_sub, 'cancelled', v_period.id, v_period.amount,
         'product off sale');
       outcome := 'cancelled';
-    elsif v_usage = 0 and mycelium_private.spendable(v_sub.buyer_id) >= v_next then
+    elsif v_usage = 0 and v_next < 1e15 and mycelium_private.spendable(v_sub.buyer_id) >= v_next then
       v_end := mycelium_private.period_end(v_sub.unit, v_sub.paid_until);
       v_id := mycelium_private.hold_period(v_sub, 'period', v_sub.paid_until, v_end, v_product.price, v_next);
       update public.subscriptions s set paid_until = v_end, due_at = v_end, updated_at = now() where s.id = v_sub.id;
@@ -761,7 +769,7 @@ begin
   -- new period.
   v_arrears := mycelium_private.arrears(v_sub, p_as_of);
   v_usage := mycelium_private.usage_owed(v_sub.id);
-  if v_product.active and p_as_of > coalesce(v_sub.suspended_at, v_sub.grace_since)
+  if v_product.active and p_as_of > coalesce(v_sub.suspended_at, v_sub.grace_since) and v_next < 1e15
      and mycelium_private.spendable(v_sub.buyer_id) >= v_usage + v_arrears + v_next then
     charged := charged + mycelium_private.settle_usage(v_sub, v_sub.grace_since,
       least(p_as_of, v_sub.suspended_at), v_usage);
@@ -800,8 +808,8 @@ $$;
 
 -- ---------------------------------------------------------------------------------------
 -- rpc/charge_due_subscriptions(as_of, max_periods): service_role, the upkeep. One transaction:
--- first the unpaid subscriptions whose buyer's balance may now cover them, then those due by
--- as_of (oldest first), skipping those another batch or a stop holds (`for update skip locked`:
+-- the subscriptions due by as_of (oldest first), then the unpaid ones whose buyer's balance now
+-- covers them, skipping those another batch or a stop holds (`for update skip locked`:
 -- two overlapping batches take different subscriptions; each period is charged under its
 -- subscription's lock, once). A subscription behind by several periods catches up within the call.
 -- At most max_periods steps (a step pays a period and holds the next, or moves an unpaid one on):
@@ -828,18 +836,21 @@ begin
   perform mycelium_private.check_batch(v_as_of, v_budget, 'max_periods', 10000);
   select coalesce(array_agg(x.id), '{}') into v_ids from (
     select s.id from public.subscriptions s
+    where s.status in ('active', 'grace', 'suspended') and s.due_at <= v_as_of
+    order by s.due_at
+    limit v_budget
+    for no key update skip locked) x;
+  -- The unpaid ones whose buyer's balance now covers what resuming takes (checked again, exactly,
+  -- on the spendable balance): waiting ones are not picked again and again in place of due ones.
+  v_ids := v_ids || coalesce((select array_agg(x.id) from (
+    select s.id from public.subscriptions s
     join public.products p on p.id = s.product_id
     join public.credit_accounts a on a.user_id = s.buyer_id
     where s.status in ('grace', 'suspended') and s.due_at > v_as_of and p.active
-      and a.balance >= p.price * s.quantity
-    limit v_budget
-    for no key update of s skip locked) x;
-  v_ids := v_ids || coalesce((select array_agg(x.id) from (
-    select s.id from public.subscriptions s
-    where s.status in ('active', 'grace', 'suspended') and s.due_at <= v_as_of
-    order by s.due_at
+      and a.balance >= p.price * s.quantity + mycelium_private.usage_owed(s.id)
+                       + mycelium_private.arrears(s, v_as_of)
     limit v_budget - cardinality(v_ids)
-    for no key update skip locked) x), '{}');
+    for no key update of s skip locked) x), '{}');
   -- Every account the batch may touch, up front and in user_id order (see the lock order).
   perform 1 from public.credit_accounts a
   where a.user_id in (select s.buyer_id from public.subscriptions s where s.id = any(v_ids)

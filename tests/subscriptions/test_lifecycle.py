@@ -149,3 +149,21 @@ def test_what_cannot_be_subscribed_to_is_refused_and_moves_nothing(
     assert account(alice) == (D("10"), D("0"))
     assert body(alice.api.get("/subscriptions")) == []
     audit_is_clean(service_api)
+
+
+def test_a_stop_after_the_paid_period_ended_charges_the_time_run_since(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = start(alice, list_product(provider, price="1.5", unit="hour")["id"])
+    backdate(db, started["id"], "90 minutes")  # paid until half an hour ago; no batch since
+
+    stop(alice.api, started["id"])
+    rows = periods(alice.api, started["id"])
+    assert [(r["kind"], D(str(r["charged_amount"]))) for r in rows] == [
+        ("period", D("1.5")),
+        ("arrears", D("1.5")),
+    ]
+    assert rows[1]["starts_at"] == rows[0]["ends_at"]
+    assert account(alice) == (D("7"), D("0"))
+    audit_is_clean(service_api)
