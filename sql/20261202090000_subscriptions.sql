@@ -42,6 +42,9 @@
 -- - Every period, an arrears or usage one too, is one row of subscription_periods, numbered per
 --   subscription (unique (subscription_id, seq)): it is held once and charged once, under the
 --   subscription's row lock; the audit checks each period's transfers against it.
+-- - Low balance: a buyer whose spendable balance lasts fewer than low_balance_hours at the burn
+--   rate of their running subscriptions gets a row of low_balance_warnings (their own to read), at
+--   most one in that many hours, when a subscription starts or a batch has charged theirs.
 -- - Events (subscription_events, append-only, read by the buyer and the provider): started,
 --   renewed, grace, suspended, resumed, stopped, cancelled.
 -- - Lock order: the subscription, then the accounts of its buyer and provider in user_id order
@@ -52,6 +55,9 @@
 -- The configuration, a configuration like marketplace_config (make_configuration()).
 --   grace_period       how long a subscription the balance cannot renew runs on unpaid
 --   suspension_period  how long it then stays suspended, resumable, before it is cancelled
+--   low_balance_hours  a buyer whose spendable balance lasts fewer hours than this at the burn
+--                      rate of their running subscriptions is warned (low_balance_warnings), at
+--                      most once in that many hours; 0: never
 -- ---------------------------------------------------------------------------------------
 create table public.subscription_config (
   id boolean primary key default true check (id),
@@ -59,17 +65,19 @@ create table public.subscription_config (
     check (grace_period >= interval '0' and grace_period <= interval '30 days'),
   suspension_period interval not null default interval '7 days'
     check (suspension_period >= interval '0' and suspension_period <= interval '90 days'),
+  low_balance_hours integer not null default 24 check (low_balance_hours >= 0 and low_balance_hours <= 720),
   updated_at timestamptz not null default now()
 );
 comment on table public.subscription_config is
-  'The one subscription configuration row: how long unpaid subscriptions run (grace) and stay suspended. '
-  'Readable by anyone.';
+  'The one subscription configuration row: how long unpaid subscriptions run (grace) and stay suspended, '
+  'when a balance is low. Readable by anyone.';
 select mycelium_private.make_configuration('subscription_config');
 
 -- rpc/set_subscription_config: admins and service_role; null leaves a setting unchanged.
 create or replace function public.set_subscription_config(
   grace_period interval default null,
-  suspension_period interval default null
+  suspension_period interval default null,
+  low_balance_hours integer default null
 )
 returns public.subscription_config
 language plpgsql
@@ -80,7 +88,7 @@ declare
   new_row public.subscription_config;
 begin
   perform mycelium_private.require_admin();
-  if num_nonnulls(grace_period, suspension_period) = 0 then
+  if num_nonnulls(grace_period, suspension_period, low_balance_hours) = 0 then
     perform mycelium_private.fail('invalid_argument', 'nothing to change: pass at least one setting');
   end if;
   if grace_period is not null and (grace_period < interval '0' or grace_period > interval '30 days') then
@@ -90,9 +98,13 @@ begin
      and (suspension_period < interval '0' or suspension_period > interval '90 days') then
     perform mycelium_private.fail('invalid_argument', 'suspension_period must be between 0 and 90 days');
   end if;
+  if low_balance_hours is not null and (low_balance_hours < 0 or low_balance_hours > 720) then
+    perform mycelium_private.fail('invalid_argument', 'low_balance_hours must be from 0 to 720');
+  end if;
   update public.subscription_config c set
     grace_period = coalesce(set_subscription_config.grace_period, c.grace_period),
     suspension_period = coalesce(set_subscription_config.suspension_period, c.suspension_period),
+    low_balance_hours = coalesce(set_subscription_config.low_balance_hours, c.low_balance_hours),
     updated_at = now()
   where c.id
   returning * into new_row;
@@ -100,8 +112,9 @@ begin
 end;
 $$;
 
-revoke execute on function public.set_subscription_config(interval, interval) from public, anon;
-grant execute on function public.set_subscription_config(interval, interval) to authenticated, service_role;
+revoke execute on function public.set_subscription_config(interval, interval, integer) from public, anon;
+grant execute on function public.set_subscription_config(interval, interval, integer)
+  to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------
 -- The tables.
@@ -232,17 +245,37 @@ create trigger subscription_events_append_only
   before update or delete or truncate on public.subscription_events
   for each statement execute function mycelium_private.refuse_change();
 
+create table public.low_balance_warnings (
+  id bigint generated always as identity primary key,
+  user_id uuid not null,
+  -- What the user's running subscriptions cost an hour, the spendable balance, how many hours it
+  -- lasts, and the threshold it fell below (subscription_config.low_balance_hours).
+  cost_per_hour numeric not null check (cost_per_hour > 0),
+  balance numeric not null,
+  runway_hours numeric not null,
+  threshold_hours integer not null,
+  at timestamptz not null default now()
+);
+comment on table public.low_balance_warnings is
+  'Your warnings that your balance lasts fewer hours than subscription_config.low_balance_hours. Append-only.';
+create index low_balance_warnings_user_idx on public.low_balance_warnings (user_id, at);
+create trigger low_balance_warnings_append_only
+  before update or delete or truncate on public.low_balance_warnings
+  for each statement execute function mycelium_private.refuse_change();
+
 -- Read surface: the buyer, the product's provider, admins. Nobody writes through the API.
 alter table public.subscriptions enable row level security;
 alter table public.subscription_periods enable row level security;
 alter table public.subscription_events enable row level security;
 alter table public.subscription_usage enable row level security;
+alter table public.low_balance_warnings enable row level security;
 revoke all on public.subscriptions, public.subscription_periods, public.subscription_events,
-  public.subscription_usage
+  public.subscription_usage, public.low_balance_warnings
   from anon, authenticated, service_role;
-revoke all on sequence public.subscription_events_id_seq from anon, authenticated, service_role;
+revoke all on sequence public.subscription_events_id_seq, public.low_balance_warnings_id_seq
+  from anon, authenticated, service_role;
 grant select on public.subscriptions, public.subscription_periods, public.subscription_events,
-  public.subscription_usage
+  public.subscription_usage, public.low_balance_warnings
   to authenticated, service_role;
 
 create policy subscriptions_buyer_provider_or_admin on public.subscriptions
@@ -261,6 +294,9 @@ create policy subscription_usage_of_visible_subscriptions on public.subscription
     select 1 from public.subscriptions as s
     where s.id = subscription_usage.subscription_id
   ));
+create policy low_balance_warnings_own_or_admin on public.low_balance_warnings
+  for select to authenticated
+  using (user_id = (select auth.uid()) or (select public.is_admin()));
 create policy subscription_events_buyer_provider_or_admin on public.subscription_events
   for select to authenticated
   using (buyer_id = (select auth.uid()) or provider_id = (select auth.uid()) or (select public.is_admin()));
@@ -472,6 +508,46 @@ begin
 end;
 $$;
 
+-- What a user's running subscriptions (active, and in grace: they run unpaid) cost per hour at
+-- their products' prices now; a month counts 730 hours (365 * 24 / 12).
+create or replace function mycelium_private.burn_rate(p_user uuid, out running bigint, out cost numeric)
+language plpgsql
+stable
+as $$
+begin
+  select count(*), coalesce(sum(case when s.unit = 'hour' then p.price * s.quantity
+                                     else mycelium_private.divide_rounded(p.price * s.quantity, 730, 6) end), 0)
+  into running, cost
+  from public.subscriptions s join public.products p on p.id = s.product_id
+  where s.buyer_id = p_user and s.status in ('active', 'grace');
+end;
+$$;
+
+-- Warn `p_user` when their spendable balance lasts fewer than low_balance_hours at their burn
+-- rate, unless they were warned within that many hours.
+create or replace function mycelium_private.warn_low_balance(p_user uuid)
+returns void
+language plpgsql
+as $$
+declare
+  v_hours integer := (select c.low_balance_hours from public.subscription_config c where c.id);
+  v_rate record := mycelium_private.burn_rate(p_user);
+  v_balance numeric;
+begin
+  if v_hours = 0 or v_rate.cost = 0 then
+    return;
+  end if;
+  v_balance := mycelium_private.spendable(p_user);
+  if v_balance >= v_rate.cost * v_hours or exists (
+       select 1 from public.low_balance_warnings w
+       where w.user_id = p_user and w.at > now() - make_interval(hours => v_hours)) then
+    return;
+  end if;
+  insert into public.low_balance_warnings (user_id, cost_per_hour, balance, runway_hours, threshold_hours)
+  values (p_user, v_rate.cost, v_balance, mycelium_private.divide_truncated(v_balance, v_rate.cost, 2), v_hours);
+end;
+$$;
+
 -- What every subscription function returns: the subscription with its running (last) period.
 create or replace function mycelium_private.subscription_object(p_subscription uuid)
 returns jsonb
@@ -557,6 +633,7 @@ begin
     v_product.price, v_product.price * v_quantity);
   perform mycelium_private.record_subscription_event(v_subscription, 'started', v_period,
     v_product.price * v_quantity);
+  perform mycelium_private.warn_low_balance(v_buyer);
   return mycelium_private.subscription_object(v_subscription.id);
 end;
 $$;
@@ -870,6 +947,8 @@ begin
       v_counts := jsonb_set(v_counts, array[v_step.outcome], to_jsonb((v_counts ->> v_step.outcome)::integer + 1));
     end loop;
   end loop;
+  perform mycelium_private.warn_low_balance(b.buyer_id)
+  from (select distinct s.buyer_id from public.subscriptions s where s.id = any(v_ids)) b;
   -- Every period this transaction charged carries its timestamp.
   return jsonb_build_object('as_of', v_as_of, 'done', v_budget > 0, 'credits_charged', v_charged,
     'periods_charged', (select count(*) from public.subscription_periods p
@@ -882,10 +961,9 @@ revoke execute on function public.charge_due_subscriptions(timestamptz, integer)
 grant execute on function public.charge_due_subscriptions(timestamptz, integer) to service_role;
 
 -- ---------------------------------------------------------------------------------------
--- rpc/subscription_burn_rate(): what the caller's running subscriptions (active, and those in
--- grace, which run unpaid) cost per hour at their products' prices now, and how many hours the
--- spendable balance (what the running periods hold is paid already) lasts at that rate, to 2
--- decimals, cut down; null when nothing runs. A month counts 730 hours (365 * 24 / 12).
+-- rpc/subscription_burn_rate(): what the caller's running subscriptions cost per hour
+-- (mycelium_private.burn_rate), and how many hours the spendable balance (what the running
+-- periods hold is paid already) lasts at that rate, to 2 decimals, cut down; null when nothing runs.
 -- ---------------------------------------------------------------------------------------
 create or replace function public.subscription_burn_rate()
 returns table (running_subscriptions bigint, cost_per_hour numeric, balance numeric, runway_hours numeric)
@@ -900,14 +978,7 @@ begin
   return query
     select r.running, r.cost, b.balance,
            case when r.cost > 0 then mycelium_private.divide_truncated(b.balance, r.cost, 2) end
-    from (
-      select count(*) as running,
-             coalesce(sum(case when s.unit = 'hour' then p.price * s.quantity
-                               else mycelium_private.divide_rounded(p.price * s.quantity, 730, 6) end), 0) as cost
-      from public.subscriptions s join public.products p on p.id = s.product_id
-      where s.buyer_id = v_user and s.status in ('active', 'grace')
-    ) r,
-    (select mycelium_private.spendable(v_user) as balance) b;
+    from mycelium_private.burn_rate(v_user) r, (select mycelium_private.spendable(v_user) as balance) b;
 end;
 $$;
 

@@ -13,7 +13,7 @@ from psycopg.rows import TupleRow
 
 from tests.support import Api, body
 from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, failure, list_product
-from tests.support.subscriptions import backdate, events, periods, start, stop
+from tests.support.subscriptions import backdate, events, periods, start, stop, subscription_config
 
 
 def month_after(moment: datetime) -> datetime:
@@ -167,3 +167,22 @@ def test_a_stop_after_the_paid_period_ended_charges_the_time_run_since(
     assert rows[1]["starts_at"] == rows[0]["ends_at"]
     assert account(alice) == (D("7"), D("0"))
     audit_is_clean(service_api)
+
+
+def test_a_balance_lasting_under_the_threshold_is_warned_once_in_it(
+    service_api: Api, make_user: MakeUser
+) -> None:
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    hourly = list_product(provider, price="1", unit="hour")
+    with subscription_config(service_api, low_balance_hours="0"):  # never
+        start(alice, hourly["id"])
+    assert body(alice.api.get("/low_balance_warnings")) == []
+    with subscription_config(service_api, low_balance_hours="24"):
+        start(alice, hourly["id"])  # 2 credits an hour, 8 left: 4 hours
+        start(alice, hourly["id"])  # fewer still, but warned within the last 24 hours
+    warnings = body(alice.api.get("/low_balance_warnings"))
+    assert [
+        (D(str(w["cost_per_hour"])), D(str(w["balance"])), D(str(w["runway_hours"])), w["threshold_hours"])
+        for w in warnings
+    ] == [(D("2"), D("8"), D("4"), 24)]
+    assert body(provider.api.get("/low_balance_warnings")) == []  # the buyer's alone
