@@ -19,7 +19,7 @@ import os
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,14 +63,19 @@ DOWNTIME_SECONDS = 0.5
 # What the business rules may answer, and nothing else: a transfer or an order beyond the
 # balance, an order past the buyer's bound on pending orders; a cancel, fulfilment or refund of
 # an order that moved on meanwhile; a refund beyond what is left to refund, or beyond what the
-# provider holds now.
+# provider holds now (insufficient_credits, or provider_funds_short where refunds say so).
 ALLOWED_REJECTIONS = {
     Kind.TRANSFER: {"insufficient_credits"},
     Kind.PURCHASE: set(),
     Kind.PLACE: {"insufficient_credits", "too_many_pending_orders"},
     Kind.CANCEL: {"invalid_transition"},
     Kind.FULFIL: {"invalid_transition"},
-    Kind.REFUND: {"invalid_transition", "refund_exceeds_paid", "provider_funds_short"},
+    Kind.REFUND: {
+        "invalid_transition",
+        "refund_exceeds_paid",
+        "insufficient_credits",
+        "provider_funds_short",
+    },
 }
 # Effects several operations share: every delivery of one payment, every cancel (or fulfilment)
 # of one order.
@@ -152,7 +157,7 @@ def statement_timeout_mid_transfer(stack: LocalStack, bank: Bank, log: FaultLog)
         log.injected[TIMEOUT] += 1
     else:
         log.problems.append(
-            f"a transfer held behind a lock did not time out (others waited: {waited}): "
+            f"a transfer held behind a lock did not time out (a session waited for the lock: {waited}): "
             f"{op.outcome} after {op.tries} requests, last failure {op.reason}: {op.message}"
         )
 
@@ -195,11 +200,23 @@ class Transfer:
     retry_key: str | None
 
 
-@dataclass
 class Ledger:
-    transfers: list[Transfer]
-    orders: dict[tuple[str, str], str]  # (buyer, idempotency key) -> order id
-    refunds: list[tuple[str, str]]  # (order, idempotency key)
+    """The transfers, orders and refunds in the database, indexed the ways operations find
+    their effects."""
+
+    def __init__(
+        self, transfers: list[Transfer], orders: dict[tuple[str, str], str], refunds: list[tuple[str, str]]
+    ) -> None:
+        self.transfers = transfers
+        self.orders = orders  # (buyer, idempotency key) -> order id; unique in the database
+        self.refunds = refunds  # (order, idempotency key)
+        self._by_key: dict[str, list[str]] = defaultdict(list)
+        self._by_kind_and_reference: dict[tuple[str, str | None], list[str]] = defaultdict(list)
+        for t in transfers:
+            if t.retry_key is not None:
+                self._by_key[t.retry_key].append(t.id)
+            self._by_kind_and_reference[t.kind, t.reference].append(t.id)
+        self._refunds = Counter(refunds)
 
     @classmethod
     def read(cls, conn: psycopg.Connection[TupleRow]) -> Ledger:
@@ -227,26 +244,18 @@ class Ledger:
         movement its transition made, the refund its key made."""
         match op.kind:
             case Kind.TRANSFER:
-                return [t.id for t in self.transfers if t.retry_key == f"transfer:{op.actor}:{op.key}"]
+                return self._by_key.get(f"transfer:{op.actor}:{op.key}", [])
             case Kind.PURCHASE:
-                return [t.id for t in self.transfers if t.retry_key == f"purchase:{op.key}"]
+                return self._by_key.get(f"purchase:{op.key}", [])
             case Kind.PLACE:
                 order = self.orders.get((op.actor, str(op.key)))
                 return [] if order is None else [order]
             case Kind.CANCEL:
-                return [
-                    t.id for t in self.transfers if t.kind == "order_release" and t.reference == op.order_id
-                ]
+                return self._by_kind_and_reference.get(("order_release", op.order_id), [])
             case Kind.FULFIL:
-                return [
-                    t.id
-                    for t in self.transfers
-                    if t.kind == "provider_earning" and t.reference == op.order_id
-                ]
+                return self._by_kind_and_reference.get(("provider_earning", op.order_id), [])
             case Kind.REFUND:
-                return [
-                    f"{order}:{key}" for order, key in self.refunds if (order, key) == (op.order_id, op.key)
-                ]
+                return [f"{op.order_id}:{op.key}"] * self._refunds[(str(op.order_id), str(op.key))]
 
 
 def group(op: Op) -> tuple[Kind, str]:
@@ -366,7 +375,11 @@ def check_invariants(stack: LocalStack, bank: Bank) -> list[tuple[str, int, list
         if kind is Kind.CANCEL and (Kind.FULFIL, order) in acknowledged
     ]
     return [
-        ("every operation got an answer", len(ops), [f"{op}" for op in ops if op not in answered]),
+        (
+            "every operation got an answer",
+            len(ops),
+            [f"{op}" for op in ops if op.outcome is Outcome.UNANSWERED],
+        ),
         (
             "answers are ones the rules allow",
             len(answered),
