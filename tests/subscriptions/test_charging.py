@@ -211,3 +211,27 @@ def test_the_backlog_counts_subscriptions_left_due(service_api: Api, make_user: 
     charge(service_api)
     assert overdue() == 0
     stop(alice.api, started["id"])
+
+
+def test_a_stop_in_flight_keeps_the_batch_off_its_subscription(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, started["id"], "1 hour")
+
+    with psycopg.connect(stack.superuser_db_url) as stopping:
+        stopping.execute("select public.stop_subscription(%s)", (started["id"],))
+        # The stop holds the subscription: the batch skips it rather than charge its period too.
+        assert charge(service_api)["periods_charged"] == 0
+        stopping.commit()
+    assert charge(service_api)["periods_charged"] == 0
+    # The stop charged the period and the hour it had started since; the batch, nothing.
+    assert [(p["kind"], p["status"]) for p in periods(alice.api, started["id"])] == [
+        ("period", "charged"),
+        ("arrears", "charged"),
+    ]
+    assert subscription(alice.api, started["id"])["status"] == "stopped"
+    assert account(alice) == (D("8"), D("0"))
+    audit_is_clean(service_api)
