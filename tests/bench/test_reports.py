@@ -5,6 +5,9 @@ windows: what a reader of a benchmark run relies on, checked without running a b
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -18,7 +21,7 @@ from bench._verdicts import LatencyRow, RateRow, print_rates
 from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
 from bench.flood import FloodRow, print_rows
 from bench.ledger import in_protocol, throughput_rows
-from bench.soak import Memory, Window, growths, print_report, report, window_of
+from bench.soak import Memory, Window, growths, memory_of, print_report, report, window_of, with_children
 
 
 def test_a_ratio_is_of_the_means_and_its_range_of_the_cycles() -> None:
@@ -274,6 +277,20 @@ def test_a_soak_is_judged_by_its_last_window_against_its_first(capsys: pytest.Ca
         "target_below": 1.2,
         "verdict": "MISSED",
     }
+
+
+def test_a_servers_memory_is_summed_over_its_processes_and_peaks_per_window() -> None:
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        try:
+            family = with_children(os.getpid())
+            assert family[0] == os.getpid() and child.pid in family
+            alone, together = memory_of([os.getpid()]), memory_of(family)
+            assert 0 < alone.private < together.private <= together.rss
+        finally:
+            child.kill()
+    # A process gone meanwhile counts for nothing.
+    assert memory_of([child.pid]) == Memory(0, 0)
+    assert Memory.peak([Memory(rss=10, private=5), Memory(rss=30, private=2)]) == Memory(30, 5)
 
 
 def test_the_ledgers_ratios_compare_measures_sent_alike_and_only_prepared_ones_have_targets() -> None:
