@@ -43,9 +43,9 @@ SIZES = {
     "big": BankSize("big", 48, 8, 16, 20000, 6, 12, 120, 3600),
 }
 
-# Supabase's wait for the authenticated role is 8 s; the bank's stack uses a short one so that a
-# statement held behind a lock times out within the run (PostgREST applies the role's setting
-# to every request, as on Supabase).
+# Supabase's statement timeout for the authenticated role is 8 s; the bank's stack sets a short
+# one, so that a statement held behind a lock times out within the run (PostgREST applies the
+# role's setting to every request, as on Supabase).
 STATEMENT_TIMEOUT = "1s"
 # How the client names a statement cancelled at its timeout: PostgREST passes on SQLSTATE 57014
 # (query_canceled), which the client reads as `query_timeout` (as the SQLSTATE itself before).
