@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -14,26 +13,18 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
-from tests.support import Api, Clients, User, body
-from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
-
-Call = tuple[User, str, dict[str, Any]]
-
-
-def race(stack: LocalStack, calls: list[Call], workers: int = 12) -> list[tuple[int, Any]]:
-    """Run every (user, rpc, args) call in parallel, each thread with its own clients."""
-    clients = Clients(stack)
-
-    def run(call: Call) -> tuple[int, Any]:
-        user, name, args = call
-        reply = clients.api(user.token).rpc(name, **args)
-        return reply.status_code, body(reply)
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(run, calls))
-    finally:
-        clients.close()
+from tests.support import Api, User, body
+from tests.support.marketplace import (
+    Call,
+    D,
+    MakeUser,
+    account,
+    audit_is_clean,
+    buyer,
+    fund,
+    list_product,
+    race,
+)
 
 
 def order_call(user: User, product: dict[str, Any], quantity: int = 1, key: str | None = None) -> Call:

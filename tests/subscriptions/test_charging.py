@@ -11,8 +11,18 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from cli.dev.stack import LocalStack
-from tests.support import Api, body
-from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, fund, list_product
+from tests.support import Api, User, body
+from tests.support.marketplace import (
+    Call,
+    D,
+    MakeUser,
+    account,
+    audit_is_clean,
+    buyer,
+    fund,
+    list_product,
+    race,
+)
 from tests.support.subscriptions import (
     backdate,
     charge,
@@ -234,4 +244,40 @@ def test_a_stop_in_flight_keeps_the_batch_off_its_subscription(
     ]
     assert subscription(alice.api, started["id"])["status"] == "stopped"
     assert account(alice) == (D("8"), D("0"))
+    audit_is_clean(service_api)
+
+
+def test_racing_batches_and_stops_charge_every_period_once(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    providers = [make_user("farmer") for _ in range(3)]
+    products = [list_product(provider, price="1", unit="hour") for provider in providers]
+    # Providers subscribe to each other too: accounts are locked in both directions.
+    for provider in providers:
+        fund(service_api, provider, "20")
+    subscribers = [buyer(service_api, make_user, "20") for _ in range(5)] + providers
+    started = []
+    for n, subscriber in enumerate(subscribers):
+        for product in (products[n % 3], products[(n + 1) % 3]):
+            if product["provider_id"] != subscriber.id:
+                started.append((subscriber, start(subscriber, product["id"])))
+    for _, sub in started:
+        backdate(db, sub["id"], "3 hours")  # three periods due each
+
+    service = User("service_role", "", stack.service_role_key, service_api)
+    calls: list[Call] = [(service, "charge_due_subscriptions", {"max_periods": 4}) for _ in range(10)]
+    calls += [
+        (subscriber, "stop_subscription", {"subscription_id": sub["id"]}) for subscriber, sub in started[::3]
+    ]
+    results = race(stack, calls, workers=8)
+    assert all(status == 200 for status, _ in results), results
+    charge_all_due(service_api)
+
+    for subscriber, sub in started:
+        paid = [row for row in periods(subscriber.api, sub["id"]) if row["kind"] == "period"]
+        assert all(later["starts_at"] == earlier["ends_at"] for earlier, later in pairwise(paid))
+        if subscription(subscriber.api, sub["id"])["status"] == "active":
+            assert len(paid) == 4 and paid[-1]["status"] == "held"
+            stop(subscriber.api, sub["id"])
     audit_is_clean(service_api)

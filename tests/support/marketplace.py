@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,10 +14,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from tests.support import Api, User, body
+from cli.dev.stack import LocalStack
+from tests.support import Api, Clients, User, body
 
 MakeUser = Callable[..., User]
 D = Decimal
+Call = tuple[User, str, dict[str, Any]]
 
 
 def fund(service_api: Api, user: User, usd: str) -> None:
@@ -116,3 +119,19 @@ def expired_promotion(service_api: Api, make_user: MakeUser, db: psycopg.Connect
         (user.id,),
     )
     return user
+
+
+def race(stack: LocalStack, calls: list[Call], workers: int = 12) -> list[tuple[int, Any]]:
+    """Run every (user, rpc, args) call in parallel, each thread with its own clients."""
+    clients = Clients(stack)
+
+    def run(call: Call) -> tuple[int, Any]:
+        user, name, args = call
+        reply = clients.api(user.token).rpc(name, **args)
+        return reply.status_code, body(reply)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(run, calls))
+    finally:
+        clients.close()
