@@ -548,6 +548,28 @@ begin
 end;
 $$;
 
+-- Lock a subscription for a change, after checking that the caller may see it at all: someone
+-- who is neither its buyer, its provider, an admin nor the service gets subscription_not_found
+-- (404), as if it did not exist. What they may do with it is for the caller to decide.
+create or replace function mycelium_private.lock_subscription(p_subscription uuid)
+returns public.subscriptions
+language plpgsql
+as $$
+declare
+  v_subscription public.subscriptions;
+begin
+  if p_subscription is null then
+    perform mycelium_private.fail('invalid_argument', 'subscription_id is required');
+  end if;
+  select * into v_subscription from public.subscriptions s where s.id = p_subscription for no key update;
+  if not found or not (v_subscription.buyer_id = auth.uid() or v_subscription.provider_id = auth.uid()
+                       or mycelium_private.is_admin_or_service()) then
+    perform mycelium_private.fail('subscription_not_found', 'no subscription ' || p_subscription, 404);
+  end if;
+  return v_subscription;
+end;
+$$;
+
 -- What every subscription function returns: the subscription with its running (last) period.
 create or replace function mycelium_private.subscription_object(p_subscription uuid)
 returns jsonb
@@ -659,16 +681,7 @@ declare
   v_now timestamptz := now();
   v_charge numeric;
 begin
-  if stop_subscription.subscription_id is null then
-    perform mycelium_private.fail('invalid_argument', 'subscription_id is required');
-  end if;
-  select * into v_subscription from public.subscriptions s where s.id = stop_subscription.subscription_id
-  for no key update;
-  if not found or not (v_subscription.buyer_id = auth.uid() or v_subscription.provider_id = auth.uid()
-                       or mycelium_private.is_admin_or_service()) then
-    perform mycelium_private.fail('subscription_not_found', 'no subscription ' || stop_subscription.subscription_id,
-      404);
-  end if;
+  v_subscription := mycelium_private.lock_subscription(stop_subscription.subscription_id);
   perform mycelium_private.authorize(v_subscription.buyer_id = auth.uid() or v_subscription.provider_id = auth.uid()
     or mycelium_private.is_service(), 'only the buyer, the provider or service_role stop a subscription');
   if v_subscription.status = 'stopped' then
@@ -734,15 +747,8 @@ declare
   v_price text;
   v_usage public.subscription_usage;
 begin
-  if report_usage.subscription_id is null then
-    perform mycelium_private.fail('invalid_argument', 'subscription_id is required');
-  end if;
-  -- FOR SHARE: a charge of the subscription's usage (under its lock) sees every report or none.
-  select * into v_subscription from public.subscriptions s where s.id = report_usage.subscription_id for share;
-  if not found or not (v_subscription.buyer_id = auth.uid() or v_subscription.provider_id = auth.uid()
-                       or mycelium_private.is_admin_or_service()) then
-    perform mycelium_private.fail('subscription_not_found', 'no subscription ' || report_usage.subscription_id, 404);
-  end if;
+  -- Under the subscription's lock: a charge of its usage (under that lock) sees every report or none.
+  v_subscription := mycelium_private.lock_subscription(report_usage.subscription_id);
   perform mycelium_private.authorize(v_subscription.provider_id = auth.uid() or mycelium_private.is_service(),
     'only the provider or service_role report usage');
   select * into v_usage from public.subscription_usage u
