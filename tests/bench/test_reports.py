@@ -312,3 +312,15 @@ def test_the_ledgers_ratios_compare_measures_sent_alike_and_only_prepared_ones_h
     assert simple[1].ratio == pytest.approx(0.6)
     assert all(row.target is None for row in simple)
     assert not any(row.name.startswith("PostgREST ") for row in simple)
+
+
+def test_memory_is_judged_by_its_peaks_over_a_fifth_of_the_windows_at_each_end() -> None:
+    # Peaks of 44 then 55 MiB, minute after minute (as PostgREST's heap did): flat, whichever
+    # minute the run starts or ends with.
+    sawtooth = [soak_window(60 * n, 0.020, 44 if n % 2 else 55) for n in range(11)]
+    for run in (sawtooth[:10], sawtooth[1:], sawtooth[1:10]):
+        assert growths(run)[1].ratio == pytest.approx(1.0)
+    # Two MiB a minute: the peaks of the last two minutes are 30% above those of the first two.
+    leak = [soak_window(60 * n, 0.020, 50 + 2 * n) for n in range(10)]
+    assert (growths(leak)[1].first, growths(leak)[1].last) == (52.0, 68.0)
+    assert growths(leak)[1].verdict == "MISSED"
