@@ -4,6 +4,7 @@ inside the functions and triggers are counted too), beside pgbench's tpcb-like, 
 
     ./run bench profile_ledger                # its own local stack, removed afterwards
     ./run bench profile_ledger --seconds 20   # longer runs, steadier figures
+    ./run bench profile_ledger --compare before.sql   # and the transfer with before.sql's functions
 
 It prints, for each workload run alone for --seconds by 8 clients:
 - WAL written per transaction (pg_stat_wal: bytes, records, full-page images), against tpcb-like's;
@@ -12,13 +13,15 @@ It prints, for each workload run alone for --seconds by 8 clients:
   (a call includes the function's statements, an UPDATE of a balance its broadcast trigger);
 - what each optional part costs in throughput: the transfer without its broadcast trigger, without
   its idempotency key, without the pre-request, each against the whole transfer in cycles
-  (bench/_cycles.py), as a ratio of rates measured in the same run.
+  (bench/_cycles.py), as a ratio of rates measured in the same run; with --compare FILE, also with
+  the functions FILE defines installed instead of the stack's own (a change's before and after).
 docs/performance.md reads these figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,7 +107,7 @@ def statements(
         where d.datname = %s and s.calls >= %s and s.query not like '%%pg_stat%%'
         order by s.total_exec_time desc
         """,
-        (database, commits // 2),
+        (database, commits // 10),
     ).fetchall()
     top_ms = sum(float(r[2]) for r in rows if r[0]) / commits
     return [
@@ -155,6 +158,38 @@ def broadcast_off(admin_url: str) -> Iterator[None]:
             yield
         finally:
             conn.execute(f"alter table public.credit_accounts enable trigger {BROADCAST_TRIGGER}")
+
+
+def compared(
+    admin_url: str, definitions: str, parts: dict[str, Callable[[], float]]
+) -> dict[str, Callable[[], float]]:
+    """Every part's measure with the stack's own definitions of the functions that `definitions`
+    (create or replace function ...) redefines put back first, and the whole transfer with
+    `definitions` installed (`compared`): a change's before and after, in the same cycles."""
+    names = re.findall(r"create or replace function ([\w.]+)\(", definitions, re.IGNORECASE)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        own = [
+            str(row[0])
+            for row in conn.execute(
+                "select pg_get_functiondef(p.oid) from pg_proc p "
+                "join pg_namespace n on n.oid = p.pronamespace where n.nspname || '.' || p.proname = any(%s)",
+                (names,),
+            )
+        ]
+
+    def installed(sql: list[str], measure: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute("set role postgres")
+                for definition in sql:
+                    conn.execute(definition.encode())
+            return measure()
+
+        return run
+
+    result = {name: installed(own, measure) for name, measure in parts.items()}
+    result["compared"] = installed([definitions], parts["transfer"])
+    return result
 
 
 def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
@@ -210,19 +245,15 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
                 script_rate, db_url, rest_transfer("prepared", **left_out), {"accounts": ACCOUNTS}, args.slice
             )
 
-        rates = cycled_rates(
-            admin_url,
-            args.pgbench_scale,
-            args.cycles,
-            args.slice,
-            {
-                "transfer": variant(),
-                "no_broadcast": without_broadcast,
-                "no_key": variant(with_key=False),
-                "no_pre_request": variant(with_pre_request=False),
-            },
-            ("prepared",),
-        )
+        parts = {
+            "transfer": variant(),
+            "no_broadcast": without_broadcast,
+            "no_key": variant(with_key=False),
+            "no_pre_request": variant(with_pre_request=False),
+        }
+        if args.compare:
+            parts |= compared(admin_url, args.compare.read(), parts)
+        rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, args.slice, parts, ("prepared",))
     whole = rates["transfer"]
     rows = [
         RateRow("pgbench tpcb-like, prepared (tps)", rates[yardstick_name("prepared")]),
@@ -231,6 +262,8 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
         RateRow("  without the idempotency key", rates["no_key"], whole),
         RateRow("  without the pre-request", rates["no_pre_request"], whole),
     ]
+    if args.compare:
+        rows.append(RateRow(f"  with the functions of {args.compare.name}", rates["compared"], whole))
     print()
     print_rates(rows)
     results["parts"] = [row.as_dict() for row in rows]
@@ -245,6 +278,11 @@ def main() -> int:
     parser.add_argument("--slice", type=int, default=2, help="length of one slice of the parts' cycles")
     parser.add_argument("--cycles", type=int, default=6, help="cycles of the parts' rates")
     parser.add_argument("--pgbench-scale", type=int, default=10)
+    parser.add_argument(
+        "--compare",
+        type=argparse.FileType(),
+        help="SQL redefining functions (their previous version, say): the transfer with them, in the cycles",
+    )
     return run_benchmark(parser, measure)
 
 
