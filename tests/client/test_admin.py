@@ -182,5 +182,5 @@ def test_days_are_rolled_up_once_and_the_backlog_empties(target: Target, account
 
     rolled_up, backlog = asyncio.run(as_the_service())
     assert rolled_up == 0
-    jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups"}
+    jobs = {"release_expired_holds", "expire_credits", "refresh_ledger_rollups", "charge_due_subscriptions"}
     assert {job.job for job in backlog} == jobs
