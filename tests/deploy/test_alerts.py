@@ -25,9 +25,7 @@ from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
 from cli.dev.users import create_user
 from tests.support import MYCELIUM, REPO, interruptible, stack_folder
-
-MONITORING = REPO / "deploy" / "monitoring"
-RULES = MONITORING / "alerts.yml"
+from tests.support.monitoring import MONITORING, PROMETHEUS_RULE, RULES, alert_rules, prometheus_rule
 
 
 def tool(name: str) -> str:
@@ -35,10 +33,6 @@ def tool(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed (Debian's prometheus package: `./run setup` installs it)")
     return found
-
-
-def alert_names() -> set[str]:
-    return {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
 
 
 def test_the_rules_are_valid() -> None:
@@ -54,15 +48,21 @@ def test_every_alert_fires_on_its_series_and_not_on_others() -> None:
     # Each alert is expected to fire somewhere, and is checked quiet somewhere else.
     tests = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())["tests"]
     cases = [case for test in tests for case in test["alert_rule_test"]]
-    alerts = alert_names()
+    alerts = set(alert_rules())
     assert {case["alertname"] for case in cases if case.get("exp_alerts")} == alerts
     assert {case["alertname"] for case in cases if not case.get("exp_alerts")} == alerts
 
 
 def test_every_alert_has_its_runbook_entry() -> None:
     runbook = (REPO / "docs" / "deploy.md").read_text()
-    alerts = alert_names()
-    assert not sorted(alert for alert in alerts if f"#### {alert}" not in runbook)
+    assert not sorted(alert for alert in alert_rules() if f"#### {alert}" not in runbook)
+
+
+def test_the_prometheus_rule_for_k3s_is_alerts_yml() -> None:
+    """The PrometheusRule is generated from alerts.yml: the two cannot drift apart."""
+    assert PROMETHEUS_RULE.read_text(encoding="utf-8") == prometheus_rule(), (
+        "deploy/monitoring/prometheusrule.yaml is stale: `.venv/bin/python -m tests.support.monitoring`"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ from tests.support.deploy import (
     shared_file,
     walk_strings,
 )
+from tests.support.monitoring import alert_jobs
 
 # k3s follows upstream Kubernetes releases; its current stable channel is v1.34.
 K8S_VERSION = "1.34.0"
@@ -67,6 +68,7 @@ CLUSTER_API = ("postgresql.cnpg.io/v1", "Cluster")
 CHECKED_BY_HAND = {
     ("postgresql.cnpg.io/v1", "ScheduledBackup"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 # Env var names that carry a secret: they must come from a Secret, never a literal value.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|KEY_BASE|TOKEN|COOKIE|_PASS$")
@@ -719,24 +721,55 @@ def test_upkeep_runs_every_few_minutes_one_round_at_a_time(manifests: list[dict[
     }
 
 
-def test_the_service_monitor_scrapes_the_metrics_service(
+def test_the_service_monitors_scrape_every_job_the_alerts_expect(
     manifests: list[dict[str, Any]], monitoring: list[dict[str, Any]], deployments: dict[str, dict[str, Any]]
 ) -> None:
-    (monitor,) = by_kind(monitoring, "ServiceMonitor").values()
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert NAMESPACE in monitor["spec"]["namespaceSelector"]["matchNames"]
-    services = [
-        s
-        for s in by_kind(manifests, "Service").values()
-        if selector_matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
-    ]
-    assert [s["metadata"]["name"] for s in services] == ["mycelium-metrics"]
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in services[0]["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics"
+    """Each ServiceMonitor selects one Service of deploy/k3s, on a port that Service has and its
+    pods declare, and names its job as alerts.yml does (the Operator would use the Service's name)."""
+    services = by_kind(manifests, "Service")
+    jobs = {}
+    for name, monitor in by_kind(monitoring, "ServiceMonitor").items():
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert NAMESPACE in monitor["spec"]["namespaceSelector"]["matchNames"]
+        (service,) = [
+            s
+            for s in services.values()
+            if selector_matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        (deployment,) = [
+            d
+            for d in deployments.values()
+            if selector_matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
+        pod = deployment["spec"]["template"]["spec"]
+        container_ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+        assert port["targetPort"] in container_ports, f"{name}: {port['targetPort']} is no container port"
+        (job,) = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+        jobs[job] = (deployment["metadata"]["name"], endpoint["path"])
+    assert jobs == {
+        "mycelium": ("mycelium-metrics", "/metrics"),
+        "postgrest": ("rest", "/ready"),
+        "auth": ("auth", "/metrics"),
+        "kong": ("kong", "/metrics"),
+    }
+    assert alert_jobs() <= set(jobs)
     (exporter,) = deployments["mycelium-metrics"]["spec"]["template"]["spec"]["containers"]
     assert exporter["args"][:2] == ["metrics", "serve"]
     assert int(option_value(exporter["args"], "--port")) == exporter["ports"][0]["containerPort"]
+
+
+def test_auth_exports_its_metrics_on_the_port_the_monitor_scrapes(
+    deployments: dict[str, dict[str, Any]],
+) -> None:
+    (auth,) = deployments["auth"]["spec"]["template"]["spec"]["containers"]
+    env = env_map(auth)
+    assert env["GOTRUE_METRICS_ENABLED"]["value"] == "true"
+    assert env["GOTRUE_METRICS_EXPORTER"]["value"] == "prometheus"
+    ports = {p["name"]: p["containerPort"] for p in auth["ports"]}
+    assert int(env["OTEL_EXPORTER_PROMETHEUS_PORT"]["value"]) == ports["metrics"]
 
 
 def test_the_single_node_scrape_config_targets_the_compose_exporter() -> None:
