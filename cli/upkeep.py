@@ -1,6 +1,7 @@
 """`mycelium upkeep`: the periodic jobs, once or on a schedule. Orders pending past their hold's
-time to live give their holds back, expired lots leave their balances, and complete days are
-rolled up for the platform analytics. Each job is idempotent, so a run that fails half-way, or two
+time to live give their holds back, expired lots leave their balances, the subscriptions' periods
+that ended are paid and the next ones held, and complete days are rolled up for the platform
+analytics. Each job is idempotent, so a run that fails half-way, or two
 schedulers running at once, do no harm; a job that fails does not keep the others from running."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 from cli.api import parse_duration
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.errors import EXIT_FAILED
-from cli.output import emit_json, fail, say, table
+from cli.output import emit_json, fail, progress, say, table
 from mycelium_client import ConfigurationError, ExpiryResult, MyceliumClient, ServiceUnavailable
 
 # How much each call does: a call must end well inside the API's statement timeout (8 s on
@@ -26,6 +27,10 @@ from mycelium_client import ConfigurationError, ExpiryResult, MyceliumClient, Se
 HOLDS_PER_CALL = 1000
 LOTS_PER_CALL = 1000
 DAYS_PER_CALL = 1
+# A subscription's step pays a period and holds the next (or moves an unpaid one on): the SQL's
+# default batch.
+PERIODS_PER_CALL = 500
+SUBSCRIPTION_STEPS = ("renewed", "grace", "suspended", "resumed", "cancelled")
 
 
 def release_expired_holds(client: MyceliumClient, stopped: threading.Event | None = None) -> dict[str, Any]:
@@ -71,16 +76,40 @@ def refresh_ledger_rollups(client: MyceliumClient, stopped: threading.Event | No
             return {"days": days}
 
 
+def charge_due_subscriptions(
+    client: MyceliumClient, stopped: threading.Event | None = None
+) -> dict[str, Any]:
+    """Every subscription period due by now, a batch (one transaction) at a time; the batches'
+    totals. A run of more than one batch tells its progress on stderr after each full one."""
+    totals: dict[str, Any] = {"periods_charged": 0, "credits_charged": Decimal(0)}
+    totals |= dict.fromkeys(SUBSCRIPTION_STEPS, 0)
+    while True:
+        batch = client.admin.charge_due_subscriptions(max_periods=PERIODS_PER_CALL)
+        totals["periods_charged"] += batch.periods_charged
+        totals["credits_charged"] += batch.credits_charged
+        for step in SUBSCRIPTION_STEPS:
+            totals[step] += getattr(batch, step)
+        if batch.done or (stopped and stopped.is_set()):
+            return totals
+        progress(
+            f"subscriptions: {totals['periods_charged']} period(s) charged so far, "
+            f"{client.credits.format(totals['credits_charged'])}; charging the next batch"
+        )
+
+
 def _expired(client: MyceliumClient, stopped: threading.Event | None) -> dict[str, Any]:
     swept = expire_credits(client, stopped=stopped)
     return swept.model_dump(include={"lots_expired", "users", "credits_expired"})
 
 
 # Each job by the SQL function it calls (the names rpc/upkeep_backlog reports), in running order:
-# holds come back first, with the expiry they had, so that the sweep after them finds them.
+# holds come back first, with the expiry they had, so that the sweep after them finds them;
+# subscriptions renew from what is left after the sweep, and the days rolled up after them
+# include their charges.
 JOBS: dict[str, Callable[[MyceliumClient, threading.Event | None], dict[str, Any]]] = {
     "release_expired_holds": release_expired_holds,
     "expire_credits": _expired,
+    "charge_due_subscriptions": charge_due_subscriptions,
     "refresh_ledger_rollups": refresh_ledger_rollups,
 }
 
@@ -110,12 +139,17 @@ def _done(client: MyceliumClient, name: str, job: dict[str, Any]) -> str:
     if name == "expire_credits":
         expired = client.credits.format(job["credits_expired"])
         return f"{job['lots_expired']} lot(s) of {job['users']} user(s), {expired}"
+    if name == "charge_due_subscriptions":
+        steps = ", ".join(f"{job[step]} {step}" for step in SUBSCRIPTION_STEPS if job[step])
+        charged = f"{job['periods_charged']} period(s), {client.credits.format(job['credits_charged'])}"
+        return f"{charged} ({steps})" if steps else charged
     return f"{job['days']} day(s)"
 
 
 TITLES = {
     "release_expired_holds": "release expired order holds",
     "expire_credits": "expire credits",
+    "charge_due_subscriptions": "charge due subscriptions",
     "refresh_ledger_rollups": "roll up complete days",
 }
 
@@ -169,6 +203,7 @@ def upkeep(
     The jobs:
       release the order holds past their time to live
       expire credits
+      charge the subscriptions' periods that ended, hold the next ones
       roll up complete days for the analytics
 
     Run once, it exits 1 if a job failed. With --every, SIGTERM ends the round after its current batch.

@@ -12,7 +12,8 @@
 Business rules live in SQL; this package gives them a typed face: pydantic models with `Decimal`
 amounts, errors mapped from the SQL's stable reasons, safe retries, and balance changes over
 Realtime (`credits.watch`) or, for trusted services, from PostgreSQL (`mycelium_client.feeds`).
-Namespaces: `auth`, `credits`, `marketplace` (the catalogue), `orders` (buying and selling), `admin`.
+Namespaces: `auth`, `credits`, `marketplace` (the catalogue), `orders` (buying and selling),
+`subscriptions` (products paid while they run), `admin`.
 """
 
 from mycelium_client._http import RetryPolicy
@@ -60,6 +61,7 @@ from mycelium_client.models import (
     DisplayCurrency,
     ExpiryResult,
     HoldRelease,
+    LowBalanceWarning,
     MarketplaceConfig,
     MonthlyEarnings,
     Movement,
@@ -68,6 +70,8 @@ from mycelium_client.models import (
     OrderItem,
     OrderStatus,
     OrderStatusCount,
+    PeriodKind,
+    PeriodStatus,
     Product,
     ProductCategory,
     ProductEarnings,
@@ -80,12 +84,21 @@ from mycelium_client.models import (
     RoleName,
     Session,
     SignUpResult,
+    Subscription,
+    SubscriptionCharge,
+    SubscriptionConfig,
+    SubscriptionEvent,
+    SubscriptionEventKind,
+    SubscriptionPeriod,
+    SubscriptionStatus,
+    SubscriptionUsage,
     TopUser,
     Transaction,
     TransactionKind,
     UpkeepBacklog,
 )
 from mycelium_client.orders import AsyncOrders, Basket, OrderRef, Orders
+from mycelium_client.subscriptions import AsyncSubscriptions, SubscriptionRef, Subscriptions
 from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch
 
 __version__ = "0.1.0"
@@ -101,6 +114,7 @@ __all__ = [
     "AsyncMarketplace",
     "AsyncMyceliumClient",
     "AsyncOrders",
+    "AsyncSubscriptions",
     "AuditFinding",
     "Auth",
     "AuthUser",
@@ -126,6 +140,7 @@ __all__ = [
     "InsufficientCredits",
     "InvalidAmount",
     "InvalidArgument",
+    "LowBalanceWarning",
     "Marketplace",
     "MarketplaceConfig",
     "MonthlyEarnings",
@@ -141,6 +156,8 @@ __all__ = [
     "OrderStatus",
     "OrderStatusCount",
     "Orders",
+    "PeriodKind",
+    "PeriodStatus",
     "Product",
     "ProductCategory",
     "ProductChanges",
@@ -160,6 +177,16 @@ __all__ = [
     "ServiceUnavailable",
     "Session",
     "SignUpResult",
+    "Subscription",
+    "SubscriptionCharge",
+    "SubscriptionConfig",
+    "SubscriptionEvent",
+    "SubscriptionEventKind",
+    "SubscriptionPeriod",
+    "SubscriptionRef",
+    "SubscriptionStatus",
+    "SubscriptionUsage",
+    "Subscriptions",
     "TopUser",
     "Transaction",
     "TransactionKind",

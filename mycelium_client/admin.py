@@ -1,14 +1,17 @@
 """`client.admin`: for the service_role key or an admin user. Purchases for confirmed payments,
 grants, the credit configuration, roles, users' profiles by e-mail address, analytics, the ledger
 audit and the expiry sweep; the marketplace's configuration, display currencies, products taken
-off sale, orders counted by status and the sweep of expired order holds."""
+off sale, orders counted by status and the sweep of expired order holds; the subscriptions' batch
+and configuration."""
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
+from mycelium_client._observe import event, logs_batch
 from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
@@ -30,9 +33,13 @@ from mycelium_client.models import (
     Profile,
     RoleChange,
     RoleName,
+    SubscriptionCharge,
+    SubscriptionConfig,
     TopUser,
     UpkeepBacklog,
 )
+
+log = logging.getLogger("mycelium.client.admin")
 
 
 def purchase_call(
@@ -133,18 +140,45 @@ def top_users_call(
     )
 
 
+def audited(found: Any) -> list[AuditFinding]:
+    """The audit's findings, logged (the ledger's soundness is what operators watch): at INFO
+    when there is none, else at ERROR with every finding."""
+    findings = rows(AuditFinding)(found)
+    event(
+        log,
+        logging.ERROR if findings else logging.INFO,
+        "ledger_audit",
+        f"ledger audit: {len(findings)} broken invariant(s)" if findings else "ledger audit: clean",
+        clean=not findings,
+        findings=[finding.model_dump() for finding in findings],
+    )
+    return findings
+
+
 def audit_call() -> Call[list[AuditFinding]]:
-    return rpc("audit_ledger", rows(AuditFinding), safe=True)
+    return rpc("audit_ledger", audited, safe=True)
 
 
 def expire_call(as_of: datetime | None, max_lots: int | None) -> Call[ExpiryResult]:
     # Each lot expires once (a unique reference per lot): safe to retry.
-    return rpc("expire_credits", ExpiryResult.model_validate, safe=True, as_of=as_of, max_lots=max_lots)
+    return rpc(
+        "expire_credits",
+        logs_batch("credits_expired", "expired credits", ExpiryResult.model_validate),
+        safe=True,
+        as_of=as_of,
+        max_lots=max_lots,
+    )
+
+
+def rolled_up(found: Any) -> int:
+    days = int(found)
+    event(log, logging.INFO, "ledger_rolled_up", f"rolled up {days} day(s)", days=days)
+    return days
 
 
 def rollups_call(max_days: int | None) -> Call[int]:
     # Each day is rolled up once: safe to retry.
-    return rpc("refresh_ledger_rollups", int, safe=True, max_days=max_days)
+    return rpc("refresh_ledger_rollups", rolled_up, safe=True, max_days=max_days)
 
 
 def backlog_call(grace: timedelta | None) -> Call[list[UpkeepBacklog]]:
@@ -204,7 +238,36 @@ def order_status_counts_call() -> Call[list[OrderStatusCount]]:
 def release_holds_call(as_of: datetime | None, max_orders: int | None) -> Call[HoldRelease]:
     # Only pending orders are released, each once: safe to retry.
     return rpc(
-        "release_expired_holds", HoldRelease.model_validate, safe=True, as_of=as_of, max_orders=max_orders
+        "release_expired_holds",
+        logs_batch("holds_released", "released expired holds", HoldRelease.model_validate),
+        safe=True,
+        as_of=as_of,
+        max_orders=max_orders,
+    )
+
+
+def charge_subscriptions_call(as_of: datetime | None, max_periods: int | None) -> Call[SubscriptionCharge]:
+    # Each period is charged once, under its subscription's lock: safe to retry.
+    return rpc(
+        "charge_due_subscriptions",
+        SubscriptionCharge.model_validate,
+        safe=True,
+        as_of=as_of,
+        max_periods=max_periods,
+    )
+
+
+def set_subscription_config_call(
+    grace_period: timedelta | None, suspension_period: timedelta | None, low_balance_hours: int | None
+) -> Call[SubscriptionConfig]:
+    # Each call is a history row, as for the other configurations: only retried if never sent.
+    return rpc(
+        "set_subscription_config",
+        SubscriptionConfig.model_validate,
+        safe=False,
+        grace_period=grace_period,
+        suspension_period=suspension_period,
+        low_balance_hours=low_balance_hours,
     )
 
 
@@ -358,6 +421,28 @@ class Admin:
         """How many orders are in each status (only statuses some order is in)."""
         return self._transport.send(order_status_counts_call())
 
+    def charge_due_subscriptions(
+        self, as_of: datetime | None = None, *, max_periods: int | None = None
+    ) -> SubscriptionCharge:
+        """The subscriptions' batch (service_role only), in one transaction: pay the periods ended
+        by `as_of` (default now; never later) and hold the next ones, move unpaid subscriptions on
+        (grace, suspended, cancelled) and resume those whose balance now covers them; at most
+        `max_periods` steps a call (default 500: call again while `done` is false)."""
+        return self._transport.send(charge_subscriptions_call(as_of, max_periods))
+
+    def set_subscription_config(
+        self,
+        *,
+        grace_period: timedelta | None = None,
+        suspension_period: timedelta | None = None,
+        low_balance_hours: int | None = None,
+    ) -> SubscriptionConfig:
+        """Change the subscriptions' configuration (admins and the service); None leaves a
+        setting as it is."""
+        return self._transport.send(
+            set_subscription_config_call(grace_period, suspension_period, low_balance_hours)
+        )
+
     def set_display_currency(
         self,
         code: str,
@@ -480,6 +565,22 @@ class AsyncAdmin:
 
     async def order_status_counts(self) -> list[OrderStatusCount]:
         return await self._transport.send(order_status_counts_call())
+
+    async def charge_due_subscriptions(
+        self, as_of: datetime | None = None, *, max_periods: int | None = None
+    ) -> SubscriptionCharge:
+        return await self._transport.send(charge_subscriptions_call(as_of, max_periods))
+
+    async def set_subscription_config(
+        self,
+        *,
+        grace_period: timedelta | None = None,
+        suspension_period: timedelta | None = None,
+        low_balance_hours: int | None = None,
+    ) -> SubscriptionConfig:
+        return await self._transport.send(
+            set_subscription_config_call(grace_period, suspension_period, low_balance_hours)
+        )
 
     async def set_display_currency(
         self,

@@ -25,6 +25,7 @@ from mycelium_client.credits import AsyncCredits, Credits
 from mycelium_client.errors import ConfigurationError
 from mycelium_client.marketplace import AsyncMarketplace, Marketplace
 from mycelium_client.orders import AsyncOrders, Orders
+from mycelium_client.subscriptions import AsyncSubscriptions, Subscriptions
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -142,6 +143,7 @@ class MyceliumClient(_FollowsSession):
         self.credits = Credits(transport, core.identity, core.project, core.watch)
         self.marketplace = Marketplace(transport, core.identity)
         self.orders = Orders(transport, core.identity)
+        self.subscriptions = Subscriptions(transport, core.identity)
         self.admin = Admin(transport)
         # Following the auth client's session, until closed: a client made per request over a
         # long-lived supabase client must not leave a subscriber behind.
@@ -241,6 +243,7 @@ class AsyncMyceliumClient(_FollowsSession):
         self.credits = AsyncCredits(transport, core.identity, core.project, core.watch)
         self.marketplace = AsyncMarketplace(transport, core.identity)
         self.orders = AsyncOrders(transport, core.identity)
+        self.subscriptions = AsyncSubscriptions(transport, core.identity)
         self.admin = AsyncAdmin(transport)
         # Following the auth client's session, until closed: a client made per request over a
         # long-lived supabase client must not leave a subscriber behind.

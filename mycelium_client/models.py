@@ -82,24 +82,32 @@ class CreditConfig(Row):
 
 
 class Balance(Row):
-    """An account: its balance, the part of it that expires (in lots), and what open orders hold
-    (not in the balance)."""
+    """An account: its balance, the part of it that expires (in lots), and what open orders and
+    running subscription periods hold (not in the balance). `burn_rate`: what your running
+    subscriptions cost an hour (their prices, and their metered usage of the last 24 hours per
+    hour), 0 when nothing runs; `runway_hours`: how long the spendable balance lasts at that rate,
+    None when nothing runs."""
 
     user_id: uuid.UUID
     balance: Money
     expiring: Money
     held: Money
     updated_at: AwareDatetime
+    burn_rate: Money | None = None
+    runway_hours: Money | None = None
 
 
 class BalanceChange(Row):
-    """A balance as it is after a committed change: the account's columns, and `source`, which
-    the client adds (not a column): where the change came from."""
+    """A balance as it is after a committed change: the account's columns, the burn rate and
+    runway as `Balance` has them (None from Postgres Changes, which sends the account's row only),
+    and `source`, which the client adds (not a column): where the change came from."""
 
     user_id: uuid.UUID
     balance: Money
     held: Money
     updated_at: AwareDatetime
+    burn_rate: Money | None = None
+    runway_hours: Money | None = None
     source: BalanceSource
 
 
@@ -451,8 +459,9 @@ class DatabaseConnections(Row):
 
 
 class _Earnings(Row):
-    """Captured orders: what buyers paid (gross), the platform's fee, refunds (fee_refunded of
-    them from the fee) and what the provider keeps (net)."""
+    """Captured orders and charged subscription periods (`periods` of them): what buyers paid
+    (gross), the platform's fee, refunds (fee_refunded of them from the fee) and what the provider
+    keeps (net)."""
 
     provider_id: uuid.UUID
     orders: int
@@ -461,24 +470,26 @@ class _Earnings(Row):
     refunded: Money
     fee_refunded: Money
     net: Money
+    periods: int = 0
 
 
 class DailyEarnings(_Earnings):
-    """A provider's earnings over one UTC day (orders counted on the day they were fulfilled)."""
+    """A provider's earnings over one UTC day (orders counted on the day they were fulfilled,
+    subscription periods on the day they were charged)."""
 
     day: date
 
 
 class MonthlyEarnings(_Earnings):
     """A provider's earnings over one UTC month, `month` being its first day (orders counted in
-    the month they were fulfilled)."""
+    the month they were fulfilled, subscription periods in the month they were charged)."""
 
     month: date
 
 
 class ProductEarnings(_Earnings):
     """A provider's earnings from one product (an order's fee and refunds shared between its
-    items in proportion to their line totals)."""
+    items in proportion to their line totals); `units`: those sold by orders."""
 
     product_id: uuid.UUID
     product_name: str
@@ -496,3 +507,153 @@ class CategorySpending(Row):
     paid: Money
     refunded: Money
     spent: Money
+
+
+# -- subscriptions ---------------------------------------------------------------------------------
+class SubscriptionStatus(StrEnum):
+    """active -> grace (the balance could not renew it) -> suspended -> cancelled; a top-up resumes a
+    grace or suspended one (active again); stopped by its buyer, provider or the service."""
+
+    ACTIVE = "active"
+    GRACE = "grace"  # unpaid, the workload runs on
+    SUSPENDED = "suspended"  # unpaid, the provider stops the workload
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"  # unpaid past the suspension, or its product off sale
+
+
+class SubscriptionEventKind(StrEnum):
+    """What happened to a subscription (`subscription_events.event`)."""
+
+    STARTED = "started"
+    RENEWED = "renewed"
+    GRACE = "grace"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+
+
+class PeriodKind(StrEnum):
+    PERIOD = "period"  # held in advance, charged when it ends (or by the started hour when stopped)
+    ARREARS = "arrears"  # unpaid time, charged when resumed or ended
+    USAGE = "usage"  # the metered usage reported for a period
+
+
+class PeriodStatus(StrEnum):
+    HELD = "held"
+    CHARGED = "charged"
+
+
+class SubscriptionPeriod(Row):
+    """One period of a subscription, numbered by `seq`: held from the buyer in advance, charged once
+    (`charged_amount`, of which `fee_amount` is the platform's; the rest of `amount` went back)."""
+
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    seq: int
+    kind: PeriodKind
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    unit_price: Money | None = None  # none for usage, whose reports carry theirs
+    quantity: int
+    amount: Money
+    fee_percent: Money
+    status: PeriodStatus
+    held_amount: Money
+    charged_amount: Money | None = None
+    fee_amount: Money | None = None
+    created_at: AwareDatetime
+    charged_at: AwareDatetime | None = None
+
+
+class Subscription(Row):
+    """A product that runs until stopped, paid a period at a time. `period` is not a column: the
+    running (last) period, which the subscription functions return with it (reads leave it out)."""
+
+    id: uuid.UUID
+    buyer_id: uuid.UUID
+    provider_id: uuid.UUID
+    product_id: uuid.UUID
+    quantity: int
+    unit: ProductUnit
+    status: SubscriptionStatus
+    due_at: AwareDatetime | None = None  # when the batch looks at it next; None once ended
+    paid_until: AwareDatetime
+    grace_since: AwareDatetime | None = None
+    suspended_at: AwareDatetime | None = None
+    periods: int
+    idempotency_key: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    period: SubscriptionPeriod | None = None
+
+
+class SubscriptionUsage(Row):
+    """A report of metered usage (`quantity` of `unit` at `unit_price`, the product's usage price
+    when reported); `charge_id` is the usage period that charged it, None until then."""
+
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    unit: str
+    quantity: Money
+    unit_price: Money
+    idempotency_key: str
+    reported_by: uuid.UUID | None = None
+    reported_role: str
+    reported_at: AwareDatetime
+    charge_id: uuid.UUID | None = None
+
+
+class SubscriptionEvent(Row):
+    """What happened to a subscription, for its buyer and its provider (who starts and stops the
+    workload); `amount` is what it held or charged the buyer. Ids grow with time."""
+
+    id: int
+    subscription_id: uuid.UUID
+    buyer_id: uuid.UUID
+    provider_id: uuid.UUID
+    event: SubscriptionEventKind
+    period_id: uuid.UUID | None = None
+    amount: Money | None = None
+    reason: str | None = None
+    changed_by: uuid.UUID | None = None
+    changed_role: str
+    at: AwareDatetime
+
+
+class LowBalanceWarning(Row):
+    """Your balance lasted fewer than `threshold_hours` at what your running subscriptions cost."""
+
+    id: int
+    user_id: uuid.UUID
+    cost_per_hour: Money
+    balance: Money
+    runway_hours: Money
+    threshold_hours: int
+    at: AwareDatetime
+
+
+class SubscriptionConfig(Row):
+    """How long an unpaid subscription runs on (grace) and then stays suspended before it is
+    cancelled, and below how many hours of running costs a balance is low (0: never warned)."""
+
+    grace_period: Interval
+    suspension_period: Interval
+    low_balance_hours: int
+    updated_at: AwareDatetime
+
+
+class SubscriptionCharge(Row):
+    """One call of the batch (`admin.charge_due_subscriptions`): call again while `done` is false.
+    The counts are the steps taken (a subscription behind by several periods renews several times)."""
+
+    as_of: AwareDatetime
+    done: bool
+    credits_charged: Money
+    periods_charged: int
+    renewed: int
+    grace: int
+    suspended: int
+    resumed: int
+    cancelled: int

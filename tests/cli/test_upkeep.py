@@ -22,6 +22,7 @@ from cli.dev.stack import LocalStack
 from cli.main import app
 from tests.support import MYCELIUM, Api, User, body, interruptible
 from tests.support.marketplace import abandoned_order, account, audit_is_clean, expired_promotion
+from tests.support.subscriptions import due_subscription, overdue_subscriptions, periods, stop
 
 MakeUser = Callable[..., User]
 D = Decimal
@@ -41,7 +42,12 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     done = json.loads(result.stdout, parse_float=Decimal)
     assert done["ok"] is True and datetime.fromisoformat(done["at"]).tzinfo is not None
     jobs = done["jobs"]
-    assert list(jobs) == ["release_expired_holds", "expire_credits", "refresh_ledger_rollups"]
+    assert list(jobs) == [
+        "release_expired_holds",
+        "expire_credits",
+        "charge_due_subscriptions",
+        "refresh_ledger_rollups",
+    ]
     assert all(job["ok"] for job in jobs.values())
     released, expired = jobs["release_expired_holds"], jobs["expire_credits"]
     assert released["orders_released"] >= 1 and D(released["credits_released"]) >= 2
@@ -56,6 +62,55 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     assert shown.exit_code == 0, shown.stderr
     assert "release expired order holds" in shown.stdout and "0 order(s)" in shown.stdout
     assert "roll up complete days" in shown.stdout
+
+
+def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_them_overdue(
+    stack: LocalStack,
+    service_api: Api,
+    make_user: MakeUser,
+    db: psycopg.Connection[TupleRow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert CliRunner().invoke(app, ["upkeep"], env=stack.env()).exit_code == 0  # whatever others left
+    monkeypatch.setattr(upkeep, "PERIODS_PER_CALL", 1)
+    due = [due_subscription(service_api, make_user, db) for _ in range(2)]
+    assert overdue_subscriptions(service_api) == 2
+    health = CliRunner().invoke(app, ["health", "--json"], env=stack.env())
+    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
+    assert checks["upkeep"]["ok"] is False and "charge_due_subscriptions" in checks["upkeep"]["detail"]
+
+    result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
+    assert result.exit_code == 0, result.stderr
+    charged = json.loads(result.stdout, parse_float=Decimal)["jobs"]["charge_due_subscriptions"]
+    # Each subscription was two periods behind: four steps, a batch (one call) each.
+    assert D(charged.pop("credits_charged")) == 4  # amounts in JSON are exact strings
+    assert charged == {
+        "ok": True,
+        "periods_charged": 4,
+        "renewed": 4,
+        "grace": 0,
+        "suspended": 0,
+        "resumed": 0,
+        "cancelled": 0,
+    }
+    assert result.stderr.count("subscriptions:") == 4  # progress after each full batch
+    assert "4 period(s) charged so far" in result.stderr
+    assert overdue_subscriptions(service_api) == 0
+    health = CliRunner().invoke(app, ["health", "--json"], env=stack.env())
+    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
+    assert checks["upkeep"]["ok"] is True, checks["upkeep"]
+    for alice, subscription_id in due:
+        assert [(p["seq"], p["status"]) for p in periods(alice.api, subscription_id)] == [
+            (1, "charged"),
+            (2, "charged"),
+            (3, "held"),
+        ]
+        stop(alice.api, subscription_id)
+    audit_is_clean(service_api)
+
+    shown = CliRunner().invoke(app, ["upkeep"], env=stack.env())
+    assert shown.exit_code == 0, shown.stderr
+    assert "charge due subscriptions" in shown.stdout and "0 period(s)" in shown.stdout
 
 
 def test_a_round_calls_each_job_again_until_a_batch_comes_back_short(

@@ -27,7 +27,9 @@ from tests.support.subscriptions import (
     backdate,
     charge,
     charge_all_due,
+    due_subscription,
     events,
+    overdue_subscriptions,
     periods,
     start,
     stop,
@@ -208,19 +210,12 @@ def test_overlapping_batches_take_different_subscriptions_and_charge_each_period
 
 def test_the_backlog_counts_subscriptions_left_due(service_api: Api, make_user: MakeUser, db: Conn) -> None:
     charge_all_due(service_api)
-
-    def overdue() -> int:
-        rows = body(service_api.rpc("upkeep_backlog"))
-        return int(next(row["overdue"] for row in rows if row["job"] == "charge_due_subscriptions"))
-
-    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
-    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
-    assert overdue() == 0
-    backdate(db, started["id"], "2 hours")
-    assert overdue() == 1
+    assert overdue_subscriptions(service_api) == 0
+    alice, started = due_subscription(service_api, make_user, db)
+    assert overdue_subscriptions(service_api) == 1
     charge(service_api)
-    assert overdue() == 0
-    stop(alice.api, started["id"])
+    assert overdue_subscriptions(service_api) == 0
+    stop(alice.api, started)
 
 
 def test_a_stop_in_flight_keeps_the_batch_off_its_subscription(

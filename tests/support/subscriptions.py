@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from cli.dev.clock import pass_time
 from tests.support import Api, User, body
+from tests.support.marketplace import MakeUser, buyer, list_product
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -66,18 +68,22 @@ def charge_all_due(service_api: Api) -> None:
 
 def backdate(db: Conn, subscription_id: str, interval: str) -> None:
     """`interval` passes for the subscription: every time it and its periods hold moves back."""
-    db.execute(
-        "update public.subscriptions set created_at = created_at - %(i)s::interval,"
-        " paid_until = paid_until - %(i)s::interval, due_at = due_at - %(i)s::interval,"
-        " grace_since = grace_since - %(i)s::interval, suspended_at = suspended_at - %(i)s::interval"
-        " where id = %(id)s",
-        {"i": interval, "id": subscription_id},
-    )
-    db.execute(
-        "update public.subscription_periods set starts_at = starts_at - %(i)s::interval,"
-        " ends_at = ends_at - %(i)s::interval where subscription_id = %(id)s",
-        {"i": interval, "id": subscription_id},
-    )
+    pass_time(db, subscription_id, interval)
+
+
+def due_subscription(service_api: Api, make_user: MakeUser, db: Conn, hours: int = 2) -> tuple[User, str]:
+    """A buyer and their hourly subscription whose period ended `hours` ago (overdue past the
+    backlog's 15 minutes of grace), with credits to renew it."""
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, started["id"], f"{hours} hours")
+    return alice, started["id"]
+
+
+def overdue_subscriptions(service_api: Api) -> int:
+    """What rpc/upkeep_backlog counts overdue for the subscriptions' batch."""
+    rows = body(service_api.rpc("upkeep_backlog"))
+    return int(next(row["overdue"] for row in rows if row["job"] == "charge_due_subscriptions"))
 
 
 @contextmanager
