@@ -12,12 +12,14 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import jwt
+import psycopg
 import pytest
 
 from cli.api import parse_duration
@@ -52,6 +54,7 @@ from tests.support.deploy import (
     package_version,
     postgres_settings,
     render_kong_config,
+    scratch_postgres,
     shared_file,
     walk_strings,
 )
@@ -370,6 +373,37 @@ def test_the_database_archives_every_wal_segment_to_a_volume_of_its_own(
     assert wrapper.endswith('exec docker-entrypoint.sh "$$@"')
     assert db["environment"]["BACKUP_HBA"] == "host replication supabase_admin samenet scram-sha-256"
     assert '$$BACKUP_HBA" >> /etc/postgresql/pg_hba.conf' in wrapper
+
+
+def test_the_database_logs_one_json_object_a_line_to_a_volume_of_its_own(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """The compose file's log settings, run on a real PostgreSQL 15: the logging collector writes
+    jsonlog files the shipper can read, and a refused connection (FATAL, which the compose file
+    still logs) is there as JSON with its severity."""
+    db = services["db"]
+    settings = postgres_settings(db["command"])
+    assert (settings["logging_collector"], settings["log_destination"]) == ("on", "jsonlog")
+    folder = settings["log_directory"]
+    volume, read_only = named_volumes(db)[folder]
+    assert volume in compose["volumes"] and not read_only
+    assert f"install -d -o postgres -g postgres -m 750 {folder} &&" in db["entrypoint"][2]
+
+    logging = {name: value for name, value in settings.items() if name.startswith("log")}
+    # Relative to the scratch server's data folder.
+    with scratch_postgres({**logging, "log_directory": "json-logs"}) as (connection, base):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**connection, dbname="no_such_database").close()
+        written = base / "data" / "json-logs"
+        deadline = time.monotonic() + 30
+        records: list[dict[str, Any]] = []
+        while not any(r.get("error_severity") == "FATAL" for r in records) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lines = [line for path in written.glob("*.json") for line in path.read_text().splitlines()]
+            records = [json.loads(line) for line in lines]
+    refused = [r for r in records if r.get("error_severity") == "FATAL"]
+    assert refused and 'database "no_such_database" does not exist' in refused[0]["message"]
+    assert all(record.get("error_severity") for record in records)
 
 
 def test_the_backup_service_takes_base_backups_next_to_the_archive(

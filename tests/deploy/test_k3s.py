@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import pwd
 import re
 import shutil
-import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +48,7 @@ from tests.support.deploy import (
     package_version,
     postgres_settings,
     render_kong_config,
+    scratch_postgres,
     selector_matches,
     shared_file,
     walk_strings,
@@ -839,53 +836,11 @@ def test_grafana_loads_the_dashboard_from_its_config_map(monitoring: list[dict[s
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def vanilla_postgres() -> Iterator[dict[str, Any]]:
     """A throwaway PostgreSQL 15, the vanilla server CloudNativePG runs, on a Unix socket only."""
-    initdb, pg_ctl, postgres = (shutil.which(name) for name in ("initdb", "pg_ctl", "postgres"))
-    if not (initdb and pg_ctl and postgres):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    version = subprocess.run([postgres, "--version"], capture_output=True, text=True, check=True).stdout
-    if " 15." not in version:
-        pytest.skip(f"needs PostgreSQL 15 like the Cluster's image, found {version.strip()}")
-    # Not under pytest's tmp_path: as root, that is a folder the postgres user cannot enter.
-    base = Path(tempfile.mkdtemp(prefix="mycelium-cnpg-"))
-    data, sockets = base / "data", base / "sockets"
-    sockets.mkdir()
-    # PostgreSQL refuses to run as root: run it as its own OS user when the tests run as root.
-    as_owner: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base)
-            pytest.skip("running as root, and there is no postgres OS user to run PostgreSQL as")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-        for path in (base, sockets):
-            shutil.chown(path, "postgres")
-
-    def run(*command: str) -> None:
-        done = subprocess.run([*as_owner, *command], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout}{done.stderr}"
-
-    try:
-        run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
-        port = free_port()
-        options = f"-c listen_addresses='' -c fsync=off -k {sockets} -p {port}"
-        run(pg_ctl, "-D", str(data), "-l", str(base / "log"), "-o", options, "-w", "start")
-        try:
-            yield {"host": str(sockets), "port": port, "user": "postgres"}
-        finally:
-            run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with scratch_postgres() as (connection, _):
+        yield connection
 
 
 def test_the_bootstrap_sql_prepares_a_supabase_compatible_database(vanilla_postgres: dict[str, Any]) -> None:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import re
 import shlex
+import shutil
+import socket
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +355,60 @@ def by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, A
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway PostgreSQL 15 server
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def scratch_postgres(settings: dict[str, str] | None = None) -> Iterator[tuple[dict[str, Any], Path]]:
+    """A throwaway PostgreSQL 15 (the major version of both deployments) on a Unix socket only,
+    started with `settings` as `-c name=value` options: its connection parameters and its folder,
+    which a setting naming a path may use. Skips where no PostgreSQL 15 server is installed."""
+    initdb, pg_ctl, postgres = (shutil.which(name) for name in ("initdb", "pg_ctl", "postgres"))
+    if not (initdb and pg_ctl and postgres):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    version = subprocess.run([postgres, "--version"], capture_output=True, text=True, check=True).stdout
+    if " 15." not in version:
+        pytest.skip(f"needs PostgreSQL 15 like the deployments, found {version.strip()}")
+    # Not under pytest's tmp_path: as root, that is a folder the postgres user cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="mycelium-postgres-"))
+    data, sockets = base / "data", base / "sockets"
+    sockets.mkdir()
+    # PostgreSQL refuses to run as root: run it as its own OS user when the tests run as root.
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base)
+            pytest.skip("running as root, and there is no postgres OS user to run PostgreSQL as")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+        for path in (base, sockets):
+            shutil.chown(path, "postgres")
+
+    def run(*command: str) -> None:
+        done = subprocess.run([*as_owner, *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout}{done.stderr}"
+
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+        port = free_port()
+        options = [f"-c listen_addresses='' -c fsync=off -k {sockets} -p {port}"]
+        options += [f"-c {shlex.quote(f'{name}={value}')}" for name, value in (settings or {}).items()]
+        run(pg_ctl, "-D", str(data), "-l", str(base / "log"), "-o", " ".join(options), "-w", "start")
+        try:
+            yield {"host": str(sockets), "port": port, "user": "postgres"}, base
+        finally:
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
