@@ -8,6 +8,9 @@ same key. Any other call is retried only when the connection failed before the r
 sent, so it is never applied twice. Every call is retried after a 429:
 the gateway refused it before anything ran; the wait is the answer's Retry-After, capped by the
 policy's `max_backoff`, and when the attempts run out the call raises RateLimited.
+
+Each call is reported to an observer (mycelium_client._observe: the log, and a trace when
+OpenTelemetry is installed) when it starts, before each retry and when it ends, by `Attempts`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from mycelium_client._observe import Outcome, Watch, default_observer
 from mycelium_client.amounts import dumps, loads
 from mycelium_client.errors import (
     InvalidArgument,
@@ -154,13 +159,33 @@ async def _async_pages(fetch: Callable[[T | None], Awaitable[list[T]]], page_siz
         last = page[-1]
 
 
-@dataclass
 class Attempts:
-    """What to do after each try of one call."""
+    """What to do after each try of one call; reports the call to the observer, as a context
+    manager around the tries: its start, each retry, and its end (with the error it raised)."""
 
-    call: Call[Any]
-    policy: RetryPolicy
-    done: int = 0
+    def __init__(self, call: Call[Any], policy: RetryPolicy) -> None:
+        self.call, self.policy = call, policy
+        self.done = 0  # tries that failed in a way a retry could mend
+        self.retries = 0
+        self.status = 0  # of the last response; 0 before one came
+        self.watch: Watch | None = None
+
+    def __enter__(self) -> Self:
+        self.watch = default_observer().started(self.call)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        assert self.watch is not None
+        self.watch.ended(Outcome(self.status, error, self.retries))
+
+    def headers(self, credentials: Credentials) -> dict[str, str]:
+        """The next try's headers: the credentials', and the observer's (the trace context)."""
+        headers = credentials.headers(self.call)
+        if self.watch is not None:
+            headers.update(self.watch.headers())
+        return headers
 
     def after_error(self, error: httpx.TransportError) -> float:
         """The delay before retrying, or raises ServiceUnavailable."""
@@ -172,10 +197,11 @@ class Attempts:
                 f"{self.call.method} {self.call.path} failed: {type(error).__name__}: {error}{outcome}",
                 reason="network_error",
             ) from error
-        return self.policy.delay(self.done - 1)
+        return self._retrying(self.policy.delay(self.done - 1), type(error).__name__)
 
     def after_response(self, response: httpx.Response) -> float | None:
         """The delay before retrying, or None when the response is the answer."""
+        self.status = response.status_code
         rate_limited = response.status_code == _RATE_LIMITED
         if not rate_limited:
             if not self.call.safe:
@@ -188,9 +214,14 @@ class Attempts:
         if self.done >= self.policy.attempts:
             return None
         asked = retry_after(response) if rate_limited else None
-        if asked is not None:
-            return min(asked, self.policy.max_backoff)
-        return self.policy.delay(self.done - 1)
+        delay = min(asked, self.policy.max_backoff) if asked is not None else self.policy.delay(self.done - 1)
+        return self._retrying(delay, f"HTTP {response.status_code}")
+
+    def _retrying(self, delay: float, cause: str) -> float:
+        self.retries += 1
+        if self.watch is not None:
+            self.watch.retrying(self.retries, delay, cause)
+        return delay
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -246,24 +277,24 @@ class SyncTransport:
         self.http, self.rest_url, self.credentials, self.policy = http, rest_url, credentials, policy
 
     def send(self, call: Call[T]) -> T:
-        attempts = Attempts(call, self.policy)
         content = call.encoded_body()
-        while True:
-            try:
-                response = self.http.request(
-                    call.method,
-                    self.rest_url + call.path,
-                    params=call.params,
-                    content=content,
-                    headers=self.credentials.headers(call),
-                )
-            except httpx.TransportError as error:
-                time.sleep(attempts.after_error(error))
-                continue
-            delay = attempts.after_response(response)
-            if delay is None:
-                return read(call, response)
-            time.sleep(delay)
+        with Attempts(call, self.policy) as attempts:
+            while True:
+                try:
+                    response = self.http.request(
+                        call.method,
+                        self.rest_url + call.path,
+                        params=call.params,
+                        content=content,
+                        headers=attempts.headers(self.credentials),
+                    )
+                except httpx.TransportError as error:
+                    time.sleep(attempts.after_error(error))
+                    continue
+                delay = attempts.after_response(response)
+                if delay is None:
+                    return read(call, response)
+                time.sleep(delay)
 
     def with_credentials(self, credentials: Credentials) -> SyncTransport:
         return SyncTransport(self.http, self.rest_url, credentials, self.policy)
@@ -276,24 +307,24 @@ class AsyncTransport:
         self.http, self.rest_url, self.credentials, self.policy = http, rest_url, credentials, policy
 
     async def send(self, call: Call[T]) -> T:
-        attempts = Attempts(call, self.policy)
         content = call.encoded_body()
-        while True:
-            try:
-                response = await self.http.request(
-                    call.method,
-                    self.rest_url + call.path,
-                    params=call.params,
-                    content=content,
-                    headers=self.credentials.headers(call),
-                )
-            except httpx.TransportError as error:
-                await asyncio.sleep(attempts.after_error(error))
-                continue
-            delay = attempts.after_response(response)
-            if delay is None:
-                return read(call, response)
-            await asyncio.sleep(delay)
+        with Attempts(call, self.policy) as attempts:
+            while True:
+                try:
+                    response = await self.http.request(
+                        call.method,
+                        self.rest_url + call.path,
+                        params=call.params,
+                        content=content,
+                        headers=attempts.headers(self.credentials),
+                    )
+                except httpx.TransportError as error:
+                    await asyncio.sleep(attempts.after_error(error))
+                    continue
+                delay = attempts.after_response(response)
+                if delay is None:
+                    return read(call, response)
+                await asyncio.sleep(delay)
 
     def with_credentials(self, credentials: Credentials) -> AsyncTransport:
         return AsyncTransport(self.http, self.rest_url, credentials, self.policy)
