@@ -146,16 +146,21 @@ def test_resubscribes_after_a_dropped_connection(local_doubles: Doubles, account
 
 @contextlib.contextmanager
 def balance_topics_closed(target: Target) -> Iterator[None]:
-    """A project whose policy opens no private balance topic: watches fall back to Postgres Changes."""
+    """A project whose policy opens no private balance topic: watches fall back to Postgres Changes.
+    The policy's own condition is put back afterwards, whatever the migrations made it."""
     with target.connect() as conn:
+        found = conn.execute(
+            "select pg_get_expr(polqual, polrelid) from pg_policy "
+            "where polname = 'mycelium_balance_broadcast_own' and polrelid = 'realtime.messages'::regclass"
+        ).fetchone()
+        assert found is not None
         conn.execute("alter policy mycelium_balance_broadcast_own on realtime.messages using (false)")
     try:
         yield
     finally:
         with target.connect() as conn:
             conn.execute(
-                "alter policy mycelium_balance_broadcast_own on realtime.messages using ("
-                "realtime.topic() = 'balance:' || (select auth.uid())::text and extension = 'broadcast')"
+                f"alter policy mycelium_balance_broadcast_own on realtime.messages using ({found[0]})"
             )
 
 
