@@ -131,13 +131,14 @@ def listed(
     category: ProductCategory = ProductCategory.COMPUTE,
     attributes: dict[str, object] | None = None,
     capacity: int | None = None,
+    unit: ProductUnit = ProductUnit.MONTH,
 ) -> Product:
     """A product of `provider` (a farmer, for the default category), listed through the client."""
     return provider.client.marketplace.create_product(
         category,
         name or f"slice {uuid.uuid4().hex[:8]}",
         price,
-        ProductUnit.MONTH,
+        unit,
         description="4 vCPU slice",
         attributes={"cpu": 4, "memory_gb": 8, "location": "BE"} if attributes is None else attributes,
         capacity=capacity,

@@ -1,0 +1,314 @@
+"""`client.subscriptions` (and the subscriptions' batch and configuration of `client.admin`) end to
+end: subscriptions started, paged, charged, reported on and stopped by the real SQL, errors mapped
+from its reasons, and the events a provider's service follows, in order even when transactions
+commit out of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from cli.dev.clock import pass_time
+from mycelium_client import (
+    AsyncMyceliumClient,
+    Conflict,
+    InsufficientCredits,
+    InvalidArgument,
+    MyceliumClient,
+    MyceliumError,
+    NotAuthorized,
+    NotFound,
+    PeriodKind,
+    PeriodStatus,
+    ProductUnit,
+    RoleName,
+    Subscription,
+    SubscriptionEventKind,
+    SubscriptionStatus,
+)
+from tests.support.client import FAST_RETRY, PASSWORD, Account, MakeAccount, Target, listed
+
+HOUR = ProductUnit.HOUR
+
+
+def balances(account: Account) -> tuple[Decimal, Decimal]:
+    balance = account.client.credits.balance()
+    return balance.balance, balance.held
+
+
+def charge_all_due(service: MyceliumClient) -> None:
+    """Whatever earlier tests left due, so that the batch a test runs finds its own."""
+    while not service.admin.charge_due_subscriptions(max_periods=10000).done:
+        pass
+
+
+def refused(error: type[MyceliumError], reason: str, status: int, call: Callable[[], object]) -> None:
+    with pytest.raises(error) as raised:
+        call()
+    assert (raised.value.reason, raised.value.status) == (reason, status)
+
+
+def test_a_subscription_is_started_listed_charged_and_stopped(target: Target, account: MakeAccount) -> None:
+    service = target.service()
+    charge_all_due(service)
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "2", unit=HOUR)
+    subscriptions = buyer.client.subscriptions
+
+    started = subscriptions.start(product.id, 2, idempotency_key="slice-1")
+    assert isinstance(started, Subscription) and started.status is SubscriptionStatus.ACTIVE
+    assert (started.buyer_id, started.provider_id, started.product_id) == (buyer.id, provider.id, product.id)
+    assert (started.quantity, started.unit, started.periods) == (2, ProductUnit.HOUR, 1)
+    assert started.period is not None and started.period.amount == Decimal(4)
+    assert started.period.status is PeriodStatus.HELD and started.period.kind is PeriodKind.PERIOD
+    assert balances(buyer) == (Decimal(6), Decimal(4))
+    # A retry with the same key is the same subscription, and holds nothing more.
+    assert subscriptions.start(product.id, 2, idempotency_key="slice-1").id == started.id
+    assert balances(buyer) == (Decimal(6), Decimal(4))
+    second = subscriptions.start(product.id)
+    assert second.idempotency_key and second.idempotency_key.startswith("mycelium-client-")
+
+    # Paged newest first, as the buyer, the provider and the service see them.
+    assert [s.id for s in subscriptions.list(page_size=1)] == [second.id, started.id]
+    assert [s.id for s in provider.client.subscriptions.list(provider_id=provider.id)] == [
+        second.id,
+        started.id,
+    ]
+    assert [s.id for s in service.subscriptions.list(buyer_id=buyer.id, statuses=["active"])] == [
+        second.id,
+        started.id,
+    ]
+    assert subscriptions.get(started.id).period is None  # a read: the subscription's columns only
+
+    # An hour passes; the batch pays the period and holds the next.
+    with target.connect() as conn:
+        pass_time(conn, started.id, timedelta(hours=1))
+    batch = service.admin.charge_due_subscriptions()
+    assert batch.done and batch.renewed >= 1 and batch.periods_charged >= 1 and batch.credits_charged >= 4
+    first, renewal = subscriptions.periods(started.id)
+    assert (first.seq, first.status, first.charged_amount) == (1, PeriodStatus.CHARGED, Decimal(4))
+    assert (renewal.seq, renewal.status, renewal.starts_at) == (2, PeriodStatus.HELD, first.ends_at)
+    assert balances(buyer) == (Decimal(0), Decimal(6))
+
+    stopped = subscriptions.stop(started.id)
+    assert stopped.status is SubscriptionStatus.STOPPED and stopped.ended_at is not None
+    assert subscriptions.stop(started.id) == stopped  # a retry: nothing more moves
+    provider.client.subscriptions.stop(second.id)
+    assert balances(buyer) == (Decimal(0), Decimal(0))  # each running period: its started hour
+    assert [s.id for s in subscriptions.list(statuses=[SubscriptionStatus.STOPPED])] == [
+        second.id,
+        started.id,
+    ]
+    assert not service.admin.audit_ledger()
+
+
+def test_refusals_carry_the_sql_reasons(target: Target, account: MakeAccount) -> None:
+    provider, buyer, stranger = account(role=RoleName.FARMER), account(funded=3), account(funded=1)
+    hourly = listed(provider, "2", unit=HOUR)
+    subscriptions = buyer.client.subscriptions
+
+    refused(InsufficientCredits, "insufficient_credits", 409, lambda: subscriptions.start(hourly.id, 2))
+    refused(NotFound, "product_not_found", 404, lambda: subscriptions.start(uuid.uuid4()))
+    refused(InvalidArgument, "invalid_quantity", 400, lambda: subscriptions.start(hourly.id, 0))
+    refused(InvalidArgument, "own_product", 400, lambda: provider.client.subscriptions.start(hourly.id))
+    scarce = listed(provider, "1", capacity=3)
+    refused(Conflict, "not_subscribable", 409, lambda: subscriptions.start(scarce.id))
+    running = subscriptions.start(hourly.id, idempotency_key="k")
+    refused(Conflict, "duplicate_reference", 409, lambda: subscriptions.start(hourly.id, 2, "k"))
+    refused(NotFound, "subscription_not_found", 404, lambda: stranger.client.subscriptions.stop(running.id))
+    refused(NotFound, "subscription_not_found", 404, lambda: subscriptions.stop(uuid.uuid4()))
+    refused(
+        NotAuthorized, "not_authorized", 403, lambda: subscriptions.report_usage(running.id, "egress_gb", "1")
+    )
+    usage = provider.client.subscriptions
+    refused(
+        InvalidArgument, "unknown_usage_unit", 400, lambda: usage.report_usage(running.id, "egress_gb", "1")
+    )
+    with pytest.raises(NotAuthorized):
+        buyer.client.admin.charge_due_subscriptions()  # the service's alone
+    assert list(stranger.client.subscriptions.list()) == []
+    assert list(stranger.client.subscriptions.events(subscription_id=running.id)) == []
+    subscriptions.stop(running.id)
+    refused(Conflict, "invalid_transition", 409, lambda: usage.report_usage(running.id, "x", "1"))
+    with pytest.raises(NotAuthorized):
+        target.client().subscriptions.low_balance_warnings()  # refused before sending: nobody signed in
+
+
+def test_providers_report_usage_once_per_key_and_both_parties_read_it(
+    target: Target, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    metered = listed(provider, "1", attributes={"usage_prices": {"egress_gb": "0.01"}}, unit=HOUR)
+    running = buyer.client.subscriptions.start(metered.id)
+
+    report = provider.client.subscriptions.report_usage(
+        running.id, "egress_gb", "12.5", idempotency_key="m-1"
+    )
+    assert (report.unit, report.quantity, report.unit_price) == (
+        "egress_gb",
+        Decimal("12.5"),
+        Decimal("0.01"),
+    )
+    assert report.reported_by == provider.id and report.charge_id is None
+    again = provider.client.subscriptions.report_usage(running.id, "egress_gb", "12.5", idempotency_key="m-1")
+    assert again == report
+    refused(
+        Conflict,
+        "duplicate_reference",
+        409,
+        lambda: provider.client.subscriptions.report_usage(
+            running.id, "egress_gb", "3", idempotency_key="m-1"
+        ),
+    )
+    by_service = target.service().subscriptions.report_usage(running.id, "egress_gb", "0.5")
+    assert by_service.reported_role == "service_role"
+    with pytest.raises(InvalidArgument):
+        provider.client.subscriptions.report_usage(running.id, "egress_gb", "0.0000001")  # refused here
+    assert [u.id for u in buyer.client.subscriptions.usage(running.id)] == [report.id, by_service.id]
+    assert len(provider.client.subscriptions.usage(running.id, uncharged=True)) == 2
+
+    # Stopped, the usage is charged with the started hour: 1 + 13 * 0.01.
+    buyer.client.subscriptions.stop(running.id)
+    assert buyer.client.subscriptions.usage(running.id, uncharged=True) == []
+    assert balances(buyer) == (Decimal("8.87"), Decimal(0))
+    kinds = [p.kind for p in buyer.client.subscriptions.periods(running.id)]
+    assert kinds == [PeriodKind.PERIOD, PeriodKind.USAGE]
+
+
+def test_running_low_warns_and_the_configuration_reads_as_durations(
+    target: Target, account: MakeAccount
+) -> None:
+    service = target.service()
+    before = service.subscriptions.config()
+    assert before.grace_period > timedelta(0) and before.suspension_period > timedelta(0)
+    changed = service.admin.set_subscription_config(grace_period=timedelta(hours=2), low_balance_hours=10)
+    try:
+        assert (changed.grace_period, changed.low_balance_hours) == (timedelta(hours=2), 10)
+        assert changed.suspension_period == before.suspension_period
+        provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+        running = buyer.client.subscriptions.start(listed(provider, "1", unit=HOUR).id)
+        [warning] = buyer.client.subscriptions.low_balance_warnings()
+        assert (warning.cost_per_hour, warning.balance, warning.runway_hours) == (
+            Decimal(1),
+            Decimal(9),
+            Decimal(9),
+        )
+        assert warning.threshold_hours == 10 and warning.user_id == buyer.id
+        assert service.subscriptions.low_balance_warnings(buyer.id) == [warning]
+        buyer.client.subscriptions.stop(running.id)
+        refused(InvalidArgument, "invalid_argument", 400, lambda: service.admin.set_subscription_config())
+    finally:
+        service.admin.set_subscription_config(
+            grace_period=before.grace_period, low_balance_hours=before.low_balance_hours
+        )
+    assert service.subscriptions.config().grace_period == before.grace_period
+
+
+def test_events_page_in_order_and_a_provider_follows_them_as_they_commit(
+    target: Target, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    follower = provider.client.subscriptions.follow(
+        provider_id=provider.id, poll_seconds=0.05, idle_seconds=10
+    )
+    first = buyer.client.subscriptions.start(product.id)
+    second = buyer.client.subscriptions.start(product.id)
+    provider.client.subscriptions.stop(first.id)
+
+    followed = [next(follower) for _ in range(3)]
+    assert [(e.subscription_id, e.event) for e in followed] == [
+        (first.id, SubscriptionEventKind.STARTED),
+        (second.id, SubscriptionEventKind.STARTED),
+        (first.id, SubscriptionEventKind.STOPPED),
+    ]
+    assert followed[0].amount == Decimal(1) and followed[0].period_id == first.period.id  # type: ignore[union-attr]
+    assert followed[2].changed_by == provider.id and followed[2].changed_role == "authenticated"
+    # Paged, oldest first; resumed after an id; each party sees the same events.
+    paged = list(buyer.client.subscriptions.events(buyer_id=buyer.id, page_size=1))
+    assert paged == followed
+    assert list(provider.client.subscriptions.events(subscription_id=first.id, after=followed[0].id)) == [
+        followed[2]
+    ]
+    resumed = provider.client.subscriptions.follow(
+        provider_id=provider.id, after=followed[1].id, poll_seconds=0.05, idle_seconds=0.1
+    )
+    assert list(resumed) == [followed[2]]
+    buyer.client.subscriptions.stop(second.id)
+    assert next(follower).event is SubscriptionEventKind.STOPPED
+
+
+def test_an_event_committed_after_later_ones_is_still_followed(target: Target, account: MakeAccount) -> None:
+    """A batch (here a stop in an open transaction) writes event n; a stop writes n + 1 and commits
+    first, and later events follow: the follower delivers them, then n when it commits."""
+    service = target.service()
+    parties = [(account(role=RoleName.FARMER), account(funded=10)) for _ in range(3)]
+    # Of three providers and buyers: no lock shared between the stops and the start.
+    products = [listed(provider, "1", unit=HOUR) for provider, _ in parties]
+    ours = [
+        buyer.client.subscriptions.start(product.id)
+        for (_, buyer), product in zip(parties[:2], products[:2], strict=True)
+    ]
+    follower = service.subscriptions.follow(poll_seconds=0.05, idle_seconds=10)
+
+    def next_of(subscription_id: uuid.UUID) -> SubscriptionEventKind:
+        return next(e for e in follower if e.subscription_id == subscription_id).event
+
+    with target.connect() as batch:
+        batch.execute("begin")
+        batch.execute("select public.stop_subscription(%s)", (ours[0].id,))  # acting as the service
+        service.subscriptions.stop(ours[1].id)
+        assert next_of(ours[1].id) is SubscriptionEventKind.STOPPED
+        # Polls go on while n is missing: it is not given up for that.
+        later = parties[2][1].client.subscriptions.start(products[2].id)
+        assert next_of(later.id) is SubscriptionEventKind.STARTED
+        batch.execute("commit")
+    assert next_of(ours[0].id) is SubscriptionEventKind.STOPPED
+    parties[2][1].client.subscriptions.stop(later.id)
+
+
+def test_async_subscriptions(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", attributes={"usage_prices": {"cpu_hours": "0.5"}}, unit=HOUR)
+
+    async def scenario() -> None:
+        async with (
+            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_buyer,
+            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_provider,
+            AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service,
+        ):
+            await as_buyer.auth.sign_in(buyer.email, PASSWORD)
+            await as_provider.auth.sign_in(provider.email, PASSWORD)
+            follower = await as_provider.subscriptions.follow(
+                provider_id=provider.id, poll_seconds=0.05, idle_seconds=10
+            )
+            started = await as_buyer.subscriptions.start(product.id, 3)
+            assert (await as_buyer.subscriptions.get(started.id)).quantity == 3
+            assert [s.id async for s in as_buyer.subscriptions.list(page_size=1)] == [started.id]
+            report = await as_provider.subscriptions.report_usage(started.id, "cpu_hours", "2")
+            assert [u.id for u in await as_buyer.subscriptions.usage(started.id)] == [report.id]
+            batch = await service.admin.charge_due_subscriptions(max_periods=1)
+            assert batch.as_of.tzinfo is not None
+            stopped = await as_buyer.subscriptions.stop(started.id)
+            assert stopped.status is SubscriptionStatus.STOPPED
+            assert [p.kind for p in await as_buyer.subscriptions.periods(started.id)] == [
+                PeriodKind.PERIOD,
+                PeriodKind.USAGE,
+            ]
+            events = [e.event async for e in as_provider.subscriptions.events(subscription_id=started.id)]
+            assert events == [SubscriptionEventKind.STARTED, SubscriptionEventKind.STOPPED]
+            assert [(await anext(follower)).event for _ in range(2)] == events
+            # 7 credits left at 3 an hour: below the threshold (24 hours by default).
+            [warning] = await as_buyer.subscriptions.low_balance_warnings()
+            assert warning.runway_hours == Decimal("2.33")
+            config = await service.subscriptions.config()
+            same = await service.admin.set_subscription_config(low_balance_hours=config.low_balance_hours)
+            assert same.low_balance_hours == config.low_balance_hours
+
+    asyncio.run(scenario())
+    assert balances(buyer) == (Decimal(6), Decimal(0))  # 3 for the started hour, 1 for the usage
