@@ -66,9 +66,10 @@ def parse_day(text: str | None, what: str) -> date | None:
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str, what: str) -> timedelta:
-    """A whole number of seconds, minutes, hours or days: 90s, 5m, 1h, 1d (a bare number is seconds)."""
+def parse_duration(text: str, what: str, *, zero: bool = False) -> timedelta:
+    """A whole number of seconds, minutes, hours or days: 90s, 5m, 1h, 1d (a bare number is seconds);
+    none at all (0) only when `zero` allows it."""
     match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
-    if match is None or int(match[1]) == 0:
+    if match is None or (int(match[1]) == 0 and not zero):
         raise UsageError(f"{what} {text!r} is not a duration such as 90s, 5m, 1h or 1d")
     return timedelta(seconds=int(match[1]) * DURATION_UNITS[match[2] or "s"])

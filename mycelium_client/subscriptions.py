@@ -31,7 +31,7 @@ from mycelium_client._http import (
 from mycelium_client._identity import Identity
 from mycelium_client.amounts import AmountLike, amount
 from mycelium_client.credits import UserRef, new_idempotency_key
-from mycelium_client.errors import InvalidArgument
+from mycelium_client.errors import InvalidArgument, NotFound
 from mycelium_client.models import (
     LowBalanceWarning,
     Subscription,
@@ -78,7 +78,14 @@ def stop_call(subscription_id: SubscriptionRef) -> Call[Subscription]:
 
 def get_call(subscription_id: SubscriptionRef) -> Call[Subscription]:
     params = {"select": "*", "id": f"eq.{subscription_id}"}
-    return Call("GET", "/subscriptions", Subscription.model_validate, params, accept=OBJECT)
+
+    def one(found: list[object]) -> Subscription:
+        # As the subscription functions say it of one the caller may not see, or that is not.
+        if not found:
+            raise NotFound(f"no subscription {subscription_id}", reason="subscription_not_found", status=404)
+        return Subscription.model_validate(found[0])
+
+    return Call("GET", "/subscriptions", one, params)
 
 
 def _in(values: Iterable[str]) -> str:

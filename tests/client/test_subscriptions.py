@@ -122,6 +122,7 @@ def test_refusals_carry_the_sql_reasons(target: Target, account: MakeAccount) ->
     refused(Conflict, "duplicate_reference", 409, lambda: subscriptions.start(hourly.id, 2, "k"))
     refused(NotFound, "subscription_not_found", 404, lambda: stranger.client.subscriptions.stop(running.id))
     refused(NotFound, "subscription_not_found", 404, lambda: subscriptions.stop(uuid.uuid4()))
+    refused(NotFound, "subscription_not_found", 404, lambda: stranger.client.subscriptions.get(running.id))
     refused(
         NotAuthorized, "not_authorized", 403, lambda: subscriptions.report_usage(running.id, "egress_gb", "1")
     )
