@@ -4,6 +4,7 @@ analytics and audit functions, so every replica reports the same numbers."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,13 +17,16 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cli import traces
 from cli.common import ApiSettings, JsonOption, ServiceKeyOption, UrlOption, reported, resolve_api
 from cli.errors import UsageError
 from cli.migrations import State, bundled_sql_dir, compare, discover
-from cli.output import emit_json, err, say
+from cli.output import emit_json, say
 from mycelium_client import AppliedMigration, MyceliumClient, MyceliumError
+from mycelium_client._observe import event
 
 DEFAULT_PORT = 9464
+log = logging.getLogger("mycelium.metrics")
 
 app = typer.Typer(help="Export the credit metrics to Prometheus.")
 
@@ -57,17 +61,19 @@ class CreditsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            summary = self.client.admin.credit_summary()
-            findings = self.client.admin.audit_ledger()
-            orders = self.client.admin.order_status_counts()
-            backlog = self.client.admin.upkeep_backlog()
-            history = self.client.admin.applied_migrations()
-            connections = self.client.admin.database_connections()
+            # Each scrape a trace of its own, its requests the children.
+            with traces.span("mycelium metrics scrape", new_trace=True):
+                summary = self.client.admin.credit_summary()
+                findings = self.client.admin.audit_ledger()
+                orders = self.client.admin.order_status_counts()
+                backlog = self.client.admin.upkeep_backlog()
+                history = self.client.admin.applied_migrations()
+                connections = self.client.admin.database_connections()
         except MyceliumError as error:
             # No numbers rather than stale ones; mycelium_requests_total shows the failures.
             if error.status == 0:
                 self.requests.labels(status="error").inc()  # no response came back to count
-            err.print(f"scrape failed: {error}")
+            event(log, logging.ERROR, "scrape_failed", f"scrape failed: {error}", reason=error.reason)
             yield flag(SCRAPE_OK, False)
             # A ledger nobody could check is not known to be sound: 0, so that the alert on
             # min(mycelium_ledger_audit_ok) < 1 fires rather than going quiet with the series.

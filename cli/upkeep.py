@@ -6,8 +6,10 @@ schedulers running at once, do no harm; a job that fails does not keep the other
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,11 +17,15 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import traces
 from cli.api import parse_duration
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.errors import EXIT_FAILED
 from cli.output import emit_json, fail, progress, say, table
 from mycelium_client import ConfigurationError, ExpiryResult, MyceliumClient, ServiceUnavailable
+from mycelium_client._observe import event
+
+log = logging.getLogger("mycelium.upkeep")
 
 # How much each call does: a call must end well inside the API's statement timeout (8 s on
 # Supabase); a job calls again while a call did a full batch. (A day of a million movements takes
@@ -122,13 +128,36 @@ def run_round(client: MyceliumClient, stopped: threading.Event | None = None) ->
     for name, job in JOBS.items():
         if stopped and stopped.is_set():
             break
+        began = time.perf_counter()
         try:
-            jobs[name] = {"ok": True, **job(client, stopped)}
-        except (ServiceUnavailable, ConfigurationError):
+            with traces.span(f"upkeep {name}"):
+                jobs[name] = {"ok": True, **job(client, stopped)}
+        except (ServiceUnavailable, ConfigurationError) as error:
+            _log_job(name, {"ok": False, "error": _one_line(error)}, began)
             raise
         except Exception as error:  # this job's failure: kept with it, and the next job runs
-            jobs[name] = {"ok": False, "error": " ".join(str(error).split())}
+            jobs[name] = {"ok": False, "error": _one_line(error)}
+        _log_job(name, jobs[name], began)
     return {"ok": all(job["ok"] for job in jobs.values()), "jobs": jobs}
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _log_job(name: str, job: dict[str, Any], began: float) -> None:
+    """A job's outcome and totals as the event `upkeep_job`: INFO, or ERROR when it failed."""
+    totals = {key: value for key, value in job.items() if key != "ok"}
+    event(
+        log,
+        logging.INFO if job["ok"] else logging.ERROR,
+        "upkeep_job",
+        f"{name}: " + ("ok" if job["ok"] else "failed") + "".join(f", {k} {v}" for k, v in totals.items()),
+        job=name,
+        outcome="ok" if job["ok"] else "error",
+        duration_ms=round((time.perf_counter() - began) * 1000, 1),
+        **totals,
+    )
 
 
 def _done(client: MyceliumClient, name: str, job: dict[str, Any]) -> str:
@@ -224,7 +253,9 @@ def upkeep(
             while not stopped.is_set():
                 at = datetime.now(UTC)
                 try:
-                    result = run_round(client, stopped)
+                    # Each round a trace of its own: a span is sent when it ends.
+                    with traces.span("mycelium upkeep round", new_trace=True):
+                        result = run_round(client, stopped)
                 except Exception as error:  # the project unreachable: this round fails, the next runs
                     result = {"ok": False, "error": " ".join(str(error).split())}
                 try:

@@ -19,9 +19,9 @@ COPY mycelium_client/ mycelium_client/
 COPY sql/ sql/
 # The server pins: the wheel carries them (pyproject.toml force-includes the file).
 COPY supabase/versions.env supabase/versions.env
-# The command's dependencies are the `cli` extra (the package alone is the client);
-# constraints.txt pins the same dependency versions CI tests with.
-RUN pip install --constraint constraints.txt '.[cli]' \
+# The command's dependencies are the `cli` extra (the package alone is the client), its traces'
+# the `otel` extra; constraints.txt pins the same dependency versions CI tests with.
+RUN pip install --constraint constraints.txt '.[cli,otel]' \
     && mkdir -p /app \
     && cp -r sql /app/sql \
     && rm -rf /src

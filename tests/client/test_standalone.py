@@ -33,6 +33,8 @@ COMMAND_ONLY = {
     "prometheus_client": "prometheus-client",
     "psycopg": "psycopg",
 }
+# The `otel` extra: the client's spans, the command's export.
+OPENTELEMETRY = {"opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}
 # httpx tries its optional command line (`httpx[cli]`: click, pygments, rich) whenever those are
 # installed, as the dev tools (sqlfluff) install two of them: absent from a plain install.
 HTTPX_CLI = {"click": "click", "pygments": "pygments"}
@@ -112,6 +114,34 @@ def test_the_command_s_dependencies_are_an_extra(metadata: Message) -> None:
     assert installed_with(metadata, "dev") >= command | {"pytest", "hatchling"}
 
 
+def test_opentelemetry_is_an_extra_of_its_own(metadata: Message) -> None:
+    base, command = installed_with(metadata, ""), installed_with(metadata, "cli")
+    assert not (base | command) & OPENTELEMETRY, sorted((base | command) & OPENTELEMETRY)
+    assert installed_with(metadata, "otel") >= OPENTELEMETRY
+    assert installed_with(metadata, "dev") >= OPENTELEMETRY  # the tests' in-memory spans
+
+
+def test_without_opentelemetry_the_client_still_calls_and_logs() -> None:
+    ran = without(
+        ["opentelemetry"],
+        """
+import logging
+from mycelium_client import MyceliumClient, RetryPolicy, ServiceUnavailable, _tracing
+
+assert _tracing.observer() is None and _tracing.current_trace_id() is None
+logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
+with MyceliumClient("http://127.0.0.1:9", "key", retry=RetryPolicy(attempts=1)) as client:
+    try:
+        client.admin.audit_ledger()
+    except ServiceUnavailable as error:
+        print(error.reason)
+""",
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "network_error"
+    assert "mycelium.client rpc audit_ledger: error network_error" in ran.stderr
+
+
 def owners() -> dict[Path, str]:
     """The distribution each installed file belongs to (by canonical name)."""
     return {
@@ -161,8 +191,8 @@ def test_the_feed_names_its_extra_when_psycopg_is_missing() -> None:
 
 def test_the_console_script_guards_the_command(wheel: zipfile.ZipFile) -> None:
     assert "mycelium = cli.entry:main" in dist_info(wheel, "entry_points.txt").splitlines()
-    # The image whose entry point is the command installs the command's extra.
-    assert "pip install --constraint constraints.txt '.[cli]'" in MIGRATE_DOCKERFILE.read_text(
+    # The image whose entry point is the command installs the command's extra, and the traces'.
+    assert "pip install --constraint constraints.txt '.[cli,otel]'" in MIGRATE_DOCKERFILE.read_text(
         encoding="utf-8"
     )
 
