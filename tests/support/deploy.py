@@ -122,7 +122,12 @@ def postgres_settings(command: list[str]) -> dict[str, str]:
 
 
 def option_value(args: list[str], option: str) -> str:
-    """The value following `option` in an argument list (`--dir /app/sql`)."""
+    """The value of `option` in an argument list, following it (`--dir /app/sql`) or joined to it
+    (`--config.file=/etc/prometheus/prometheus.yml`)."""
+    joined = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{option}=")]
+    if joined:
+        (value,) = joined
+        return value
     assert option in args, f"{option} missing from {args}"
     return args[args.index(option) + 1]
 
