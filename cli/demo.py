@@ -4,8 +4,9 @@ printing each step.
 Everything goes through `mycelium_client`, the gateway and PostgREST with real keys and user
 tokens, exactly as a service or a dashboard would; the business rules that answer are `sql/`.
 The database is used directly only where Auth would be (signing users up: the local stack has
-no GoTrue), to put the demo's credit package on sale, and for the balance feed a trusted
-dashboard listens to.
+no GoTrue), to put the demo's credit package on sale, for the balance feed a trusted dashboard
+listens to, and to make the hours of Bob's pay-as-you-go slice pass in an instant
+(`cli.dev.clock`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from typing import Annotated, NamedTuple
 import psycopg
 import typer
 
-from cli import keys, migrations
+from cli import keys, migrations, upkeep
 from cli.common import DevDirOption, JsonOption, reported
+from cli.dev.clock import pass_time
 from cli.dev.stack import DEFAULT_DIR, LocalStack
 from cli.dev.users import create_user
 from cli.output import emit_json, progress, say, table
-from mycelium_client import Balance, BalanceChange, InsufficientCredits, MyceliumClient
+from mycelium_client import (
+    Balance,
+    BalanceChange,
+    InsufficientCredits,
+    MyceliumClient,
+    SubscriptionEvent,
+    SubscriptionStatus,
+)
 from mycelium_client.feeds import BalanceFeed
 
 STARTER_PACKAGE = "Demo starter"  # 50 USD buys 50 credits plus a 5 credit bonus
@@ -36,6 +45,11 @@ PROMOTION_SECONDS = 2  # how long the demo's promotional credits last before the
 WATCHER_PAUSE_SECONDS = 0.05
 # How long the watcher may take to print the last changes, in flight when the story ends.
 WATCHER_CATCH_UP_SECONDS = 10
+# Bob's pay-as-you-go slice: its price an hour, and the subscription settings the demo borrows
+# (put back afterwards) so that a few simulated hours tell the whole story.
+SLICE_PRICE_AN_HOUR = "20"
+DEMO_GRACE = timedelta(hours=1)
+DEMO_LOW_BALANCE_HOURS = 2
 Log = Callable[[str], None]
 
 
@@ -179,7 +193,7 @@ def demo(
         watcher.start()
         log("[bold]3.[/bold] A dashboard starts watching their balances (the database feed).")
         try:
-            _story(service, public, *people, run=run, log=log)
+            slice_events = _story(service, public, *people, run=run, log=log, db_url=stack.superuser_db_url)
             final = {person.id: person.client.credits.balance() for person in people}
             if not watcher.catch_up(final):
                 progress(f"the watcher had not seen every final balance after {WATCHER_CATCH_UP_SECONDS} s")
@@ -195,6 +209,7 @@ def demo(
             "platform_revenue": str(revenue),
             "watched_changes": len(watcher.changes),
             "watched_balances": {person.email: str(watcher.seen[person.id].balance) for person in people},
+            "subscription_events": [event.event.value for event in slice_events],
             "ledger_audit": audit,
             "seconds": round(time.monotonic() - started, 1),
             "env": stack.env(),
@@ -244,9 +259,10 @@ def _story(
     *,
     run: str,
     log: Log,
-) -> None:
+    db_url: str,
+) -> list[SubscriptionEvent]:
     """Each step is announced, done, and its outcome told; the watcher's lines come in between,
-    as the changes are committed."""
+    as the changes are committed. Returns the events of Bob's pay-as-you-go slice."""
     show = public.credits.format
     steps = iter(range(4, 100))
 
@@ -324,3 +340,87 @@ def _story(
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
     swept = service.admin.expire_credits()
     outcome(f"{show(swept.credits_expired)} expired from {swept.users} user(s)")
+    return _pay_as_you_go(service, public, bob, fiona, run=run, step=step, outcome=outcome, db_url=db_url)
+
+
+def _pay_as_you_go(
+    service: MyceliumClient,
+    public: MyceliumClient,
+    bob: Person,
+    fiona: Person,
+    *,
+    run: str,
+    step: Log,
+    outcome: Log,
+    db_url: str,
+) -> list[SubscriptionEvent]:
+    """Bob runs an hourly slice until his credits run out: warned, then unpaid (grace), then
+    suspended; he tops up, the upkeep resumes it, and he stops it. The hours pass in an instant
+    (`pass_time`); the upkeep's batch charges what fell due, as `mycelium upkeep` does."""
+    show = public.credits.format
+    before = service.subscriptions.config()
+    service.admin.set_subscription_config(grace_period=DEMO_GRACE, low_balance_hours=DEMO_LOW_BALANCE_HOURS)
+    try:
+        step(
+            f"Fiona lists an hourly slice; Bob runs it pay-as-you-go, paid while it runs "
+            f"(the demo's grace: {DEMO_GRACE.seconds // 3600} hour; a balance is low below "
+            f"{DEMO_LOW_BALANCE_HOURS} hours of running costs)."
+        )
+        hourly = fiona.client.marketplace.create_product(
+            "compute", f"Slice {run} hourly", SLICE_PRICE_AN_HOUR, "hour", attributes={"location": "BE"}
+        )
+        running = bob.client.subscriptions.start(hourly.id)
+        outcome(f"{hourly.name} at {show(hourly.price)} an hour; the first hour is held from Bob's balance")
+        seen = _provider_events(fiona, after=0)
+        last_seen = seen[-1].id
+
+        def an_hour_passes(what: str) -> SubscriptionStatus:
+            nonlocal last_seen
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                pass_time(conn, running.id, timedelta(hours=1))
+            upkeep.charge_due_subscriptions(service)
+            status = bob.client.subscriptions.get(running.id).status
+            new = _provider_events(fiona, after=last_seen)
+            if new:
+                last_seen = new[-1].id
+            told = ", ".join(event.event.value for event in new) or "nothing new"
+            outcome(f"{what}: the upkeep charges what is due; Fiona's service reads: {told}")
+            return status
+
+        step("Three simulated hours pass.")
+        warned = False
+        for hour in range(1, 4):
+            an_hour_passes(f"hour {hour}")
+            warnings = bob.client.subscriptions.low_balance_warnings()
+            if warnings and not warned:
+                warned = True
+                outcome(
+                    f"Bob is warned: his {show(warnings[0].balance)} last {warnings[0].runway_hours} hours "
+                    f"at {show(warnings[0].cost_per_hour)} an hour"
+                )
+        step("A fourth hour passes: Bob's balance cannot pay the next one.")
+        status = an_hour_passes("hour 4")
+        outcome(f"the slice is in {status}: it runs on, unpaid, for the grace hour")
+        step("The grace hour passes.")
+        status = an_hour_passes("hour 5")
+        outcome(f"the slice is {status}: Fiona's service stops the workload")
+
+        starter = next(p for p in public.credits.packages() if p.name == STARTER_PACKAGE)
+        step(f"Bob tops up: the {starter.name} package again.")
+        service.admin.purchase_credits(bob.id, starter.price_usd, f"demo-top-up-{run}", package_id=starter.id)
+        upkeep.charge_due_subscriptions(service)
+        back = bob.client.subscriptions.get(running.id)
+        outcome(f"charged the unpaid hour, held the next: the slice is {back.status} again")
+        step("Bob is done with the slice and stops it.")
+        stopped = bob.client.subscriptions.stop(running.id)
+        outcome(f"the started hour is charged; the slice is {stopped.status}")
+    finally:
+        service.admin.set_subscription_config(
+            grace_period=before.grace_period, low_balance_hours=before.low_balance_hours
+        )
+    return list(service.subscriptions.events(subscription_id=running.id))
+
+
+def _provider_events(provider: Person, after: int) -> list[SubscriptionEvent]:
+    """The subscription events a provider's service has not read yet."""
+    return list(provider.client.subscriptions.events(provider_id=provider.id, after=after))

@@ -15,13 +15,16 @@ from cli.dev.stack import LocalStack
 from cli.errors import EXIT_DRIFT
 
 # Alice: 100 bought - 40 for Fiona's slice - 25.5 to Bob. Bob: 50 + 5 bonus + 25.5, his orders
-# failed or refunded, 10 granted then expired. Fiona: 40 less the 5% fee. Paul: refunded all.
+# failed or refunded, 10 granted then expired; then 55 more (the package again) and 6 hours of
+# the hourly slice at 20 (4 paid as they ran, 1 unpaid hour in grace, 1 started after resuming).
+# Fiona: 40 + 120, less the 5% fee. Paul: refunded all.
 FINAL_BALANCES = {
     "alice": Decimal("34.5"),
-    "bob": Decimal("80.5"),
-    "fiona": Decimal("38"),
+    "bob": Decimal("15.5"),
+    "fiona": Decimal("152"),
     "paul": Decimal("0"),
 }
+SLICE_EVENTS = ["started", "renewed", "renewed", "renewed", "grace", "suspended", "resumed", "stopped"]
 WATCHER_LINE = re.compile(r"watcher: (?P<name>\w+) has (?P<balance>[0-9.]+)")
 
 
@@ -46,6 +49,7 @@ def test_the_demo_tells_its_story_and_leaves_a_clean_ledger(stack: LocalStack) -
     assert summary["watched_changes"] >= 16
     watched = {email: Decimal(balance) for email, balance in summary["watched_balances"].items()}
     assert watched == {email: Decimal(balance) for email, balance in summary["balances"].items()}
+    assert summary["subscription_events"] == SLICE_EVENTS
     assert summary["ledger_audit"] == "clean"
     assert summary["env"]["SUPABASE_URL"] == stack.api_url
 
@@ -61,6 +65,15 @@ def test_the_demo_prints_each_step_for_a_person(stack: LocalStack) -> None:
         "Paul cannot provision it and fails the order",
         "then refunds it in full",
         "The promotion ends",
+        "Bob runs it pay-as-you-go",
+        "hour 1: the upkeep charges what is due; Fiona's service reads: renewed",
+        "Bob is warned: his 20.50 TFC last 1.02 hours at 20.00 TFC an hour",
+        "hour 4: the upkeep charges what is due; Fiona's service reads: grace",
+        "the slice is in grace",
+        "hour 5: the upkeep charges what is due; Fiona's service reads: suspended",
+        "the slice is suspended: Fiona's service stops the workload",
+        "the slice is active again",
+        "the started hour is charged; the slice is stopped",
     ):
         assert step in ran.stdout
     last_watched = {m["name"].lower(): Decimal(m["balance"]) for m in WATCHER_LINE.finditer(ran.stdout)}
