@@ -118,7 +118,11 @@ _BY_REASON: dict[str, type[MyceliumError]] = {
     "query_too_long": InvalidArgument,  # an anonymous query string past the allowance
     "filter_too_complex": InvalidArgument,  # an anonymous filter past its operator allowance
     "invalid_query_encoding": InvalidArgument,  # a query string that is not UTF-8
-    "body_too_large": InvalidArgument,
+    "body_too_large": InvalidArgument,  # past 1 MiB, or past the anonymous allowance (2 KiB)
+    "unsupported_media_type": InvalidArgument,  # a body that is not JSON
+    "request_line_too_long": InvalidArgument,  # a request line past 8 KiB
+    "headers_too_large": InvalidArgument,  # a header past 8 KiB
+    "bad_request": InvalidArgument,  # a request the gateway could not read
     "query_timeout": QueryTimeout,
     "42501": NotAuthorized,  # insufficient_privilege
     "22P02": InvalidArgument,  # invalid text representation (a malformed uuid, ...)

@@ -72,6 +72,16 @@ INVALID_UTF8 = [
     f"%f4(?!%8[0-9a-f]{_CONT}{_CONT})",
     f"(?<!%[c-f][0-9a-f]|%[ef][0-9a-f]{_CONT}|%f[0-9a-f]{_CONT}{_CONT}){_CONT}",
 ]
+# What PostgREST may read a request body as, for every caller: JSON (and PostgREST's JSON vendor
+# types, `application/vnd.pgrst.object+json`), or no Content-Type at all (PostgREST reads JSON).
+# PostgREST 12 also reads CSV, form, plain text, XML and octet-stream bodies, and answers a CSV or
+# form body that is not UTF-8 with a bare 500; no client of this API sends them, so a request that
+# may carry a body (BODY_METHODS) with any other media type is refused (415
+# `unsupported_media_type`), as Kong's global pre-function refuses it (supabase/kong.yml).
+JSON_MEDIA_TYPE = r"^application/(?:json|vnd\.pgrst\.[a-z0-9.-]+\+json)\s*(?:;.*)?$"
+BODY_METHODS = ("POST", "PATCH", "PUT", "DELETE")
+UNSUPPORTED_MEDIA_TYPE = "a request body must be JSON (Content-Type: application/json)"
+
 # PostgREST's filter operators; a pattern operator tests every row it reaches with a pattern or a
 # text search. In a query an operator stands between delimiters (`name=ilike.x`,
 # `or=(name.ilike.x,...)`, `not.ilike`, `ilike(any)`), each possibly percent-encoded.
@@ -134,7 +144,13 @@ class Limits:
     `ilike` terms fit in 2 KiB, and anon's rate let such queries keep the database busy enough to
     make signed-in users' reads a hundred times slower (bench/flood.py). The operators are
     counted as written, so an anonymous query may not percent-encode letters or digits (400
-    `invalid_query_encoding`): no client does, and PostgREST would decode them into operators."""
+    `invalid_query_encoding`): no client does, and PostgREST would decode them into operators.
+
+    An anonymous request body may hold `anon_body_bytes` (413 `body_too_large`; signed-in and
+    service callers keep BODY_LIMIT_MIB): anon's RPCs take an amount or a few search terms, and
+    PostgREST 12 builds its "Perhaps you meant" hint for an unknown argument name in time that
+    grows with the square of the name's length, so a long name in a large body costs seconds of
+    its CPU."""
 
     anon_per_second: int = 20
     anon_burst: int = 40
@@ -145,6 +161,7 @@ class Limits:
     anon_pattern_terms: int = 4
     anon_wildcards: int = 8
     anon_pattern_query_bytes: int = 256
+    anon_body_bytes: int = 2048
 
 
 @dataclass(frozen=True)
@@ -197,6 +214,11 @@ class Gateway:
                 not_utf8=_answer(
                     "invalid_query_encoding", "a query string must be UTF-8 once percent-decoded"
                 ),
+                json_media_type=JSON_MEDIA_TYPE,
+                body_methods="\n".join(f"    {method} 1;" for method in BODY_METHODS),
+                unsupported_media_type=_answer("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
+                anon_body_bytes=limits.anon_body_bytes,
+                rest_proxy=_REST_PROXY,
                 encoded_alphanumeric_answer=_answer(
                     "invalid_query_encoding", "an anonymous query may not percent-encode letters or digits"
                 ),
@@ -261,6 +283,16 @@ def filter_too_complex_message(limits: Limits) -> str:
 def _answer(code: str, message: str) -> str:
     """The JSON body of one of the gateway's own answers."""
     return json.dumps({"code": code, "message": message}, separators=(",", ":"))
+
+
+# How /rest/v1/ reaches PostgREST, for every caller: the key is not passed on (PostgREST reads the
+# token), and connections are kept open (see the upstream).
+_REST_PROXY = """      proxy_set_header apikey "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://postgrest/;"""
 
 
 def _upstream(url: str | None, service: str, setting: str, why: str = "") -> str:
@@ -385,6 +417,20 @@ http {{
     "~*{long_pattern_query}" too_complex;
     default "";
   }}
+  # A request that may carry a body must carry JSON (JSON_MEDIA_TYPE), or say nothing of its type.
+  map $request_method $body_method {{
+{body_methods}
+    default 0;
+  }}
+  map $content_type $json_body {{
+    "" 1;
+    "~*{json_media_type}" 1;
+    default 0;
+  }}
+  map "$body_method:$json_body" $unsupported_media_type {{
+    1:0 1;
+    default 0;
+  }}
   map $status $retry_after {{
     429 1;
     default "";
@@ -413,6 +459,15 @@ http {{
     add_header Access-Control-Allow-Methods "GET, POST, PATCH, PUT, DELETE, OPTIONS" always;
     add_header Access-Control-Expose-Headers "content-range, content-location" always;
     add_header Retry-After $retry_after always;
+    # What nginx refuses while it reads a request, before any location: JSON with a reason too.
+    # A request line nginx could not read has no URI, from which no named location can be
+    # reached: these go to URIs of the gateway's own. (A location that names error pages of its
+    # own names these again.)
+    error_page 400 /gateway-errors/bad_request;
+    error_page 494 /gateway-errors/headers_too_large;
+    error_page 414 /gateway-errors/request_line_too_long;
+    error_page 413 /gateway-errors/body_too_large;
+    error_page 404 /gateway-errors/not_found;
 
     if ($invalid_query_encoding) {{
       return 400 '{not_utf8}';
@@ -422,11 +477,33 @@ http {{
       return 200 '{{"status":"ok"}}';
     }}
 
+    location / {{ return 404; }}
+
     # The gateway's own answers (error_page sends each failure to one of them).
     location @missing_key {{ return 401 '{{"message":"No API key found in request"}}'; }}
     location @invalid_key {{ return 401 '{{"message":"Invalid authentication credentials"}}'; }}
-    location @body_too_large {{
-      return 413 '{{"code":"body_too_large","message":"Request size limit exceeded"}}';
+    location /gateway-errors/ {{
+      internal;
+      location = /gateway-errors/bad_request {{
+        return 400 '{{"code":"bad_request","message":"the request is malformed"}}';
+      }}
+      location = /gateway-errors/headers_too_large {{
+        return 400 '{{"code":"headers_too_large","message":"a request header may hold 8 KiB"}}';
+      }}
+      location = /gateway-errors/request_line_too_long {{
+        return 414 '{{"code":"request_line_too_long","message":"a request line may hold 8 KiB"}}';
+      }}
+      location = /gateway-errors/body_too_large {{
+        return 413 '{{"code":"body_too_large","message":"Request size limit exceeded"}}';
+      }}
+      location = /gateway-errors/not_found {{
+        return 404
+          '{{"code":"not_found","message":"the API is under /rest/v1/, /auth/v1/ and /realtime/v1/"}}';
+      }}
+    }}
+    location @anon_body_too_large {{
+      return 413
+        '{{"code":"body_too_large","message":"an anonymous request body may hold {anon_body_bytes} bytes"}}';
     }}
     location @query_too_long {{
       return 414
@@ -463,7 +540,7 @@ http {{
       if ($request_method = OPTIONS) {{ return 204; }}
       error_page 418 = @missing_key;
       error_page 419 = @invalid_key;
-      error_page 413 = @body_too_large;
+      error_page 413 /gateway-errors/body_too_large;
       error_page 414 = @query_too_long;
       error_page 429 = @rate_limited;
       error_page 502 = @token_check;
@@ -476,17 +553,29 @@ http {{
       if ($anon_filter = too_complex) {{
         return 400 '{filter_too_complex}';
       }}
-      proxy_set_header apikey "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://postgrest/;
+      if ($unsupported_media_type) {{
+        return 415 '{unsupported_media_type}';
+      }}
+      # An anonymous body has an allowance of its own (Limits), which only a location can set.
+      if ($caller = anon) {{
+        rewrite ^/rest/v1/(.*)$ /anon/rest/v1/$1 last;
+      }}
+{rest_proxy}
+    }}
+
+    location /anon/rest/v1/ {{
+      internal;
+      client_max_body_size {anon_body_bytes};
+      error_page 404 /gateway-errors/not_found;
+      error_page 413 = @anon_body_too_large;
+      error_page 429 = @rate_limited;
+      error_page 502 = @token_check;
+{rest_proxy}
     }}
 
     location /auth/v1/ {{
       if ($request_method = OPTIONS) {{ return 204; }}
-      error_page 413 = @body_too_large;
+      error_page 413 /gateway-errors/body_too_large;
       error_page 429 = @rate_limited;
       {auth}
     }}
@@ -494,7 +583,7 @@ http {{
     location /realtime/v1/ {{
       error_page 418 = @missing_key;
       error_page 419 = @invalid_key;
-      error_page 413 = @body_too_large;
+      error_page 413 /gateway-errors/body_too_large;
       error_page 429 = @rate_limited;
       if ($key_check = missing) {{ return 418; }}
       if ($key_check = invalid) {{ return 419; }}

@@ -58,7 +58,13 @@ from tests.support.deploy import (
     shared_file,
     walk_strings,
 )
-from tests.support.gateway_queries import ANON_ALLOWED, ANON_REFUSED, NOT_UTF8
+from tests.support.gateway_queries import (
+    ANON_ALLOWED,
+    ANON_REFUSED,
+    JSON_MEDIA_TYPES,
+    NOT_UTF8,
+    OTHER_MEDIA_TYPES,
+)
 
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error},
 # ${VAR:+alt} and $VAR; $$ is a literal dollar sign.
@@ -498,13 +504,15 @@ def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls_and_the_limi
     assert_kong_limits(config, env, kong["environment"]["KONG_PLUGINS"])
 
 
-# What Kong's PDK gives a pre-function snippet, as far as ours use it: the request's headers and
-# query string, and what the snippet does to the request printed one line per call.
+# What Kong's PDK gives a pre-function snippet, as far as ours use it: the request's method, path,
+# headers and query string, and what the snippet does to the request printed one line per call.
 KONG_PDK = """
 kong = {
   request = {
     get_header = function(name) return HEADERS[name] end,
     get_raw_query = function() return QUERY end,
+    get_method = function() return METHOD end,
+    get_path = function() return PATH end,
   },
   service = {
     request = {set_header = function(name, value) print("set_header " .. name .. ": " .. value) end},
@@ -519,16 +527,25 @@ def lua_bytes(text: str) -> str:
     return '"' + "".join(c if " " <= c <= "~" and c not in '"\\' else f"\\{ord(c):03d}" for c in text) + '"'
 
 
-def run_kong_lua(code: str, headers: dict[str, str], query: str, tmp_path: Path) -> list[str]:
-    """What `code` does to a request with `headers` (lower-case names) and `query` (one byte a
-    character), run by LuaJIT."""
+def run_kong_lua(
+    code: str,
+    headers: dict[str, str],
+    query: str,
+    tmp_path: Path,
+    *,
+    method: str = "GET",
+    path: str = "/rest/v1/products",
+) -> list[str]:
+    """What `code` does to a `method` request of `path` with `headers` (lower-case names) and
+    `query` (one byte a character), run by LuaJIT."""
     luajit = shutil.which("luajit")
     if luajit is None:
         pytest.skip("luajit is not installed (`./run setup` installs it): Kong's Lua cannot run here")
     table = ", ".join(f"[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items())
     script = tmp_path / "snippet.lua"
     script.write_text(
-        f"HEADERS = {{{table}}}\nQUERY = {lua_bytes(query)}\n{KONG_PDK}\n"
+        f"HEADERS = {{{table}}}\nQUERY = {lua_bytes(query)}\nMETHOD = {lua_bytes(method)}\n"
+        f"PATH = {lua_bytes(path)}\n{KONG_PDK}\n"
         f"assert(loadstring({json.dumps(code)}))()\n",
         encoding="utf-8",
     )
@@ -545,7 +562,7 @@ def test_kongs_lua_makes_a_caller_without_token_anon_and_holds_anon_queries_to_t
     script = kong_script_from_compose_entrypoint(services["kong"]["entrypoint"])
     config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
 
-    (_encoding, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+    (_encoding, _media, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
     anon = {"apikey": keys.anon_key}
     assert run_kong_lua(rewrite, anon, "", tmp_path) == [f"set_header authorization: Bearer {keys.anon_key}"]
     for kept in ({**anon, "authorization": "Bearer user-token"}, {"apikey": keys.service_role_key}):
@@ -556,6 +573,37 @@ def test_kongs_lua_makes_a_caller_without_token_anon_and_holds_anon_queries_to_t
     allowance = Limits().anon_query_bytes
     assert run_kong_lua(check, anon, "a" * allowance, tmp_path) == []
     assert run_kong_lua(check, anon, "a" * (allowance + 1), tmp_path) == ["exit 414 query_too_long"]
+    body_allowance = Limits().anon_body_bytes
+    assert run_kong_lua(check, {**anon, "content-length": str(body_allowance)}, "", tmp_path) == []
+    too_long = {**anon, "content-length": str(body_allowance + 1)}
+    assert run_kong_lua(check, too_long, "", tmp_path, method="POST") == ["exit 413 body_too_large"]
+
+
+def test_kongs_lua_refuses_a_body_that_is_not_json_as_the_local_gateway_does(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The media types tests/security/test_bad_requests.py sends through the local stack's nginx,
+    on every method that may carry a body; reads and other paths are not judged."""
+    keys = ApiKeys.generate()
+    env = {"SUPABASE_ANON_KEY": keys.anon_key, "SUPABASE_SERVICE_KEY": keys.service_role_key}
+    config = render_kong_config(
+        kong_script_from_compose_entrypoint(services["kong"]["entrypoint"]), KONG_CONFIG, tmp_path, env
+    )
+    (_encoding, media, _rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+
+    def judged(
+        media_type: str | None, method: str = "POST", path: str = "/rest/v1/rpc/tfc_to_usd"
+    ) -> list[str]:
+        headers = {"apikey": keys.anon_key} | ({"content-type": media_type} if media_type is not None else {})
+        return run_kong_lua(media, headers, "", tmp_path, method=method, path=path)
+
+    for method in ("POST", "PATCH", "PUT", "DELETE"):
+        for media_type in OTHER_MEDIA_TYPES:
+            assert judged(media_type, method) == ["exit 415 unsupported_media_type"], (method, media_type)
+        for json_type in JSON_MEDIA_TYPES:
+            assert judged(json_type, method) == [], (method, json_type)
+    assert judged("text/csv", "GET") == []
+    assert judged("application/x-www-form-urlencoded", path="/auth/v1/token") == []
 
 
 def test_kongs_lua_judges_query_strings_as_the_local_gateway_does(
@@ -568,7 +616,7 @@ def test_kongs_lua_judges_query_strings_as_the_local_gateway_does(
     config = render_kong_config(
         kong_script_from_compose_entrypoint(services["kong"]["entrypoint"]), KONG_CONFIG, tmp_path, env
     )
-    (encoding, _rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+    (encoding, _media, _rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
     (anon_route,) = [r for s in config["services"] for r in s["routes"] if r["name"] == "rest-v1-anon"]
     (anon_check,) = kong_plugins(anon_route)["pre-function"]["access"]
     anon = {"apikey": keys.anon_key, "authorization": f"Bearer {keys.anon_key}"}

@@ -1,6 +1,6 @@
 """The gateway's abuse limits (issue 18), through the session stack's real gateway: rate limits per
-caller and how the client meets them, the anonymous query allowance, the body limit, and a clean
-401 for a large body with a token PostgREST refuses.
+caller and how the client meets them, the anonymous query and body allowances, the body limit,
+and a clean 401 for a large body with a token PostgREST refuses.
 
 The session's other tests share this gateway and send as 127.0.0.1: floods here come from other
 loopback addresses (Linux routes all of 127.0.0.0/8 to lo) or with tokens of their own, so that
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from cli.dev.gateway import BODY_LIMIT_MIB, Gateway, Limits, filter_too_complex_
 from cli.dev.processes import RunAs
 from cli.dev.stack import LocalStack, StackSettings
 from cli.keys import access_token
-from mycelium_client import AsyncMyceliumClient, RateLimited, RetryPolicy
+from mycelium_client import AsyncMyceliumClient, MyceliumClient, ProductCategory, RateLimited, RetryPolicy
+from mycelium_client.marketplace import SearchFilters
 from tests.support import User
 from tests.support.client import retry_delays
+from tests.support.marketplace import list_product
 
 MakeUser = Callable[..., User]
 
@@ -153,6 +156,62 @@ def test_a_long_anonymous_query_is_refused_with_its_reason_while_a_user_may_send
         # Three times the allowance: PostgREST echoes it in a response header (Content-Location)
         # larger than nginx's default buffer, which once made it a 502.
         assert products(user.token, query_of(3 * allowance)).status_code == 200
+
+
+def test_a_large_anonymous_body_is_refused_with_its_reason_while_a_user_may_send_it(
+    stack: LocalStack, make_user: MakeUser
+) -> None:
+    """PostgREST 12 builds its hint for an unknown argument name in time that grows with the square
+    of the name's length: anon's bodies are held to a small allowance, declared or chunked."""
+    allowance = stack.settings.limits.anon_body_bytes
+    start = b'{"query": "ubuntu", "'
+    end = b'": 1}'
+
+    def body_of(length: int) -> bytes:  # a search with an unknown argument, `length` bytes long
+        return start + b"x" * (length - len(start) - len(end)) + end
+
+    def chunked(content: bytes) -> Iterator[bytes]:
+        yield from (content[at : at + 512] for at in range(0, len(content), 512))
+
+    user = make_user()
+    with httpx.Client(base_url=f"{stack.api_url}/rest/v1", timeout=30) as client:
+
+        def search(token: str | None, content: bytes | Iterator[bytes]) -> httpx.Response:
+            sent = {**headers(stack, token), "Content-Type": "application/json"}
+            return client.post("/rpc/search_products", content=content, headers=sent)
+
+        for anonymous in (stack.anon_key, None):
+            for content in (body_of(allowance + 1), chunked(body_of(allowance + 1))):
+                refused = search(anonymous, content)
+                assert refused.status_code == 413, refused.text
+                assert refused.json()["code"] == "body_too_large"
+                assert str(allowance) in refused.json()["message"]
+            # Within the allowance PostgREST answers: no such argument.
+            assert search(anonymous, body_of(allowance)).json()["code"] == "PGRST202"
+        assert search(user.token, body_of(4 * allowance)).json()["code"] == "PGRST202"
+
+
+def test_the_largest_anonymous_call_of_the_client_fits_the_anonymous_body_allowance(
+    stack: LocalStack, make_user: MakeUser
+) -> None:
+    """Anon's largest body: a search with a query, every filter, and a cursor to resume after."""
+    words = f"allowance {uuid.uuid4().hex} slice with a gpu and plenty of memory for training models"
+    attributes = {"cpu": 8, "memory_gb": 32, "gpu": True, "location": "BE"}
+    product = list_product(make_user("farmer"), name=words[:40], description=words, attributes=attributes)
+    filters: SearchFilters = {
+        "category": ProductCategory.COMPUTE,
+        "min_price": "0.000001",
+        "max_price": "999999999.999999",
+        "location": "BE",
+        "attributes": {"gpu": True, "location": "BE"},
+        "min_attributes": {"cpu": 8, "memory_gb": 32},
+        "sort": "price_asc",
+        "currency": "EUR",
+    }
+    with MyceliumClient(stack.api_url, stack.anon_key) as client:
+        (first,) = client.marketplace.search(words, **filters)
+        assert str(first.id) == product["id"]
+        assert list(client.marketplace.search(words, after=first, page_size=100, **filters)) == []
 
 
 def test_a_large_body_with_a_token_postgrest_refuses_is_answered_401_every_time(

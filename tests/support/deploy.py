@@ -242,6 +242,11 @@ def assert_kong_limits(config: dict[str, Any], keys: dict[str, str], enabled: st
             if anonymous and "/rest/v1/" in route["paths"]:
                 (check,) = plugins["pre-function"]["access"]
                 assert_kong_anon_query_check(check, limits)
+                # Chunked bodies declare no length for the check: the plugin holds them.
+                assert plugins["request-size-limiting"] == {
+                    "allowed_payload_size": limits.anon_body_bytes // 1024,
+                    "size_unit": "kilobytes",
+                }
     # Where the anon key as bearer has a route of its own, so have all other tokens.
     assert all(kinds == {"token"} or kinds == {"anon", "token"} for kinds in counted.values()), counted
     for path in ("/rest/v1/", "/auth/v1/"):
@@ -254,8 +259,9 @@ def assert_kong_limits(config: dict[str, Any], keys: dict[str, str], enabled: st
         "allowed_payload_size": BODY_LIMIT_MIB,
         "size_unit": "megabytes",
     }
-    (encoding, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
+    (encoding, media, rewrite) = kong_plugins(config)["pre-function"]["rewrite"]
     assert "'invalid_query_encoding'" in encoding
+    assert "exit(415" in media and "'unsupported_media_type'" in media
     assert f"'Bearer {keys['SUPABASE_ANON_KEY']}'" in rewrite
     assert kong_plugin_names(config) <= set(enabled.split(",")), "a plugin kong.yml uses is not enabled"
 
@@ -264,6 +270,8 @@ def assert_kong_anon_query_check(check: str, limits: Limits) -> None:
     """The anonymous query check holds Kong to the local stack's numbers and operator lists (what
     it does with them runs on LuaJIT in tests/deploy/test_compose.py)."""
     assert f"#query > {limits.anon_query_bytes} then" in check
+    assert f"length > {limits.anon_body_bytes} then" in check
+    assert f"an anonymous request body may hold {limits.anon_body_bytes} bytes" in check
     assert "kong.response.exit(414" in check and "query_too_long" in check
     for bound in (
         f"terms > {limits.anon_filter_terms}",

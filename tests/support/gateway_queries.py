@@ -93,3 +93,28 @@ ANON_ALLOWED = [
     "select=id&description=fts(simple).green",
     *UTF8,
 ]
+
+# Content-Types of a request that may carry a body (POST, PATCH, PUT, DELETE on /rest/v1/): JSON
+# reaches PostgREST (None: no Content-Type, which PostgREST reads as JSON), anything else is
+# refused 415 `unsupported_media_type` (PostgREST 12 answered bad UTF-8 in CSV and form bodies 500).
+JSON_MEDIA_TYPES: list[str | None] = [
+    None,
+    "application/json",
+    "application/json; charset=utf-8",
+    "Application/JSON ;charset=UTF-8",
+    "application/vnd.pgrst.object+json",
+]
+OTHER_MEDIA_TYPES = [
+    "text/csv",
+    "text/csv; charset=utf-8",
+    "application/x-www-form-urlencoded",
+    "text/plain",
+    "application/octet-stream",
+    "application/xml",
+    "multipart/form-data; boundary=x",
+    "application/jsonx",
+    "application/json garbage",
+    "application/vnd.pgrst.object",
+    "application/vnd.pgrst.+json",
+    "application/vnd.pgrst.a+b+json",
+]
