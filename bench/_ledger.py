@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from bench._load import Protocol, script_rate
+from bench._load import WORKERS, Protocol, script_rate
 
 # What a request through the gateway carries in its headers (lower-cased, as PostgREST sets
 # request.headers): the size of a real one, a signed-in user's bearer token included.
@@ -151,8 +151,15 @@ def script(kind: str, protocol: Protocol) -> str:
     return REST_SCRIPTS[kind](protocol) if kind in REST_SCRIPTS else SQL_SCRIPTS[kind]
 
 
-def sql_rate(db_url: str, kind: str, accounts: int, seconds: float, protocol: Protocol = "prepared") -> float:
-    return script_rate(db_url, script(kind, protocol), {"accounts": accounts}, seconds, protocol)
+def sql_rate(
+    db_url: str,
+    kind: str,
+    accounts: int,
+    seconds: float,
+    protocol: Protocol = "prepared",
+    clients: int = WORKERS,
+) -> float:
+    return script_rate(db_url, script(kind, protocol), {"accounts": accounts}, seconds, protocol, clients)
 
 
 def number_users(conn: psycopg.Connection[Any], users: list[str]) -> None:

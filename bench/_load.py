@@ -62,10 +62,15 @@ def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
 
 
 def script_rate(
-    db_url: str, script: str, variables: dict[str, int], seconds: float, protocol: Protocol = "prepared"
+    db_url: str,
+    script: str,
+    variables: dict[str, int],
+    seconds: float,
+    protocol: Protocol = "prepared",
+    clients: int = WORKERS,
 ) -> float:
-    """Runs per second of a custom pgbench script by WORKERS clients, its statements sent in
-    `protocol`."""
+    """Runs per second of a custom pgbench script by `clients` clients (WORKERS unless told), its
+    statements sent in `protocol`."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
         file.write(script)
     try:
@@ -79,9 +84,9 @@ def script_rate(
                 "-M",
                 protocol,
                 "-c",
-                str(WORKERS),
+                str(clients),
                 "-j",
-                str(WORKERS),
+                str(clients),
                 "-T",
                 str(int(seconds)),
                 *defines,
