@@ -49,9 +49,13 @@ def balance(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a user's balance, the credits on hold, and its USD value.
+    """Show a user's balance, held credits, burn rate and runway.
 
-    The spendable balance (of which expiring), and the credits held for open orders.
+    The spendable balance (of which expiring), the credits held, and its USD value.
+
+    Burn rate: what the running subscriptions cost an hour (metered usage: of the last 24 hours).
+
+    Runway: the hours the spendable balance lasts at that rate (none while nothing runs).
 
     Example: mycelium credits balance ada@example.com
     """
@@ -62,15 +66,19 @@ def balance(
         if as_json:
             emit_json({**_json(account), "balance_usd": str(in_usd)})
             return
+        burn_rate = "-" if account.burn_rate is None else client.credits.format(account.burn_rate)
+        runway = "-" if account.runway_hours is None else f"{account.runway_hours:,} h"
         table(
             f"Balance of {who.email or who.id}",
-            ["balance", "of which expiring", "held", "in USD", "updated"],
+            ["balance", "of which expiring", "held", "in USD", "burn rate / hour", "runway", "updated"],
             [
                 (
                     client.credits.format(account.balance),
                     client.credits.format(account.expiring),
                     client.credits.format(account.held),
                     f"{in_usd:,.2f}",
+                    burn_rate,
+                    runway,
                     account.updated_at,
                 )
             ],

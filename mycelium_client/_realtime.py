@@ -10,7 +10,9 @@ in the same mode; every join carries the access token of the moment (the client 
 session as it is refreshed), and a refreshed token is pushed to the joined channel. Heartbeats
 detect a dead connection. After each (re)join the balance is read once over REST, so a change
 made while disconnected is still delivered. (Changes committed while that read is under way may
-arrive just after it; the last change delivered is always the latest.)
+arrive just after it; the last change delivered is always the latest.) The private topic also
+carries the user's low-balance warnings (event `low_balance`, a row of low_balance_warnings), which
+go to their own receiver; Postgres Changes, the fallback, carries none.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from websockets.asyncio.client import ClientConnection
 
 from mycelium_client.amounts import loads
 from mycelium_client.errors import MyceliumError, NotAuthorized, ServiceUnavailable
-from mycelium_client.models import Balance, BalanceChange, BalanceSource
+from mycelium_client.models import Balance, BalanceChange, BalanceSource, LowBalanceWarning
 
 BALANCE_EVENT = "balance_changed"
+LOW_BALANCE_EVENT = "low_balance"
 Emit = Callable[[BalanceChange], Awaitable[None]]
+Warn = Callable[[LowBalanceWarning], Awaitable[None]]
 
 
 # How Realtime words the refusal of a private topic by the RLS policy on `realtime.messages`
@@ -96,8 +100,9 @@ class BalanceChannel:
         prefix = "balance" if self.mode is BalanceSource.BROADCAST else "balance-row"
         return f"realtime:{prefix}:{self.user_id}"
 
-    async def run(self, emit: Emit) -> None:
-        """Deliver changes until cancelled; raises NotAuthorized if both ways are refused."""
+    async def run(self, emit: Emit, warn: Warn | None = None) -> None:
+        """Deliver changes (and low-balance warnings to `warn`) until cancelled; raises
+        NotAuthorized if both ways are refused."""
         failures = 0
         self.mode = BalanceSource.BROADCAST
         while True:
@@ -110,7 +115,7 @@ class BalanceChannel:
                     await self._deliver(emit, await self._resynced())
                     self.last_failure = None
                     self.subscribed.set()
-                    await self._listen(socket, emit)
+                    await self._listen(socket, emit, warn)
             except _ReceiverFailed as failed:
                 raise failed.error from None
             except _PolicyRefusal as refusal:
@@ -203,20 +208,22 @@ class BalanceChannel:
             )
         return {int(given["id"]) for given in granted}
 
-    async def _listen(self, socket: ClientConnection, emit: Emit) -> None:
+    async def _listen(self, socket: ClientConnection, emit: Emit, warn: Warn | None) -> None:
         """Until the connection ends (returns) or the server closes the channel (_Retry)."""
         heartbeat = asyncio.create_task(self._heartbeat(socket))
         try:
             async for raw in socket:
-                change = self._change(loads(raw))
-                if change is not None:
-                    await self._deliver(emit, change)
+                message = self._message(loads(raw))
+                if isinstance(message, BalanceChange):
+                    await self._deliver(emit, message)
+                elif message is not None and warn is not None:
+                    await self._received(warn(message))
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, websockets.WebSocketException):
                 await heartbeat
 
-    def _change(self, frame: dict[str, Any]) -> BalanceChange | None:
+    def _message(self, frame: dict[str, Any]) -> BalanceChange | LowBalanceWarning | None:
         event, topic, payload = frame.get("event"), frame.get("topic"), frame.get("payload") or {}
         if topic == "phoenix":
             self._heartbeat_answered = self._proven = True
@@ -231,6 +238,8 @@ class BalanceChannel:
         if self.mode is BalanceSource.BROADCAST:
             if event == "broadcast" and payload.get("event") == BALANCE_EVENT:
                 return BalanceChange.model_validate({**payload["payload"], "source": BalanceSource.BROADCAST})
+            if event == "broadcast" and payload.get("event") == LOW_BALANCE_EVENT:
+                return LowBalanceWarning.model_validate(payload["payload"])
         elif event == "postgres_changes" and self._binding_ids.intersection(payload.get("ids") or []):
             record = (payload.get("data") or {}).get("record") or {}
             return BalanceChange.model_validate({**record, "source": BalanceSource.POSTGRES_CHANGES})
@@ -258,15 +267,21 @@ class BalanceChannel:
             balance=balance.balance,
             held=balance.held,
             updated_at=balance.updated_at,
+            burn_rate=balance.burn_rate,
+            runway_hours=balance.runway_hours,
             source=BalanceSource.RESYNC,
         )
 
     async def _deliver(self, emit: Emit, change: BalanceChange) -> None:
-        # The resync after a rejoin often repeats what was delivered last: skip repeats.
-        key = (change.balance, change.held, change.updated_at)
+        # The resync after a rejoin often repeats what was delivered last: skip repeats. (A
+        # subscription starting or stopping sends the account again with another burn rate.)
+        key = (change.balance, change.held, change.updated_at, change.burn_rate, change.runway_hours)
         if key != self._last:
             self._last = key
-            try:
-                await emit(change)
-            except Exception as error:
-                raise _ReceiverFailed(error) from error
+            await self._received(emit(change))
+
+    async def _received(self, delivery: Awaitable[None]) -> None:
+        try:
+            await delivery
+        except Exception as error:
+            raise _ReceiverFailed(error) from error

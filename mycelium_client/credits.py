@@ -30,7 +30,7 @@ from mycelium_client.models import (
     Transaction,
     TransactionKind,
 )
-from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch, Callback
+from mycelium_client.watch import AsyncBalanceWatch, BalanceWatch, Callback, WarningCallback
 
 UserRef = uuid.UUID | str
 DEFAULT_PAGE_SIZE = 500
@@ -42,8 +42,11 @@ def config_call() -> Call[CreditConfig]:
 
 
 def balance_call(user: uuid.UUID) -> Call[Balance]:
-    params = {"select": "user_id,balance,expiring,held,updated_at", "user_id": f"eq.{user}"}
-    return Call("GET", "/credit_accounts", Balance.model_validate, params, accept=OBJECT)
+    params = {
+        "select": "user_id,balance,expiring,held,updated_at,burn_rate,runway_hours",
+        "user_id": f"eq.{user}",
+    }
+    return Call("GET", "/credit_balances", Balance.model_validate, params, accept=OBJECT)
 
 
 def history_call(
@@ -156,9 +159,16 @@ class Credits(_Display):
         """For display: the amount's value in USD at the configured rate."""
         return usd(amount, self.config())
 
-    def watch(self, callback: Callback | None = None, *, user_id: UserRef | None = None) -> BalanceWatch:
+    def watch(
+        self,
+        callback: Callback | None = None,
+        *,
+        user_id: UserRef | None = None,
+        on_low_balance: WarningCallback | None = None,
+    ) -> BalanceWatch:
         """Balance changes as they are committed, over Supabase Realtime:
-        `with credits.watch() as changes: for change in changes: ...`."""
+        `with credits.watch() as changes: for change in changes: ...`; low-balance warnings to
+        `on_low_balance`, if given."""
         user = self._identity.user_or(user_id)
 
         def make_channel() -> BalanceChannel:
@@ -169,7 +179,7 @@ class Credits(_Display):
                 self._project.websocket_url, user, self._identity.bearer, resync, self._watch_settings
             )
 
-        return BalanceWatch(make_channel, callback)
+        return BalanceWatch(make_channel, callback, on_low_balance)
 
 
 class AsyncCredits(_Display):
@@ -216,8 +226,15 @@ class AsyncCredits(_Display):
     async def to_usd(self, amount: AmountLike) -> Decimal:
         return usd(amount, await self.config())
 
-    def watch(self, callback: Callback | None = None, *, user_id: UserRef | None = None) -> AsyncBalanceWatch:
-        """`async with credits.watch() as changes: async for change in changes: ...`."""
+    def watch(
+        self,
+        callback: Callback | None = None,
+        *,
+        user_id: UserRef | None = None,
+        on_low_balance: WarningCallback | None = None,
+    ) -> AsyncBalanceWatch:
+        """`async with credits.watch() as changes: async for change in changes: ...`; low-balance
+        warnings to `on_low_balance`, if given."""
         user = self._identity.user_or(user_id)
 
         async def resync() -> Balance:
@@ -226,7 +243,7 @@ class AsyncCredits(_Display):
         channel = BalanceChannel(
             self._project.websocket_url, user, self._identity.bearer, resync, self._watch_settings
         )
-        return AsyncBalanceWatch(channel, callback)
+        return AsyncBalanceWatch(channel, callback, on_low_balance)
 
 
 __all__ = ["AsyncCredits", "Credits"]

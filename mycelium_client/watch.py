@@ -6,6 +6,13 @@ after `start()` (or entering the `with` block) is delivered. The first change is
 subscription time (source `resync`). The error that ends a watch (its channel's, or its
 callback's) is raised once: by the iterator if it gets there first, else by `close()` (and so
 when the `with` block ends).
+
+Low-balance warnings (your balance lasts fewer hours than the configured threshold at what your
+running subscriptions cost) go to `on_low_balance`, a callback like the other (sync or async,
+called where it is: the event loop, or the sync watch's thread; its error ends the watch too),
+whether the changes are iterated or passed to a callback. They come over the private balance
+topic only: a watch that fell back to Postgres Changes receives none (read them with
+`client.subscriptions.low_balance_warnings()`).
 """
 
 from __future__ import annotations
@@ -15,23 +22,27 @@ import contextlib
 import inspect
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 from mycelium_client._realtime import BalanceChannel
 from mycelium_client.errors import ServiceUnavailable
-from mycelium_client.models import BalanceChange
+from mycelium_client.models import BalanceChange, LowBalanceWarning
 
 Callback = Callable[[BalanceChange], Any]
+WarningCallback = Callable[[LowBalanceWarning], Any]
 START_TIMEOUT_SECONDS = 15.0
 
 
 async def _start(
-    channel: BalanceChannel, emit: Callable[[BalanceChange], Any], timeout: float
+    channel: BalanceChannel,
+    emit: Callable[[BalanceChange], Awaitable[None]],
+    warn: Callable[[LowBalanceWarning], Awaitable[None]] | None,
+    timeout: float,
 ) -> asyncio.Task[None]:
     """Run the channel as a task; return once it is subscribed, or raise why it is not."""
-    task = asyncio.create_task(channel.run(emit))
+    task = asyncio.create_task(channel.run(emit, warn))
     subscribed = asyncio.create_task(channel.subscribed.wait())
     done, _ = await asyncio.wait({task, subscribed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     subscribed.cancel()
@@ -55,8 +66,11 @@ _ENDED = object()  # queued once the channel's task is over (and queued again fo
 class _Watch:
     """What both twins share: delivering to the queue or the callback, and telling the end."""
 
-    def __init__(self, callback: Callback | None, put: Callable[[object], None]) -> None:
+    def __init__(
+        self, callback: Callback | None, on_low_balance: WarningCallback | None, put: Callable[[object], None]
+    ) -> None:
         self._callback = callback
+        self._on_low_balance = on_low_balance
         self._put = put
         self._failure_lock = threading.Lock()  # the sync twin records on its thread, raises on yours
         self._failure: BaseException | None = None
@@ -66,8 +80,15 @@ class _Watch:
         if self._callback is None:
             self._put(change)
             return
+        await self._call(self._callback, change)
+
+    async def _warn(self, warning: LowBalanceWarning) -> None:
+        assert self._on_low_balance is not None  # the channel is given _warn only then
+        await self._call(self._on_low_balance, warning)
+
+    async def _call(self, callback: Callable[[Any], Any], item: BalanceChange | LowBalanceWarning) -> None:
         try:
-            result = self._callback(change)
+            result = callback(item)
             if inspect.isawaitable(result):
                 await result
         except Exception as error:
@@ -78,7 +99,8 @@ class _Watch:
 
     async def _started_task(self, channel: BalanceChannel, timeout: float) -> asyncio.Task[None]:
         try:
-            task = await _start(channel, self._emit, timeout)
+            warn = None if self._on_low_balance is None else self._warn
+            task = await _start(channel, self._emit, warn, timeout)
         except BaseException:
             with self._failure_lock:
                 self._failure_raised = True  # by start(), which raises this
@@ -118,9 +140,14 @@ class AsyncBalanceWatch(_Watch):
     """Balance changes on your event loop. Use `async with`, then `async for change in watch`
     (or pass a callback, sync or async, and just keep the block open)."""
 
-    def __init__(self, channel: BalanceChannel, callback: Callback | None = None) -> None:
+    def __init__(
+        self,
+        channel: BalanceChannel,
+        callback: Callback | None = None,
+        on_low_balance: WarningCallback | None = None,
+    ) -> None:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        super().__init__(callback, self._queue.put_nowait)
+        super().__init__(callback, on_low_balance, self._queue.put_nowait)
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
 
@@ -157,9 +184,14 @@ class BalanceWatch(_Watch):
     """Balance changes in a background thread. Use `with`, then `for change in watch` (or pass a
     callback, called on that thread, and keep the block open)."""
 
-    def __init__(self, make_channel: Callable[[], BalanceChannel], callback: Callback | None = None) -> None:
+    def __init__(
+        self,
+        make_channel: Callable[[], BalanceChannel],
+        callback: Callback | None = None,
+        on_low_balance: WarningCallback | None = None,
+    ) -> None:
         self._queue: queue.Queue[object] = queue.Queue()
-        super().__init__(callback, self._queue.put_nowait)
+        super().__init__(callback, on_low_balance, self._queue.put_nowait)
         self._make_channel = make_channel
         self._started = threading.Event()
         self._start_error: BaseException | None = None

@@ -192,8 +192,8 @@ def fields_of(model: type[BaseModel]) -> Source:
 
 SOURCES: dict[type[Row], Source] = {
     CreditConfig: relation("public.credit_config"),  # set_credit_config returns its row too
-    Balance: relation("public.credit_accounts"),
-    BalanceChange: relation("public.credit_accounts"),  # Broadcast and the feed send its columns
+    Balance: relation("public.credit_balances"),
+    BalanceChange: relation("public.credit_balances"),  # Broadcast and the feed send its columns
     Transaction: relation("public.credit_transactions"),
     Movement: answer(  # what transfers and grants return too
         "purchase_credits",

@@ -63,7 +63,7 @@ class FailingBalanceReads(httpx.BaseTransport):
         self.inner, self.status, self.body, self.failing = httpx.HTTPTransport(), status, body, failing
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/credit_accounts") and self.failing > 0:
+        if request.url.path.endswith("/credit_balances") and self.failing > 0:
             self.failing -= 1
             return httpx.Response(self.status, json=self.body)
         return self.inner.handle_request(request)

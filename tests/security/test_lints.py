@@ -400,7 +400,8 @@ ALLOWED: dict[str, dict[str, str]] = {
         # the tables' indexes). They run with the reader's rights and name everything
         # schema-qualified, so a search_path can only mislead the reader's own query.
         "mycelium_private.credit_activity(p_period text)": "inlined into credit_*_activity",
-        "mycelium_private.provider_earnings(p_period text)": "inlined into provider_earnings_*",
+        "mycelium_private.provider_earnings_with_periods(p_period text)": "inlined into provider_earnings_*",
+        "mycelium_private.provider_income()": "inlined into provider_earnings_by_product",
         "mycelium_private.divide_rounded(a numeric, b numeric, p_scale integer)": "inlined arithmetic",
     },
     "unindexed_foreign_keys": {
