@@ -1,5 +1,5 @@
 """The Supabase servers' versions, pinned once in `supabase/versions.env`, and the Supabase Auth
-that `./run setup` built from that pin (or why it could not)."""
+that `./run setup` built from that pin (or why it could not); likewise the tests' Jaeger."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
 _VALUE = re.compile(r"[A-Za-z0-9._/@+-]+")
 
 AUTH_NOT_BUILT = "not built yet: run ./run setup"
+JAEGER_NOT_BUILT = "not built yet: run ./run setup-jaeger"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class ServerVersions:
     auth_module: str
     auth_commit: str
     realtime_version: str
+    jaeger_module: str
+    jaeger_version: str
 
     @property
     def auth_cache_name(self) -> str:
@@ -76,15 +79,25 @@ def auth_build_dir(environ: Mapping[str, str] = os.environ, versions: ServerVers
 def auth_build(environ: Mapping[str, str] = os.environ) -> Path | str:
     """The Auth binary `./run setup` built for the pinned commit, or why there is none: the reason
     setup recorded when it could not build it, else that setup has not tried."""
-    folder = auth_build_dir(environ)
-    binary = folder / "auth"
+    return _built(auth_build_dir(environ) / "auth", AUTH_NOT_BUILT)
+
+
+def jaeger_build(environ: Mapping[str, str] = os.environ, versions: ServerVersions = VERSIONS) -> Path | str:
+    """The Jaeger binary `./run test` built for the tracing test, or why there is none."""
+    cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    folder = Path(cache) / "mycelium" / "jaeger" / versions.jaeger_version
+    return _built(folder / "jaeger", JAEGER_NOT_BUILT)
+
+
+def _built(binary: Path, not_built: str) -> Path | str:
+    """`binary` if it is there, else the reason the build left beside it (unavailable.txt)."""
     if os.access(binary, os.X_OK):
         return binary
     try:
-        recorded = (folder / "unavailable.txt").read_text(encoding="utf-8").strip()
+        recorded = (binary.parent / "unavailable.txt").read_text(encoding="utf-8").strip()
     except OSError:
         recorded = ""
-    return recorded or AUTH_NOT_BUILT
+    return recorded or not_built
 
 
 def auth_absent_because(environ: Mapping[str, str] = os.environ) -> str:

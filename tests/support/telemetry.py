@@ -1,24 +1,32 @@
 """What the logs and traces tests share: the records of the `mycelium` loggers as a test sees
 them, the spans OpenTelemetry's SDK records in memory (the process's TracerProvider, set once),
-and the secrets no log line may hold."""
+the JSON lines of a command's stderr, and a real Jaeger (the one `./run test` builds) to send
+traces into."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import subprocess
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext
 
-from cli.logs import ROOT_LOGGER
+from cli.dev.processes import free_port_base, log_tail, terminate, wait_until
+from cli.dev.versions import jaeger_build
+from cli.logs import ROOT_LOGGER, LogFormat, LogLevel, configure, reset
 from mycelium_client._observe import FIELDS
 
 
@@ -120,6 +128,19 @@ def kept_logs() -> Iterator[Logged]:
         logger.setLevel(level)
 
 
+@contextmanager
+def command_logs(log_format: LogFormat, level: LogLevel) -> Iterator[io.StringIO]:
+    """The `mycelium` loggers configured as the command configures them, writing to the
+    returned buffer instead of stderr, while the block runs."""
+    written = io.StringIO()
+    with redirect_stderr(written):
+        configure(log_format, level)
+    try:
+        yield written
+    finally:
+        reset()
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     """The JSON log lines of a command's stderr (the lines telling progress are text)."""
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -128,3 +149,87 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 def leaked(output: str, secrets: Iterable[str]) -> list[str]:
     """The secrets found in `output`, shown by their first characters only."""
     return [secret[:6] + "…" for secret in secrets if secret and secret in output]
+
+
+# Jaeger v2 as its all-in-one runs it (traces kept in memory), on ports of its own: OTLP over
+# HTTP in, the query API out, and none of the collector's default listeners.
+JAEGER_CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp}
+processors:
+  batch:
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+@dataclass(frozen=True)
+class Jaeger:
+    otlp_url: str  # OTEL_EXPORTER_OTLP_ENDPOINT
+    query_url: str
+
+    def traces(self, service: str) -> list[dict[str, Any]]:
+        """The traces Jaeger holds of `service` (its query API's JSON)."""
+        answer = httpx.get(f"{self.query_url}/api/traces", params={"service": service}, timeout=10)
+        answer.raise_for_status()
+        data: list[dict[str, Any]] = answer.json()["data"] or []
+        return data
+
+
+@contextmanager
+def running_jaeger(folder: Path) -> Iterator[Jaeger]:
+    """The Jaeger `./run test` built, running until the block ends; the test skips, saying why,
+    when it could not be built."""
+    binary = jaeger_build()
+    if not isinstance(binary, Path):
+        pytest.skip(f"Jaeger: {binary}")
+    base = free_port_base(span=4, start=48000)
+    otlp, query, query_grpc = base + 1, base + 2, base + 3
+    config = folder / "jaeger.yaml"
+    config.write_text(JAEGER_CONFIG.format(otlp=otlp, query=query, query_grpc=query_grpc))
+    log = folder / "jaeger.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([binary, "--config", f"file:{config}"], stdout=output, stderr=output)
+    jaeger = Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}")
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{jaeger.query_url}/api/services", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(answers, timeout=30), f"Jaeger did not start: {log_tail(log)}"
+        yield jaeger
+    finally:
+        terminate(process.pid)
+        process.wait()
