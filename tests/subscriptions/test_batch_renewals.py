@@ -1,0 +1,161 @@
+"""rpc/charge_due_subscriptions renews plain subscriptions set-based
+(sql/20261203030000_metering_speed.sql) and leaves the rest to its step function: at the edges of
+that split, every rule holds. A buyer short of one of two renewals, a budget smaller than what is
+due, renewals beside a subscription several periods behind, expiring credits paying a renewal, and
+the buyer's account updated (and broadcast) once a renewal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from tests.support import Api, body
+from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, list_product
+from tests.support.realtime import readable_messages
+from tests.support.subscriptions import (
+    backdate,
+    charge,
+    charge_all_due,
+    events,
+    periods,
+    start,
+    stop,
+    subscription,
+)
+
+Conn = psycopg.Connection[TupleRow]
+
+
+def balance_changes(db: Conn, user_id: str) -> list[dict[str, Any]]:
+    """The balance changes broadcast to the user, oldest first."""
+    messages = readable_messages(db, user_id, f"balance:{user_id}")
+    return [payload for _, event, payload in messages if event == "balance_changed"]
+
+
+def test_a_buyer_short_of_one_of_two_renewals_renews_the_one_due_first(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "3")
+    first = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    second = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, first["id"], "70 minutes")
+    backdate(db, second["id"], "1 hour")
+
+    # One credit left: the renewal due first takes it, the other goes into grace (as one step at
+    # a time would have done), rather than both or neither.
+    done = charge(service_api)
+    assert (done["renewed"], done["grace"], done["periods_charged"]) == (1, 1, 2)
+    assert subscription(alice.api, first["id"])["status"] == "active"
+    assert subscription(alice.api, second["id"])["status"] == "grace"
+    assert account(alice) == (D("0"), D("1"))
+    assert events(alice.api, second["id"]) == ["started", "grace"]
+    for started in (first, second):
+        stop(alice.api, started["id"])
+    audit_is_clean(service_api)
+
+
+def test_a_budget_smaller_than_the_renewals_due_renews_the_oldest_first(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider = make_user("farmer")
+    alice, bob = buyer(service_api, make_user, "10"), buyer(service_api, make_user, "10")
+    older = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    younger = start(bob, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, older["id"], "70 minutes")
+    backdate(db, younger["id"], "1 hour")
+
+    one = charge(service_api, max_periods=1)
+    assert (one["renewed"], one["periods_charged"], one["done"]) == (1, 1, False)
+    assert [p["status"] for p in periods(alice.api, older["id"])] == ["charged", "held"]
+    assert [p["status"] for p in periods(bob.api, younger["id"])] == ["held"]
+    rest = charge(service_api)
+    assert (rest["renewed"], rest["periods_charged"], rest["done"]) == (1, 1, True)
+    assert [p["status"] for p in periods(bob.api, younger["id"])] == ["charged", "held"]
+    stop(alice.api, older["id"])
+    stop(bob.api, younger["id"])
+    audit_is_clean(service_api)
+
+
+def test_renewals_beside_a_subscription_behind_stay_within_the_budget_and_charge_each_period_once(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider = make_user("farmer")
+    alice, bob = buyer(service_api, make_user, "10"), buyer(service_api, make_user, "10")
+    behind = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    plain = start(bob, list_product(provider, price="1", unit="hour")["id"])
+    backdate(db, behind["id"], "3 hours")  # three periods ended: the step function's
+    backdate(db, plain["id"], "1 hour")
+
+    steps = []
+    while True:
+        done = charge(service_api, max_periods=2)
+        steps.append(done["periods_charged"])
+        if done["done"]:
+            break
+    assert all(step <= 2 for step in steps) and sum(steps) == 4
+    for user, started, held in ((alice, behind, 4), (bob, plain, 2)):
+        rows = periods(user.api, started["id"])
+        assert [(p["seq"], p["status"]) for p in rows] == [
+            *((seq, "charged") for seq in range(1, held)),
+            (held, "held"),
+        ]
+        assert all(later["starts_at"] == earlier["ends_at"] for earlier, later in pairwise(rows))
+    assert account(alice) == (D("6"), D("1")) and account(bob) == (D("8"), D("1"))
+    stop(alice.api, behind["id"])
+    stop(bob.api, plain["id"])
+    audit_is_clean(service_api)
+
+
+def test_expiring_credits_pay_a_renewal_first_and_a_stop_gives_them_back_with_their_expiry(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "5")
+    expires = datetime.now(UTC) + timedelta(days=90)
+    granted = service_api.rpc(
+        "grant_credits", user_id=alice.id, amount="1488", reason="promo", expires_at=expires.isoformat()
+    )
+    assert granted.status_code == 200, granted.text
+    started = start(alice, list_product(provider, price="744", unit="month")["id"])
+    backdate(db, started["id"], "32 days")  # the first month has ended, the second has not
+
+    assert charge(service_api)["renewed"] == 1
+    # The lot paid the second month too; the bought credits are untouched.
+    assert body(alice.api.get("/credit_lots", select="remaining", live="is.true")) == []
+    assert account(alice) == (D("5"), D("744"))
+    charged = D(str(stop(alice.api, started["id"])["period"]["charged_amount"]))
+    assert D("0") < charged < D("744")
+    lots = body(alice.api.get("/credit_lots", select="remaining,expires_at", live="is.true"))
+    assert [D(str(lot["remaining"])) for lot in lots] == [D("744") - charged]
+    assert datetime.fromisoformat(lots[0]["expires_at"]) == expires
+    assert account(alice) == (D("749") - charged, D("0"))
+    audit_is_clean(service_api)
+
+
+def test_a_renewal_updates_and_broadcasts_the_buyers_account_once(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
+    started = [start(alice, list_product(provider, price=price, unit="hour")["id"]) for price in ("2", "3")]
+    for sub in started:
+        backdate(db, sub["id"], "1 hour")
+    before = len(balance_changes(db, alice.id))
+
+    assert charge(service_api)["renewed"] == 2
+    # The capture of the ended period and the hold of the next one: one change each renewal,
+    # whose held is already the next period's.
+    changes = balance_changes(db, alice.id)[before:]
+    assert len(changes) == 2
+    last = (D(str(changes[-1]["balance"])), D(str(changes[-1]["held"])))
+    assert last == account(alice) == (D("10"), D("5"))
+    for sub in started:
+        stop(alice.api, sub["id"])
+    audit_is_clean(service_api)
