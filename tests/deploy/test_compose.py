@@ -317,7 +317,7 @@ def test_the_stack_starts_in_order(services: dict[str, dict[str, Any]]) -> None:
         order.extend(ready)
         for name in ready:
             del pending[name]
-    assert [name for name in order if not services[name].get("profiles")][0] == "db"
+    assert next(name for name in order if not services[name].get("profiles")) == "db"
     # The business rules need the schemas Auth and Realtime create on their first start.
     assert order.index("migrate") > max(order.index("auth"), order.index("realtime"))
     assert order.index("kong") > max(order.index(s) for s in ("auth", "rest", "realtime"))
