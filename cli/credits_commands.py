@@ -31,7 +31,7 @@ from cli.output import emit_json, out, progress, say, table
 from mycelium_client import BalanceChange, CreditPackage, Movement, MyceliumClient
 from mycelium_client.feeds import BalanceFeed
 
-app = typer.Typer(help="Administer credits: balances, grants, purchases, audit, reports.")
+app = typer.Typer(help="Credits: balances, grants, purchases, the audit, reports.")
 
 UserArgument = Annotated[str, typer.Argument(metavar="USER", help="An e-mail address or a user id.")]
 

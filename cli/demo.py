@@ -133,7 +133,7 @@ def demo(
     as_json: JsonOption = False,
     keep_quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final summary.")] = False,
 ) -> None:
-    """Show the credits and the marketplace at work on the local stack.
+    """Run the marketplace story on the local stack.
 
     Brings the local stack up if it is not running; it keeps running afterwards.
 

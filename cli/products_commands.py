@@ -11,7 +11,7 @@ import typer
 from cli.common import JsonOption, ServiceKeyOption, UrlOption, reported, service_client
 from cli.output import emit_json, say
 
-app = typer.Typer(help="Moderate the catalogue: take products off sale and put them back.")
+app = typer.Typer(help="Moderate the catalogue: take products down, restore them.")
 
 ProductArgument = Annotated[str, typer.Argument(metavar="PRODUCT", help="The product's id.")]
 ReasonOption = Annotated[

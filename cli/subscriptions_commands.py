@@ -17,7 +17,7 @@ from cli.errors import UsageError
 from cli.output import emit_json, say, table
 from mycelium_client import Subscription, SubscriptionConfig, SubscriptionStatus
 
-app = typer.Typer(help="Pay-as-you-go subscriptions: list, show, stop, charge what is due, configure.")
+app = typer.Typer(help="Pay-as-you-go subscriptions: list, stop, charge, configure.")
 config_app = typer.Typer(help="The grace and suspension periods, and the low-balance threshold.")
 app.add_typer(config_app, name="config")
 
@@ -160,10 +160,11 @@ def stop(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Stop a subscription, charging its running period by the started hour.
+    """Stop a subscription, charging its running period by the hour.
 
-    The rest of the period's hold goes back to the buyer, and the provider is told (a `stopped`
-    event). Stopping a stopped subscription changes nothing.
+    The running period is charged by the started hour, the rest of its hold goes back to the buyer.
+
+    Its provider is told (a `stopped` event). Stopping a stopped subscription changes nothing.
 
     Example: mycelium subscriptions stop 3f2c9a4e-6b1d-4f0a-9c8e-2d7b5a1e0f43
     """
@@ -182,10 +183,12 @@ def charge(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Charge every period due now, a batch at a time: `mycelium upkeep`'s step, run on its own.
+    """Charge every period due now: the upkeep step on its own.
 
-    Pays each period that ended and holds the next, moves unpaid subscriptions on (grace,
-    suspended, cancelled), resumes those whose balance now covers them.
+    A batch (one transaction) at a time, as `mycelium upkeep` does:
+      pays each period that ended and holds the next
+      moves unpaid subscriptions on: grace, suspended, cancelled
+      resumes those whose balance now covers them
 
     Example: mycelium subscriptions charge --json
     """
@@ -266,11 +269,14 @@ def set_config(
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change settings (those not given stay as they are); shows the configuration after.
+    """Change the settings given; the others stay as they are.
 
-    grace_period: how long a subscription its buyer's balance cannot renew runs on, unpaid (at most
-    30 days); suspension_period: how long it then stays suspended, resumable by a top-up, before it
-    is cancelled (at most 90 days).
+    Shows the configuration after the change.
+
+    The settings:
+      grace_period       how long a subscription the balance cannot renew runs on, unpaid (at most 30 days)
+      suspension_period  how long it then stays suspended, resumable by a top-up (at most 90 days)
+      low_balance_hours  warn a buyer whose balance lasts fewer hours than this (0: never)
 
     Example: mycelium subscriptions config set --grace-period 24h --suspension-period 7d
     """

@@ -35,6 +35,7 @@ from mycelium_client import (
     DisplayCurrency,
     ExpiryResult,
     HoldRelease,
+    LowBalanceWarning,
     MarketplaceConfig,
     MonthlyEarnings,
     Movement,
@@ -44,6 +45,8 @@ from mycelium_client import (
     OrderItem,
     OrderStatus,
     OrderStatusCount,
+    PeriodKind,
+    PeriodStatus,
     Product,
     ProductCategory,
     ProductEarnings,
@@ -55,6 +58,14 @@ from mycelium_client import (
     RoleName,
     Session,
     SignUpResult,
+    Subscription,
+    SubscriptionCharge,
+    SubscriptionConfig,
+    SubscriptionEvent,
+    SubscriptionEventKind,
+    SubscriptionPeriod,
+    SubscriptionStatus,
+    SubscriptionUsage,
     TopUser,
     Transaction,
     TransactionKind,
@@ -114,6 +125,10 @@ def test_ledger_kinds_are_the_database_domains(
         (ProductCategory, "public.products", "category"),
         (ProductUnit, "public.products", "unit"),
         (OrderStatus, "public.orders", "status"),
+        (SubscriptionStatus, "public.subscriptions", "status"),
+        (SubscriptionEventKind, "public.subscription_events", "event"),
+        (PeriodKind, "public.subscription_periods", "kind"),
+        (PeriodStatus, "public.subscription_periods", "status"),
     ],
 )
 def test_enums_are_the_database_checks(
@@ -230,9 +245,21 @@ SOURCES: dict[type[Row], Source] = {
     MonthlyEarnings: relation("public.provider_earnings_monthly"),
     ProductEarnings: relation("public.provider_earnings_by_product"),
     CategorySpending: relation("public.buyer_spending_by_category"),
+    # The subscription functions return to_jsonb of its row, plus its running period.
+    Subscription: relation("public.subscriptions"),
+    SubscriptionPeriod: relation("public.subscription_periods"),
+    SubscriptionUsage: relation("public.subscription_usage"),  # report_usage returns its row
+    SubscriptionEvent: relation("public.subscription_events"),
+    LowBalanceWarning: relation("public.low_balance_warnings"),
+    SubscriptionConfig: relation("public.subscription_config"),
+    SubscriptionCharge: answer("charge_due_subscriptions", lambda _: {"as_of": PAST}),
 }
 # Fields the client adds to what its source sends (each says so in its model).
-COMPUTED: dict[type[Row], set[str]] = {BalanceChange: {"source"}, Order: {"items"}}
+COMPUTED: dict[type[Row], set[str]] = {
+    BalanceChange: {"source"},
+    Order: {"items"},
+    Subscription: {"period"},
+}
 
 
 def test_every_model_has_its_source() -> None:
