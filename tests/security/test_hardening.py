@@ -1,5 +1,6 @@
 """Smaller holes, closed and held closed through PostgREST: admins' ids in the configurations
-anyone reads, display amounts nobody checked, broadcasts readable on any topic."""
+anyone reads and in the rows an order's or a product's parties read, display amounts nobody
+checked, broadcasts readable on any topic."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from tests.support import Api, body, denied
-from tests.support.marketplace import MakeUser, failure
+from tests.support.marketplace import MakeUser, buyer, failure, list_product, moderation, placed
 from tests.support.realtime import readable_messages
 
 CONFIG_TABLES = ["credit_config", "marketplace_config", "display_currencies"]
@@ -57,6 +58,53 @@ def test_who_changed_a_configuration_is_for_admins_only(
     assert (
         gone["changed_by"] == admin.id and gone["old_config"]["code"] == code and gone["new_config"] is None
     )
+
+
+def test_an_admins_id_is_for_admins_only_in_what_an_orders_and_a_products_parties_read(
+    anon_api: Api, service_api: Api, make_user: MakeUser
+) -> None:
+    """An admin's refund, the status it sets and a take-down name no admin to the buyer or the
+    provider; the parties' own ids stay; admins find theirs in staff_actions."""
+    provider, admin = make_user("farmer"), make_user("admin")
+    alice = buyer(service_api, make_user, "50")
+    product = list_product(provider, price="5")
+    order = placed(alice, (product["id"], 1))["id"]
+    assert provider.api.rpc("fulfil_order", order_id=order).status_code == 200
+    for refunder, amount in ((provider, "1"), (admin, None)):  # the admin refunds the rest: refunded
+        reply = refunder.api.rpc("refund_order", order_id=order, reason="complaint", amount=amount)
+        assert reply.status_code == 200, reply.text
+    taken_down = admin.api.rpc("set_product_active", product_id=product["id"], active=False, reason="review")
+    assert taken_down.status_code == 200, taken_down.text
+
+    for party in (alice, provider):
+        reads = [
+            party.api.get("/order_refunds", order_id=f"eq.{order}", order="created_at"),
+            party.api.get("/order_status_history", order_id=f"eq.{order}", order="id"),
+            party.api.get("/product_moderation", product_id=f"eq.{product['id']}"),
+        ]
+        assert all(read.status_code == 200 for read in reads)
+        assert not any(admin.id in read.text for read in reads)
+        refunds, trail, _ = (body(read) for read in reads)
+        assert [(r["refunded_by"], r["refunded_role"]) for r in refunds] == [
+            (provider.id, "authenticated"),
+            (None, "authenticated"),
+        ]
+        assert [(h["to_status"], h["changed_by"]) for h in trail] == [
+            ("pending", alice.id),
+            ("fulfilled", provider.id),
+            ("partially_refunded", provider.id),
+            ("refunded", None),
+        ]
+    assert moderation(provider.api, product) == [(False, "review", None, "authenticated")]
+
+    actions = body(admin.api.get("/staff_actions", staff_id=f"eq.{admin.id}", order="id"))
+    assert [action["table_name"] for action in actions] == [
+        "order_refunds",
+        "order_status_history",
+        "product_moderation",
+    ]
+    assert body(provider.api.get("/staff_actions")) == [] and body(alice.api.get("/staff_actions")) == []
+    assert denied(anon_api.get("/staff_actions"))
 
 
 @pytest.mark.parametrize("function", ["tfc_to_usd", "display_prices"])

@@ -52,6 +52,12 @@ def list_product(provider: User, **fields: Any) -> dict[str, Any]:
     return product
 
 
+def moderation(api: Api, product: dict[str, Any]) -> list[tuple[bool, str, str | None, str]]:
+    """(active, reason, changed_by, changed_role) of each take-down and lifting of `product`."""
+    rows = body(api.get("/product_moderation", product_id=f"eq.{product['id']}", order="id"))
+    return [(r["active"], r["reason"], r["changed_by"], r["changed_role"]) for r in rows]
+
+
 def account(user: User) -> tuple[Decimal, Decimal]:
     """(balance, held) of a user, as they read it."""
     row = body(user.api.get("/credit_accounts", select="balance,held"))[0]
