@@ -21,12 +21,15 @@ from mycelium_client import (
     BalanceChange,
     BalanceSource,
     BalanceWatch,
+    LowBalanceWarning,
     MyceliumError,
     NotFound,
+    ProductUnit,
+    RoleName,
     ServiceUnavailable,
 )
 from tests.client.doubles.realtime import RESTARTING, TOKEN_EXPIRED, JoinScript, policy_refusal
-from tests.support.client import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target
+from tests.support.client import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target, listed
 
 WAIT = 10.0
 # FAST_WATCH's rejoin delays after 1, 2, 3... failures in a row: doubling, up to its maximum.
@@ -415,3 +418,76 @@ def test_postgres_changes_bindings_granted_other_than_asked_fail_the_subscriptio
     with pytest.raises(MyceliumError) as refused:
         recipient.client.credits.watch().start(timeout=WAIT)
     assert refused.value.reason == "realtime_bindings"
+
+
+@contextlib.contextmanager
+def low_balance_hours(target: Target, hours: int) -> Iterator[None]:
+    """A known threshold of the low-balance warning for the block, put back afterwards."""
+    service = target.service()
+    before = service.subscriptions.config().low_balance_hours
+    service.admin.set_subscription_config(low_balance_hours=hours)
+    try:
+        yield
+    finally:
+        service.admin.set_subscription_config(low_balance_hours=before)
+
+
+def test_a_running_subscription_sets_the_burn_rate_and_a_low_balance_is_warned(
+    target: Target, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=ProductUnit.HOUR)
+    warnings: list[LowBalanceWarning] = []
+    with (
+        low_balance_hours(target, 24),
+        buyer.client.credits.watch(on_low_balance=warnings.append) as watch,
+    ):
+        first = watch.get(timeout=WAIT)
+        assert (first.burn_rate, first.runway_hours) == (Decimal(0), None)
+        started = buyer.client.subscriptions.start(product.id, quantity=2)  # 2 an hour, 8 left: 4 hours
+        held = balance_reaching(watch, 8)
+        assert (held.source, held.burn_rate, held.runway_hours) == (
+            BalanceSource.BROADCAST,
+            Decimal(2),
+            Decimal(4),
+        )
+        buyer.client.subscriptions.stop(started.id)  # one started hour: the hold, all of it
+        while (change := watch.get(timeout=WAIT)).burn_rate != 0:
+            pass
+    # The stop moved credits, then ended the subscription: its last change says nothing runs.
+    assert (change.balance, change.held, change.runway_hours) == (Decimal(8), Decimal(0), None)
+    # Delivered before the stop's changes, which came after it.
+    assert [(w.user_id, w.balance, w.cost_per_hour, w.runway_hours, w.threshold_hours) for w in warnings] == [
+        (buyer.id, Decimal(8), Decimal(2), Decimal(4), 24)
+    ]
+    assert buyer.client.credits.balance().burn_rate == 0
+
+
+def test_async_watch_warns_an_async_callback(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=3)
+    product = listed(provider, "1", unit=ProductUnit.HOUR)
+
+    async def scenario() -> tuple[list[LowBalanceWarning], Decimal | None]:
+        warnings: list[LowBalanceWarning] = []
+
+        async def warned(warning: LowBalanceWarning) -> None:
+            warnings.append(warning)
+
+        async with AsyncMyceliumClient(
+            target.url, target.anon_key, retry=FAST_RETRY, watch=FAST_WATCH
+        ) as client:
+            await client.auth.sign_in(buyer.email, PASSWORD)
+            async with client.credits.watch(on_low_balance=warned) as watch:
+                started = await client.subscriptions.start(product.id)
+                async for change in watch:
+                    if change.balance == 2:
+                        break
+                await client.subscriptions.stop(started.id)
+                async for change in watch:
+                    if change.burn_rate == 0 and change.source is BalanceSource.BROADCAST:
+                        break
+            return warnings, change.runway_hours
+
+    with low_balance_hours(target, 24):
+        warnings, runway = asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert [(w.balance, w.runway_hours) for w in warnings] == [(Decimal(2), Decimal(2))] and runway is None
