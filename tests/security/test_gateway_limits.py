@@ -19,13 +19,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from cli.dev.gateway import BODY_LIMIT_MIB, Gateway, Limits, filter_too_complex_message
 from cli.dev.processes import RunAs
 from cli.dev.stack import LocalStack, StackSettings
 from cli.keys import access_token
-from mycelium_client import AsyncMyceliumClient, MyceliumClient, ProductCategory, RateLimited, RetryPolicy
+from mycelium_client import (
+    AsyncMyceliumClient,
+    MyceliumClient,
+    ProductCategory,
+    QueryTimeout,
+    RateLimited,
+    RetryPolicy,
+)
 from mycelium_client.marketplace import SearchFilters
 from tests.support import User
 from tests.support.client import retry_delays
@@ -238,6 +246,19 @@ def test_a_large_body_with_a_token_postgrest_refuses_is_answered_401_every_time(
             headers={**headers(stack, stack.anon_key), "Content-Type": "application/json"},
         )
     assert too_large.status_code == 413 and too_large.json()["code"] == "body_too_large"
+
+
+def test_a_statement_cancelled_at_its_timeout_reaches_the_client_as_query_timeout(stack: LocalStack) -> None:
+    """PostgREST 12 answers SQLSTATE 57014 with 500 and names it in no header, so neither gateway
+    can make it a 503 or 504 without reading every 500's body (docs/deploy.md, "A statement
+    cancelled at its timeout"): the reason is what the client goes by. An anonymous read waits for
+    a lock past anon's 3 s timeout."""
+    with psycopg.connect(stack.superuser_db_url) as blocker:
+        blocker.execute("lock table public.credit_config in access exclusive mode")
+        with MyceliumClient(stack.api_url, stack.anon_key) as client, pytest.raises(QueryTimeout) as raised:
+            client.credits.config()
+        blocker.rollback()
+    assert (raised.value.reason, raised.value.status) == ("query_timeout", 500)
 
 
 def test_the_limits_are_settings_of_the_stack(tmp_path: Path) -> None:
