@@ -704,6 +704,7 @@ def test_upkeep_runs_the_periodic_jobs_through_the_gateway_every_few_minutes(
         "SUPABASE_URL": "http://kong:8000",
         "SUPABASE_SERVICE_ROLE_KEY": "${SERVICE_ROLE_KEY}",
         "MYCELIUM_LOG_FORMAT": "json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT}",
     }
     assert upkeep["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert upkeep["restart"] == "unless-stopped"
@@ -714,3 +715,20 @@ def test_migrate_connects_as_the_migration_role_to_the_stack_database(services: 
     # postgres is the role migrations run as on Supabase (not a superuser); no TLS inside the
     # compose network.
     assert re.fullmatch(r"postgres://postgres:\$\{POSTGRES_PASSWORD\}@db:5432/postgres\?sslmode=disable", url)
+
+
+def test_auth_and_the_commands_send_their_traces_to_the_same_collector(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    auth = services["auth"]["environment"]
+    assert auth["GOTRUE_TRACING_ENABLED"] == "${TRACING_ENABLED}"
+    assert auth["GOTRUE_TRACING_EXPORTER"] == "opentelemetry"
+    assert auth["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    for name in ("auth", "upkeep", "metrics"):
+        endpoint = services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        assert endpoint == "${OTEL_EXPORTER_OTLP_ENDPOINT}", name
+    # By default the observability profile's Jaeger, which takes OTLP over HTTP on 4318.
+    documented = documented_variables()
+    assert documented["OTEL_EXPORTER_OTLP_ENDPOINT"][0] == "http://jaeger:4318"
+    assert documented["TRACING_ENABLED"][0] == "true"
+    assert "observability" in services["jaeger"]["profiles"]

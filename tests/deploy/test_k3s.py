@@ -899,3 +899,25 @@ def test_the_bootstrap_sql_prepares_a_supabase_compatible_database(vanilla_postg
             "select has_table_privilege('service_role', 'auth.probe', 'select')"
         ).fetchone() == (True,)
         assert db.execute("select has_table_privilege('anon', 'auth.probe', 'insert')").fetchone() == (False,)
+
+
+def test_auth_and_the_mycelium_jobs_send_their_traces_to_the_configured_collector(
+    manifests: list[dict[str, Any]],
+) -> None:
+    found = dict(containers(manifests))
+    config = next(
+        r for r in manifests if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "mycelium-config"
+    )
+    assert config["data"]["TRACING_ENABLED"] == "true"
+    assert config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://")
+
+    def from_config(variable: dict[str, Any]) -> str:
+        return str(variable["valueFrom"]["configMapKeyRef"]["key"])
+
+    auth = env_map(found["auth/gotrue"])
+    assert from_config(auth["GOTRUE_TRACING_ENABLED"]) == "TRACING_ENABLED"
+    assert auth["GOTRUE_TRACING_EXPORTER"]["value"] == "opentelemetry"
+    assert auth["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
+    for name in ("auth/gotrue", "mycelium-upkeep/upkeep", "mycelium-metrics/exporter"):
+        endpoint = env_map(found[name])["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        assert from_config(endpoint) == "OTEL_EXPORTER_OTLP_ENDPOINT", name
