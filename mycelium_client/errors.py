@@ -142,9 +142,9 @@ _BY_STATUS: dict[int, type[MyceliumError]] = {
     422: InvalidArgument,
     429: RateLimited,
 }
-# Reasons for answers that carry none of ours: Kong's rate limiting says only a message, and
-# PostgREST passes a statement timeout on as its SQLSTATE.
-_REASON_BY_STATUS = {429: "rate_limited"}
+# Reasons for answers that carry none of ours: Kong's rate limiting, its size limit and its own
+# refusals say only a message, and PostgREST passes a statement timeout on as its SQLSTATE.
+_REASON_BY_STATUS = {413: "body_too_large", 414: "request_line_too_long", 429: "rate_limited"}
 _REASON_BY_CODE = {"57014": "query_timeout"}
 
 

@@ -12,7 +12,14 @@ import json
 import httpx
 import pytest
 
-from mycelium_client import AsyncMyceliumClient, MyceliumClient, QueryTimeout, RateLimited, RetryPolicy
+from mycelium_client import (
+    AsyncMyceliumClient,
+    InvalidArgument,
+    MyceliumClient,
+    QueryTimeout,
+    RateLimited,
+    RetryPolicy,
+)
 from mycelium_client.errors import from_body
 from tests.support.client import retry_delays
 
@@ -123,6 +130,20 @@ def test_the_async_client_honours_429_alike(waits: list[float]) -> None:
 def test_kongs_429_without_our_code_is_rate_limited_too() -> None:
     error = from_body(429, {"message": "API rate limit exceeded"})
     assert type(error) is RateLimited and error.reason == "rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "reason"),
+    [
+        (413, "Request size limit exceeded", "body_too_large"),
+        (414, "Request-URI Too Long", "request_line_too_long"),
+    ],
+)
+def test_kongs_own_refusals_without_our_code_read_as_the_local_gateways(
+    status: int, message: str, reason: str
+) -> None:
+    error = from_body(status, {"message": message})
+    assert type(error) is InvalidArgument and error.reason == reason
 
 
 def test_a_statement_timeout_is_query_timeout_and_is_not_retried(waits: list[float]) -> None:

@@ -502,6 +502,8 @@ def test_kong_routes_cover_rest_auth_and_realtime_with_the_key_acls_and_the_limi
     config = render_kong_config(script, KONG_CONFIG, tmp_path, env)
     assert_kong_serves_supabase_paths(config, env)
     assert_kong_limits(config, env, kong["environment"]["KONG_PLUGINS"])
+    # Kong's own refusals (its nginx's 400, 413, 414) are JSON, as the local gateway's are.
+    assert kong["environment"]["KONG_ERROR_DEFAULT_TYPE"] == "application/json"
 
 
 # What Kong's PDK gives a pre-function snippet, as far as ours use it: the request's method, path,

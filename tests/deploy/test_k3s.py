@@ -633,6 +633,7 @@ def test_kong_renders_its_routes_with_the_keys_from_secrets(
     config = render_kong_config(script, KONG_CONFIG, tmp_path, values)
     assert_kong_serves_supabase_paths(config, values)
     assert_kong_limits(config, values, env["KONG_PLUGINS"]["value"])
+    assert env["KONG_ERROR_DEFAULT_TYPE"]["value"] == "application/json"
 
 
 def test_postgrest_answers_at_most_a_page_of_rows_as_in_the_local_stack(
