@@ -16,6 +16,7 @@ from cli import (
     metrics,
     products_commands,
     sql_commands,
+    subscriptions_commands,
     traces,
     upkeep,
 )
@@ -68,6 +69,7 @@ app.command("upkeep", rich_help_panel=OPERATE)(upkeep.upkeep)
 app.add_typer(credits_commands.app, name="credits", rich_help_panel=OPERATE)
 app.add_typer(config_commands.app, name="config", rich_help_panel=OPERATE)
 app.add_typer(products_commands.app, name="products", rich_help_panel=OPERATE)
+app.add_typer(subscriptions_commands.app, name="subscriptions", rich_help_panel=OPERATE)
 app.add_typer(metrics.app, name="metrics", rich_help_panel=OPERATE)
 app.add_typer(sql_commands.app, name="sql", rich_help_panel=MIGRATE)
 app.add_typer(legacy_commands.app, name="legacy", rich_help_panel=MIGRATE)
