@@ -13,9 +13,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from mycelium_client import BalanceSource
+from mycelium_client import BalanceSource, ProductUnit, RoleName
 from mycelium_client.feeds import CHANNEL, AsyncBalanceFeed, BalanceFeed
-from tests.support.client import MakeAccount, Target
+from tests.support.client import MakeAccount, Target, listed
 
 
 def test_the_feed_delivers_committed_changes(target: Target, account: MakeAccount) -> None:
@@ -28,6 +28,20 @@ def test_the_feed_delivers_committed_changes(target: Target, account: MakeAccoun
         (recipient.id, Decimal("0.000001")),
     }
     assert all(change.source is BalanceSource.FEED and change.updated_at.tzinfo for change in changes)
+
+
+def test_the_feed_carries_the_burn_rate_and_a_subscription_starting_or_stopping(
+    target: Target, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=12)
+    product = listed(provider, "1.5", unit=ProductUnit.HOUR)
+    with BalanceFeed(target.db_url, user_ids=[buyer.id]) as feed:
+        started = buyer.client.subscriptions.start(product.id, quantity=2)  # 3 an hour, 9 left
+        buyer.client.subscriptions.stop(started.id)  # one started hour: the whole hold
+        changes = [(c.balance, c.held, c.burn_rate, c.runway_hours) for c in feed.changes(timeout=2)]
+    # The hold; the stop's capture; then the subscription ended, the same account, nothing running.
+    assert changes[0] == (Decimal(9), Decimal(3), Decimal(3), Decimal(3))
+    assert changes[-1] == (Decimal(9), Decimal(0), Decimal(0), None)
 
 
 def test_the_async_feed(target: Target, account: MakeAccount) -> None:
