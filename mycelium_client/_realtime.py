@@ -10,9 +10,9 @@ in the same mode; every join carries the access token of the moment (the client 
 session as it is refreshed), and a refreshed token is pushed to the joined channel. Heartbeats
 detect a dead connection. After each (re)join the balance is read once over REST, so a change
 made while disconnected is still delivered. (Changes committed while that read is under way may
-arrive just after it; the last change delivered is always the latest.) The private topic also
-carries the user's low-balance warnings (event `low_balance`, a row of low_balance_warnings), which
-go to their own receiver; Postgres Changes, the fallback, carries none.
+arrive just after it; the last change delivered is always the latest.) The user's low-balance
+warnings (rows of low_balance_warnings: the private topic's event `low_balance`, or their INSERTs
+through Postgres Changes) go to their own receiver.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class BalanceChannel:
         self.last_failure: BaseException | None = None  # why it is not subscribed, while retrying
         self._refs = itertools.count(1)
         self._last: tuple[object, ...] | None = None
-        self._binding_ids: set[int] = set()
+        self._balance_ids: set[int] = set()  # the server's ids of the Postgres Changes bindings
+        self._warning_ids: set[int] = set()
         self._sent_token = ""
         self._heartbeat_answered = True
         self._proven = False  # the channel answered a heartbeat: a later failure is a fresh one
@@ -150,16 +151,18 @@ class BalanceChannel:
 
     def _join_payload(self, token: str) -> dict[str, Any]:
         private = self.mode is BalanceSource.BROADCAST
+        # The account's row, and the user's low-balance warnings: two bindings, in this order.
         bindings = (
             []
             if private
             else [
                 {
-                    "event": "UPDATE",
+                    "event": event,
                     "schema": "public",
-                    "table": "credit_accounts",
+                    "table": table,
                     "filter": f"user_id=eq.{self.user_id}",
                 }
+                for event, table in (("UPDATE", "credit_accounts"), ("INSERT", "low_balance_warnings"))
             ]
         )
         return {
@@ -190,11 +193,12 @@ class BalanceChannel:
                 raise _PolicyRefusal(refusal)
             raise _Retry(refusal)  # a token refused (the next join carries the current one), a restart...
         self._sent_token = token
-        self._binding_ids = self._granted_ids(
+        granted = self._granted_ids(
             self._join_payload(token)["config"]["postgres_changes"], response.get("postgres_changes") or []
         )
+        self._balance_ids, self._warning_ids = set(granted[:1]), set(granted[1:])
 
-    def _granted_ids(self, wanted: list[dict[str, Any]], granted: list[dict[str, Any]]) -> set[int]:
+    def _granted_ids(self, wanted: list[dict[str, Any]], granted: list[dict[str, Any]]) -> list[int]:
         """The server's ids of our bindings, granted one for one, in order, as asked (as realtime-py
         and realtime-js match them); a subscription to anything else fails."""
         if len(granted) != len(wanted) or not all(
@@ -206,7 +210,7 @@ class BalanceChannel:
                 f"Realtime granted {granted} for the bindings {wanted} of {self.topic}",
                 reason="realtime_bindings",
             )
-        return {int(given["id"]) for given in granted}
+        return [int(given["id"]) for given in granted]
 
     async def _listen(self, socket: ClientConnection, emit: Emit, warn: Warn | None) -> None:
         """Until the connection ends (returns) or the server closes the channel (_Retry)."""
@@ -240,9 +244,12 @@ class BalanceChannel:
                 return BalanceChange.model_validate({**payload["payload"], "source": BalanceSource.BROADCAST})
             if event == "broadcast" and payload.get("event") == LOW_BALANCE_EVENT:
                 return LowBalanceWarning.model_validate(payload["payload"])
-        elif event == "postgres_changes" and self._binding_ids.intersection(payload.get("ids") or []):
-            record = (payload.get("data") or {}).get("record") or {}
-            return BalanceChange.model_validate({**record, "source": BalanceSource.POSTGRES_CHANGES})
+        elif event == "postgres_changes":
+            ids, record = set(payload.get("ids") or []), (payload.get("data") or {}).get("record") or {}
+            if ids & self._balance_ids:
+                return BalanceChange.model_validate({**record, "source": BalanceSource.POSTGRES_CHANGES})
+            if ids & self._warning_ids:
+                return LowBalanceWarning.model_validate(record)
         return None
 
     async def _heartbeat(self, socket: ClientConnection) -> None:

@@ -10,9 +10,9 @@ when the `with` block ends).
 Low-balance warnings (your balance lasts fewer hours than the configured threshold at what your
 running subscriptions cost) go to `on_low_balance`, a callback like the other (sync or async,
 called where it is: the event loop, or the sync watch's thread; its error ends the watch too),
-whether the changes are iterated or passed to a callback. They come over the private balance
-topic only: a watch that fell back to Postgres Changes receives none (read them with
-`client.subscriptions.low_balance_warnings()`).
+whether the changes are iterated or passed to a callback (on the private balance topic, or through
+Postgres Changes after a fallback). Warnings committed while a watch was disconnected are not
+delivered on its return: read them with `client.subscriptions.low_balance_warnings()`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 --    that records an event (the batch too) is covered, and only once it commits.
 -- 2. The low-balance warning. Every row of low_balance_warnings is broadcast on the buyer's
 --    `balance:<user_id>` topic, event `low_balance`: the row's columns (balance, cost_per_hour,
---    runway_hours, threshold_hours, at).
+--    runway_hours, threshold_hours, at); the table is published for Postgres Changes too.
 -- 3. Burn rate and runway. What a user's running subscriptions (active, and in grace: they run,
 --    unpaid) cost an hour, now including metered usage (mycelium_private.burn_rate, and so
 --    subscription_burn_rate() and the low-balance warnings): the usage reported in the last 24
@@ -228,6 +228,10 @@ $$;
 create trigger low_balance_warnings_broadcast
 after insert on public.low_balance_warnings
 for each row execute function mycelium_private.send_low_balance_warning();
+
+-- And through Postgres Changes, for watchers whose project's policy refuses the private topic
+-- (the balance watch's fallback): RLS delivers each user their own.
+alter publication supabase_realtime add table public.low_balance_warnings;
 
 -- A user reads the messages of their own balance topic and, as a provider, of their own
 -- subscriptions topic, each on that topic only (see the hardening: a message is read on its own

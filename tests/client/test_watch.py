@@ -491,3 +491,24 @@ def test_async_watch_warns_an_async_callback(target: Target, account: MakeAccoun
     with low_balance_hours(target, 24):
         warnings, runway = asyncio.run(asyncio.wait_for(scenario(), WAIT))
     assert [(w.balance, w.runway_hours) for w in warnings] == [(Decimal(2), Decimal(2))] and runway is None
+
+
+def test_the_postgres_changes_mode_delivers_warnings_too(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=5)
+    product = listed(provider, "2", unit=ProductUnit.HOUR)
+    warnings: list[LowBalanceWarning] = []
+    with (
+        low_balance_hours(target, 24),
+        balance_topics_closed(target),
+        buyer.client.credits.watch(on_low_balance=warnings.append) as watch,
+    ):
+        watch.get(timeout=WAIT)
+        started = buyer.client.subscriptions.start(product.id)  # 2 an hour, 3 left: 1.5 hours
+        held = balance_reaching(watch, 3)
+        buyer.client.subscriptions.stop(started.id)
+        while watch.get(timeout=WAIT).held != 0:  # the stop: after the warning, in commit order
+            pass
+    assert held.source is BalanceSource.POSTGRES_CHANGES and held.burn_rate is None  # the row alone
+    assert [(w.user_id, w.runway_hours) for w in warnings] == [(buyer.id, Decimal("1.5"))]
