@@ -498,7 +498,8 @@ class ProductEarnings(_Earnings):
 
 
 class CategorySpending(Row):
-    """What a buyer spent on captured orders in one category, net of refunds."""
+    """What a buyer spent in one category: captured orders net of refunds, and charged
+    subscription periods (`periods` of them; `orders` and `units` are the orders')."""
 
     buyer_id: uuid.UUID
     category: ProductCategory
@@ -507,6 +508,7 @@ class CategorySpending(Row):
     paid: Money
     refunded: Money
     spent: Money
+    periods: int = 0
 
 
 # -- subscriptions ---------------------------------------------------------------------------------

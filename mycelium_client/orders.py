@@ -225,7 +225,8 @@ class Orders:
         return self._transport.send(product_earnings_call(provider_id))
 
     def spending_by_category(self, *, buyer_id: UserRef | None = None) -> list[CategorySpending]:
-        """What you spent as a buyer per category, net of refunds, the largest first."""
+        """What you spent as a buyer per category (orders net of refunds, and charged subscription
+        periods), the largest first."""
         return self._transport.send(spending_call(buyer_id))
 
 

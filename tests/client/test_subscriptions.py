@@ -100,6 +100,11 @@ def test_a_subscription_is_started_listed_charged_and_stopped(target: Target, ac
     assert subscriptions.stop(started.id) == stopped  # a retry: nothing more moves
     provider.client.subscriptions.stop(second.id)
     assert balances(buyer) == (Decimal(0), Decimal(0))  # each running period: its started hour
+    # All 10 spent, on three charged periods.
+    spending = buyer.client.orders.spending_by_category()
+    assert [(s.category, s.orders, s.periods, s.spent) for s in spending] == [
+        (product.category, 0, 3, Decimal(10))
+    ]
     assert [s.id for s in subscriptions.list(statuses=[SubscriptionStatus.STOPPED])] == [
         second.id,
         started.id,

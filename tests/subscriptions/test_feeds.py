@@ -2,7 +2,8 @@
 policies on realtime.messages, and joins through the Realtime double behind the gateway): the
 provider's feed of subscription events, the buyer's low-balance warning, balance changes with the
 burn rate and runway, and the same two in the balance read. Also: a provider who lost their role
-sells no new subscription, and subscription income counts in the provider's earnings."""
+sells no new subscription, and subscription income counts in the provider's earnings and in the
+buyer's spending."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from psycopg.rows import TupleRow
 from cli.dev.stack import LocalStack
 from tests.support import Api, User, body
 from tests.support.client import Doubles
-from tests.support.marketplace import D, MakeUser, buyer, failure, list_product, setting
+from tests.support.marketplace import D, MakeUser, buyer, failure, list_product, placed, setting
 from tests.support.realtime import join_reply, readable_messages
 from tests.support.subscriptions import start, stop, subscription_config
 
 USAGE_PRICES = {"usage_prices": {"egress_gb": "0.5"}}
+
+
+def decimals(row: dict[str, Any], *columns: str) -> tuple[Any, ...]:
+    return tuple(D(str(row[column])) for column in columns)
 
 
 def payloads(db: psycopg.Connection[TupleRow], viewer: str, topic: str, event: str) -> list[dict[str, Any]]:
@@ -174,3 +179,35 @@ def test_subscription_income_counts_in_the_providers_earnings(service_api: Api, 
     # Nobody else's earnings show them.
     for view in ("provider_earnings_daily", "provider_earnings_by_product"):
         assert body(alice.api.get(f"/{view}")) == []
+
+
+def test_subscription_periods_count_in_the_buyers_spending(service_api: Api, make_user: MakeUser) -> None:
+    provider, alice, bob = make_user("farmer"), buyer(service_api, make_user, "100"), make_user()
+    slice_ = list_product(provider, price="10")
+    order = placed(alice, (slice_["id"], 1))
+    assert provider.api.rpc("fulfil_order", order_id=order["id"]).status_code == 200
+    hourly = list_product(provider, price="3", unit="hour", attributes={"location": "BE", **USAGE_PRICES})
+    running = start(alice, hourly["id"], quantity=2)
+    reply = provider.api.rpc(
+        "report_usage", subscription_id=running["id"], unit="egress_gb", quantity="1", idempotency_key="u-1"
+    )
+    assert reply.status_code == 200, reply.text
+    with setting(service_api, "marketplace_config", "platform_fee_percent", "10"):
+        stop(alice.api, running["id"])  # one started hour: 6, and the usage: 0.5, fee or not
+    start(alice, hourly["id"])  # held, not charged: not spent yet
+    # Taken off sale, the product is hidden from its buyer; what was paid for it stays spent.
+    off_sale = body(provider.api.patch("/products", {"active": False}, id=f"eq.{hourly['id']}"))
+    assert [product["active"] for product in off_sale] == [False]
+    assert body(alice.api.get("/products", id=f"eq.{hourly['id']}")) == []
+
+    rows, money = body(alice.api.get("/buyer_spending_by_category")), ("paid", "refunded", "spent")
+    counts = ("buyer_id", "category", "orders", "units", "periods")
+    assert [(*(row[column] for column in counts), *decimals(row, *money)) for row in rows] == [
+        (alice.id, "compute", 1, 1, 2, D("16.5"), D("0"), D("16.5"))
+    ]
+    # Nobody else's spending shows them; an admin's shows them too.
+    for other in (provider, bob):
+        assert body(other.api.get("/buyer_spending_by_category")) == []
+    admin = make_user("admin")
+    everyone = body(admin.api.get("/buyer_spending_by_category", buyer_id=f"eq.{alice.id}"))
+    assert [(row["periods"], D(str(row["spent"]))) for row in everyone] == [(2, D("16.5"))]
