@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from mycelium_client._observe import event, log
 from mycelium_client.amounts import loads
 from mycelium_client.errors import MyceliumError, NotAuthorized, ServiceUnavailable
 from mycelium_client.models import Balance, BalanceChange, BalanceSource, LowBalanceWarning
@@ -88,6 +90,7 @@ class BalanceChannel:
         self.subscribed = asyncio.Event()
         self.mode: BalanceSource | None = None  # BROADCAST, or POSTGRES_CHANGES after a refusal
         self.last_failure: BaseException | None = None  # why it is not subscribed, while retrying
+        self.joins = 0  # how often it subscribed (in either mode)
         self._refs = itertools.count(1)
         self._last: tuple[object, ...] | None = None
         self._balance_ids: set[int] = set()  # the server's ids of the Postgres Changes bindings
@@ -114,6 +117,7 @@ class BalanceChannel:
                 ) as socket:
                     await self._join(socket)
                     await self._deliver(emit, await self._resynced())
+                    self._joined()
                     self.last_failure = None
                     self.subscribed.set()
                     await self._listen(socket, emit, warn)
@@ -121,7 +125,7 @@ class BalanceChannel:
                 raise failed.error from None
             except _PolicyRefusal as refusal:
                 if self.mode is BalanceSource.BROADCAST:
-                    self.mode = BalanceSource.POSTGRES_CHANGES
+                    self._falling_back()
                     continue
                 raise NotAuthorized(str(refusal), reason="realtime_join_refused") from None
             except (_Retry, OSError, TimeoutError, websockets.WebSocketException) as failure:
@@ -130,7 +134,51 @@ class BalanceChannel:
             # Counted until the channel proves itself, so a server that keeps refusing or closing
             # it is asked less and less often, not in a loop (with a REST read each time).
             failures = 1 if self._proven else failures + 1
-            await asyncio.sleep(min(0.1 * 2**failures, self.settings.max_backoff_seconds))
+            delay = min(0.1 * 2**failures, self.settings.max_backoff_seconds)
+            self._retrying(delay)
+            await asyncio.sleep(delay)
+
+    # -- what the log tells (the topic names the user; no token, no payload) ------------------
+    def _joined(self) -> None:
+        assert self.mode is not None
+        rejoin = self.joins > 0
+        self.joins += 1
+        what = "rejoined" if rejoin else "joined"
+        event(
+            log,
+            logging.INFO,
+            "realtime_joined",
+            f"Realtime {what} {self.topic}",
+            topic=self.topic,
+            mode=self.mode.value,
+            rejoin=rejoin,
+        )
+
+    def _falling_back(self) -> None:
+        refused = self.topic
+        self.mode = BalanceSource.POSTGRES_CHANGES
+        event(
+            log,
+            logging.INFO,
+            "realtime_fallback",
+            f"Realtime refused {refused} by policy: following {self.topic} through Postgres Changes",
+            topic=self.topic,
+            refused_topic=refused,
+        )
+
+    def _retrying(self, delay: float) -> None:
+        failure = self.last_failure
+        # Our own messages say what failed; a library's error is told by its type only.
+        cause = str(failure) if isinstance(failure, _Retry) else type(failure).__name__
+        event(
+            log,
+            logging.INFO,
+            "realtime_retry",
+            f"Realtime {self.topic}: join again in {delay * 1000:.0f} ms after {cause}",
+            topic=self.topic,
+            delay_ms=round(delay * 1000, 1),
+            cause=cause,
+        )
 
     async def _resynced(self) -> BalanceChange:
         """The balance over REST. PostgREST unavailable, or refusing a token that expired (the

@@ -16,6 +16,7 @@ from supabase.lib.client_options import AsyncClientOptions, SyncClientOptions
 from supabase_auth.types import AuthChangeEvent, Subscription
 from supabase_auth.types import Session as GoTrueSession
 
+from mycelium_client._auth_http import async_auth_http, auth_http
 from mycelium_client._http import AsyncTransport, Credentials, RetryPolicy, SyncTransport
 from mycelium_client._identity import Identity, Project
 from mycelium_client._realtime import WatchSettings
@@ -117,7 +118,8 @@ class MyceliumClient(_FollowsSession):
     ) -> None:
         """`key` is the project's anon key (users sign in) or service_role key (trusted services);
         `access_token` makes the client act for that user, as `as_user` does."""
-        options = SyncClientOptions(headers={}, persist_session=False)
+        # Auth's calls through an HTTP client that reports them, as the REST calls are reported.
+        options = SyncClientOptions(headers={}, persist_session=False, httpx_client=auth_http(timeout))
         self._build(
             _Core.create(url, key, access_token, retry, watch),
             supabase.Client(url, key, options),
@@ -217,7 +219,7 @@ class AsyncMyceliumClient(_FollowsSession):
         watch: WatchSettings | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        options = AsyncClientOptions(headers={}, persist_session=False)
+        options = AsyncClientOptions(headers={}, persist_session=False, httpx_client=async_auth_http(timeout))
         self._build(
             _Core.create(url, key, access_token, retry, watch),
             supabase.AsyncClient(url, key, options),

@@ -70,6 +70,8 @@ def test_json_logs_of_a_full_run_tell_every_operation_and_hold_no_secret(
         mycelium("credits", "audit", "--json")
         # A service's own calls as a user, logged as the command logs them.
         with command_logs(LogFormat.JSON, LogLevel.DEBUG) as logged:
+            session = payer.client.auth.sign_in(payer.email, PASSWORD)
+            payer.client.auth.refresh()
             payer.client.credits.transfer(payee.id, 1)
             payer.client.credits.balance()
             with pytest.raises(InsufficientCredits):
@@ -80,6 +82,7 @@ def test_json_logs_of_a_full_run_tell_every_operation_and_hold_no_secret(
 
     everything = "\n".join(written)
     secrets = [stack.anon_key, stack.service_role_key, stack.jwt_secret, PASSWORD, payer.token, payee.token]
+    secrets += [session.access_token, session.refresh_token]
     assert leaked(everything, secrets) == []
     # No token of any kind (the demo's users' included), and none that had to be scrubbed.
     assert "eyJ" not in everything and REDACTED not in everything
@@ -95,6 +98,8 @@ def test_json_logs_of_a_full_run_tell_every_operation_and_hold_no_secret(
     assert [(c["rpc"], c["outcome"]) for c in granted] == [("grant_credits", "ok")]
     refused = [call for call in money if call["outcome"] == "error"]
     assert [(c["rpc"], c["reason"]) for c in refused][-1] == ("transfer_credits", "insufficient_credits")
+    auth_calls = [(c["path"], c["outcome"]) for c in events["api_call"] if c["path"].startswith("/auth/")]
+    assert auth_calls == [("/auth/v1/token", "ok"), ("/auth/v1/token", "ok")]  # the sign-in, the refresh
     assert {job["job"] for job in events["upkeep_job"]} >= set(upkeep.JOBS)
     assert all(job["outcome"] == "ok" and job["level"] == "info" for job in events["upkeep_job"])
     for sweep in ("holds_released", "credits_expired", "subscriptions_charged", "ledger_rolled_up"):

@@ -1,6 +1,7 @@
 """What the client tells of its calls: a log event per call and per retry (`mycelium.client`), and
 with OpenTelemetry a client span per call, a child of the caller's, whose context reaches
-PostgREST through the gateway as `traceparent` (the local stack's PostgREST echoes it back)."""
+PostgREST through the gateway as `traceparent` (the local stack's PostgREST echoes it back).
+Auth's calls (through supabase_auth) alike, their context reaching Auth."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mycelium_client import AsyncMyceliumClient, InsufficientCredits, MyceliumClient, ServiceUnavailable
+from mycelium_client import (
+    AsyncMyceliumClient,
+    InsufficientCredits,
+    MyceliumClient,
+    NotAuthorized,
+    ServiceUnavailable,
+)
 from mycelium_client.admin import audited
 from tests.support.client import FAST_RETRY, PASSWORD, Doubles, MakeAccount, Target, Unavailable
 from tests.support.telemetry import Logged, Spans, is_child, trace_id, traceparent
 
 TRANSFER = "POST /rpc/transfer_credits"
+SIGN_IN = "POST /auth/v1/token"
 tracer = trace.get_tracer("tests")
 
 
@@ -128,6 +136,55 @@ def test_async_calls_are_observed_alike(
     assert (call.attributes or {})["mycelium.idempotency_key"] == "async-key"
     [ended] = [e for e in logged.events("api_call") if e.get("rpc") == "transfer_credits"]
     assert (ended["outcome"], ended["trace_id"]) == ("ok", trace_id(call))
+
+
+def test_a_sign_in_is_a_span_of_the_caller_s_trace_whose_context_reaches_auth(
+    target: Target, local_doubles: Doubles, spans: Spans, logged: Logged
+) -> None:
+    _, email = target.create_user()
+    client = target.client()
+    with tracer.start_as_current_span("login"), pytest.raises(NotAuthorized):
+        client.auth.sign_in(email, "not the password")
+    refused = spans.one(SIGN_IN)
+    assert refused.status.status_code is StatusCode.ERROR and refused.kind is SpanKind.CLIENT
+    assert dict(refused.attributes or {}) == {
+        "http.request.method": "POST",
+        "url.path": "/auth/v1/token",  # no query: the grant type and anything else stay out
+        "http.response.status_code": 400,
+        "mycelium.retries": 0,
+        "mycelium.reason": "invalid_credentials",
+        "error.type": "invalid_credentials",
+    }
+    spans.exporter.clear()
+
+    with tracer.start_as_current_span("login"):
+        client.auth.sign_in(email, PASSWORD)
+    signed_in = spans.one(SIGN_IN)
+    assert is_child(signed_in, spans.one("login")) and signed_in.status.status_code is StatusCode.UNSET
+    assert traceparent(signed_in) in local_doubles.auth.traceparents  # through the gateway
+
+    calls = [e for e in logged.events("api_call") if e["path"] == "/auth/v1/token"]
+    assert [(e["level"], e["outcome"], e["reason"], e["status"]) for e in calls] == [
+        ("debug", "error", "invalid_credentials", 400),
+        ("debug", "ok", None, 200),
+    ]
+    assert calls[1]["trace_id"] == trace_id(signed_in) and calls[1]["method"] == "POST"
+
+
+def test_async_auth_calls_are_observed_alike(target: Target, spans: Spans, logged: Logged) -> None:
+    _, email = target.create_user()
+
+    async def scenario() -> None:
+        async with AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as client:
+            with tracer.start_as_current_span("async login"):
+                await client.auth.sign_in(email, PASSWORD)
+                await client.auth.sign_out()
+
+    asyncio.run(scenario())
+    login = spans.one("async login")
+    assert is_child(spans.one(SIGN_IN), login) and is_child(spans.one("POST /auth/v1/logout"), login)
+    paths = [(e["path"], e["outcome"]) for e in logged.events("api_call") if e["path"].startswith("/auth/")]
+    assert paths == [("/auth/v1/token", "ok"), ("/auth/v1/logout", "ok")]
 
 
 def test_the_audit_and_the_sweeps_log_what_they_found(target: Target, logged: Logged) -> None:

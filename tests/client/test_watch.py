@@ -30,6 +30,7 @@ from mycelium_client import (
 )
 from tests.client.doubles.realtime import RESTARTING, TOKEN_EXPIRED, JoinScript, policy_refusal
 from tests.support.client import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target, listed
+from tests.support.telemetry import Logged
 
 WAIT = 10.0
 # FAST_WATCH's rejoin delays after 1, 2, 3... failures in a row: doubling, up to its maximum.
@@ -133,7 +134,9 @@ def test_large_amounts_arrive_exactly(target: Target, account: MakeAccount) -> N
     assert change.balance == Decimal("123456789012345.123457")  # 21 digits: no float holds that
 
 
-def test_resubscribes_after_a_dropped_connection(local_doubles: Doubles, account: MakeAccount) -> None:
+def test_resubscribes_after_a_dropped_connection(
+    local_doubles: Doubles, account: MakeAccount, logged: Logged
+) -> None:
     sender, recipient = account(funded=10), account()
     with recipient.client.credits.watch() as watch:
         assert watch.get(timeout=WAIT).balance == 0
@@ -145,6 +148,10 @@ def test_resubscribes_after_a_dropped_connection(local_doubles: Doubles, account
         sender.client.credits.transfer(recipient.id, 1)
         assert watch.get(timeout=WAIT).balance == 5
     assert len(local_doubles.realtime.frames("phx_join")) > joins
+    joined = logged.events("realtime_joined")
+    assert [e["rejoin"] for e in joined[:2]] == [False, True]
+    assert all(e["level"] == "info" and e["topic"] == f"realtime:balance:{recipient.id}" for e in joined)
+    assert logged.events("realtime_retry")  # after the drop
 
 
 @contextlib.contextmanager
@@ -168,7 +175,7 @@ def balance_topics_closed(target: Target) -> Iterator[None]:
 
 
 def test_falls_back_to_postgres_changes_when_the_private_topic_is_refused(
-    target: Target, local_doubles: Doubles, account: MakeAccount
+    target: Target, local_doubles: Doubles, account: MakeAccount, logged: Logged
 ) -> None:
     sender, recipient = account(funded=3), account()
     with balance_topics_closed(target), recipient.client.credits.watch() as watch:
@@ -177,6 +184,11 @@ def test_falls_back_to_postgres_changes_when_the_private_topic_is_refused(
         change = watch.get(timeout=WAIT)
     assert change.source is BalanceSource.POSTGRES_CHANGES and change.balance == Decimal("0.5")
     assert change.user_id == recipient.id
+    [fallback] = logged.events("realtime_fallback")
+    assert fallback["refused_topic"] == f"realtime:balance:{recipient.id}"
+    assert fallback["topic"] == f"realtime:balance-row:{recipient.id}"
+    joined = logged.events("realtime_joined")
+    assert [(e["mode"], e["rejoin"]) for e in joined] == [("postgres_changes", False)]
 
 
 def test_the_postgres_changes_mode_ignores_broadcasts_anyone_may_send(
@@ -285,7 +297,7 @@ def test_rest_unavailable_at_a_reconnect_is_retried(
 
 @pytest.mark.parametrize("reason", [TOKEN_EXPIRED, RESTARTING], ids=["token", "restarting"])
 def test_a_join_refused_for_another_reason_than_the_policy_is_retried_with_backoff(
-    local_doubles: Doubles, account: MakeAccount, reason: str
+    local_doubles: Doubles, account: MakeAccount, reason: str, logged: Logged
 ) -> None:
     sender, recipient = account(funded=2), account()
     topic = f"balance:{recipient.id}"
@@ -296,6 +308,9 @@ def test_a_join_refused_for_another_reason_than_the_policy_is_retried_with_backo
         change = watch.get(timeout=WAIT)
     assert change.source is BalanceSource.BROADCAST and change.balance == 2
     assert_backed_off(local_doubles.realtime.join_times(topic, 4, WAIT))
+    refusals = [e["cause"] for e in logged.events("realtime_retry")]
+    assert refusals == [f"Realtime refused realtime:{topic}: {reason}"] * 3
+    assert [e["rejoin"] for e in logged.events("realtime_joined")] == [False]
 
 
 def test_a_channel_the_server_keeps_closing_is_rejoined_with_backoff(

@@ -78,6 +78,7 @@ class AuthDouble:
     jwt_secret: str
     token_lifetime_seconds: int = 3600
     requests: list[str] = field(default_factory=list)  # "POST /token?grant_type=password", ...
+    traceparents: list[str] = field(default_factory=list)  # the trace contexts requests carried
     _refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -114,6 +115,8 @@ class AuthDouble:
         self.requests.append(
             f"{method} {url.path}" + (f"?grant_type={query['grant_type']}" if "grant_type" in query else "")
         )
+        if "traceparent" in handler.headers:
+            self.traceparents.append(handler.headers["traceparent"])
         bearer = (handler.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         routes: dict[tuple[str, str], Callable[..., tuple[int, Any]]] = {
             ("POST", "/signup"): self.signup,
