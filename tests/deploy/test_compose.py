@@ -24,7 +24,7 @@ import pytest
 
 from cli.api import parse_duration
 from cli.dev.gateway import Limits
-from cli.dev.postgrest import MAX_ROWS
+from cli.dev.postgrest import MAX_ROWS, TRACE_HEADER
 from cli.keys import API_KEY_LIFETIME_SECONDS, ApiKeys, decode
 from cli.migrations import bundled_sql_dir
 from tests.support import REPO
@@ -666,6 +666,12 @@ def test_postgrest_answers_at_most_a_page_of_rows_as_in_the_local_stack(
     assert services["rest"]["environment"]["PGRST_DB_MAX_ROWS"] == str(MAX_ROWS)
 
 
+def test_postgrest_answers_with_the_trace_context_of_the_request_as_in_the_local_stack(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert services["rest"]["environment"]["PGRST_SERVER_TRACE_HEADER"] == TRACE_HEADER
+
+
 # ---------------------------------------------------------------------------------------------
 # Migrations
 # ---------------------------------------------------------------------------------------------
@@ -706,7 +712,7 @@ def test_upkeep_runs_the_periodic_jobs_through_the_gateway_every_few_minutes(
         "SUPABASE_URL": "http://kong:8000",
         "SUPABASE_SERVICE_ROLE_KEY": "${SERVICE_ROLE_KEY}",
         "MYCELIUM_LOG_FORMAT": "json",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
     }
     assert upkeep["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert upkeep["restart"] == "unless-stopped"
@@ -723,14 +729,19 @@ def test_auth_and_the_commands_send_their_traces_to_the_same_collector(
     services: dict[str, dict[str, Any]],
 ) -> None:
     auth = services["auth"]["environment"]
-    assert auth["GOTRUE_TRACING_ENABLED"] == "${TRACING_ENABLED}"
+    # Auth refuses to start on an empty boolean: unset or empty is false.
+    assert auth["GOTRUE_TRACING_ENABLED"] == "${TRACING_ENABLED:-false}"
     assert auth["GOTRUE_TRACING_EXPORTER"] == "opentelemetry"
+    assert auth["OTEL_SERVICE_NAME"] == "auth"
     assert auth["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     for name in ("auth", "upkeep", "metrics"):
         endpoint = services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
-        assert endpoint == "${OTEL_EXPORTER_OTLP_ENDPOINT}", name
-    # By default the observability profile's Jaeger, which takes OTLP over HTTP on 4318.
+        assert endpoint == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}", name
+    # Off by default: without the observability profile nothing collects them. Its Jaeger takes
+    # OTLP over HTTP on 4318, the address the comment gives.
     documented = documented_variables()
-    assert documented["OTEL_EXPORTER_OTLP_ENDPOINT"][0] == "http://jaeger:4318"
-    assert documented["TRACING_ENABLED"][0] == "true"
+    assert documented["TRACING_ENABLED"][0] == "false"
+    assert documented["OTEL_EXPORTER_OTLP_ENDPOINT"][0] == ""
+    how = " ".join(documented["TRACING_ENABLED"][1])
+    assert "TRACING_ENABLED=true and OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" in how
     assert "observability" in services["jaeger"]["profiles"]
