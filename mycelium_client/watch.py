@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-from mycelium_client._realtime import BalanceChannel
+from mycelium_client._realtime import BalanceChannel, LoopThread
 from mycelium_client.errors import ServiceUnavailable
 from mycelium_client.models import BalanceChange, LowBalanceWarning
 
@@ -195,27 +195,22 @@ class BalanceWatch(_Watch):
         self._make_channel = make_channel
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: LoopThread | None = None
 
     async def _main(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
-            self._task = await self._started_task(self._make_channel(), timeout)
+            task = await self._started_task(self._make_channel(), timeout)
         except BaseException as error:
             self._start_error = error
             return
         finally:
             self._started.set()
-        await asyncio.wait({self._task})
+        await asyncio.wait({task})
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> BalanceWatch:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=asyncio.run, args=(self._main(timeout),), name="mycelium-balance-watch", daemon=True
-            )
-            self._thread.start()
+            self._thread = LoopThread("mycelium-balance-watch")
+            self._thread.start(self._main(timeout))
             self._started.wait()
             if self._start_error is not None:
                 raise self._start_error
@@ -223,12 +218,8 @@ class BalanceWatch(_Watch):
 
     def close(self) -> None:
         """Stop; raises the error that ended the watch, if nothing raised it yet."""
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
-                loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
-            self._thread.join()
+            self._thread.stop()
         self._raise_failure()
 
     def __enter__(self) -> BalanceWatch:

@@ -525,5 +525,10 @@ def test_the_postgres_changes_mode_delivers_warnings_too(
         buyer.client.subscriptions.stop(started.id)
         while watch.get(timeout=WAIT).held != 0:  # the stop: after the warning, in commit order
             pass
-    assert held.source is BalanceSource.POSTGRES_CHANGES and held.burn_rate is None  # the row alone
+    # The row has no burn rate: the watch read the account after it, and it has.
+    assert (held.source, held.burn_rate, held.runway_hours) == (
+        BalanceSource.POSTGRES_CHANGES,
+        Decimal(2),
+        Decimal("1.5"),
+    )
     assert [(w.user_id, w.runway_hours) for w in warnings] == [(buyer.id, Decimal("1.5"))]
