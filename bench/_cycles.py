@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from bench._load import WORKERS, Protocol, pgbench_database, tpcb_rate
+from bench._load import PROTOCOLS, WORKERS, Protocol, pgbench_database, tpcb_rate
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,22 @@ def yardstick_name(protocol: Protocol) -> str:
     """The tpcb-like yardstick's name among cycled_rates' measures: `tpcb` in pgbench's default
     simple protocol, `tpcb_prepared` in the prepared one."""
     return "tpcb" if protocol == "simple" else f"tpcb_{protocol}"
+
+
+def in_protocol(name: str, protocol: Protocol) -> str:
+    """A direct-SQL measure's name among cycled_rates' measures when sent in `protocol`."""
+    return f"{name}@{protocol}"
+
+
+def in_protocols(measures: Mapping[str, Callable[[Protocol], float]]) -> dict[str, Callable[[], float]]:
+    """Each direct-SQL measure (given the protocol to send it in) once in every protocol of
+    PROTOCOLS, named by in_protocol: each compares with the yardstick sent alike (`cycled_rates`
+    with yardsticks=PROTOCOLS)."""
+    return {
+        in_protocol(name, protocol): partial(measure, protocol)
+        for protocol in PROTOCOLS
+        for name, measure in measures.items()
+    }
 
 
 def cycled_rates(

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from bench._load import WORKERS, Protocol, script_rate
+from bench._load import WORKERS, Protocol, gset_value, script_rate
 
 # What a request through the gateway carries in its headers (lower-cased, as PostgREST sets
 # request.headers): the size of a real one, a signed-in user's bearer token included.
@@ -74,12 +74,6 @@ USER_CLAIMS = (
 SERVICE_CLAIMS = '\'{"iss": "supabase", "role": "service_role", "exp": 4102444800}\''
 
 
-def body(json: str, protocol: Protocol) -> str:
-    """The JSON body the call reads (:body, from \\gset): sent as a parameter when prepared, and
-    spelled out in the statement's text as a literal in the simple protocol."""
-    return json if protocol == "prepared" else f"quote_literal({json})"
-
-
 def rest_transfer(protocol: Protocol, *, with_key: bool = True, with_pre_request: bool = True) -> str:
     """The PostgREST-shaped transfer; bench/profile_ledger.py leaves out its idempotency key or its
     pre-request to price them."""
@@ -93,7 +87,7 @@ def rest_transfer(protocol: Protocol, *, with_key: bool = True, with_pre_request
 \\set r 1 + (:a + :b - 1) % :accounts
 begin isolation level read committed read write;
 {postgrest_settings("authenticated", USER_CLAIMS, "transfer_credits")},
-  (select {body(request, protocol)} from mycelium_bench.users r where r.n = :r) as body \\gset
+  (select {gset_value(request, protocol)} from mycelium_bench.users r where r.n = :r) as body \\gset
 {pre_request}{postgrest_call("transfer_credits", arguments)}
 commit;
 """
@@ -109,7 +103,7 @@ def rest_purchase(protocol: Protocol) -> str:
 \\set a random(1, :accounts)
 begin isolation level read committed read write;
 {postgrest_settings("service_role", SERVICE_CLAIMS, "purchase_credits")},
-  (select {body(request, protocol)} from mycelium_bench.users u where u.n = :a) as body \\gset
+  (select {gset_value(request, protocol)} from mycelium_bench.users u where u.n = :a) as body \\gset
 select mycelium_gate.check_caller();
 {postgrest_call("purchase_credits", arguments)}
 commit;

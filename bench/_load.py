@@ -61,6 +61,13 @@ def run_pgbench(db_url: str, database: str, extra: list[str]) -> float:
     return float(tps[-1].split("=")[1].split()[0])
 
 
+def gset_value(expression: str, protocol: Protocol) -> str:
+    """`expression`, for a pgbench script to keep with \\gset and send back in a later statement as
+    a variable: when prepared, a variable is sent as a parameter; in the simple protocol its text
+    is spelled out in the statement, so it is kept as a quoted literal."""
+    return expression if protocol == "prepared" else f"quote_literal({expression})"
+
+
 def script_rate(
     db_url: str,
     script: str,

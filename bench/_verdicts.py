@@ -3,10 +3,12 @@ latency rows); each table returns how many targets it missed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bench._cycles import Rate
+from bench._load import PROTOCOLS, Protocol
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -74,6 +76,26 @@ def print_rates(rows: list[RateRow]) -> int:
         missed += mark == "MISSED"
         print(f"{row.name:44} {shown:>12} {ratio_text:>8} {band_text:>14} {goal_text:>8}  {mark}")
     return missed
+
+
+PROTOCOL_TITLES: dict[Protocol, str] = {
+    "prepared": "prepared statements (pgbench -M prepared; PostgREST prepares its queries): the targets",
+    "simple": "simple protocol (pgbench's default; for comparison, no targets)",
+}
+
+
+def print_rates_by_protocol(rows_of: Callable[[Protocol], list[RateRow]]) -> tuple[int, list[dict[str, Any]]]:
+    """One throughput table per protocol of PROTOCOLS, `rows_of` giving its rows (each ratio
+    comparing two measures sent in that protocol); how many targets were missed, and every row for
+    the results, its protocol named."""
+    missed = 0
+    throughput: list[dict[str, Any]] = []
+    for protocol in PROTOCOLS:
+        rows = rows_of(protocol)
+        print(f"\n{PROTOCOL_TITLES[protocol]}")
+        missed += print_rates(rows)
+        throughput += [{**row.as_dict(), "protocol": protocol} for row in rows]
+    return missed, throughput
 
 
 @dataclass(frozen=True)

@@ -39,14 +39,14 @@ from typing import Any
 
 import psycopg
 
-from bench._cycles import Rate, add_cycle_options, cycled_rates, yardstick_name
+from bench._cycles import Rate, add_cycle_options, cycled_rates, in_protocol, in_protocols, yardstick_name
 from bench._ledger import number_users, sql_rate
 from bench._load import PROTOCOLS, WORKERS, Protocol, lua_locals, pgbench_database, tpcb_rate, wrk_rate
 from bench._reads import Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
 from bench._stack import Target, local_target
 from bench._users import create_users, fund
-from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, ratio
+from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol, ratio
 
 # ---------------------------------------------------------------------------------------------
 # Load: pgbench for direct SQL, wrk for PostgREST (both C clients)
@@ -236,15 +236,6 @@ SQL_MEASURES = {
     "sql_hot": "hot",
     "sql_floor": "floor",
 }
-PROTOCOL_TITLES = {
-    "prepared": "prepared statements (pgbench -M prepared; PostgREST prepares its queries): the targets",
-    "simple": "simple protocol (pgbench's default; for comparison, no targets)",
-}
-
-
-def in_protocol(name: str, protocol: Protocol) -> str:
-    """A direct-SQL measure's name in cycled_rates' results when sent in `protocol`."""
-    return f"{name}@{protocol}"
 
 
 def throughput_rows(rates: Mapping[str, Rate], protocol: Protocol) -> list[RateRow]:
@@ -299,12 +290,12 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
 
     accounts = len(users)
     hot_flushes = WalFlushes(admin_url)
-    measures: dict[str, Callable[[], float]] = {}
-    for protocol in PROTOCOLS:
-        for name, kind in SQL_MEASURES.items():
-            measures[in_protocol(name, protocol)] = partial(
-                sql_rate, target.db_url, kind, accounts, seconds, protocol
-            )
+    measures = in_protocols(
+        {
+            name: partial(sql_rate, target.db_url, kind, accounts, seconds)
+            for name, kind in SQL_MEASURES.items()
+        }
+    )
     hot_measure = in_protocol("sql_hot", "prepared")
     measures[hot_measure] = hot_flushes.around(measures[hot_measure])
     if target.api_url and target.jwt_secret:
@@ -339,14 +330,7 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
             conn.execute("select count(*) from public.audit_ledger()").fetchone() if args.audit else None
         )
 
-    missed = 0
-    throughput = []
-    for protocol in PROTOCOLS:
-        rows = throughput_rows(rates, protocol)
-        print(f"\n{PROTOCOL_TITLES[protocol]}")
-        missed += print_rates(rows)
-        throughput += [{**row.as_dict(), "protocol": protocol} for row in rows]
-    results["throughput"] = throughput
+    missed, results["throughput"] = print_rates_by_protocol(partial(throughput_rows, rates))
     results["rates"] = {name: {"mean": rate.mean, "cycles": rate.samples} for name, rate in rates.items()}
     hot = rates[in_protocol("sql_hot", "prepared")].mean
     floor = rates[in_protocol("sql_floor", "prepared")].mean

@@ -8,8 +8,10 @@ product search pages at 1,000 and at 100,000 products.
 
 One order = place_order (the hold) then fulfil_order (the capture) by the product's provider: two
 transactions. Every figure is measured in this one run; throughput measures run in short slices,
-cycling through the yardstick and every measure many times, and each keeps its mean. Targets
-(issue 4):
+cycling through the yardstick and every measure many times, and each keeps its mean. The direct-SQL
+orders and the yardstick run in both of pgbench's protocols, prepared and simple, and each ratio
+compares two measures sent the same way (as bench/ledger.py does); the targets are taken prepared,
+as PostgREST sends its queries. Targets (issue 4):
   one popular provider       >= 0.6 x orders spread over 50 providers (platform revenue is a
                              derived account: it must not serialise orders)
   filtered search page       at 100,000 products / at 1,000 products < 2 (indexes, not scans)
@@ -21,19 +23,20 @@ import argparse
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import psycopg
 
 from bench._catalogue import add_products
-from bench._cycles import add_cycle_options, cycled_rates
-from bench._load import lua_locals, script_rate, wrk_rate
+from bench._cycles import Rate, add_cycle_options, cycled_rates, in_protocol, in_protocols, yardstick_name
+from bench._load import PROTOCOLS, Protocol, gset_value, lua_locals, script_rate, wrk_rate
 from bench._reads import REFERENCE, Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
 from bench._stack import Target, local_target
 from bench._users import create_users, fund
-from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates
+from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol
 from cli.dev.gateway import Limits
 
 PROVIDERS = 50
@@ -43,22 +46,33 @@ PRODUCTS_PER_PROVIDER = 20
 # provider fulfils from this many sessions (tokens) instead, as a busy provider's back office would.
 PROVIDER_SESSIONS = 20
 
-# Direct SQL through pgbench: buyers and products looked up by number in bench-only tables; the
-# order id and its provider come back from place_order into pgbench variables (\gset).
-ORDER_SCRIPT = """
+
+def order_script(products: str, protocol: Protocol) -> str:
+    """One order by direct SQL through pgbench, sent in `protocol`: buyers and products looked up by
+    number in bench-only tables (mycelium_bench.`products`); the order id and its provider come back
+    from place_order into pgbench variables (\\gset)."""
+    items = "jsonb_build_array(jsonb_build_object('product_id', p.id, 'quantity', 1))"
+    order = f"public.place_order({items}) ->> 'id'"
+    return f"""
 \\set b random(1, :buyers)
 \\set p random(1, :products)
 select set_config('request.jwt.claims',
                   json_build_object('sub', u.id, 'role', 'authenticated')::text, true) as claimed,
-       public.place_order(jsonb_build_array(jsonb_build_object('product_id', p.id, 'quantity', 1)))
-         ->> 'id' as order_id,
-       p.provider_id as provider_id
+       {gset_value(order, protocol)} as order_id,
+       {gset_value("p.provider_id", protocol)} as provider_id
 from mycelium_bench.buyers u, mycelium_bench.{products} p where u.n = :b and p.n = :p
 \\gset
 select set_config('request.jwt.claims',
                   json_build_object('sub', :provider_id::uuid, 'role', 'authenticated')::text, true),
        public.fulfil_order(:order_id::uuid);
 """
+
+
+def order_rate(
+    db_url: str, products: str, variables: dict[str, int], seconds: float, protocol: Protocol
+) -> float:
+    """Orders per second by direct SQL (`order_script`), sent in `protocol`."""
+    return script_rate(db_url, order_script(products, protocol), variables, seconds, protocol)
 
 
 # PostgREST through wrk: a thread places an order as a random buyer for a random product, and
@@ -164,6 +178,32 @@ def search_latencies(conn: psycopg.Connection[Any], repeat: int) -> dict[str, fl
 # ---------------------------------------------------------------------------------------------
 
 
+def throughput_rows(rates: Mapping[str, Rate], protocol: Protocol) -> list[RateRow]:
+    """The throughput table of one protocol: the direct-SQL orders against the yardstick sent alike.
+    Targets are the prepared table's; the orders through PostgREST, which prepares its queries,
+    show there, against the direct SQL sent prepared."""
+    tpcb = rates.get(yardstick_name(protocol))
+    sql_many = rates.get(in_protocol("sql_many", protocol))
+    popular_target = 0.6 if protocol == "prepared" else None
+    rows = [
+        RateRow("pgbench tpcb-like (tps)", tpcb),
+        RateRow("direct SQL orders, 50 providers", sql_many, tpcb),
+        RateRow(
+            "direct SQL orders, one popular provider",
+            rates.get(in_protocol("sql_popular", protocol)),
+            sql_many,
+            popular_target,
+        ),
+    ]
+    if protocol == "prepared":
+        http_many = rates.get("http_many")
+        rows += [
+            RateRow("PostgREST orders, 50 providers", http_many, sql_many),
+            RateRow("PostgREST orders, one popular provider", rates.get("http_popular"), http_many, 0.6),
+        ]
+    return rows
+
+
 def setup(conn: psycopg.Connection[Any], buyers_count: int) -> tuple[list[str], list[str]]:
     print(
         f"setup: {buyers_count} buyers, {PROVIDERS} providers x {PRODUCTS_PER_PROVIDER} products", flush=True
@@ -205,12 +245,12 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
 
     counts = {"buyers": len(buyers), "products": PROVIDERS * PRODUCTS_PER_PROVIDER}
     popular_counts = {"buyers": len(buyers), "products": PRODUCTS_PER_PROVIDER}
-    many = ORDER_SCRIPT.replace("{products}", "products")
-    popular = ORDER_SCRIPT.replace("{products}", "popular")
-    measures = {
-        "sql_many": lambda: script_rate(target.db_url, many, counts, seconds),
-        "sql_popular": lambda: script_rate(target.db_url, popular, popular_counts, seconds),
-    }
+    measures = in_protocols(
+        {
+            "sql_many": partial(order_rate, target.db_url, "products", counts, seconds),
+            "sql_popular": partial(order_rate, target.db_url, "popular", popular_counts, seconds),
+        }
+    )
     if target.api_url and target.jwt_secret:
         from cli.keys import access_token
 
@@ -226,7 +266,7 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
 
         measures["http_popular"] = orders_rate(popular_rows)
         measures["http_many"] = orders_rate(product_rows)
-    rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures)
+    rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, seconds, measures, PROTOCOLS)
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         missing = args.products - int(conn.execute("select count(*) from public.products").fetchone()[0])  # type: ignore[index]
@@ -240,26 +280,17 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         large = search_latencies(conn, args.repeat)
         problems = conn.execute("select count(*) from public.audit_ledger()").fetchone()
 
-    sql_many, http_many = rates["sql_many"], rates.get("http_many")
-    rows = [
-        RateRow("pgbench tpcb-like (tps)", rates["tpcb"]),
-        RateRow("direct SQL orders, 50 providers", sql_many, rates["tpcb"]),
-        RateRow("direct SQL orders, one popular provider", rates["sql_popular"], sql_many, 0.6),
-        RateRow("PostgREST orders, 50 providers", http_many, sql_many),
-        RateRow("PostgREST orders, one popular provider", rates.get("http_popular"), http_many, 0.6),
-    ]
     print()
     print(
         "orders = place_order + fulfil_order; ratios: 50 providers against tpcb-like (direct SQL) or "
-        "direct SQL (PostgREST), one popular provider against 50 providers"
+        "direct SQL sent prepared (PostgREST), one popular provider against 50 providers"
     )
     if target.api_url:
         print(
             f"PostgREST: {len(buyers):,} buyers' tokens, {PROVIDER_SESSIONS} sessions' tokens a provider "
             f"(the gateway limits each token to {Limits.user_per_second} calls a second)"
         )
-    missed = print_rates(rows)
-    results["throughput"] = [row.as_dict() for row in rows]
+    missed, results["throughput"] = print_rates_by_protocol(partial(throughput_rows, rates))
     results["provider_sessions"] = PROVIDER_SESSIONS
     results["rates"] = {name: {"mean": rate.mean, "cycles": rate.samples} for name, rate in rates.items()}
     print()

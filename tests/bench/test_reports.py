@@ -13,14 +13,14 @@ import httpx
 import pytest
 from rich.console import Console
 
-from bench._cycles import Rate, yardstick_name
+from bench._cycles import Rate, in_protocol, yardstick_name
 from bench._load import Protocol, WrkTotals, lua_locals
 from bench._percentiles import PercentileRow, Percentiles
 from bench._results import results_for_scripts
 from bench._verdicts import LatencyRow, RateRow, print_rates
 from bench.client import PLAIN_READ, SIGN_IN_READ, auth_unavailable, print_sign_in
 from bench.flood import FloodRow, print_rows
-from bench.ledger import in_protocol, throughput_rows
+from bench.ledger import throughput_rows
 from bench.soak import Memory, Window, growths, memory_of, print_report, report, window_of, with_children
 
 
