@@ -145,7 +145,7 @@ class MyceliumClient(_FollowsSession):
         self.credits = Credits(transport, core.identity, core.project, core.watch)
         self.marketplace = Marketplace(transport, core.identity)
         self.orders = Orders(transport, core.identity)
-        self.subscriptions = Subscriptions(transport, core.identity)
+        self.subscriptions = Subscriptions(transport, core.identity, core.project, core.watch)
         self.admin = Admin(transport)
         # Following the auth client's session, until closed: a client made per request over a
         # long-lived supabase client must not leave a subscriber behind.
@@ -245,7 +245,7 @@ class AsyncMyceliumClient(_FollowsSession):
         self.credits = AsyncCredits(transport, core.identity, core.project, core.watch)
         self.marketplace = AsyncMarketplace(transport, core.identity)
         self.orders = AsyncOrders(transport, core.identity)
-        self.subscriptions = AsyncSubscriptions(transport, core.identity)
+        self.subscriptions = AsyncSubscriptions(transport, core.identity, core.project, core.watch)
         self.admin = AsyncAdmin(transport)
         # Following the auth client's session, until closed: a client made per request over a
         # long-lived supabase client must not leave a subscriber behind.

@@ -3,7 +3,8 @@
 (the running period is charged by the started hour, the rest given back); the service's batch
 (`admin.charge_due_subscriptions`, run by `mycelium upkeep`) pays each period when it ends and
 holds the next, or moves an unpaid subscription to grace, suspension and cancellation. Providers
-report metered usage, and follow the events of their subscriptions to start and stop workloads.
+report metered usage, and follow the events of their subscriptions to start and stop workloads
+(read over REST, and woken by Realtime: see `EventCursor` and `EventSignals`).
 
 Starting, stopping and reporting usage are retried safely on network errors: starting and
 reporting carry idempotency keys; stopping a stopped subscription returns it and moves nothing.
@@ -12,9 +13,11 @@ reporting carry idempotency keys; stopping a stopped subscription returns it and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import TypeAlias
 
 from mycelium_client._http import (
@@ -28,7 +31,8 @@ from mycelium_client._http import (
     rows,
     rpc,
 )
-from mycelium_client._identity import Identity
+from mycelium_client._identity import Identity, Project
+from mycelium_client._realtime import EventSignals, LoopThread, WatchSettings
 from mycelium_client.amounts import AmountLike, amount
 from mycelium_client.credits import UserRef, new_idempotency_key
 from mycelium_client.errors import InvalidArgument, NotFound
@@ -44,9 +48,11 @@ from mycelium_client.models import (
 
 SubscriptionRef = uuid.UUID | str
 DEFAULT_PAGE_SIZE = 100
-# How often `follow` reads new events, and how long it waits for an event id it has not seen
-# while later ones are visible (see EventCursor) before taking it for a rolled back one.
+# How often `follow` reads new events without Realtime, and with it (besides a read on each
+# event's signal: in case Realtime lost one), and how long it waits for an event id it has not
+# seen while later ones are visible (see EventCursor) before taking it for a rolled back one.
 DEFAULT_POLL_SECONDS = 2.0
+DEFAULT_RESYNC_SECONDS = 60.0
 DEFAULT_GAP_SECONDS = 60.0
 
 # The namespaces define a method `list`: their annotations name these instead of `list[...]`.
@@ -194,9 +200,8 @@ class EventCursor:
     a workload its buyer stopped paying for. So the cursor reads from `low`, below which every id
     was delivered or given up, delivers what it has not delivered yet, and gives up an id only
     when later ones have been visible for `gap_seconds` (a transaction rolled back, or a row the
-    caller may not see: ids are shared by every subscription). This polling is the Postgres feed;
-    a Realtime broadcast of the same events (topic `subscriptions:<provider id>`) would only tell
-    a follower to read now rather than at its next poll."""
+    caller may not see: ids are shared by every subscription). These reads are the Postgres feed,
+    and the only source of the events delivered; Realtime (`EventSignals`) only says when to read."""
 
     def __init__(
         self, filters: dict[str, str], after: int, page_size: int, gap_seconds: float, poll_seconds: float
@@ -238,10 +243,62 @@ class EventCursor:
             self.low = following
 
 
+class FollowSchedule:
+    """When a follower reads next (what both twins' `follow` share): at once after a signal from
+    Realtime (an event, a (re)join); else after `resync_seconds` while Realtime is joined, or
+    `poll_seconds` (the cursor's) while it is not (refused, reconnecting, or not asked for); and
+    never after `idle_seconds` without an event, if given (one last read, then the end)."""
+
+    def __init__(
+        self,
+        cursor: EventCursor,
+        idle_seconds: float | None,
+        resync_seconds: float,
+        signals: EventSignals | None,
+    ) -> None:
+        self.cursor, self.idle_seconds, self.signals = cursor, idle_seconds, signals
+        self.resync_seconds = resync_seconds  # checked by `follow`, before its first read
+        self._quiet_since = time.monotonic()
+
+    def take(self, event: SubscriptionEvent) -> bool:
+        now = time.monotonic()
+        fresh = self.cursor.take(event, now)
+        if fresh:
+            self._quiet_since = now
+        return fresh
+
+    def wait_seconds(self) -> float | None:
+        """How long to wait for a signal before the next read; None: idle long enough, stop."""
+        joined = self.signals is not None and self.signals.subscribed.is_set()
+        wait = self.resync_seconds if joined else self.cursor.poll_seconds
+        if self.idle_seconds is None:
+            return wait
+        left = self.idle_seconds - (time.monotonic() - self._quiet_since)
+        return min(wait, left) if left > 0 else None
+
+
+def event_signals(
+    project: Project,
+    identity: Identity,
+    settings: WatchSettings,
+    provider_id: UserRef | None,
+    signal: Callable[[], None],
+) -> EventSignals | None:
+    """The Realtime channel that wakes a follower of `provider_id`'s events (a follower of
+    everything it may see, or one that asked for no Realtime, has no topic: it polls)."""
+    if provider_id is None:
+        return None
+    provider = provider_id if isinstance(provider_id, uuid.UUID) else uuid.UUID(str(provider_id))
+    return EventSignals(project.websocket_url, provider, identity.bearer, settings, signal)
+
+
 # -- the namespaces ----------------------------------------------------------------------------
 class Subscriptions:
-    def __init__(self, transport: SyncTransport, identity: Identity) -> None:
+    def __init__(
+        self, transport: SyncTransport, identity: Identity, project: Project, watch_settings: WatchSettings
+    ) -> None:
         self._transport, self._identity = transport, identity
+        self._project, self._watch_settings = project, watch_settings
 
     def start(
         self, product_id: UserRef, quantity: int = 1, idempotency_key: str | None = None
@@ -325,27 +382,50 @@ class Subscriptions:
         idle_seconds: float | None = None,
         gap_seconds: float = DEFAULT_GAP_SECONDS,
         page_size: int = DEFAULT_PAGE_SIZE,
-    ) -> Iterator[SubscriptionEvent]:
+        realtime: bool = True,
+        resync_seconds: float = DEFAULT_RESYNC_SECONDS,
+    ) -> Generator[SubscriptionEvent, None, None]:
         """New events as they are committed, for a provider's service (`provider_id`: those of
-        its subscriptions; else all you may see), read every `poll_seconds`: from now on, or after
-        the event id `after` (keep the id of the last event you handled, and resume after it).
-        Ends after `idle_seconds` without an event, if given; see `EventCursor` for the order."""
+        its subscriptions; else all you may see): from now on, or after the event id `after`
+        (keep the id of the last event you handled, and resume after it). Read over REST when
+        Realtime signals an event on the provider's topic (`realtime`, with `provider_id`; the
+        channel runs in a background thread while you iterate), every `resync_seconds` while it is
+        joined, and every `poll_seconds` while it is not. Ends after `idle_seconds` without an
+        event, if given; see `EventCursor` for the order, `FollowSchedule` for the reads. `close()`
+        it when done (or let it end), which stops the channel."""
         filters = event_filters(None, None, provider_id)
         cursor = EventCursor(filters, after or 0, page_size, gap_seconds, poll_seconds)
+        _positive(resync_seconds, "resync_seconds")
         if after is None:
             cursor.low = self._transport.send(last_event_call(filters))
-        return self._followed(cursor, idle_seconds)
+        return self._followed(cursor, idle_seconds, resync_seconds, provider_id if realtime else None)
 
-    def _followed(self, cursor: EventCursor, idle_seconds: float | None) -> Iterator[SubscriptionEvent]:
-        quiet_since = time.monotonic()
-        while True:
-            for event in pages(lambda last: self._transport.send(cursor.page_call(last)), cursor.page_size):
-                if cursor.take(event, time.monotonic()):
-                    yield event
-                    quiet_since = time.monotonic()
-            if idle_seconds is not None and time.monotonic() - quiet_since >= idle_seconds:
-                return
-            time.sleep(cursor.poll_seconds)
+    def _followed(
+        self,
+        cursor: EventCursor,
+        idle_seconds: float | None,
+        resync_seconds: float,
+        provider_id: UserRef | None,
+    ) -> Generator[SubscriptionEvent, None, None]:
+        wake = threading.Event()
+        signals = event_signals(self._project, self._identity, self._watch_settings, provider_id, wake.set)
+        schedule = FollowSchedule(cursor, idle_seconds, resync_seconds, signals)
+        thread = LoopThread("mycelium-subscription-events")
+        if signals is not None:
+            thread.start(signals.run())
+        try:
+            while True:
+                wake.clear()  # a signal during the read: read again
+                for event in pages(
+                    lambda last: self._transport.send(cursor.page_call(last)), cursor.page_size
+                ):
+                    if schedule.take(event):
+                        yield event
+                if (wait := schedule.wait_seconds()) is None:
+                    return
+                wake.wait(wait)
+        finally:
+            thread.stop()
 
     def low_balance_warnings(self, user_id: UserRef | None = None) -> Warnings:
         """Your warnings that your balance will soon no longer pay for your running subscriptions,
@@ -362,8 +442,11 @@ class AsyncSubscriptions:
     """The async twin of `Subscriptions`: the same methods, awaited (`list`, `events` and `follow`
     iterated with `async for`)."""
 
-    def __init__(self, transport: AsyncTransport, identity: Identity) -> None:
+    def __init__(
+        self, transport: AsyncTransport, identity: Identity, project: Project, watch_settings: WatchSettings
+    ) -> None:
         self._transport, self._identity = transport, identity
+        self._project, self._watch_settings = project, watch_settings
 
     async def start(
         self, product_id: UserRef, quantity: int = 1, idempotency_key: str | None = None
@@ -430,28 +513,49 @@ class AsyncSubscriptions:
         idle_seconds: float | None = None,
         gap_seconds: float = DEFAULT_GAP_SECONDS,
         page_size: int = DEFAULT_PAGE_SIZE,
-    ) -> AsyncIterator[SubscriptionEvent]:
+        realtime: bool = True,
+        resync_seconds: float = DEFAULT_RESYNC_SECONDS,
+    ) -> AsyncGenerator[SubscriptionEvent, None]:
         """`async for event in await subscriptions.follow(provider_id=...)`: awaited, it has read
-        where now is, so an event committed after it returns is delivered."""
+        where now is, so an event committed after it returns is delivered. The Realtime channel
+        runs as a task on your event loop while you iterate."""
         filters = event_filters(None, None, provider_id)
         cursor = EventCursor(filters, after or 0, page_size, gap_seconds, poll_seconds)
+        _positive(resync_seconds, "resync_seconds")
         if after is None:
             cursor.low = await self._transport.send(last_event_call(filters))
-        return self._followed(cursor, idle_seconds)
+        return self._followed(cursor, idle_seconds, resync_seconds, provider_id if realtime else None)
 
     async def _followed(
-        self, cursor: EventCursor, idle_seconds: float | None
-    ) -> AsyncIterator[SubscriptionEvent]:
-        quiet_since = time.monotonic()
-        while True:
-            read = async_pages(lambda last: self._transport.send(cursor.page_call(last)), cursor.page_size)
-            async for event in read:
-                if cursor.take(event, time.monotonic()):
-                    yield event
-                    quiet_since = time.monotonic()
-            if idle_seconds is not None and time.monotonic() - quiet_since >= idle_seconds:
-                return
-            await asyncio.sleep(cursor.poll_seconds)
+        self,
+        cursor: EventCursor,
+        idle_seconds: float | None,
+        resync_seconds: float,
+        provider_id: UserRef | None,
+    ) -> AsyncGenerator[SubscriptionEvent, None]:
+        wake = asyncio.Event()
+        signals = event_signals(self._project, self._identity, self._watch_settings, provider_id, wake.set)
+        schedule = FollowSchedule(cursor, idle_seconds, resync_seconds, signals)
+        task = None if signals is None else asyncio.create_task(signals.run())
+        try:
+            while True:
+                wake.clear()  # a signal during the read: read again
+                read = async_pages(
+                    lambda last: self._transport.send(cursor.page_call(last)), cursor.page_size
+                )
+                async for event in read:
+                    if schedule.take(event):
+                        yield event
+                if (wait := schedule.wait_seconds()) is None:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wait)
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # retrieved: it ended only the signals, and the reads went on
 
     async def low_balance_warnings(self, user_id: UserRef | None = None) -> Warnings:
         return await self._transport.send(warnings_call(self._identity.user_or(user_id)))

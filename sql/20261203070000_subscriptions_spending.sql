@@ -1,13 +1,20 @@
--- Subscriptions, part 5: buyers' spending counts subscriptions (issue 19).
+-- Subscriptions, part 5: buyers' spending counts subscriptions, and providers' events reach
+-- them through Postgres Changes too (issue 19).
 --
--- buyer_spending_by_category read captured orders only: a buyer paying for running subscriptions
--- saw none of it. It now counts every charged subscription period (period, arrears, usage) of
--- the buyer, at what was charged (fee included: the fee comes out of the provider's share), in
--- the category of its product, as the provider earnings views count them (20261203020000);
--- `periods` (a new last column) says how many. `orders` and `units` stay the orders' (a period
--- has no units sold), and a period is never refunded (a stop charges only the started hours).
+-- 1. buyer_spending_by_category read captured orders only: a buyer paying for running
+--    subscriptions saw none of it. It now counts every charged subscription period (period,
+--    arrears, usage) of the buyer, at what was charged (fee included: the fee comes out of the
+--    provider's share), in the category of its product, as the provider earnings views count
+--    them (20261203020000); `periods` (a new last column) says how many. `orders` and `units`
+--    stay the orders' (a period has no units sold); a period is never refunded (a stop charges
+--    only the started hours).
+-- 2. subscription_events is published for Postgres Changes: a provider's service follows its
+--    events (client.subscriptions.follow) on the private topic `subscriptions:<provider_id>`, and
+--    through Postgres Changes on a project whose policy refuses that topic, as the balance watch
+--    does; RLS delivers each provider the rows of their subscriptions. Either way a frame only
+--    tells the follower to read /subscription_events now.
 
--- The charged periods of the caller's subscriptions (an admin or the service: everyone's), each
+-- 1. The charged periods of the caller's subscriptions (an admin or the service: everyone's), each
 -- with its product's category. Security definer for that category alone: a product taken off
 -- sale is hidden from its buyers by the products' RLS, yet what was paid for it stays spent.
 -- Filtered here, like account_runway: it shows nothing of anyone else to its caller.
@@ -47,3 +54,6 @@ from (
 group by e.buyer_id, e.category;
 comment on view public.buyer_spending_by_category is
   'What you spent per category: captured orders net of refunds, and charged subscription periods.';
+
+-- 2. The provider's events through Postgres Changes (INSERTs only: no replica identity needed).
+alter publication supabase_realtime add table public.subscription_events;

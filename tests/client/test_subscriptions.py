@@ -1,16 +1,21 @@
 """`client.subscriptions` (and the subscriptions' batch and configuration of `client.admin`) end to
 end: subscriptions started, paged, charged, reported on and stopped by the real SQL, errors mapped
 from its reasons, and the events a provider's service follows, in order even when transactions
-commit out of it."""
+commit out of it, woken by Realtime (the double behind the gateway, or a real Supabase in the live
+suite) and never told an event by it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from datetime import timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from cli.dev.clock import pass_time
@@ -28,12 +33,27 @@ from mycelium_client import (
     ProductUnit,
     RoleName,
     Subscription,
+    SubscriptionEvent,
     SubscriptionEventKind,
     SubscriptionStatus,
 )
-from tests.support.client import FAST_RETRY, PASSWORD, Account, MakeAccount, Target, listed
+from tests.support.client import (
+    FAST_RETRY,
+    FAST_WATCH,
+    PASSWORD,
+    Account,
+    Doubles,
+    MakeAccount,
+    Target,
+    listed,
+    signed_in,
+)
+from tests.support.realtime import private_topics_closed
 
 HOUR = ProductUnit.HOUR
+WAIT = 10.0
+# Neither a poll nor a resync within a test: only a signal from Realtime makes such a follower read.
+NEVER = 3600.0
 
 
 def balances(account: Account) -> tuple[Decimal, Decimal]:
@@ -318,3 +338,198 @@ def test_async_subscriptions(target: Target, account: MakeAccount) -> None:
 
     asyncio.run(scenario())
     assert balances(buyer) == (Decimal(6), Decimal(0))  # 3 for the started hour, 1 for the usage
+
+
+# -- following through Realtime -----------------------------------------------------------------
+class CountedReads(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Counts the answered reads of /subscription_events, sync or async, and waits for a count."""
+
+    def __init__(self) -> None:
+        self.inner, self.async_inner = httpx.HTTPTransport(), httpx.AsyncHTTPTransport()
+        self.answered = 0
+        self._changed = threading.Condition()
+
+    def _count(self, request: httpx.Request) -> None:
+        if request.url.path.endswith("/subscription_events"):
+            with self._changed:
+                self.answered += 1
+                self._changed.notify_all()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        response.read()
+        self._count(request)
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.async_inner.handle_async_request(request)
+        await response.aread()
+        self._count(request)
+        return response
+
+    def wait_for(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.answered >= count, WAIT), f"{self.answered} reads"
+
+
+def woken_follower(
+    account: Account, client: MyceliumClient | None = None
+) -> Generator[SubscriptionEvent, None, None]:
+    """The provider's follower of their events that only Realtime wakes."""
+    subscriptions = (client or account.client).subscriptions
+    return subscriptions.follow(provider_id=account.id, poll_seconds=NEVER, resync_seconds=NEVER)
+
+
+def taking(events: Iterator[SubscriptionEvent]) -> Callable[[], SubscriptionEvent]:
+    """Takes the next event in a thread, at once (a follower nothing wakes waits for an hour); the
+    function returned gives it, or fails after WAIT."""
+    taken: queue.Queue[SubscriptionEvent] = queue.Queue()
+    threading.Thread(target=lambda: taken.put(next(events)), daemon=True).start()
+
+    def result() -> SubscriptionEvent:
+        try:
+            return taken.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(f"no event within {WAIT} s") from None
+
+    return result
+
+
+def next_within(events: Iterator[SubscriptionEvent]) -> SubscriptionEvent:
+    return taking(events)()
+
+
+def forge(target: Target, topic: str, private: bool, subscription_id: uuid.UUID) -> None:
+    """An event that never happened, broadcast as the feed's (through the database here, as anyone
+    holding the anon key could through Realtime on a public topic)."""
+    forged = {
+        "id": 2**62,
+        "subscription_id": str(subscription_id),
+        "event": "stopped",
+        "at": "2026-12-01T00:00Z",
+    }
+    with target.connect() as conn:
+        conn.execute(
+            "select realtime.send(%s::jsonb, 'subscription_event', %s, %s)",
+            (json.dumps(forged), topic, private),
+        )
+
+
+def test_realtime_wakes_a_provider_following_their_events(target: Target, account: MakeAccount) -> None:
+    """Reads: where now is, the first, and the one after the join; then only a signal makes one."""
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    reads = CountedReads()
+    follower = woken_follower(provider, signed_in(target, provider.email, reads))
+    try:
+        started = buyer.client.subscriptions.start(product.id)
+        assert next_within(follower).subscription_id == started.id
+        stopped = taking(follower)
+        reads.wait_for(3)  # joined, and read after it: the stop is committed after every read so far
+        # A broadcast says when to read, never what happened: only events read over REST arrive.
+        forge(target, f"subscriptions:{provider.id}", True, started.id)
+        buyer.client.subscriptions.stop(started.id)
+        event = stopped()
+        assert (event.subscription_id, event.event) == (started.id, SubscriptionEventKind.STOPPED)
+    finally:
+        follower.close()
+
+
+def test_realtime_wakes_an_async_follower(target: Target, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    reads = CountedReads()
+
+    async def scenario() -> list[SubscriptionEventKind]:
+        async with AsyncMyceliumClient(
+            target.url,
+            target.anon_key,
+            retry=FAST_RETRY,
+            watch=FAST_WATCH,
+            http_client=httpx.AsyncClient(transport=reads),
+        ) as client:
+            await client.auth.sign_in(provider.email, PASSWORD)
+            follower = await client.subscriptions.follow(
+                provider_id=provider.id, poll_seconds=NEVER, resync_seconds=NEVER
+            )
+            started = await asyncio.to_thread(buyer.client.subscriptions.start, product.id)
+            first = await asyncio.wait_for(anext(follower), WAIT)
+            second = asyncio.ensure_future(anext(follower))
+            await asyncio.to_thread(reads.wait_for, 3)
+            await asyncio.to_thread(buyer.client.subscriptions.stop, started.id)
+            try:
+                stopped = await asyncio.wait_for(second, WAIT)
+            finally:
+                await follower.aclose()
+            assert first.subscription_id == stopped.subscription_id == started.id
+            return [first.event, stopped.event]
+
+    assert asyncio.run(scenario()) == [SubscriptionEventKind.STARTED, SubscriptionEventKind.STOPPED]
+
+
+def test_a_follower_refused_the_private_topic_is_woken_through_postgres_changes(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    reads = CountedReads()
+    with private_topics_closed(target.db_url):
+        follower = woken_follower(provider, signed_in(target, provider.email, reads))
+        try:
+            started = buyer.client.subscriptions.start(product.id)
+            first = next_within(follower)
+            stopped = taking(follower)
+            reads.wait_for(3)  # as in test_realtime_wakes_a_provider_following_their_events
+            # Anyone may broadcast on this public topic: it wakes the follower, and that is all.
+            forge(target, f"subscriptions-row:{provider.id}", False, started.id)
+            buyer.client.subscriptions.stop(started.id)
+            second = stopped()
+        finally:
+            follower.close()
+    assert [(e.subscription_id, e.event) for e in (first, second)] == [
+        (started.id, SubscriptionEventKind.STARTED),
+        (started.id, SubscriptionEventKind.STOPPED),
+    ]
+    [binding] = next(
+        frame["payload"]["config"]["postgres_changes"]
+        for frame in local_doubles.realtime.frames("phx_join")
+        if frame["topic"] == f"realtime:subscriptions-row:{provider.id}"
+    )
+    assert binding == {
+        "event": "INSERT",
+        "schema": "public",
+        "table": "subscription_events",
+        "filter": f"provider_id=eq.{provider.id}",
+    }
+
+
+def test_an_event_committed_while_the_follower_was_disconnected_is_read_when_it_rejoins(
+    local_doubles: Doubles, account: MakeAccount
+) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    topic = f"subscriptions:{provider.id}"
+    follower = woken_follower(provider)
+    try:
+        started = buyer.client.subscriptions.start(product.id)
+        assert next_within(follower).subscription_id == started.id
+        joined = len(local_doubles.realtime.join_times(topic, 1, WAIT))
+        local_doubles.realtime.drop_connections()
+        buyer.client.subscriptions.stop(started.id)  # its broadcast finds no one, or the rejoined channel
+        assert next_within(follower).event is SubscriptionEventKind.STOPPED
+        local_doubles.realtime.join_times(topic, joined + 1, WAIT)
+    finally:
+        follower.close()
+
+
+def test_a_follower_without_realtime_polls(local_doubles: Doubles, account: MakeAccount) -> None:
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    follower = provider.client.subscriptions.follow(
+        provider_id=provider.id, realtime=False, poll_seconds=0.05
+    )
+    started = buyer.client.subscriptions.start(product.id)
+    assert next_within(follower).subscription_id == started.id
+    follower.close()
+    assert not [f for f in local_doubles.realtime.frames("phx_join") if str(provider.id) in f["topic"]]
+    buyer.client.subscriptions.stop(started.id)

@@ -30,6 +30,7 @@ from mycelium_client import (
 )
 from tests.client.doubles.realtime import RESTARTING, TOKEN_EXPIRED, JoinScript, policy_refusal
 from tests.support.client import FAST_RETRY, FAST_WATCH, PASSWORD, Doubles, MakeAccount, Target, listed
+from tests.support.realtime import private_topics_closed
 from tests.support.telemetry import Logged
 
 WAIT = 10.0
@@ -154,31 +155,11 @@ def test_resubscribes_after_a_dropped_connection(
     assert logged.events("realtime_retry")  # after the drop
 
 
-@contextlib.contextmanager
-def balance_topics_closed(target: Target) -> Iterator[None]:
-    """A project whose policy opens no private balance topic: watches fall back to Postgres Changes.
-    The policy's own condition is put back afterwards, whatever the migrations made it."""
-    with target.connect() as conn:
-        found = conn.execute(
-            "select pg_get_expr(polqual, polrelid) from pg_policy "
-            "where polname = 'mycelium_balance_broadcast_own' and polrelid = 'realtime.messages'::regclass"
-        ).fetchone()
-        assert found is not None
-        conn.execute("alter policy mycelium_balance_broadcast_own on realtime.messages using (false)")
-    try:
-        yield
-    finally:
-        with target.connect() as conn:
-            conn.execute(
-                f"alter policy mycelium_balance_broadcast_own on realtime.messages using ({found[0]})"
-            )
-
-
 def test_falls_back_to_postgres_changes_when_the_private_topic_is_refused(
     target: Target, local_doubles: Doubles, account: MakeAccount, logged: Logged
 ) -> None:
     sender, recipient = account(funded=3), account()
-    with balance_topics_closed(target), recipient.client.credits.watch() as watch:
+    with private_topics_closed(target.db_url), recipient.client.credits.watch() as watch:
         watch.get(timeout=WAIT)
         sender.client.credits.transfer(recipient.id, "0.5")
         change = watch.get(timeout=WAIT)
@@ -203,7 +184,7 @@ def test_the_postgres_changes_mode_ignores_broadcasts_anyone_may_send(
         "held": "0",
         "updated_at": "2026-12-02T00:00Z",
     }
-    with balance_topics_closed(target), recipient.client.credits.watch() as watch:
+    with private_topics_closed(target.db_url), recipient.client.credits.watch() as watch:
         watch.get(timeout=WAIT)
         with target.connect() as conn:
             conn.execute(
@@ -516,7 +497,7 @@ def test_the_postgres_changes_mode_delivers_warnings_too(
     warnings: list[LowBalanceWarning] = []
     with (
         low_balance_hours(target, 24),
-        balance_topics_closed(target),
+        private_topics_closed(target.db_url),
         buyer.client.credits.watch(on_low_balance=warnings.append) as watch,
     ):
         watch.get(timeout=WAIT)

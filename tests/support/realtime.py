@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -11,6 +13,27 @@ from psycopg.rows import TupleRow
 from websockets.sync.client import connect
 
 from mycelium_client._identity import Project
+
+
+@contextlib.contextmanager
+def private_topics_closed(db_url: str) -> Iterator[None]:
+    """A project whose policy opens no private topic (balance, subscriptions): watches and
+    followers fall back to Postgres Changes. The policy's own condition is put back afterwards,
+    whatever the migrations made it."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        found = conn.execute(
+            "select pg_get_expr(polqual, polrelid) from pg_policy "
+            "where polname = 'mycelium_balance_broadcast_own' and polrelid = 'realtime.messages'::regclass"
+        ).fetchone()
+        assert found is not None
+        conn.execute("alter policy mycelium_balance_broadcast_own on realtime.messages using (false)")
+    try:
+        yield
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                f"alter policy mycelium_balance_broadcast_own on realtime.messages using ({found[0]})"
+            )
 
 
 def readable_messages(
