@@ -37,6 +37,7 @@ from mycelium_client import (
     SubscriptionEventKind,
     SubscriptionStatus,
 )
+from tests.client.doubles.realtime import RESTARTING, JoinScript
 from tests.support.client import (
     FAST_RETRY,
     FAST_WATCH,
@@ -520,6 +521,28 @@ def test_an_event_committed_while_the_follower_was_disconnected_is_read_when_it_
         local_doubles.realtime.join_times(topic, joined + 1, WAIT)
     finally:
         follower.close()
+
+
+def test_a_follower_polls_while_realtime_refuses_it(
+    target: Target, local_doubles: Doubles, account: MakeAccount
+) -> None:
+    """Joins refused for a reason that may pass are retried, and meanwhile it reads every
+    `poll_seconds` (the slow `resync_seconds` is for a joined channel)."""
+    provider, buyer = account(role=RoleName.FARMER), account(funded=10)
+    product = listed(provider, "1", unit=HOUR)
+    refusals = [JoinScript(refuse=RESTARTING)] * 1000
+    local_doubles.realtime.script_joins(f"subscriptions:{provider.id}", *refusals)
+    reads = CountedReads()
+    subscriptions = signed_in(target, provider.email, reads).subscriptions
+    follower = subscriptions.follow(provider_id=provider.id, poll_seconds=0.05, resync_seconds=NEVER)
+    try:
+        started = taking(follower)
+        reads.wait_for(2)  # where now is, and the first read: the event comes after them
+        running = buyer.client.subscriptions.start(product.id)
+        assert started().subscription_id == running.id
+    finally:
+        follower.close()
+    buyer.client.subscriptions.stop(running.id)
 
 
 def test_a_follower_without_realtime_polls(local_doubles: Doubles, account: MakeAccount) -> None:
