@@ -17,7 +17,9 @@ while it was disconnected is not missed.
 committed while that read is under way may arrive just after it; the last change delivered is
 always the latest.) In the Postgres Changes mode a change is the user's `credit_accounts` row,
 which has no burn rate or runway: each is followed by a read of the balance, and what is delivered
-is the account as read then (changes close together may arrive as one). The user's low-balance
+is the account as read then (changes close together may arrive as one). A burn rate that changes
+while the account does not (a suspension moves no credits) reaches this mode with the account's
+next change. The user's low-balance
 warnings (rows of low_balance_warnings: the private topic's event `low_balance`, or their INSERTs
 through Postgres Changes) go to their own receiver.
 
