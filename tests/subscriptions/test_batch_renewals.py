@@ -2,7 +2,7 @@
 (sql/20261203030000_metering_speed.sql) and leaves the rest to its step function: at the edges of
 that split, every rule holds. A buyer short of one of two renewals, a budget smaller than what is
 due, renewals beside a subscription several periods behind, expiring credits paying a renewal, and
-the buyer's account updated (and broadcast) once a renewal."""
+each account updated (and broadcast) once a batch."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_expiring_credits_pay_a_renewal_first_and_a_stop_gives_them_back_with_th
     audit_is_clean(service_api)
 
 
-def test_a_renewal_updates_and_broadcasts_the_buyers_account_once(
+def test_a_batch_of_renewals_updates_and_broadcasts_each_account_once(
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
@@ -147,15 +147,18 @@ def test_a_renewal_updates_and_broadcasts_the_buyers_account_once(
     started = [start(alice, list_product(provider, price=price, unit="hour")["id"]) for price in ("2", "3")]
     for sub in started:
         backdate(db, sub["id"], "1 hour")
-    before = len(balance_changes(db, alice.id))
+    before = {user.id: len(balance_changes(db, user.id)) for user in (alice, provider)}
 
     assert charge(service_api)["renewed"] == 2
-    # The capture of the ended period and the hold of the next one: one change each renewal,
-    # whose held is already the next period's.
-    changes = balance_changes(db, alice.id)[before:]
-    assert len(changes) == 2
-    last = (D(str(changes[-1]["balance"])), D(str(changes[-1]["held"])))
-    assert last == account(alice) == (D("10"), D("5"))
+    # The captures of the ended periods and the holds of the next ones, made in one batch
+    # (create_transfers): one change for the buyer and one for the provider, the batch's final state.
+    changes = balance_changes(db, alice.id)[before[alice.id] :]
+    assert (
+        [(D(str(c["balance"])), D(str(c["held"]))) for c in changes]
+        == [account(alice)]
+        == [(D("10"), D("5"))]
+    )
+    assert len(balance_changes(db, provider.id)[before[provider.id] :]) == 1
     for sub in started:
         stop(alice.api, sub["id"])
     audit_is_clean(service_api)
