@@ -191,6 +191,36 @@ begin
 end;
 $$;
 
+-- The burn rate (sql/20261203020000_subscriptions_feeds.sql), as before, its usage divided only
+-- for a subscription that has usage. Every balance change of a buyer with running subscriptions
+-- computes it (the broadcast's runway), and so does the batch's low-balance check: in a batch of
+-- renewals it was a third of the time (pg_stat_user_functions), most of it dividing the nothing
+-- that subscriptions without usage reported, a plpgsql call or two each (divide_rounded is not
+-- inlined with a function call for an argument).
+create or replace function mycelium_private.burn_rate(p_user uuid, out running bigint, out cost numeric)
+language plpgsql
+stable
+as $$
+begin
+  select count(*),
+         coalesce(sum(case when s.unit = 'hour' then p.price * s.quantity
+                           else mycelium_private.divide_rounded(p.price * s.quantity, 730, 6) end
+                      + case when u.used is null then 0
+                             else mycelium_private.divide_rounded(u.used, mycelium_private.started_hours(w.since, now()), 6)
+                        end), 0)
+  into running, cost
+  from public.subscriptions as s
+  inner join public.products as p on s.product_id = p.id
+  cross join lateral (select greatest(s.created_at, now() - interval '24 hours') as since) as w
+  left join lateral (
+    select sum(r.quantity * r.unit_price) as used
+    from public.subscription_usage as r
+    where r.subscription_id = s.id and r.reported_at >= w.since
+  ) as u on true
+  where s.buyer_id = p_user and s.status in ('active', 'grace');
+end;
+$$;
+
 -- rpc/charge_due_subscriptions(as_of, max_periods): as in sql/20261203030000_metering_speed.sql, the
 -- plain renewals' movements made by one create_transfers call: for each renewal in the batch's
 -- order, as capture_period_credits and hold_period_credits make them (the fee and the earning of
