@@ -191,24 +191,25 @@ begin
 end;
 $$;
 
--- The burn rate (sql/20261203020000_subscriptions_feeds.sql), as before, its usage divided only
--- for a subscription that has usage. Every balance change of a buyer with running subscriptions
--- computes it (the broadcast's runway), and so does the batch's low-balance check: in a batch of
--- renewals it was a third of the time (pg_stat_user_functions), most of it dividing the nothing
--- that subscriptions without usage reported, a plpgsql call or two each (divide_rounded is not
--- inlined with a function call for an argument).
-create or replace function mycelium_private.burn_rate(p_user uuid, out running bigint, out cost numeric)
-language plpgsql
+-- The burn rate (sql/20261203020000_subscriptions_feeds.sql), as before, of several users in one
+-- query, and their usage divided only for a subscription that has usage. Every balance change of a
+-- buyer with running subscriptions computes it (the broadcast's runway), and so does the batch's
+-- low-balance check for each of its buyers: in a batch of renewals that was a third of the time
+-- (pg_stat_user_functions), mostly dividing the nothing that subscriptions without usage reported
+-- (divide_rounded is not inlined with a function call for an argument) and starting a query a buyer.
+-- A user with nothing running has no row.
+create or replace function mycelium_private.burn_rates(p_users uuid[])
+returns table (user_id uuid, running bigint, cost numeric)
+language sql
 stable
 as $$
-begin
-  select count(*),
-         coalesce(sum(case when s.unit = 'hour' then p.price * s.quantity
-                           else mycelium_private.divide_rounded(p.price * s.quantity, 730, 6) end
-                      + case when u.used is null then 0
-                             else mycelium_private.divide_rounded(u.used, mycelium_private.started_hours(w.since, now()), 6)
-                        end), 0)
-  into running, cost
+  select s.buyer_id,
+         count(*),
+         sum(case when s.unit = 'hour' then p.price * s.quantity
+                  else mycelium_private.divide_rounded(p.price * s.quantity, 730, 6) end
+             + case when u.used is null then 0
+                    else mycelium_private.divide_rounded(u.used, mycelium_private.started_hours(w.since, now()), 6)
+               end)
   from public.subscriptions as s
   inner join public.products as p on s.product_id = p.id
   cross join lateral (select greatest(s.created_at, now() - interval '24 hours') as since) as w
@@ -217,7 +218,52 @@ begin
     from public.subscription_usage as r
     where r.subscription_id = s.id and r.reported_at >= w.since
   ) as u on true
-  where s.buyer_id = p_user and s.status in ('active', 'grace');
+  where s.buyer_id = any(p_users) and s.status in ('active', 'grace')
+  group by s.buyer_id
+$$;
+
+create or replace function mycelium_private.burn_rate(p_user uuid, out running bigint, out cost numeric)
+language plpgsql
+stable
+as $$
+begin
+  select r.running, r.cost into running, cost from mycelium_private.burn_rates(array[p_user]) as r;
+  running := coalesce(running, 0);
+  cost := coalesce(cost, 0);
+end;
+$$;
+
+-- The low-balance check (sql/20261203030000_metering_speed.sql) of several users at once: those
+-- warned lately left out first, then the burn rates of the others in one query. A batch checks all
+-- of its buyers with one call.
+create or replace function mycelium_private.warn_low_balances(p_users uuid[])
+returns void
+language plpgsql
+as $$
+declare
+  v_hours integer := (select c.low_balance_hours from public.subscription_config as c where c.id);
+begin
+  if v_hours = 0 then
+    return;
+  end if;
+  insert into public.low_balance_warnings (user_id, cost_per_hour, balance, runway_hours, threshold_hours)
+  select r.user_id, r.cost, b.balance, mycelium_private.divide_truncated(b.balance, r.cost, 2), v_hours
+  from mycelium_private.burn_rates(array(
+         select u.user_id from unnest(p_users) as u (user_id)
+         where not exists (select 1 from public.low_balance_warnings as w
+                           where w.user_id = u.user_id and w.at > now() - make_interval(hours => v_hours)))) as r
+  cross join lateral (select mycelium_private.spendable(r.user_id) as balance) as b
+  where r.cost > 0 and b.balance < r.cost * v_hours
+  order by r.user_id;
+end;
+$$;
+
+create or replace function mycelium_private.warn_low_balance(p_user uuid)
+returns void
+language plpgsql
+as $$
+begin
+  perform mycelium_private.warn_low_balances(array[p_user]);
 end;
 $$;
 
@@ -358,8 +404,8 @@ begin
       v_counts := jsonb_set(v_counts, array[v_step.outcome], to_jsonb((v_counts ->> v_step.outcome)::integer + 1));
     end loop;
   end loop;
-  perform mycelium_private.warn_low_balance(b.buyer_id)
-  from (select distinct s.buyer_id from public.subscriptions s where s.id = any(v_ids)) b;
+  perform mycelium_private.warn_low_balances(array(
+    select distinct s.buyer_id from public.subscriptions s where s.id = any(v_ids)));
   -- Every period this transaction charged carries its timestamp.
   return jsonb_build_object('as_of', v_as_of, 'done', v_budget > 0, 'credits_charged', v_charged,
     'periods_charged', (select count(*) from public.subscription_periods p
