@@ -162,3 +162,36 @@ def test_a_batch_of_renewals_updates_and_broadcasts_each_account_once(
     for sub in started:
         stop(alice.api, sub["id"])
     audit_is_clean(service_api)
+
+
+def test_a_buyer_paying_with_expiring_credits_renews_in_the_batch_of_plain_buyers(
+    service_api: Api, make_user: MakeUser, db: Conn
+) -> None:
+    charge_all_due(service_api)
+    provider = make_user("farmer")
+    alice, bob = buyer(service_api, make_user, "5"), buyer(service_api, make_user, "5")
+    expires = datetime.now(UTC) + timedelta(days=90)
+    granted = service_api.rpc(
+        "grant_credits", user_id=alice.id, amount="4", reason="promo", expires_at=expires.isoformat()
+    )
+    assert granted.status_code == 200, granted.text
+    product = list_product(provider, price="1", unit="hour")["id"]
+    started = [start(alice, product), start(bob, product)]
+    for sub in started:
+        backdate(db, sub["id"], "1 hour")
+    earned_before = account(provider)[0]
+
+    # One batch, one create_transfers call: Alice's movements through the single path (her lot
+    # spent first), Bob's set-based, the provider paid by both.
+    assert charge(service_api)["renewed"] == 2
+    assert body(alice.api.get("/credit_lots", select="remaining", live="is.true")) == [{"remaining": 2}]
+    assert account(alice) == (D("7"), D("1"))
+    assert account(bob) == (D("3"), D("1"))
+    paid = [p for user, sub in zip((alice, bob), started, strict=True) for p in periods(user.api, sub["id"])]
+    earned = sum(
+        D(str(p["charged_amount"])) - D(str(p["fee_amount"])) for p in paid if p["status"] == "charged"
+    )
+    assert account(provider)[0] - earned_before == earned > 0
+    for user, sub in zip((alice, bob), started, strict=True):
+        stop(user.api, sub["id"])
+    audit_is_clean(service_api)
