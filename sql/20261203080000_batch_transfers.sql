@@ -316,7 +316,7 @@ begin
                       union select s.provider_id from public.subscriptions s where s.id = any(v_ids))
   order by a.user_id for no key update;
 
-  -- The plain renewals (see the top of this file), decided on the balances just locked: the
+  -- The plain renewals (see the top of 20261203030000_metering_speed.sql), decided on the balances just locked: the
   -- subscriptions of the buyers all of whose subscriptions in the batch are plain and whose
   -- spendable balance covers all of their next periods.
   with taken as (
