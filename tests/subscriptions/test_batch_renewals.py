@@ -14,7 +14,15 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from tests.support import Api, body
-from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, list_product
+from tests.support.marketplace import (
+    D,
+    MakeUser,
+    account,
+    audit_is_clean,
+    buyer,
+    grant_promotion,
+    list_product,
+)
 from tests.support.realtime import readable_messages
 from tests.support.subscriptions import (
     backdate,
@@ -23,8 +31,11 @@ from tests.support.subscriptions import (
     events,
     periods,
     start,
-    stop,
+    stop_all,
+    stop_gives_back_to_the_lot,
+    subscribe,
     subscription,
+    two_buyers,
 )
 
 Conn = psycopg.Connection[TupleRow]
@@ -41,8 +52,7 @@ def test_a_buyer_short_of_one_of_two_renewals_renews_the_one_due_first(
 ) -> None:
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "3")
-    first = start(alice, list_product(provider, price="1", unit="hour")["id"])
-    second = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    first, second = subscribe(alice, provider), subscribe(alice, provider)
     backdate(db, first["id"], "70 minutes")
     backdate(db, second["id"], "1 hour")
 
@@ -54,19 +64,15 @@ def test_a_buyer_short_of_one_of_two_renewals_renews_the_one_due_first(
     assert subscription(alice.api, second["id"])["status"] == "grace"
     assert account(alice) == (D("0"), D("1"))
     assert events(alice.api, second["id"]) == ["started", "grace"]
-    for started in (first, second):
-        stop(alice.api, started["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, (alice, first), (alice, second))
 
 
 def test_a_budget_smaller_than_the_renewals_due_renews_the_oldest_first(
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
-    provider = make_user("farmer")
-    alice, bob = buyer(service_api, make_user, "10"), buyer(service_api, make_user, "10")
-    older = start(alice, list_product(provider, price="1", unit="hour")["id"])
-    younger = start(bob, list_product(provider, price="1", unit="hour")["id"])
+    provider, alice, bob = two_buyers(service_api, make_user)
+    older, younger = subscribe(alice, provider), subscribe(bob, provider)
     backdate(db, older["id"], "70 minutes")
     backdate(db, younger["id"], "1 hour")
 
@@ -77,19 +83,15 @@ def test_a_budget_smaller_than_the_renewals_due_renews_the_oldest_first(
     rest = charge(service_api)
     assert (rest["renewed"], rest["periods_charged"], rest["done"]) == (1, 1, True)
     assert [p["status"] for p in periods(bob.api, younger["id"])] == ["charged", "held"]
-    stop(alice.api, older["id"])
-    stop(bob.api, younger["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, (alice, older), (bob, younger))
 
 
 def test_renewals_beside_a_subscription_behind_stay_within_the_budget_and_charge_each_period_once(
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
-    provider = make_user("farmer")
-    alice, bob = buyer(service_api, make_user, "10"), buyer(service_api, make_user, "10")
-    behind = start(alice, list_product(provider, price="1", unit="hour")["id"])
-    plain = start(bob, list_product(provider, price="1", unit="hour")["id"])
+    provider, alice, bob = two_buyers(service_api, make_user)
+    behind, plain = subscribe(alice, provider), subscribe(bob, provider)
     backdate(db, behind["id"], "3 hours")  # three periods ended: the step function's
     backdate(db, plain["id"], "1 hour")
 
@@ -108,9 +110,7 @@ def test_renewals_beside_a_subscription_behind_stay_within_the_budget_and_charge
         ]
         assert all(later["starts_at"] == earlier["ends_at"] for earlier, later in pairwise(rows))
     assert account(alice) == (D("6"), D("1")) and account(bob) == (D("8"), D("1"))
-    stop(alice.api, behind["id"])
-    stop(bob.api, plain["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, (alice, behind), (bob, plain))
 
 
 def test_expiring_credits_pay_a_renewal_first_and_a_stop_gives_them_back_with_their_expiry(
@@ -119,23 +119,15 @@ def test_expiring_credits_pay_a_renewal_first_and_a_stop_gives_them_back_with_th
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "5")
     expires = datetime.now(UTC) + timedelta(days=90)
-    granted = service_api.rpc(
-        "grant_credits", user_id=alice.id, amount="1488", reason="promo", expires_at=expires.isoformat()
-    )
-    assert granted.status_code == 200, granted.text
-    started = start(alice, list_product(provider, price="744", unit="month")["id"])
+    grant_promotion(service_api, alice, "1488", expires)
+    started = subscribe(alice, provider, price="744", unit="month")
     backdate(db, started["id"], "32 days")  # the first month has ended, the second has not
 
     assert charge(service_api)["renewed"] == 1
     # The lot paid the second month too; the bought credits are untouched.
     assert body(alice.api.get("/credit_lots", select="remaining", live="is.true")) == []
     assert account(alice) == (D("5"), D("744"))
-    charged = D(str(stop(alice.api, started["id"])["period"]["charged_amount"]))
-    assert D("0") < charged < D("744")
-    lots = body(alice.api.get("/credit_lots", select="remaining,expires_at", live="is.true"))
-    assert [D(str(lot["remaining"])) for lot in lots] == [D("744") - charged]
-    assert datetime.fromisoformat(lots[0]["expires_at"]) == expires
-    assert account(alice) == (D("749") - charged, D("0"))
+    stop_gives_back_to_the_lot(alice, started["id"], D("744"), expires)
     audit_is_clean(service_api)
 
 
@@ -144,7 +136,7 @@ def test_a_batch_of_renewals_updates_and_broadcasts_each_account_once(
 ) -> None:
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "20")
-    started = [start(alice, list_product(provider, price=price, unit="hour")["id"]) for price in ("2", "3")]
+    started = [subscribe(alice, provider, price=price) for price in ("2", "3")]
     for sub in started:
         backdate(db, sub["id"], "1 hour")
     before = {user.id: len(balance_changes(db, user.id)) for user in (alice, provider)}
@@ -159,22 +151,15 @@ def test_a_batch_of_renewals_updates_and_broadcasts_each_account_once(
         == [(D("10"), D("5"))]
     )
     assert len(balance_changes(db, provider.id)[before[provider.id] :]) == 1
-    for sub in started:
-        stop(alice.api, sub["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, *((alice, sub) for sub in started))
 
 
 def test_a_buyer_paying_with_expiring_credits_renews_in_the_batch_of_plain_buyers(
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
-    provider = make_user("farmer")
-    alice, bob = buyer(service_api, make_user, "5"), buyer(service_api, make_user, "5")
-    expires = datetime.now(UTC) + timedelta(days=90)
-    granted = service_api.rpc(
-        "grant_credits", user_id=alice.id, amount="4", reason="promo", expires_at=expires.isoformat()
-    )
-    assert granted.status_code == 200, granted.text
+    provider, alice, bob = two_buyers(service_api, make_user, "5")
+    grant_promotion(service_api, alice, "4", datetime.now(UTC) + timedelta(days=90))
     product = list_product(provider, price="1", unit="hour")["id"]
     started = [start(alice, product), start(bob, product)]
     for sub in started:
@@ -192,6 +177,4 @@ def test_a_buyer_paying_with_expiring_credits_renews_in_the_batch_of_plain_buyer
         D(str(p["charged_amount"])) - D(str(p["fee_amount"])) for p in paid if p["status"] == "charged"
     )
     assert account(provider)[0] - earned_before == earned > 0
-    for user, sub in zip((alice, bob), started, strict=True):
-        stop(user.api, sub["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, *zip((alice, bob), started, strict=True))

@@ -33,6 +33,8 @@ from tests.support.subscriptions import (
     periods,
     start,
     stop,
+    stop_all,
+    subscribe,
     subscription,
     subscription_config,
 )
@@ -66,8 +68,7 @@ def test_an_ended_period_is_paid_and_the_next_held_at_the_new_price(
     assert account(alice) == (D("5"), D("3"))
     assert account(provider)[0] == earned_before + D("2") - D(str(first["fee_amount"]))
     assert events(provider.api, started["id"]) == ["started", "renewed"]
-    stop(alice.api, started["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, (alice, started))
 
 
 def test_a_batch_behind_catches_up_period_by_period_within_its_budget(
@@ -75,7 +76,7 @@ def test_a_batch_behind_catches_up_period_by_period_within_its_budget(
 ) -> None:
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
-    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    started = subscribe(alice, provider)
     backdate(db, started["id"], "3 hours")  # three periods have ended
 
     one_step = charge(service_api, max_periods=1)
@@ -94,8 +95,7 @@ def test_a_batch_behind_catches_up_period_by_period_within_its_budget(
     assert account(alice) == (D("6"), D("1"))
     # Nothing is due any more: a batch again charges nothing.
     assert charge(service_api)["periods_charged"] == 0
-    stop(alice.api, started["id"])
-    audit_is_clean(service_api)
+    stop_all(service_api, (alice, started))
 
 
 def test_credits_running_out_mean_grace_then_suspension_and_a_top_up_resumes(
@@ -104,7 +104,7 @@ def test_credits_running_out_mean_grace_then_suspension_and_a_top_up_resumes(
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "1")
     with subscription_config(service_api, grace_period="2 hours", suspension_period="3 hours"):
-        started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+        started = subscribe(alice, provider)
         backdate(db, started["id"], "1 hour")
         assert charge(service_api)["grace"] >= 1
         unpaid = subscription(alice.api, started["id"])
@@ -146,7 +146,7 @@ def test_an_unpaid_subscription_is_cancelled_settling_what_the_balance_can(
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "1")
     with subscription_config(service_api, grace_period="1 hour", suspension_period="1 hour"):
-        started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+        started = subscribe(alice, provider)
         backdate(db, started["id"], "1 hour")
         charge(service_api)
         backdate(db, started["id"], "1 hour")
@@ -188,7 +188,7 @@ def test_overlapping_batches_take_different_subscriptions_and_charge_each_period
     started = []
     for _ in range(2):
         provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
-        started.append((alice, start(alice, list_product(provider, price="1", unit="hour")["id"])))
+        started.append((alice, subscribe(alice, provider)))
     backdate(db, started[0][1]["id"], "70 minutes")  # the first is due first
     backdate(db, started[1][1]["id"], "1 hour")
 
@@ -223,7 +223,7 @@ def test_a_stop_in_flight_keeps_the_batch_off_its_subscription(
 ) -> None:
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
-    started = start(alice, list_product(provider, price="1", unit="hour")["id"])
+    started = subscribe(alice, provider)
     backdate(db, started["id"], "1 hour")
 
     with psycopg.connect(stack.superuser_db_url) as stopping:

@@ -12,8 +12,26 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from tests.support import Api, body
-from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, failure, list_product
-from tests.support.subscriptions import backdate, events, periods, start, stop, subscription_config
+from tests.support.marketplace import (
+    D,
+    MakeUser,
+    account,
+    audit_is_clean,
+    buyer,
+    failure,
+    grant_promotion,
+    list_product,
+)
+from tests.support.subscriptions import (
+    backdate,
+    events,
+    periods,
+    start,
+    stop,
+    stop_gives_back_to_the_lot,
+    subscribe,
+    subscription_config,
+)
 
 
 def month_after(moment: datetime) -> datetime:
@@ -94,22 +112,13 @@ def test_expiring_credits_pay_first_and_come_back_with_their_expiry(
 ) -> None:
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "5")
     expires = datetime.now(UTC) + timedelta(days=30)
-    granted = service_api.rpc(
-        "grant_credits", user_id=alice.id, amount="744", reason="promo", expires_at=expires.isoformat()
-    )
-    assert granted.status_code == 200, granted.text
-    started = start(alice, list_product(provider, price="744", unit="month")["id"])
+    grant_promotion(service_api, alice, "744", expires)
+    started = subscribe(alice, provider, price="744", unit="month")
     lots = body(alice.api.get("/credit_lots", select="remaining", live="is.true"))
     assert lots == [] and account(alice) == (D("5"), D("744"))  # the lot paid all of it
 
     backdate(db, started["id"], "1 minute")
-    charged = D(str(stop(alice.api, started["id"])["period"]["charged_amount"]))
-    assert D("0") < charged < D("744")
-    # The rest came back to the lot, with its expiry; the bought credits were never touched.
-    lots = body(alice.api.get("/credit_lots", select="remaining,expires_at", live="is.true"))
-    assert [D(str(lot["remaining"])) for lot in lots] == [D("744") - charged]
-    assert datetime.fromisoformat(lots[0]["expires_at"]) == expires.replace(microsecond=expires.microsecond)
-    assert account(alice) == (D("749") - charged, D("0"))
+    stop_gives_back_to_the_lot(alice, started["id"], D("744"), expires)
     audit_is_clean(service_api)
 
 

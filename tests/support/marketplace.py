@@ -29,6 +29,14 @@ def fund(service_api: Api, user: User, usd: str) -> None:
     assert reply.status_code == 200, reply.text
 
 
+def grant_promotion(service_api: Api, user: User, amount: str, expires: datetime) -> None:
+    """`amount` promotional credits granted to `user`, in a lot expiring at `expires`."""
+    reply = service_api.rpc(
+        "grant_credits", user_id=user.id, amount=amount, reason="promo", expires_at=expires.isoformat()
+    )
+    assert reply.status_code == 200, reply.text
+
+
 def buyer(service_api: Api, make_user: MakeUser, usd: str = "100") -> User:
     user = make_user()
     fund(service_api, user, usd)
@@ -112,14 +120,7 @@ def abandoned_order(service_api: Api, make_user: MakeUser, db: psycopg.Connectio
 def expired_promotion(service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]) -> User:
     """A user holding 3 promotional credits whose lot expired a minute ago."""
     user = make_user()
-    granted = service_api.rpc(
-        "grant_credits",
-        user_id=user.id,
-        amount="3",
-        reason="promo",
-        expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
-    )
-    assert granted.status_code == 200, granted.text
+    grant_promotion(service_api, user, "3", datetime.now(UTC) + timedelta(hours=1))
     db.execute(
         "update public.credit_lots set expires_at = now() - interval '1 minute' where user_id = %s",
         (user.id,),

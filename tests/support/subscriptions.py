@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -13,7 +15,7 @@ from psycopg.rows import TupleRow
 
 from cli.dev.clock import pass_time
 from tests.support import Api, User, body
-from tests.support.marketplace import MakeUser, buyer, list_product
+from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, list_product
 
 Conn = psycopg.Connection[TupleRow]
 
@@ -28,11 +30,41 @@ def start(user: User, product_id: str, quantity: int = 1, key: str | None = None
     return subscription
 
 
+def subscribe(subscriber: User, provider: User, price: str = "1", unit: str = "hour") -> dict[str, Any]:
+    """`subscriber`'s subscription to a new product of `provider`: hourly at 1 credit unless told."""
+    return start(subscriber, list_product(provider, price=price, unit=unit)["id"])
+
+
+def two_buyers(service_api: Api, make_user: MakeUser, usd: str = "10") -> tuple[User, User, User]:
+    """A provider and two buyers of `usd` credits each."""
+    return make_user("farmer"), buyer(service_api, make_user, usd), buyer(service_api, make_user, usd)
+
+
 def stop(api: Api, subscription_id: str) -> dict[str, Any]:
     reply = api.rpc("stop_subscription", subscription_id=subscription_id)
     assert reply.status_code == 200, reply.text
     subscription: dict[str, Any] = body(reply)
     return subscription
+
+
+def stop_all(service_api: Api, *started: tuple[User, dict[str, Any]]) -> None:
+    """Each (subscriber, subscription) stopped by its subscriber, then the ledger audited."""
+    for subscriber, sub in started:
+        stop(subscriber.api, sub["id"])
+    audit_is_clean(service_api)
+
+
+def stop_gives_back_to_the_lot(user: User, subscription_id: str, price: Decimal, expires: datetime) -> None:
+    """A stop of `user`'s subscription of `price` a period, held from a promotional lot expiring at
+    `expires`: it charges part of the period and gives the rest back to the lot, with its expiry;
+    nothing stays held and the credits bought are untouched."""
+    bought, _ = account(user)
+    charged = D(str(stop(user.api, subscription_id)["period"]["charged_amount"]))
+    assert D("0") < charged < price
+    lots = body(user.api.get("/credit_lots", select="remaining,expires_at", live="is.true"))
+    assert [D(str(lot["remaining"])) for lot in lots] == [price - charged]
+    assert datetime.fromisoformat(lots[0]["expires_at"]) == expires
+    assert account(user) == (bought + price - charged, D("0"))
 
 
 def periods(api: Api, subscription_id: str) -> list[dict[str, Any]]:
