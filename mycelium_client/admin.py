@@ -10,7 +10,7 @@ import logging
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from mycelium_client._http import AsyncTransport, Call, SyncTransport, rows, rpc
+from mycelium_client._http import AsyncTransport, Call, M, SyncTransport, rows, rpc
 from mycelium_client._observe import event, logs_totals
 from mycelium_client.amounts import AmountLike, amount, rate, to_decimal
 from mycelium_client.credits import UserRef, new_idempotency_key
@@ -163,14 +163,18 @@ def audit_call() -> Call[list[AuditFinding]]:
     return rpc("audit_ledger", audited, safe=True)
 
 
+def sweep_call(
+    function: str, name: str, what: str, model: type[M], as_of: datetime | None, **budget: int | None
+) -> Call[M]:
+    """A batch of a periodic sweep up to `as_of` within `budget`, its totals logged as the event
+    `name`. Every sweep takes each item once, so a batch is safe to retry."""
+    return rpc(function, logs_totals(name, what, model.model_validate), safe=True, as_of=as_of, **budget)
+
+
 def expire_call(as_of: datetime | None, max_lots: int | None) -> Call[ExpiryResult]:
-    # Each lot expires once (a unique reference per lot): safe to retry.
-    return rpc(
-        "expire_credits",
-        logs_totals("credits_expired", "expired credits", ExpiryResult.model_validate),
-        safe=True,
-        as_of=as_of,
-        max_lots=max_lots,
+    # Each lot expires once (a unique reference per lot).
+    return sweep_call(
+        "expire_credits", "credits_expired", "expired credits", ExpiryResult, as_of, max_lots=max_lots
     )
 
 
@@ -240,23 +244,25 @@ def order_status_counts_call() -> Call[list[OrderStatusCount]]:
 
 
 def release_holds_call(as_of: datetime | None, max_orders: int | None) -> Call[HoldRelease]:
-    # Only pending orders are released, each once: safe to retry.
-    return rpc(
+    # Only pending orders are released, each once.
+    return sweep_call(
         "release_expired_holds",
-        logs_totals("holds_released", "released expired holds", HoldRelease.model_validate),
-        safe=True,
-        as_of=as_of,
+        "holds_released",
+        "released expired holds",
+        HoldRelease,
+        as_of,
         max_orders=max_orders,
     )
 
 
 def charge_subscriptions_call(as_of: datetime | None, max_periods: int | None) -> Call[SubscriptionCharge]:
-    # Each period is charged once, under its subscription's lock: safe to retry.
-    return rpc(
+    # Each period is charged once, under its subscription's lock.
+    return sweep_call(
         "charge_due_subscriptions",
-        logs_totals("subscriptions_charged", "charged subscriptions", SubscriptionCharge.model_validate),
-        safe=True,
-        as_of=as_of,
+        "subscriptions_charged",
+        "charged subscriptions",
+        SubscriptionCharge,
+        as_of,
         max_periods=max_periods,
     )
 
