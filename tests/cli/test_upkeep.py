@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli import upkeep
 from cli.dev.stack import LocalStack
@@ -26,10 +26,35 @@ from tests.support.subscriptions import due_subscription, overdue_subscriptions,
 
 MakeUser = Callable[..., User]
 D = Decimal
+UpkeepRun = Callable[..., Result]
 
 
 def balance(user: User) -> Decimal:
     return D(str(body(user.api.get("/credit_accounts", select="balance"))[0]["balance"]))
+
+
+@pytest.fixture
+def upkeep_in_batches(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> UpkeepRun:
+    """`mycelium upkeep --json`, succeeding, with its jobs taking at most as many items a call as
+    told (`HOLDS_PER_CALL=1`, ...); after a run that cleared whatever the other tests left due."""
+    assert CliRunner().invoke(app, ["upkeep"], env=stack.env()).exit_code == 0
+
+    def run(**per_call: int) -> Result:
+        for name, most in per_call.items():
+            monkeypatch.setattr(upkeep, name, most)
+        result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
+        assert result.exit_code == 0, result.stderr
+        return result
+
+    return run
+
+
+def upkeep_check(stack: LocalStack) -> dict[str, Any]:
+    """The `upkeep` check of `mycelium health --json`."""
+    health = CliRunner().invoke(app, ["health", "--json"], env=stack.env())
+    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
+    check: dict[str, Any] = checks["upkeep"]
+    return check
 
 
 def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
@@ -69,18 +94,14 @@ def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_
     service_api: Api,
     make_user: MakeUser,
     db: psycopg.Connection[TupleRow],
-    monkeypatch: pytest.MonkeyPatch,
+    upkeep_in_batches: UpkeepRun,
 ) -> None:
-    assert CliRunner().invoke(app, ["upkeep"], env=stack.env()).exit_code == 0  # whatever others left
-    monkeypatch.setattr(upkeep, "PERIODS_PER_CALL", 1)
     due = [due_subscription(service_api, make_user, db) for _ in range(2)]
     assert overdue_subscriptions(service_api) == 2
-    health = CliRunner().invoke(app, ["health", "--json"], env=stack.env())
-    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
-    assert checks["upkeep"]["ok"] is False and "charge_due_subscriptions" in checks["upkeep"]["detail"]
+    check = upkeep_check(stack)
+    assert check["ok"] is False and "charge_due_subscriptions" in check["detail"]
 
-    result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
-    assert result.exit_code == 0, result.stderr
+    result = upkeep_in_batches(PERIODS_PER_CALL=1)
     charged = json.loads(result.stdout, parse_float=Decimal)["jobs"]["charge_due_subscriptions"]
     # Each subscription was two periods behind: four steps, a batch (one call) each.
     assert D(charged.pop("credits_charged")) == 4  # amounts in JSON are exact strings
@@ -96,9 +117,8 @@ def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_
     assert result.stderr.count("subscriptions:") == 4  # progress after each full batch
     assert "4 period(s) charged so far" in result.stderr
     assert overdue_subscriptions(service_api) == 0
-    health = CliRunner().invoke(app, ["health", "--json"], env=stack.env())
-    checks = {check["name"]: check for check in json.loads(health.stdout)["checks"]}
-    assert checks["upkeep"]["ok"] is True, checks["upkeep"]
+    check = upkeep_check(stack)
+    assert check["ok"] is True, check
     for alice, subscription_id in due:
         assert [(p["seq"], p["status"]) for p in periods(alice.api, subscription_id)] == [
             (1, "charged"),
@@ -114,20 +134,12 @@ def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_
 
 
 def test_a_round_calls_each_job_again_until_a_batch_comes_back_short(
-    stack: LocalStack,
-    service_api: Api,
-    make_user: MakeUser,
-    db: psycopg.Connection[TupleRow],
-    monkeypatch: pytest.MonkeyPatch,
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow], upkeep_in_batches: UpkeepRun
 ) -> None:
-    monkeypatch.setattr(upkeep, "HOLDS_PER_CALL", 1)
-    monkeypatch.setattr(upkeep, "LOTS_PER_CALL", 1)
-    assert CliRunner().invoke(app, ["upkeep"], env=stack.env()).exit_code == 0  # whatever others left
     for _ in range(2):
         abandoned_order(service_api, make_user, db)
         expired_promotion(service_api, make_user, db)
-    result = CliRunner().invoke(app, ["upkeep", "--json"], env=stack.env())
-    assert result.exit_code == 0, result.stderr
+    result = upkeep_in_batches(HOLDS_PER_CALL=1, LOTS_PER_CALL=1)
     jobs = json.loads(result.stdout, parse_float=Decimal)["jobs"]
     assert jobs["release_expired_holds"]["orders_released"] == 2
     expired = jobs["expire_credits"]
