@@ -11,7 +11,6 @@ from decimal import Decimal
 import pytest
 
 from mycelium_client import (
-    AsyncMyceliumClient,
     Conflict,
     InsufficientCredits,
     InvalidArgument,
@@ -24,12 +23,11 @@ from mycelium_client import (
     TransactionKind,
 )
 from tests.support.client import (
-    FAST_RETRY,
-    PASSWORD,
     Account,
     DropsResponses,
     MakeAccount,
     Target,
+    async_clients,
     listed,
     signed_in,
 )
@@ -251,13 +249,7 @@ def test_async_orders(target: Target, account: MakeAccount) -> None:
     product = listed(provider, "2.5")
 
     async def scenario() -> None:
-        async with (
-            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_buyer,
-            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_provider,
-            AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service,
-        ):
-            await as_buyer.auth.sign_in(buyer.email, PASSWORD)
-            await as_provider.auth.sign_in(provider.email, PASSWORD)
+        async with async_clients(target, buyer, provider) as (as_buyer, as_provider, service):
             order = await as_buyer.orders.place({product.id: 4})
             assert (await as_buyer.orders.get(order.id)).total == 10
             fulfilled = await as_provider.orders.fulfil(order.id)

@@ -46,6 +46,7 @@ from tests.support.client import (
     Doubles,
     MakeAccount,
     Target,
+    async_clients,
     listed,
     signed_in,
 )
@@ -304,13 +305,7 @@ def test_async_subscriptions(target: Target, account: MakeAccount) -> None:
     product = listed(provider, "1", attributes={"usage_prices": {"cpu_hours": "0.5"}}, unit=HOUR)
 
     async def scenario() -> None:
-        async with (
-            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_buyer,
-            AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_provider,
-            AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service,
-        ):
-            await as_buyer.auth.sign_in(buyer.email, PASSWORD)
-            await as_provider.auth.sign_in(provider.email, PASSWORD)
+        async with async_clients(target, buyer, provider) as (as_buyer, as_provider, service):
             follower = await as_provider.subscriptions.follow(
                 provider_id=provider.id, poll_seconds=0.05, idle_seconds=10
             )

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -16,6 +17,7 @@ import pytest
 from psycopg.rows import TupleRow
 
 from mycelium_client import (
+    AsyncMyceliumClient,
     MyceliumClient,
     Product,
     ProductCategory,
@@ -104,6 +106,22 @@ class Target:
         for made in self._clients:
             made.close()
         self._clients.clear()
+
+
+@asynccontextmanager
+async def async_clients(
+    target: Target, buyer: Account, provider: Account
+) -> AsyncIterator[tuple[AsyncMyceliumClient, AsyncMyceliumClient, AsyncMyceliumClient]]:
+    """Async clients of `target`: signed in as `buyer`, as `provider`, and one with the service
+    role key."""
+    async with (
+        AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_buyer,
+        AsyncMyceliumClient(target.url, target.anon_key, retry=FAST_RETRY) as as_provider,
+        AsyncMyceliumClient(target.url, target.service_role_key, retry=FAST_RETRY) as service,
+    ):
+        await as_buyer.auth.sign_in(buyer.email, PASSWORD)
+        await as_provider.auth.sign_in(provider.email, PASSWORD)
+        yield as_buyer, as_provider, service
 
 
 def live_target() -> Target:
