@@ -3,12 +3,14 @@ one, and the addresses and keys it reaches it by (`Target`)."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cli.dev.processes import free_port_base
 from cli.dev.stack import LocalStack
@@ -64,3 +66,21 @@ def local_target(start_port: int) -> Iterator[Target]:
             jwt_secret=stack.jwt_secret,
             postgrest_url=f"http://127.0.0.1:{stack.postgrest.port}",
         )
+
+
+Measure = Callable[[Target, argparse.Namespace, dict[str, Any]], int]
+
+
+def on_target(measure: Measure, start_port: int) -> Callable[[argparse.Namespace, dict[str, Any]], int]:
+    """`measure` (for `run_benchmark`) on the database of --db-url, set up through
+    --superuser-db-url where the benchmark has that option, or else on a fresh local stack on free
+    ports from `start_port`."""
+
+    def measured(args: argparse.Namespace, results: dict[str, Any]) -> int:
+        if args.db_url:
+            target = Target(db_url=args.db_url, superuser_db_url=vars(args).get("superuser_db_url"))
+            return measure(target, args, results)
+        with local_target(start_port) as target:
+            return measure(target, args, results)
+
+    return measured

@@ -44,7 +44,7 @@ from bench._ledger import number_users, sql_rate
 from bench._load import PROTOCOLS, WORKERS, Protocol, lua_locals, pgbench_database, tpcb_rate, wrk_rate
 from bench._reads import Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
-from bench._stack import Target, local_target
+from bench._stack import Target, on_target
 from bench._users import create_users, fund
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol, ratio
 
@@ -389,13 +389,7 @@ def main() -> int:
         "--audit", action="store_true", help="run audit_ledger() at the end (slow on big ledgers)"
     )
 
-    def on_target(args: argparse.Namespace, results: dict[str, Any]) -> int:
-        if args.db_url:
-            return measure(Target(db_url=args.db_url), args, results)
-        with local_target(start_port=47000) as target:
-            return measure(target, args, results)
-
-    return run_benchmark(parser, on_target)
+    return run_benchmark(parser, on_target(measure, start_port=47000))
 
 
 if __name__ == "__main__":

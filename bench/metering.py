@@ -50,7 +50,7 @@ from bench._ledger import SERVICE_CLAIMS, number_users, postgrest_call, postgres
 from bench._load import WORKERS
 from bench._percentiles import Percentiles
 from bench._results import run_benchmark
-from bench._stack import Target, local_target
+from bench._stack import Target, on_target
 from bench._users import create_users
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, ratio
 
@@ -434,14 +434,7 @@ def main() -> int:
         "--max-periods", type=int, default=500, help="periods a batch call charges (its max_periods)"
     )
 
-    def on_target(args: argparse.Namespace, results: dict[str, Any]) -> int:
-        if args.db_url:
-            target = Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url)
-            return measure(target, args, results)
-        with local_target(start_port=46500) as target:
-            return measure(target, args, results)
-
-    return run_benchmark(parser, on_target)
+    return run_benchmark(parser, on_target(measure, start_port=46500))
 
 
 if __name__ == "__main__":

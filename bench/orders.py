@@ -34,7 +34,7 @@ from bench._cycles import Rate, add_cycle_options, cycled_rates, in_protocol, in
 from bench._load import PROTOCOLS, Protocol, gset_value, lua_locals, script_rate, wrk_rate
 from bench._reads import REFERENCE, Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
-from bench._stack import Target, local_target
+from bench._stack import Target, on_target
 from bench._users import create_users, fund
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol
 from cli.dev.gateway import Limits
@@ -321,14 +321,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=200, help="samples per search latency")
     parser.add_argument("--pgbench-scale", type=int, default=10)
 
-    def on_target(args: argparse.Namespace, results: dict[str, Any]) -> int:
-        if args.db_url:
-            target = Target(db_url=args.db_url, superuser_db_url=args.superuser_db_url)
-            return measure(target, args, results)
-        with local_target(start_port=47500) as target:
-            return measure(target, args, results)
-
-    return run_benchmark(parser, on_target)
+    return run_benchmark(parser, on_target(measure, start_port=47500))
 
 
 if __name__ == "__main__":
