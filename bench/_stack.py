@@ -68,6 +68,19 @@ def local_target(start_port: int) -> Iterator[Target]:
         )
 
 
+def add_target_options(
+    parser: argparse.ArgumentParser,
+    db_url_help: str = "an existing database (role postgres); default: a fresh local stack",
+    *,
+    superuser: bool = True,
+) -> None:
+    """--db-url, the database `on_target` measures instead of a fresh local stack, and unless told
+    not to, --superuser-db-url for its setup."""
+    parser.add_argument("--db-url", help=db_url_help)
+    if superuser:
+        parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
+
+
 Measure = Callable[[Target, argparse.Namespace, dict[str, Any]], int]
 
 

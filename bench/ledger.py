@@ -44,7 +44,7 @@ from bench._ledger import number_users, sql_rate
 from bench._load import PROTOCOLS, WORKERS, Protocol, lua_locals, pgbench_database, tpcb_rate, wrk_rate
 from bench._reads import Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
-from bench._stack import Target, on_target
+from bench._stack import Target, add_target_options, on_target
 from bench._users import create_users, fund
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol, ratio
 
@@ -376,7 +376,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--db-url", help="an existing database (role postgres); default: a fresh local stack")
+    add_target_options(parser, superuser=False)
     add_cycle_options(parser, cycles=8)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument(

@@ -50,7 +50,7 @@ from bench._ledger import SERVICE_CLAIMS, number_users, postgrest_call, postgres
 from bench._load import WORKERS
 from bench._percentiles import Percentiles
 from bench._results import run_benchmark
-from bench._stack import Target, on_target
+from bench._stack import Target, add_target_options, on_target
 from bench._users import create_users
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, ratio
 
@@ -424,8 +424,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--db-url", help="an existing database (role postgres); default: a fresh local stack")
-    parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
+    add_target_options(parser)
     parser.add_argument(
         "--subscriptions", type=int, default=100_000, help="running subscriptions, each with one period due"
     )

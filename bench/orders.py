@@ -34,7 +34,7 @@ from bench._cycles import Rate, add_cycle_options, cycled_rates, in_protocol, in
 from bench._load import PROTOCOLS, Protocol, gset_value, lua_locals, script_rate, wrk_rate
 from bench._reads import REFERENCE, Read, growth, print_reference, timed_reads
 from bench._results import run_benchmark
-from bench._stack import Target, on_target
+from bench._stack import Target, add_target_options, on_target
 from bench._users import create_users, fund
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates_by_protocol
 from cli.dev.gateway import Limits
@@ -313,8 +313,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--db-url", help="an existing database (role postgres): direct SQL and search only")
-    parser.add_argument("--superuser-db-url", help="with --db-url: a superuser login for setup")
+    add_target_options(parser, "an existing database (role postgres): direct SQL and search only")
     add_cycle_options(parser, cycles=6)
     parser.add_argument("--buyers", type=int, default=1000)
     parser.add_argument("--products", type=int, default=100_000, help="catalogue size for the large search")
