@@ -36,6 +36,7 @@ from tests.support.subscriptions import (
     subscribe,
     subscription,
     two_buyers,
+    two_buyers_due,
 )
 
 Conn = psycopg.Connection[TupleRow]
@@ -71,10 +72,7 @@ def test_a_budget_smaller_than_the_renewals_due_renews_the_oldest_first(
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
-    provider, alice, bob = two_buyers(service_api, make_user)
-    older, younger = subscribe(alice, provider), subscribe(bob, provider)
-    backdate(db, older["id"], "70 minutes")
-    backdate(db, younger["id"], "1 hour")
+    (alice, older), (bob, younger) = two_buyers_due(service_api, make_user, db, "70 minutes", "1 hour")
 
     one = charge(service_api, max_periods=1)
     assert (one["renewed"], one["periods_charged"], one["done"]) == (1, 1, False)
@@ -90,10 +88,8 @@ def test_renewals_beside_a_subscription_behind_stay_within_the_budget_and_charge
     service_api: Api, make_user: MakeUser, db: Conn
 ) -> None:
     charge_all_due(service_api)
-    provider, alice, bob = two_buyers(service_api, make_user)
-    behind, plain = subscribe(alice, provider), subscribe(bob, provider)
-    backdate(db, behind["id"], "3 hours")  # three periods ended: the step function's
-    backdate(db, plain["id"], "1 hour")
+    # Three periods ended for Alice's: the step function's.
+    (alice, behind), (bob, plain) = two_buyers_due(service_api, make_user, db, "3 hours", "1 hour")
 
     steps = []
     while True:

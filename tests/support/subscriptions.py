@@ -40,6 +40,18 @@ def two_buyers(service_api: Api, make_user: MakeUser, usd: str = "10") -> tuple[
     return make_user("farmer"), buyer(service_api, make_user, usd), buyer(service_api, make_user, usd)
 
 
+def two_buyers_due(
+    service_api: Api, make_user: MakeUser, db: Conn, first_ago: str, second_ago: str
+) -> tuple[tuple[User, dict[str, Any]], tuple[User, dict[str, Any]]]:
+    """Two buyers of 10 credits, each with an hourly subscription to the same provider, started
+    `first_ago` and `second_ago`."""
+    provider, first, second = two_buyers(service_api, make_user)
+    subscriptions = (first, subscribe(first, provider)), (second, subscribe(second, provider))
+    for (_, started), ago in zip(subscriptions, (first_ago, second_ago), strict=True):
+        backdate(db, started["id"], ago)
+    return subscriptions
+
+
 def stop(api: Api, subscription_id: str) -> dict[str, Any]:
     reply = api.rpc("stop_subscription", subscription_id=subscription_id)
     assert reply.status_code == 200, reply.text
