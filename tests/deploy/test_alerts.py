@@ -79,13 +79,15 @@ def scratch() -> Iterator[LocalStack]:
 
 
 class Prometheus:
-    """A real Prometheus evaluating alerts.yml every second over what it scrapes."""
+    """A real Prometheus evaluating alerts.yml every second over what it scrapes. A scrape may
+    take up to 5 s: the exporter runs the audit on each, and a busy 2-core machine made a 1 s
+    scrape time out, reading as a target down."""
 
     def __init__(self, folder: Path, targets: dict[str, tuple[str, str]]) -> None:
         """`targets`: job name -> (host:port, metrics path)."""
         self.port = free_port_base(span=1, start=48000)
         config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
             "scrape_configs": [
                 {"job_name": job, "metrics_path": path, "static_configs": [{"targets": [address]}]}
@@ -107,7 +109,7 @@ class Prometheus:
     def get(self, path: str) -> Any:
         return httpx.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", timeout=5).json()["data"]
 
-    def wait_for(self, what: str, found: Any, seconds: float = 60) -> Any:
+    def wait_for(self, what: str, found: Any, seconds: float = 120) -> Any:
         """Polls until `found()` is true: a wait with a deadline for a server, not a timed assertion."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -118,10 +120,17 @@ class Prometheus:
             if value:
                 return value
             time.sleep(0.5)
-        raise AssertionError(f"Prometheus never saw {what}")
+        raise AssertionError(f"Prometheus never saw {what}; its targets: {self.target_errors()}")
 
     def alerts(self) -> dict[str, str]:
         return {alert["labels"]["alertname"]: alert["state"] for alert in self.get("alerts")["alerts"]}
+
+    def target_errors(self) -> dict[str, str]:
+        try:
+            targets = self.get("targets")["activeTargets"]
+        except httpx.HTTPError as error:
+            return {"prometheus": str(error)}
+        return {t["labels"]["job"]: f"{t['health']}: {t['lastError']}" for t in targets}
 
     def targets_up(self) -> set[str]:
         return {t["labels"]["job"] for t in self.get("targets")["activeTargets"] if t["health"] == "up"}
