@@ -16,16 +16,19 @@ at the end checks that the bench's data is what the functions would have written
 Both sides go to the database directly, each in the transaction PostgREST 12 sends for one RPC
 (role, claims and request settings, the pre-request, the call through json_to_record:
 bench/_ledger.py), so that neither pays HTTP and the ratio compares the database's work:
-- single transfers: pgbench, WORKERS clients, each a PostgREST-shaped transfer_credits between two
-  random buyers with its idempotency key, prepared (as PostgREST sends it);
-- the batch: one caller, as `mycelium upkeep` runs it, calling charge_due_subscriptions as
-  service_role (its default 500 periods a call) until nothing is due. A charge is a period paid
-  (the provider's earning, the platform's fee) and the next one held: three ledger movements,
-  where a transfer is one.
-They run in turn, in short slices (a transfer slice, a charging slice, an idle slice, again until
+- the batch: as `mycelium upkeep` runs it, by its --charging-workers callers side by side (one by
+  default; --chargers here), each calling charge_due_subscriptions as service_role (its default
+  500 periods a call) until nothing is due. A charge is a period paid (the provider's earning, the
+  platform's fee) and the next one held: three ledger movements, where a transfer is one;
+- single transfers: pgbench, as many clients as the batch has callers (the measure: a transfer
+  waits for its own commit, a batch shares one, each side equally busy), and WORKERS clients (the
+  server's best rate of transfers, shown beside it), each a PostgREST-shaped transfer_credits
+  between two random buyers with its idempotency key, prepared (as PostgREST sends it).
+They run in turn, in short slices (transfer slices, a charging slice, an idle slice, again until
 everything is charged), so that a shared machine's slow moments fall on both sides alike.
-Meanwhile one reader reads a random buyer's balance as that buyer (RLS applies), a read every
-millisecond or so: its p99 during the charging slices against its p99 during the idle ones.
+Meanwhile one reader, a process of its own, reads a random buyer's balance as that buyer (RLS
+applies), a read every millisecond or so: its p99 during the charging slices against its p99
+during the idle ones.
 Targets (issue 19):
   batch charges / single transfers per second      >= 5 (a transfer waits for its own commit;
                                                       a batch shares one)
@@ -36,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import psycopg
@@ -53,6 +58,7 @@ from bench._results import run_benchmark
 from bench._stack import Target, add_target_options, on_target
 from bench._users import create_users
 from bench._verdicts import LatencyRow, RateRow, print_latencies, print_rates, ratio
+from cli.upkeep import CHARGING_WORKERS
 
 BATCH_TARGET = 5.0
 READ_P99_TARGET = 2.0
@@ -187,6 +193,10 @@ CHARGE_CALL = postgrest_call("charge_due_subscriptions", {"max_periods": "intege
 )
 
 
+def callers(count: int, what: str) -> str:
+    return f"one {what}" if count == 1 else f"{count} {what}s"
+
+
 def charge_batch(conn: psycopg.Connection[Any], max_periods: int) -> dict[str, Any]:
     """One call of charge_due_subscriptions, in PostgREST's transaction; its answer."""
     with conn.transaction():
@@ -218,20 +228,33 @@ class Charging:
     slices: list[float] = field(default_factory=list)
     done: bool = False
 
-    def run_slice(self, conn: psycopg.Connection[Any], seconds: float, max_periods: int) -> None:
-        """Call the batch until `seconds` have passed or nothing is due."""
-        periods, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            answer = charge_batch(conn, max_periods)
-            self.calls += 1
-            periods += int(answer["periods_charged"])
-            if answer["done"]:
-                self.done = True
-                break
+    def run_slice(self, conns: list[psycopg.Connection[Any]], seconds: float, max_periods: int) -> None:
+        """Call the batch from each connection at once, as `mycelium upkeep`'s workers do, until
+        `seconds` have passed, or a call finds nothing left to it (the others hold the rest) or
+        says it is done."""
+        periods, calls, started = [0] * len(conns), [0] * len(conns), time.perf_counter()
+        done = [False] * len(conns)
+
+        def call(n: int) -> None:
+            while time.perf_counter() - started < seconds:
+                answer = charge_batch(conns[n], max_periods)
+                calls[n] += 1
+                periods[n] += int(answer["periods_charged"])
+                done[n] = bool(answer["done"])
+                if answer["done"] or not answer["periods_charged"]:
+                    return
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(len(conns))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter() - started
-        self.periods += periods
+        self.done = all(done)
+        self.calls += sum(calls)
+        self.periods += sum(periods)
         self.seconds += elapsed
-        self.slices.append(periods / elapsed)
+        self.slices.append(sum(periods) / elapsed)
 
     @property
     def per_second(self) -> float:
@@ -245,15 +268,12 @@ class Charging:
 BALANCE = "select balance, held from public.credit_accounts where user_id = %s::uuid"
 
 
-class Reader:
-    """Reads a random buyer's balance as that buyer, one read after another, in a thread of its
-    own; `during` collects the latencies of the reads made while it runs."""
+class Reads:
+    """Reads of a random buyer's balance as that buyer, on a connection of their own."""
 
     def __init__(self, db_url: str, buyers: list[str]) -> None:
         self.conn = psycopg.connect(db_url, autocommit=True)
         self.buyers = buyers
-        self.samples: list[float] = []
-        self.stop = threading.Event()
 
     def read(self) -> float:
         buyer = random.choice(self.buyers)
@@ -265,29 +285,50 @@ class Reader:
             self.conn.execute(BALANCE, (buyer,), prepare=True).fetchall()
         return time.perf_counter() - started
 
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            self.samples.append(self.read())
+
+def read_on_command(db_url: str, buyers: list[str], pipe: Connection) -> None:
+    """The reader's process: on "read", reads one after another until told "stop", then sends the
+    latencies; "warm up" reads a few hundred times; "end" ends it."""
+    reads = Reads(db_url, buyers)
+    while (command := pipe.recv()) != "end":
+        samples = [reads.read() for _ in range(200)] if command == "warm up" else []
+        while command == "read" and not pipe.poll():
+            samples.append(reads.read())
             time.sleep(READ_PAUSE)
+        if command == "read":
+            pipe.recv()  # "stop"
+        pipe.send(samples)
+
+
+class Reader:
+    """Reads a random buyer's balance as that buyer, one read after another, in a process of its
+    own (in a thread, the benchmark's other threads would delay its reads on Python's lock);
+    `during` collects the latencies of the reads made while it runs."""
+
+    def __init__(self, db_url: str, buyers: list[str]) -> None:
+        self.pipe, child = multiprocessing.Pipe()
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=read_on_command, args=(db_url, buyers, child), daemon=True
+        )
+        self.process.start()
 
     def during(self, work: Callable[[], None]) -> list[float]:
         """The latencies of the reads made while `work` runs."""
-        self.samples, self.stop = [], threading.Event()
-        thread = threading.Thread(target=self._loop)
-        thread.start()
+        self.pipe.send("read")
         try:
             work()
         finally:
-            self.stop.set()
-            thread.join()
-        return self.samples
+            self.pipe.send("stop")
+        samples: list[float] = self.pipe.recv()
+        return samples
 
-    def warm_up(self, count: int = 200) -> None:
-        for _ in range(count):
-            self.read()
+    def warm_up(self) -> None:
+        self.pipe.send("warm up")
+        self.pipe.recv()
 
     def close(self) -> None:
-        self.conn.close()
+        self.pipe.send("end")
+        self.process.join()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,9 +354,11 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         print(f"    set up in {setup_seconds:.1f}s", flush=True)
 
     reader = Reader(target.db_url, buyers)
+    chargers = args.chargers
+    # The batch by as many callers as `mycelium upkeep` runs; transfers by as many clients (the
+    # measure: each side as busy as the other), and by WORKERS (the server's best rate of them).
     charging = Charging()
-    # Transfers per second by WORKERS clients (the measure), and by one (as many as the batch has).
-    transfers: dict[int, list[float]] = {WORKERS: [], 1: []}
+    transfers: dict[int, list[float]] = {chargers: [], WORKERS: []}
     idle: list[float] = []
     during: list[float] = []
 
@@ -323,26 +366,31 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         return sql_rate(target.db_url, "rest_transfer", len(buyers), seconds, clients=clients)
 
     print(
-        f"slices of {seconds}s in turn until all is charged: PostgREST-shaped transfers ({WORKERS} clients, "
-        f"then one), the batch (one caller, {args.max_periods} periods a call) with the reader, the reader "
-        "alone",
+        f"slices of {seconds}s in turn until all is charged: PostgREST-shaped transfers ({chargers} and "
+        f"{WORKERS} clients), the batch ({chargers} callers, {args.max_periods} periods a call) with the "
+        "reader, the reader alone",
         flush=True,
     )
-    with psycopg.connect(target.db_url, autocommit=True) as charger:
+    conns = [psycopg.connect(target.db_url, autocommit=True) for _ in range(chargers)]
+    try:
         reader.warm_up()
         transfer_slice(WORKERS)  # warm-up, unmeasured
         cycle = 0
-        while not charging.done and due_left(charger):
+        while not charging.done and due_left(conns[0]):
             cycle += 1
             for clients, rates in transfers.items():
                 rates.append(transfer_slice(clients))
-            during += reader.during(lambda: charging.run_slice(charger, seconds, args.max_periods))
+            during += reader.during(lambda: charging.run_slice(conns, seconds, args.max_periods))
             idle += reader.during(lambda: time.sleep(seconds))
             print(
                 f"    cycle {cycle}: {charging.periods:,} periods charged, {charging.slices[-1]:,.0f}/s "
-                f"(transfers {transfers[WORKERS][-1]:,.0f}/s, one client {transfers[1][-1]:,.0f}/s)",
+                f"(transfers {transfers[chargers][-1]:,.0f}/s; "
+                f"by {WORKERS} clients {transfers[WORKERS][-1]:,.0f}/s)",
                 flush=True,
             )
+    finally:
+        for conn in conns:
+            conn.close()
     reader.close()
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -357,13 +405,18 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         problems = conn.execute("select count(*) from public.audit_ledger()").fetchone()
 
     # Each cycle's charging slice against its transfer slices (RateRow's range pairs them).
-    transfer_rate, one_client = Rate(tuple(transfers[WORKERS])), Rate(tuple(transfers[1]))
+    transfer_rate, server_rate = Rate(tuple(transfers[chargers])), Rate(tuple(transfers[WORKERS]))
     charge_rate = Rate(tuple(charging.slices))
     rows = [
-        RateRow(f"PostgREST-shaped transfers ({WORKERS} clients)", transfer_rate),
-        RateRow("charges through the batch (one caller)", charge_rate, transfer_rate, BATCH_TARGET),
-        RateRow("  (PostgREST-shaped transfers, one client)", one_client),
-        RateRow("  (the batch against them: one caller each)", charge_rate, one_client),
+        RateRow(f"PostgREST-shaped transfers ({callers(chargers, 'client')})", transfer_rate),
+        RateRow(
+            f"charges through the batch ({callers(chargers, 'caller')})",
+            charge_rate,
+            transfer_rate,
+            BATCH_TARGET,
+        ),
+        RateRow(f"  (PostgREST-shaped transfers, {WORKERS} clients)", server_rate),
+        RateRow("  (the batch against them)", charge_rate, server_rate),
     ]
     print()
     missed = print_rates(rows)
@@ -396,10 +449,11 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
             "setup_seconds": setup_seconds,
             "throughput": [row.as_dict() for row in rows],
             "transfers_per_second": transfer_rate.mean,
-            "transfers_per_second_one_client": one_client.mean,
+            "transfers_per_second_most_clients": server_rate.mean,
+            "chargers": chargers,
             "charges_per_second": charge_rate.mean,
             "batch_vs_single": rows[1].ratio,
-            "batch_vs_single_one_client": rows[3].ratio,
+            "batch_vs_most_clients": rows[3].ratio,
             "charge_all_seconds": charging.seconds,
             "periods_charged": charging.periods,
             "renewed": renewed[0] if renewed else None,
@@ -431,6 +485,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=2, help="length of one slice")
     parser.add_argument(
         "--max-periods", type=int, default=500, help="periods a batch call charges (its max_periods)"
+    )
+    parser.add_argument(
+        "--chargers",
+        type=int,
+        default=CHARGING_WORKERS,
+        help="batch callers side by side (default: as many as `mycelium upkeep` runs)",
     )
 
     return run_benchmark(parser, on_target(measure, start_port=46500))

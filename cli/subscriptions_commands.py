@@ -179,13 +179,14 @@ def stop(
 @app.command()
 @reported
 def charge(
+    charging_workers: upkeep.ChargingWorkersOption = None,
     url: UrlOption = None,
     service_key: ServiceKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Charge every period due now: the upkeep step on its own.
 
-    A batch (one transaction) at a time, as `mycelium upkeep` does:
+    A batch (one transaction) at a time, or N side by side, as `mycelium upkeep` does:
       pays each period that ended and holds the next
       moves unpaid subscriptions on: grace, suspended, cancelled
       resumes those whose balance now covers them
@@ -193,7 +194,7 @@ def charge(
     Example: mycelium subscriptions charge --json
     """
     with service_client(url, service_key) as client:
-        done = upkeep.charge_due_subscriptions(client)
+        done = upkeep.charge_due_subscriptions(client, workers=charging_workers)
         if as_json:
             emit_json(done)
             return

@@ -89,7 +89,9 @@ def test_upkeep_releases_abandoned_holds_expires_credits_and_rolls_up_days(
     assert "roll up complete days" in shown.stdout
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_them_overdue(
+    workers: int,
     stack: LocalStack,
     service_api: Api,
     make_user: MakeUser,
@@ -101,9 +103,10 @@ def test_upkeep_charges_due_subscriptions_in_batches_and_health_no_longer_finds_
     check = upkeep_check(stack)
     assert check["ok"] is False and "charge_due_subscriptions" in check["detail"]
 
-    result = upkeep_in_batches(PERIODS_PER_CALL=1)
+    result = upkeep_in_batches(PERIODS_PER_CALL=1, CHARGING_WORKERS=workers)
     charged = json.loads(result.stdout, parse_float=Decimal)["jobs"]["charge_due_subscriptions"]
-    # Each subscription was two periods behind: four steps, a batch (one call) each.
+    # Each subscription was two periods behind: four steps, a batch (one call) each, by one worker
+    # or by two side by side (each subscription has a provider of its own).
     assert D(charged.pop("credits_charged")) == 4  # amounts in JSON are exact strings
     assert charged == {
         "ok": True,

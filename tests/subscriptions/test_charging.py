@@ -1,6 +1,7 @@
 """rpc/charge_due_subscriptions through PostgREST: periods paid when they end and the next held at
 the price of the moment, a batch behind catching up, credits running out (grace, suspension,
-cancellation) and a top-up resuming; overlapping batches; the backlog it leaves."""
+cancellation) and a top-up resuming; overlapping batches, side by side by provider, and busy
+accounts left to a later call; the backlog it leaves."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.support.marketplace import (
     race,
 )
 from tests.support.subscriptions import (
+    account_held,
     backdate,
     charge,
     charge_all_due,
@@ -31,6 +33,7 @@ from tests.support.subscriptions import (
     events,
     overdue_subscriptions,
     periods,
+    renewed_once,
     start,
     stop,
     stop_all,
@@ -205,6 +208,70 @@ def test_overlapping_batches_take_different_subscriptions_and_charge_each_period
             (2, "held"),
         ]
         stop(alice.api, sub["id"])
+    audit_is_clean(service_api)
+
+
+def test_batches_side_by_side_charge_different_providers(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    first_provider, second_provider = make_user("farmer"), make_user("farmer")
+    started = [
+        (subscriber, subscribe(subscriber, provider), ago)
+        for subscriber, provider, ago in (
+            (buyer(service_api, make_user, "10"), first_provider, "70 minutes"),
+            (buyer(service_api, make_user, "10"), second_provider, "65 minutes"),
+            (buyer(service_api, make_user, "10"), first_provider, "1 hour"),
+        )
+    ]
+    for _, sub, ago in started:
+        backdate(db, sub["id"], ago)
+
+    with psycopg.connect(stack.superuser_db_url) as first_batch:
+        # The first batch claims the first provider, whose two subscriptions fill it: not the
+        # two due first overall, which would have held both providers' accounts.
+        row = first_batch.execute("select public.charge_due_subscriptions(now(), 2)").fetchone()
+        assert row is not None and row[0]["renewed"] == 2
+        # A second batch does not wait for it: it charges the other provider's subscription.
+        assert charge(service_api)["renewed"] == 1
+        first_batch.commit()
+    assert charge(service_api)["periods_charged"] == 0
+    assert all(renewed_once(subscriber.api, sub["id"]) for subscriber, sub, _ in started)
+    stop_all(service_api, *((subscriber, sub) for subscriber, sub, _ in started))
+    audit_is_clean(service_api)
+
+
+def test_a_subscription_whose_buyer_is_busy_waits_for_a_later_call(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    alice, started = due_subscription(service_api, make_user, db, hours=1)
+
+    with account_held(stack, alice):
+        # The batch does not wait for the buyer's account: it leaves the period due, and says so.
+        left = charge(service_api)
+        assert (left["periods_charged"], left["done"]) == (0, False)
+    done = charge(service_api)
+    assert (done["renewed"], done["done"]) == (1, True)
+    assert renewed_once(alice.api, started)
+    stop(alice.api, started)
+    audit_is_clean(service_api)
+
+
+def test_a_provider_whose_account_is_busy_is_charged_by_a_later_call(
+    service_api: Api, make_user: MakeUser, db: Conn, stack: LocalStack
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "10")
+    started = subscribe(alice, provider)
+    backdate(db, started["id"], "1 hour")
+
+    with account_held(stack, provider):
+        # Its provider cannot be claimed: the batch charges nothing and waits for nothing.
+        assert charge(service_api)["periods_charged"] == 0
+    assert charge(service_api)["renewed"] == 1
+    assert renewed_once(alice.api, started["id"])
+    stop(alice.api, started["id"])
     audit_is_clean(service_api)
 
 

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from cli.dev.clock import pass_time
+from cli.dev.stack import LocalStack
 from tests.support import Api, User, body
 from tests.support.marketplace import D, MakeUser, account, audit_is_clean, buyer, list_product
 
@@ -84,6 +85,19 @@ def periods(api: Api, subscription_id: str) -> list[dict[str, Any]]:
         api.get("/subscription_periods", subscription_id=f"eq.{subscription_id}", order="seq")
     )
     return rows
+
+
+def renewed_once(api: Api, subscription_id: str) -> bool:
+    """Whether the subscription's first period is charged and its second held."""
+    return [(p["seq"], p["status"]) for p in periods(api, subscription_id)] == [(1, "charged"), (2, "held")]
+
+
+@contextmanager
+def account_held(stack: LocalStack, user: User) -> Iterator[None]:
+    """Another transaction holds the user's credit account (as a transfer does) for the block."""
+    with psycopg.connect(stack.superuser_db_url) as holder:
+        holder.execute("select from public.credit_accounts where user_id = %s for no key update", (user.id,))
+        yield
 
 
 def events(api: Api, subscription_id: str) -> list[str]:
