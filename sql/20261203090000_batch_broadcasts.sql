@@ -1,27 +1,53 @@
--- A batch's balance changes, sent set-based (issue 19, speed). create_transfers updates each
--- account of a batch once (sql/20261203080000_batch_transfers.sql), and the row trigger sent each
--- change with its runway: a burn-rate query an account, a third of a batch of renewals' time
+-- A batch's messages, sent set-based (issue 19, speed). create_transfers updates each account of a
+-- batch once (sql/20261203080000_batch_transfers.sql), and the row trigger sent each change with
+-- its runway: a burn-rate query an account, a third of a batch of renewals' time
 -- (pg_stat_user_functions: 105 of 446 microseconds a renewal, of which 77 in burn_rate). Now
--- create_transfers sends the changes of its update itself, right after it, with the burn rates of
--- all of them from one query (mycelium_private.burn_rates), while the trigger stands aside for that
--- update only. The messages are the same (balance_message builds them on both paths), on the same
--- topics, one an account, in user_id order, before any movement the single path then makes; the
--- balance feed's NOTIFY too, while a feed listens.
+-- create_transfers sends the changes of its update itself, right after it, with the burn rates and
+-- spendable balances of all of them from one query each, while the trigger stands aside for that
+-- update only (the setting mycelium.batch_sends_messages, local to the transaction). The
+-- subscriptions' batch does the same for the events it records (their message's subscription
+-- columns from one join). The messages are the same, built by the same functions on both paths,
+-- on the same topics: one an account, in user_id order, before any movement the single path then
+-- makes; one an event, in the order recorded. The balance feed's NOTIFY too, while a feed listens.
+-- What each of `p_users` can spend now (sql/20261127000400_ledger.sql), in one query: the balance
+-- less the credits of lots past their expiry that the sweep has not taken yet.
+create or replace function mycelium_private.spendables(p_users uuid[])
+returns table (user_id uuid, spendable numeric)
+language sql
+stable
+as $$
+  select a.user_id,
+         a.balance - case when a.expiring = 0 then 0 else coalesce((
+           select sum(l.remaining) from public.credit_lots as l
+           where l.user_id = a.user_id and l.live and l.expires_at <= now()), 0) end
+  from public.credit_accounts as a
+  where a.user_id = any(p_users)
+$$;
+
+create or replace function mycelium_private.spendable(p_user uuid)
+returns numeric
+language plpgsql
+stable
+as $$
+begin
+  return (select s.spendable from mycelium_private.spendables(array[p_user]) as s);
+end;
+$$;
 
 -- The message of a balance change (sql/20261203020000_subscriptions_feeds.sql): the account's
 -- balance and held credits, the burn rate of its running subscriptions (0 when nothing runs) and
 -- the hours its spendable balance lasts at that rate (null when nothing runs).
 create or replace function mycelium_private.balance_message(
-  p_user uuid, p_balance numeric, p_held numeric, p_updated_at timestamptz, p_burn_rate numeric)
+  p_user uuid, p_balance numeric, p_held numeric, p_updated_at timestamptz, p_burn_rate numeric,
+  p_spendable numeric)
 returns jsonb
 language sql
-stable
+immutable
 as $$
   select jsonb_build_object(
     'user_id', p_user, 'balance', p_balance, 'held', p_held, 'updated_at', p_updated_at,
     'burn_rate', coalesce(p_burn_rate, 0),
-    'runway_hours', case when p_burn_rate > 0 then
-      mycelium_private.divide_truncated(mycelium_private.spendable(p_user), p_burn_rate, 2) end)
+    'runway_hours', case when p_burn_rate > 0 then mycelium_private.divide_truncated(p_spendable, p_burn_rate, 2) end)
 $$;
 
 -- As before; a user with nothing running costs one probe of the running subscriptions' index.
@@ -37,7 +63,8 @@ begin
   if exists (select 1 from public.subscriptions as s where s.buyer_id = p_user and s.status in ('active', 'grace')) then
     v_burn_rate := (mycelium_private.burn_rate(p_user)).cost;
   end if;
-  return mycelium_private.balance_message(p_user, p_balance, p_held, p_updated_at, v_burn_rate);
+  return mycelium_private.balance_message(p_user, p_balance, p_held, p_updated_at, v_burn_rate,
+    case when v_burn_rate > 0 then mycelium_private.spendable(p_user) end);
 end;
 $$;
 
@@ -52,8 +79,9 @@ declare
   v_change jsonb;
 begin
   v_changes := array(
-    select mycelium_private.balance_message(a.user_id, a.balance, a.held, a.updated_at, r.cost)
+    select mycelium_private.balance_message(a.user_id, a.balance, a.held, a.updated_at, r.cost, s.spendable)
     from public.credit_accounts as a
+    inner join mycelium_private.spendables(p_users) as s on a.user_id = s.user_id
     left join mycelium_private.burn_rates(p_users) as r on a.user_id = r.user_id
     where a.user_id = any(p_users)
     order by a.user_id);
@@ -77,7 +105,7 @@ declare
   v_change jsonb;
 begin
   if (new.balance is distinct from old.balance or new.held is distinct from old.held)
-     and current_setting('mycelium.batch_sends_balance_changes', true) is distinct from 'on' then
+     and current_setting('mycelium.batch_sends_messages', true) is distinct from 'on' then
     v_change := mycelium_private.balance_change(new.user_id, new.balance, new.held, new.updated_at);
     if tg_argv[0] = 'feed' then
       perform pg_notify('mycelium_balance_changed', v_change::text);
@@ -86,6 +114,60 @@ begin
     end if;
   end if;
   return null;
+end;
+$$;
+
+-- Subscription events broadcast to their providers (sql/20261203020000_subscriptions_feeds.sql):
+-- each event's columns and its subscription's product_id, quantity and unit, in the events' order.
+create or replace function mycelium_private.send_subscription_events(p_events public.subscription_events[])
+returns void
+language plpgsql
+as $$
+begin
+  perform realtime.send(
+    to_jsonb(e) || jsonb_build_object('product_id', s.product_id, 'quantity', s.quantity, 'unit', s.unit),
+    'subscription_event', 'subscriptions:' || e.provider_id::text, true)
+  from unnest(p_events) as e
+  inner join public.subscriptions as s on e.subscription_id = s.id
+  order by e.id;
+end;
+$$;
+
+create or replace function mycelium_private.send_subscription_event()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if current_setting('mycelium.batch_sends_messages', true) is distinct from 'on' then
+    perform mycelium_private.send_subscription_events(array[new]);
+  end if;
+  return null;
+end;
+$$;
+
+-- The low-balance check (sql/20261203080000_batch_transfers.sql), the spendable balances of its
+-- users from one query.
+create or replace function mycelium_private.warn_low_balances(p_users uuid[])
+returns void
+language plpgsql
+as $$
+declare
+  v_hours integer := (select c.low_balance_hours from public.subscription_config as c where c.id);
+begin
+  if v_hours = 0 then
+    return;
+  end if;
+  insert into public.low_balance_warnings (user_id, cost_per_hour, balance, runway_hours, threshold_hours)
+  select r.user_id, r.cost, b.spendable, mycelium_private.divide_truncated(b.spendable, r.cost, 2), v_hours
+  from mycelium_private.burn_rates(array(
+         select u.user_id from unnest(p_users) as u (user_id)
+         where not exists (select 1 from public.low_balance_warnings as w
+                           where w.user_id = u.user_id and w.at > now() - make_interval(hours => v_hours)))) as r
+  inner join mycelium_private.spendables(p_users) as b on r.user_id = b.user_id
+  where r.cost > 0 and b.spendable < r.cost * v_hours
+  order by r.user_id;
 end;
 $$;
 
@@ -187,7 +269,7 @@ begin
 
   -- Each account once: its final balance and held credits, and one message of it, the batch's
   -- final state, with the burn rates of all of them from one query.
-  perform set_config('mycelium.batch_sends_balance_changes', 'on', true);
+  perform set_config('mycelium.batch_sends_messages', 'on', true);
   with changed as (
     update public.credit_accounts as a
     set balance = a.balance + d.amount, held = a.held + d.held, updated_at = now()
@@ -205,7 +287,7 @@ begin
     returning a.user_id
   )
   select coalesce(array_agg(c.user_id), '{}') into v_changed from changed as c;
-  perform set_config('mycelium.batch_sends_balance_changes', 'off', true);
+  perform set_config('mycelium.batch_sends_messages', 'off', true);
   perform mycelium_private.send_balance_changes(v_changed);
 
   -- Then the single path's, in the batch's order.

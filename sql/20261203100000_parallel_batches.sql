@@ -36,7 +36,8 @@ as $$
 $$;
 
 -- rpc/charge_due_subscriptions(as_of, max_periods): as in sql/20261203080000_batch_transfers.sql,
--- with its subscriptions taken as above.
+-- with its subscriptions taken as above, its renewals' events broadcast set-based, and its buyers'
+-- spendable balances read in one query.
 create or replace function public.charge_due_subscriptions(
   as_of timestamptz default now(), max_periods integer default 500)
 returns jsonb
@@ -60,6 +61,7 @@ declare
   v_providers uuid[] := '{}';
   v_buyers uuid[];
   v_deferred bigint;
+  v_events public.subscription_events[];
 begin
   perform mycelium_private.require_service();
   perform mycelium_private.check_batch(v_as_of, v_budget, 'max_periods', 10000);
@@ -130,8 +132,9 @@ begin
     where s.id = any(v_ids)
   ), renewing as (
     select t.buyer_id from taken t
-    group by t.buyer_id
-    having bool_and(t.plain) and sum(t.next_amount) <= mycelium_private.spendable(t.buyer_id)
+    join mycelium_private.spendables(array(select distinct b.buyer_id from taken b)) a on a.user_id = t.buyer_id
+    group by t.buyer_id, a.spendable
+    having bool_and(t.plain) and sum(t.next_amount) <= a.spendable
   )
   select coalesce(array_agg(row(t.id, t.buyer_id, t.provider_id, t.period_id, t.amount,
                                 round(t.amount * t.fee_percent * 0.01, 6), gen_random_uuid(), t.periods + 1,
@@ -174,11 +177,20 @@ begin
       -- As capture_period_credits: no fee of 0, no earning of 0; the hold always.
       where m.step = 3 or (m.movement).amount > 0
       order by r.ordinality, m.step));
-    insert into public.subscription_events
-      (subscription_id, buyer_id, provider_id, event, period_id, amount, changed_by, changed_role)
-    select r.subscription_id, r.buyer_id, r.provider_id, 'renewed', r.next_period, r.next_amount, auth.uid(),
-           mycelium_private.caller_role()
-    from unnest(v_renewals) r;
+    -- Their events, broadcast to their providers from one join (see
+    -- sql/20261203090000_batch_broadcasts.sql), the trigger standing aside.
+    perform set_config('mycelium.batch_sends_messages', 'on', true);
+    with recorded as (
+      insert into public.subscription_events as e
+        (subscription_id, buyer_id, provider_id, event, period_id, amount, changed_by, changed_role)
+      select r.subscription_id, r.buyer_id, r.provider_id, 'renewed', r.next_period, r.next_amount, auth.uid(),
+             mycelium_private.caller_role()
+      from unnest(v_renewals) r
+      returning e
+    )
+    select array_agg(x.e) into v_events from recorded x;
+    perform set_config('mycelium.batch_sends_messages', 'off', true);
+    perform mycelium_private.send_subscription_events(v_events);
     v_budget := v_budget - cardinality(v_renewals);
     v_charged := (select sum(r.charged_amount) from unnest(v_renewals) r);
     v_counts := jsonb_set(v_counts, '{renewed}', to_jsonb(cardinality(v_renewals)));

@@ -18,7 +18,7 @@ from tests.support import Api, User, body
 from tests.support.client import Doubles
 from tests.support.marketplace import D, MakeUser, buyer, failure, list_product, placed, setting
 from tests.support.realtime import join_reply, readable_messages
-from tests.support.subscriptions import start, stop, subscription_config
+from tests.support.subscriptions import backdate, charge, charge_all_due, start, stop, subscription_config
 
 USAGE_PRICES = {"usage_prices": {"egress_gb": "0.5"}}
 
@@ -136,6 +136,38 @@ def test_balance_changes_and_reads_carry_the_burn_rate_and_the_runway(
     assert (balance_read(alice)["burn_rate"], balance_read(alice)["runway_hours"]) == (0, None)
     last = payloads(db, alice.id, f"balance:{alice.id}", "balance_changed")[-1]
     assert (D(str(last["burn_rate"])), last["runway_hours"]) == (D("0"), None)
+
+
+def test_a_batch_renewal_is_broadcast_as_any_event_and_balance_change(
+    service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
+) -> None:
+    charge_all_due(service_api)
+    provider, alice = make_user("farmer"), buyer(service_api, make_user, "40")
+    product = list_product(provider, price="2", unit="hour")
+    started = start(alice, product["id"], quantity=2)  # 4 an hour held: 36 left
+    backdate(db, started["id"], "1 hour")
+    assert charge(service_api)["renewed"] == 1  # the period paid, the next held: 32 left, 8 hours
+
+    renewed = payloads(db, provider.id, f"subscriptions:{provider.id}", "subscription_event")[-1]
+    row = body(provider.api.get("/subscription_events", subscription_id=f"eq.{started['id']}", order="id"))[
+        -1
+    ]
+    columns = ("id", "event", "subscription_id", "buyer_id", "period_id")
+    assert [renewed[c] for c in columns] == [row[c] for c in columns] and row["event"] == "renewed"
+    assert (renewed["product_id"], renewed["quantity"], renewed["unit"], D(str(renewed["amount"]))) == (
+        product["id"],
+        2,
+        "hour",
+        D("4"),
+    )
+    change = payloads(db, alice.id, f"balance:{alice.id}", "balance_changed")[-1]
+    assert decimals(change, "balance", "held", "burn_rate", "runway_hours") == (
+        D("32"),
+        D("4"),
+        D("4"),
+        D("8"),
+    )
+    stop(alice.api, started["id"])
 
 
 def test_a_provider_without_the_role_starts_no_subscription(service_api: Api, make_user: MakeUser) -> None:
