@@ -366,9 +366,9 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         return sql_rate(target.db_url, "rest_transfer", len(buyers), seconds, clients=clients)
 
     print(
-        f"slices of {seconds}s in turn until all is charged: PostgREST-shaped transfers ({chargers} and "
-        f"{WORKERS} clients), the batch ({chargers} callers, {args.max_periods} periods a call) with the "
-        "reader, the reader alone",
+        f"slices of {seconds}s in turn until all is charged: PostgREST-shaped transfers "
+        f"({callers(chargers, 'client')}, then {WORKERS}), the batch ({callers(chargers, 'caller')}, "
+        f"{args.max_periods} periods a call) with the reader, the reader alone",
         flush=True,
     )
     conns = [psycopg.connect(target.db_url, autocommit=True) for _ in range(chargers)]
