@@ -252,20 +252,26 @@ begin
   where m.ordinality <> all(v_single)
   order by m.ordinality;
 
-  select e.movement_no, e.amount, e.balance_after into v_bad
-  from mycelium_private.batch_entries(p_movements, v_ids, v_single) as e
-  where e.balance_after < 0
-  order by e.movement_no
-  limit 1;
-  if found then
-    perform mycelium_private.fail('insufficient_credits',
-      format('insufficient credits: %s available, %s needed', v_bad.balance_after - v_bad.amount, -v_bad.amount), 409);
-  end if;
-  insert into public.credit_transactions
-    (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
-  select e.transfer_id, e.user_id, e.amount, e.kind, e.balance_after, e.counterparty_id, e.memo, e.reference, null
-  from mycelium_private.batch_entries(p_movements, v_ids, v_single) as e
-  order by e.movement_no, e.amount;
+  -- An entry's balance below zero breaks its domain (credit_balance): the batch's entries are
+  -- computed once, and only a refused batch looks for the first movement short of credits.
+  begin
+    insert into public.credit_transactions
+      (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference, expires_at)
+    select e.transfer_id, e.user_id, e.amount, e.kind, e.balance_after, e.counterparty_id, e.memo, e.reference, null
+    from mycelium_private.batch_entries(p_movements, v_ids, v_single) as e
+    order by e.movement_no, e.amount;
+  exception when check_violation then
+    select e.movement_no, e.amount, e.balance_after into v_bad
+    from mycelium_private.batch_entries(p_movements, v_ids, v_single) as e
+    where e.balance_after < 0
+    order by e.movement_no
+    limit 1;
+    if found then
+      perform mycelium_private.fail('insufficient_credits',
+        format('insufficient credits: %s available, %s needed', v_bad.balance_after - v_bad.amount, -v_bad.amount), 409);
+    end if;
+    raise;
+  end;
 
   -- Each account once: its final balance and held credits, and one message of it, the batch's
   -- final state, with the burn rates of all of them from one query.

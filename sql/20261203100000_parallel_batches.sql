@@ -8,6 +8,13 @@
 -- subscription whose buyer's account another transaction holds. Batches running at once charge
 -- different providers side by side.
 --
+-- A batch's renewals are signalled to their providers once a batch each: one `subscription_event`
+-- broadcast a provider on `subscriptions:<provider_id>`, the last of its renewals in the batch,
+-- where there was one a renewal (half of a batch's messages, and a subtransaction each). A renewal
+-- asks nothing of a provider's service (the workload runs on), the feed over REST has every event,
+-- and a follower (client.subscriptions.follow) reads it on each signal: it misses none. Every other
+-- event (started, grace, suspended, resumed, stopped, cancelled) is still broadcast on its own.
+--
 -- What stays: every period charged once, none skipped (a subscription left for a busy account
 -- stays due and locked by nobody; `done` is false while the batch left one behind); the
 -- earliest due first within a provider; the ledger's lock order for every transaction that waits
@@ -177,8 +184,8 @@ begin
       -- As capture_period_credits: no fee of 0, no earning of 0; the hold always.
       where m.step = 3 or (m.movement).amount > 0
       order by r.ordinality, m.step));
-    -- Their events, broadcast to their providers from one join (see
-    -- sql/20261203090000_batch_broadcasts.sql), the trigger standing aside.
+    -- Their events, the trigger standing aside: each provider is told once a batch, with its last
+    -- renewal (see the top of this file), as a watcher of a balance learns of it once a batch.
     perform set_config('mycelium.batch_sends_messages', 'on', true);
     with recorded as (
       insert into public.subscription_events as e
@@ -190,7 +197,9 @@ begin
     )
     select array_agg(x.e) into v_events from recorded x;
     perform set_config('mycelium.batch_sends_messages', 'off', true);
-    perform mycelium_private.send_subscription_events(v_events);
+    perform mycelium_private.send_subscription_events(array(
+      select e from unnest(v_events) as e
+      where e.id in (select max(x.id) from unnest(v_events) as x group by x.provider_id)));
     v_budget := v_budget - cardinality(v_renewals);
     v_charged := (select sum(r.charged_amount) from unnest(v_renewals) r);
     v_counts := jsonb_set(v_counts, '{renewed}', to_jsonb(cardinality(v_renewals)));

@@ -138,36 +138,42 @@ def test_balance_changes_and_reads_carry_the_burn_rate_and_the_runway(
     assert (D(str(last["burn_rate"])), last["runway_hours"]) == (D("0"), None)
 
 
-def test_a_batch_renewal_is_broadcast_as_any_event_and_balance_change(
+def test_a_batch_tells_each_provider_and_buyer_once_and_the_feed_has_every_renewal(
     service_api: Api, make_user: MakeUser, db: psycopg.Connection[TupleRow]
 ) -> None:
     charge_all_due(service_api)
     provider, alice = make_user("farmer"), buyer(service_api, make_user, "40")
     product = list_product(provider, price="2", unit="hour")
-    started = start(alice, product["id"], quantity=2)  # 4 an hour held: 36 left
-    backdate(db, started["id"], "1 hour")
-    assert charge(service_api)["renewed"] == 1  # the period paid, the next held: 32 left, 8 hours
+    started = [start(alice, product["id"], quantity=quantity) for quantity in (2, 1)]  # 6 an hour: 34 left
+    for sub in started:
+        backdate(db, sub["id"], "1 hour")
+    changes_before = len(payloads(db, alice.id, f"balance:{alice.id}", "balance_changed"))
+    assert charge(service_api)["renewed"] == 2  # both periods paid, the next held: 28 left
 
-    renewed = payloads(db, provider.id, f"subscriptions:{provider.id}", "subscription_event")[-1]
-    row = body(provider.api.get("/subscription_events", subscription_id=f"eq.{started['id']}", order="id"))[
-        -1
+    # The provider is signalled once, with the batch's last renewal; the feed has both.
+    feed = body(provider.api.get("/subscription_events", event="eq.renewed", order="id"))
+    assert sorted(row["subscription_id"] for row in feed) == sorted(sub["id"] for sub in started)
+    signals = [
+        p
+        for p in payloads(db, provider.id, f"subscriptions:{provider.id}", "subscription_event")
+        if p["event"] == "renewed"
     ]
-    columns = ("id", "event", "subscription_id", "buyer_id", "period_id")
-    assert [renewed[c] for c in columns] == [row[c] for c in columns] and row["event"] == "renewed"
-    assert (renewed["product_id"], renewed["quantity"], renewed["unit"], D(str(renewed["amount"]))) == (
+    assert [(p["id"], p["subscription_id"], p["period_id"]) for p in signals] == [
+        (feed[-1]["id"], feed[-1]["subscription_id"], feed[-1]["period_id"])
+    ]
+    quantity = next(sub["quantity"] for sub in started if sub["id"] == feed[-1]["subscription_id"])
+    assert (signals[0]["product_id"], signals[0]["quantity"], signals[0]["unit"]) == (
         product["id"],
-        2,
+        quantity,
         "hour",
-        D("4"),
     )
-    change = payloads(db, alice.id, f"balance:{alice.id}", "balance_changed")[-1]
-    assert decimals(change, "balance", "held", "burn_rate", "runway_hours") == (
-        D("32"),
-        D("4"),
-        D("4"),
-        D("8"),
-    )
-    stop(alice.api, started["id"])
+    # The buyer's balance once, its final state with the burn rate and the runway: 28 / 6.
+    changes = payloads(db, alice.id, f"balance:{alice.id}", "balance_changed")[changes_before:]
+    assert [decimals(c, "balance", "held", "burn_rate", "runway_hours") for c in changes] == [
+        (D("28"), D("6"), D("6"), D("4.66"))
+    ]
+    for sub in started:
+        stop(alice.api, sub["id"])
 
 
 def test_a_provider_without_the_role_starts_no_subscription(service_api: Api, make_user: MakeUser) -> None:
