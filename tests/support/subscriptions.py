@@ -93,10 +93,10 @@ def renewed_once(api: Api, subscription_id: str) -> bool:
 
 
 @contextmanager
-def account_held(stack: LocalStack, user: User) -> Iterator[None]:
+def account_held(stack: LocalStack, user_id: str) -> Iterator[None]:
     """Another transaction holds the user's credit account (as a transfer does) for the block."""
     with psycopg.connect(stack.superuser_db_url) as holder:
-        holder.execute("select from public.credit_accounts where user_id = %s for no key update", (user.id,))
+        holder.execute("select from public.credit_accounts where user_id = %s for no key update", (user_id,))
         yield
 
 
