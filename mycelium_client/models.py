@@ -647,8 +647,10 @@ class SubscriptionConfig(Row):
 
 
 class SubscriptionCharge(Row):
-    """One call of the batch (`admin.charge_due_subscriptions`): call again while `done` is false.
-    The counts are the steps taken (a subscription behind by several periods renews several times)."""
+    """One call of the batch (`admin.charge_due_subscriptions`): call again while `done` is false
+    (false also when the batch left a subscription whose buyer's account another transaction held;
+    a call that moved nothing on can wait for the next round). The counts are the steps taken (a
+    subscription behind by several periods renews several times)."""
 
     as_of: AwareDatetime
     done: bool
