@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 
@@ -10,6 +9,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from tests.support import Api, User
+from tests.support.realtime import readable_messages
 
 MakeUser = Callable[..., User]
 
@@ -28,20 +28,10 @@ def test_credit_accounts_are_published_with_full_replica_identity(
 
 
 def visible_broadcasts(db: psycopg.Connection[TupleRow], viewer: str, topic: str) -> list[object]:
-    """What `viewer` may receive on `topic`: Realtime checks it as the user, with the topic set."""
-    with db.transaction():
-        db.execute(
-            "select set_config('request.jwt.claims', %s, true)",
-            (json.dumps({"sub": viewer, "role": "authenticated"}),),
-        )
-        db.execute("select set_config('realtime.topic', %s, true)", (topic,))
-        db.execute("set local role authenticated")
-        rows = db.execute(
-            "select payload from realtime.messages where topic = %s and event = 'balance_changed' "
-            "order by inserted_at",
-            (topic,),
-        ).fetchall()
-    return [row[0] for row in rows]
+    """The balance changes `viewer` may receive on `topic`, as Realtime checks it."""
+    return [
+        payload for _, event, payload in readable_messages(db, viewer, topic) if event == "balance_changed"
+    ]
 
 
 def test_balance_changes_are_broadcast_to_their_owner_only(

@@ -52,8 +52,10 @@ def readable_messages(
         db.execute(psycopg.sql.SQL("set local role {}").format(psycopg.sql.Identifier(claims["role"])))
         try:
             rows = db.execute(
+                # A transaction's messages share inserted_at (now()); realtime.send writes each in a
+                # subtransaction of its own, whose ids grow in the order they were sent.
                 "select topic, event, payload from realtime.messages where extension = 'broadcast' "
-                "order by inserted_at"
+                "order by inserted_at, xmin::text::bigint, ctid"
             ).fetchall()
         except psycopg.errors.InsufficientPrivilege:
             rows = []  # the role may not read the table at all: Realtime refuses the join
