@@ -15,8 +15,8 @@
 -- and a follower (client.subscriptions.follow) reads it on each signal: it misses none. Every other
 -- event (started, grace, suspended, resumed, stopped, cancelled) is still broadcast on its own.
 --
--- What stays: every period charged once, none skipped (a subscription left for a busy account
--- stays due and locked by nobody; `done` is false while the batch left one behind); the
+-- What stays: every period charged once, none skipped (a subscription left for a busy buyer's
+-- account stays due, free again once the batch commits; `done` is false when a batch left one); the
 -- earliest due first within a provider; the ledger's lock order for every transaction that waits
 -- (a batch waits for no account, so it cannot close a cycle of waits). What changes: a provider
 -- whose account a long transaction holds is charged a call or a run later; the earliest due
