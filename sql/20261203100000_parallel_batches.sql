@@ -23,11 +23,10 @@
 -- subscriptions overall are charged first only up to the providers' claims.
 
 -- The unpaid subscriptions (grace, suspended) whose buyer's balance now covers what resuming takes
--- (checked again, exactly, on the spendable balance, by the step function), up to `p_limit`, of
--- the providers `p_providers` (all, if null). As in sql/20261203080000_batch_transfers.sql: waiting
--- ones are not picked again and again in place of due ones.
-create or replace function mycelium_private.resumable_subscriptions(
-  p_as_of timestamptz, p_limit integer, p_providers uuid[])
+-- (checked again, exactly, on the spendable balance, by the step function), up to `p_limit`. As in
+-- sql/20261203080000_batch_transfers.sql: waiting ones are not picked again and again in place of
+-- due ones.
+create or replace function mycelium_private.resumable_subscriptions(p_as_of timestamptz, p_limit integer)
 returns uuid[]
 language sql
 stable
@@ -36,8 +35,7 @@ as $$
     select s.id from public.subscriptions as s
     inner join public.products as p on s.product_id = p.id
     inner join public.credit_accounts as a on s.buyer_id = a.user_id
-    where (p_providers is null or s.provider_id = any(p_providers))
-      and s.status in ('grace', 'suspended') and s.due_at > p_as_of and p.active
+    where s.status in ('grace', 'suspended') and s.due_at > p_as_of and p.active
       and a.balance >= p.price * s.quantity + mycelium_private.usage_owed(s.id) + mycelium_private.arrears(s, p_as_of)
     limit p_limit)
 $$;
@@ -69,6 +67,7 @@ declare
   v_buyers uuid[];
   v_deferred bigint;
   v_events public.subscription_events[];
+  v_resumable uuid[];
 begin
   perform mycelium_private.require_service();
   perform mycelium_private.check_batch(v_as_of, v_budget, 'max_periods', 10000);
@@ -76,6 +75,7 @@ begin
   -- their earliest due subscription among the next few batches' worth (and of the unpaid ones
   -- whose buyer's balance now covers resuming them), until their subscriptions fill the budget:
   -- batches running at once claim different providers, and charge side by side.
+  v_resumable := mycelium_private.resumable_subscriptions(v_as_of, v_budget);
   for v_claim in
     select w.provider_id, count(*) as subscriptions
     from (
@@ -85,7 +85,7 @@ begin
        limit 4 * v_budget)
       union all
       (select s.provider_id, v_as_of from public.subscriptions s
-       where s.id = any(mycelium_private.resumable_subscriptions(v_as_of, v_budget, null)))
+       where s.id = any(v_resumable))
     ) w
     group by w.provider_id
     order by min(w.due_at), w.provider_id
@@ -106,7 +106,8 @@ begin
     for no key update skip locked) x;
   v_ids := v_ids || array(
     select s.id from public.subscriptions s
-    where s.id = any(mycelium_private.resumable_subscriptions(v_as_of, v_budget - cardinality(v_ids), v_providers))
+    where s.id = any(v_resumable) and s.provider_id = any(v_providers)
+    limit v_budget - cardinality(v_ids)
     for no key update skip locked);
   -- Their buyers' accounts, without waiting either: a subscription whose buyer's account another
   -- transaction holds waits for a later call (`done` stays false). The batch never waits for an
