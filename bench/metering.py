@@ -24,8 +24,9 @@ bench/_ledger.py), so that neither pays HTTP and the ratio compares the database
   waits for its own commit, a batch shares one, each side equally busy), and WORKERS clients (the
   server's best rate of transfers, shown beside it), each a PostgREST-shaped transfer_credits
   between two random buyers with its idempotency key, prepared (as PostgREST sends it).
-They run in turn, in short slices (transfer slices, a charging slice, an idle slice, again until
-everything is charged), so that a shared machine's slow moments fall on both sides alike.
+They run in turn, in short slices (transfer slices, then a charging slice and an idle slice, in
+turns of order, again until everything is charged), so that a shared machine's slow moments fall
+on both sides alike.
 Meanwhile one reader, a process of its own, reads a random buyer's balance as that buyer (RLS
 applies), a read every millisecond or so: its p99 during the charging slices against its p99
 during the idle ones.
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -274,21 +276,72 @@ class Reads:
     def __init__(self, db_url: str, buyers: list[str]) -> None:
         self.conn = psycopg.connect(db_url, autocommit=True)
         self.buyers = buyers
+        row = self.conn.execute("select pg_backend_pid()").fetchone()
+        self.waits = RunQueueWaits(row[0] if row else None)
 
-    def read(self) -> float:
+    def read(self) -> Read:
         buyer = random.choice(self.buyers)
         claims = json.dumps({"sub": buyer, "role": "authenticated"})
+        waited = self.waits.so_far()
         started = time.perf_counter()
         with self.conn.transaction():
             self.conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,), prepare=True)
             self.conn.execute("set local role authenticated")
             self.conn.execute(BALANCE, (buyer,), prepare=True).fetchall()
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return Read(seconds, self.waits.so_far() - waited)
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read's latency, and how much of it the reader and its backend spent waiting for a CPU
+    (0 where the backend's process is out of sight)."""
+
+    seconds: float
+    waiting_for_cpu: float
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The slowest 1% of some reads: their mean latency and their mean wait for a CPU."""
+
+    seconds: float
+    waiting_for_cpu: float
+
+    @classmethod
+    def of(cls, reads: list[Read]) -> Tail:
+        slowest = sorted(reads, key=lambda r: r.seconds)[-max(1, len(reads) // 100) :]
+        return cls(
+            sum(r.seconds for r in slowest) / len(slowest),
+            sum(r.waiting_for_cpu for r in slowest) / len(slowest),
+        )
+
+
+class RunQueueWaits:
+    """Time this process and the reader's backend have spent runnable but waiting for a CPU (the
+    second figure of Linux's /proc/PID/schedstat): on two cores that the batch shares with
+    autovacuum and the reader, what sets a read's tail. The backend is watched only where it runs
+    on this machine, as a postgres process: a --db-url elsewhere counts the reader alone."""
+
+    def __init__(self, backend_pid: int | None) -> None:
+        self.files = [Path("/proc/self/schedstat")]
+        backend = Path(f"/proc/{backend_pid}")
+        if (
+            backend_pid
+            and (backend / "comm").exists()
+            and (backend / "comm").read_text().strip() == "postgres"
+        ):
+            self.files.append(backend / "schedstat")
+        if not all(file.exists() for file in self.files):
+            self.files = []
+
+    def so_far(self) -> float:
+        return sum(int(file.read_text().split()[1]) for file in self.files) / 1e9
 
 
 def read_on_command(db_url: str, buyers: list[str], pipe: Connection) -> None:
     """The reader's process: on "read", reads one after another until told "stop", then sends the
-    latencies; "warm up" reads a few hundred times; "end" ends it."""
+    reads; "warm up" reads a few hundred times; "end" ends it."""
     reads = Reads(db_url, buyers)
     while (command := pipe.recv()) != "end":
         samples = [reads.read() for _ in range(200)] if command == "warm up" else []
@@ -303,7 +356,7 @@ def read_on_command(db_url: str, buyers: list[str], pipe: Connection) -> None:
 class Reader:
     """Reads a random buyer's balance as that buyer, one read after another, in a process of its
     own (in a thread, the benchmark's other threads would delay its reads on Python's lock);
-    `during` collects the latencies of the reads made while it runs."""
+    `during` collects the reads made while it runs."""
 
     def __init__(self, db_url: str, buyers: list[str]) -> None:
         self.pipe, child = multiprocessing.Pipe()
@@ -312,14 +365,14 @@ class Reader:
         )
         self.process.start()
 
-    def during(self, work: Callable[[], None]) -> list[float]:
-        """The latencies of the reads made while `work` runs."""
+    def during(self, work: Callable[[], None]) -> list[Read]:
+        """The reads made while `work` runs."""
         self.pipe.send("read")
         try:
             work()
         finally:
             self.pipe.send("stop")
-        samples: list[float] = self.pipe.recv()
+        samples: list[Read] = self.pipe.recv()
         return samples
 
     def warm_up(self) -> None:
@@ -359,8 +412,8 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
     # measure: each side as busy as the other), and by WORKERS (the server's best rate of them).
     charging = Charging()
     transfers: dict[int, list[float]] = {chargers: [], WORKERS: []}
-    idle: list[float] = []
-    during: list[float] = []
+    idle: list[Read] = []
+    during: list[Read] = []
 
     def transfer_slice(clients: int) -> float:
         return sql_rate(target.db_url, "rest_transfer", len(buyers), seconds, clients=clients)
@@ -380,8 +433,14 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
             cycle += 1
             for clients, rates in transfers.items():
                 rates.append(transfer_slice(clients))
-            during += reader.during(lambda: charging.run_slice(conns, seconds, args.max_periods))
-            idle += reader.during(lambda: time.sleep(seconds))
+            # The reader's two slices in turns of order: whichever follows the transfers' slices
+            # meets what they leave behind (autovacuum's next round, the WAL they wrote).
+            reads = [
+                (during, lambda: charging.run_slice(conns, seconds, args.max_periods)),
+                (idle, lambda: time.sleep(seconds)),
+            ]
+            for samples, work in reads if cycle % 2 else reversed(reads):
+                samples += reader.during(work)
             print(
                 f"    cycle {cycle}: {charging.periods:,} periods charged, {charging.slices[-1]:,.0f}/s "
                 f"(transfers {transfers[chargers][-1]:,.0f}/s; "
@@ -425,7 +484,7 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
         f"({charging.calls} calls): {charging.per_second:,.0f} a second overall; "
         f"{left[0] if left else '?'} left due"
     )
-    idle_p99, during_p99 = Percentiles.of(idle), Percentiles.of(during)
+    idle_p99, during_p99 = (Percentiles.of([r.seconds for r in reads]) for reads in (idle, during))
     read = LatencyRow(
         "balance read p99: idle -> while charging",
         idle_p99.p99,
@@ -438,6 +497,12 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
     print(
         f"  (p50: {idle_p99.p50 * 1e3:.3f}ms idle, {during_p99.p50 * 1e3:.3f}ms while charging; "
         f"{len(idle):,} and {len(during):,} reads)"
+    )
+    idle_tail, during_tail = Tail.of(idle), Tail.of(during)
+    print(
+        f"  (the slowest 1% of reads: {idle_tail.seconds * 1e3:.3f}ms idle and "
+        f"{during_tail.seconds * 1e3:.3f}ms while charging on average, of which waiting for a CPU "
+        f"{idle_tail.waiting_for_cpu * 1e3:.3f}ms and {during_tail.waiting_for_cpu * 1e3:.3f}ms)"
     )
     print(f"\naudit_ledger(): {problems[0] if problems else '?'} problems")
     missed += bool(problems and problems[0])
@@ -466,6 +531,10 @@ def measure(target: Target, args: argparse.Namespace, results: dict[str, Any]) -
                 "charging_p50_ms": during_p99.p50 * 1e3,
                 "idle_reads": len(idle),
                 "charging_reads": len(during),
+                "idle_slowest_ms": idle_tail.seconds * 1e3,
+                "idle_slowest_cpu_wait_ms": idle_tail.waiting_for_cpu * 1e3,
+                "charging_slowest_ms": during_tail.seconds * 1e3,
+                "charging_slowest_cpu_wait_ms": during_tail.waiting_for_cpu * 1e3,
             },
             "audit_problems": problems[0] if problems else None,
             "targets_missed": missed,

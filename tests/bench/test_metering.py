@@ -34,6 +34,10 @@ def test_a_small_metering_run_charges_every_subscription_once_and_reports_its_ra
     assert read["target_below"] == READ_P99_TARGET
     assert read["idle_reads"] > 0 and read["charging_reads"] > 0
     assert read["ratio"] == pytest.approx(read["second_ms"] / read["first_ms"])
+    # The slowest 1% of each side's reads, their time at or past the p99, and their waits for a CPU
+    # (/proc, the reader and its backend on this machine).
+    assert read["idle_slowest_ms"] >= read["first_ms"] and read["charging_slowest_ms"] >= read["second_ms"]
+    assert read["idle_slowest_cpu_wait_ms"] >= 0 and read["charging_slowest_cpu_wait_ms"] >= 0
 
     missed = (batch["verdict"] == "MISSED") + (read["verdict"] == "MISSED")
     assert report["targets_missed"] == missed
