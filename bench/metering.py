@@ -295,7 +295,7 @@ class Reads:
 @dataclass(frozen=True)
 class Read:
     """One read's latency, and how much of it the reader and its backend spent waiting for a CPU
-    (0 where the backend's process is out of sight)."""
+    (the reader's waits alone where its backend's process is out of sight; 0 off Linux)."""
 
     seconds: float
     waiting_for_cpu: float
