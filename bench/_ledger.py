@@ -46,9 +46,9 @@ def postgrest_settings(role: str, claims: str, function: str) -> str:
     )
 
 
-def postgrest_call(function: str, arguments: dict[str, str]) -> str:
-    """PostgREST 12's query for a POST to rpc/`function` with a JSON body (:body), its named
-    `arguments` (name: SQL type) read with json_to_record, a scalar result."""
+def postgrest_call(function: str, arguments: dict[str, str], schema: str = "public") -> str:
+    """PostgREST 12's query for a POST to rpc/`function` of `schema` with a JSON body (:body), its
+    named `arguments` (name: SQL type) read with json_to_record, a scalar result."""
     names = ", ".join(arguments)
     columns = ", ".join(f"{name} {kind}" for name, kind in arguments.items())
     named = ", ".join(f"{name} := pgrst_body.{name}" for name in arguments)
@@ -57,7 +57,7 @@ def postgrest_call(function: str, arguments: dict[str, str]) -> str:
   from (select :body::json as json_data) pgrst_payload,
   lateral (select {names} from json_to_record(pgrst_payload.json_data) as _({columns}) limit 1)
     pgrst_body,
-  lateral (select public.{function}({named}) pgrst_scalar) pgrst_call
+  lateral (select {schema}.{function}({named}) pgrst_scalar) pgrst_call
 )
 select null::bigint as total_result_set, pg_catalog.count(_postgrest_t) as page_total,
        coalesce((json_agg(_postgrest_t.pgrst_scalar) -> 0)::text, 'null') as body,
@@ -74,9 +74,16 @@ USER_CLAIMS = (
 SERVICE_CLAIMS = '\'{"iss": "supabase", "role": "service_role", "exp": 4102444800}\''
 
 
-def rest_transfer(protocol: Protocol, *, with_key: bool = True, with_pre_request: bool = True) -> str:
+def rest_transfer(
+    protocol: Protocol,
+    *,
+    with_key: bool = True,
+    with_pre_request: bool = True,
+    function: str = "transfer_credits",
+    schema: str = "public",
+) -> str:
     """The PostgREST-shaped transfer; bench/profile_ledger.py leaves out its idempotency key or its
-    pre-request to price them."""
+    pre-request to price them, and calls the bounds (BOUNDS) in the same shape."""
     key = ", 'idempotency_key', gen_random_uuid()" if with_key else ""
     request = f"json_build_object('recipient', r.id, 'amount', '0.01'{key})::text"
     arguments = {"recipient": "uuid", "amount": "numeric"} | ({"idempotency_key": "text"} if with_key else {})
@@ -86,9 +93,9 @@ def rest_transfer(protocol: Protocol, *, with_key: bool = True, with_pre_request
 \\set b random(1, :accounts - 1)
 \\set r 1 + (:a + :b - 1) % :accounts
 begin isolation level read committed read write;
-{postgrest_settings("authenticated", USER_CLAIMS, "transfer_credits")},
+{postgrest_settings("authenticated", USER_CLAIMS, function)},
   (select {gset_value(request, protocol)} from mycelium_bench.users r where r.n = :r) as body \\gset
-{pre_request}{postgrest_call("transfer_credits", arguments)}
+{pre_request}{postgrest_call(function, arguments, schema)}
 commit;
 """
 
@@ -172,3 +179,172 @@ def number_users(conn: psycopg.Connection[Any], users: list[str]) -> None:
     conn.execute("grant usage on schema mycelium_bench to postgres")
     conn.execute("grant select on mycelium_bench.users to postgres")
     conn.execute("grant select, update on mycelium_bench.chain_floor to postgres")
+
+
+# Bounds, not products: what PostgREST's shape leaves a transfer at most (bench/profile_ledger.py).
+# Each is called like transfer_credits (security definer, search_path pinned, as `authenticated`
+# with the pre-request), so that only what the call does differs:
+# - nothing: the call returns its arguments and touches no table; no RPC through PostgREST's shape
+#   can be faster;
+# - least_transfer: the least a double-entry transfer writes, on tables of its own: the sender's
+#   balance taken with its credit check and the recipient's given, in user_id order, and one entry
+#   each with the balance it produced, indexed for each user's history. No argument checks, no
+#   audit columns. Given an idempotency key it first claims it in a row of its own (the movement,
+#   once); with BOUNDS_BROADCAST enabled each balance change is sent through realtime.send, as
+#   the ledger's trigger does, with only the balance in the message;
+# - ledger_transfer: the same steps on the ledger's own tables, its rows as create_transfer writes
+#   them (the transfer row with its audit columns and retry key, the accounts with their broadcast
+#   trigger, the entries), without transfer_credits' argument checks, its calls of create_transfer
+#   and movement_object, and their answer.
+BOUNDS_BROADCAST = "accounts_broadcast_balance"
+BOUNDS_BALANCE = 1_000_000
+BOUNDS_SQL = f"""
+create table mycelium_bench.accounts (user_id uuid primary key, balance numeric not null check (balance >= 0))
+  with (fillfactor = 70);
+insert into mycelium_bench.accounts select id, {BOUNDS_BALANCE} from mycelium_bench.users;
+create table mycelium_bench.movements (
+  id uuid primary key default gen_random_uuid(),
+  retry_key text not null unique,
+  created_at timestamptz not null default now());
+create table mycelium_bench.entries (
+  id bigint generated always as identity primary key,
+  movement_id uuid,
+  user_id uuid not null,
+  amount numeric not null,
+  balance_after numeric not null,
+  created_at timestamptz not null default now());
+create index on mycelium_bench.entries (user_id, created_at);
+
+create function mycelium_bench.nothing(recipient uuid, amount numeric) returns jsonb
+language plpgsql security definer set search_path = '' as $$
+begin
+  return jsonb_build_object('recipient', recipient, 'amount', amount);
+end;
+$$;
+
+create function mycelium_bench.least_transfer(
+  recipient uuid, amount numeric, idempotency_key text default null) returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_sender uuid := auth.uid();
+  v_movement uuid;
+  v_from numeric;
+  v_to numeric;
+begin
+  if idempotency_key is not null then
+    insert into mycelium_bench.movements (retry_key) values (v_sender::text || ':' || idempotency_key)
+    on conflict (retry_key) do nothing returning id into v_movement;
+    if v_movement is null then
+      return (select jsonb_build_object('replayed', m.id) from mycelium_bench.movements m
+              where m.retry_key = v_sender::text || ':' || idempotency_key);
+    end if;
+  end if;
+  if v_sender > recipient then
+    update mycelium_bench.accounts a set balance = a.balance + least_transfer.amount
+    where a.user_id = recipient returning a.balance into v_to;
+  end if;
+  update mycelium_bench.accounts a set balance = a.balance - least_transfer.amount
+  where a.user_id = v_sender and a.balance >= least_transfer.amount returning a.balance into v_from;
+  if not found then
+    raise exception 'insufficient credits';
+  end if;
+  if v_sender < recipient then
+    update mycelium_bench.accounts a set balance = a.balance + least_transfer.amount
+    where a.user_id = recipient returning a.balance into v_to;
+  end if;
+  insert into mycelium_bench.entries (movement_id, user_id, amount, balance_after)
+  values (v_movement, v_sender, -least_transfer.amount, v_from),
+         (v_movement, recipient, least_transfer.amount, v_to);
+  return jsonb_build_object('movement_id', v_movement, 'from_balance', v_from);
+end;
+$$;
+
+create function mycelium_bench.ledger_transfer(
+  recipient uuid, amount numeric, idempotency_key text default null) returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_sender uuid := auth.uid();
+  v_movement uuid;
+  v_at timestamptz;
+  v_from numeric;
+  v_to numeric;
+begin
+  insert into mycelium_private.transfers as t
+    (kind, from_user, to_user, amount, reference, initiated_by, initiated_role)
+  values ('transfer', v_sender, recipient, ledger_transfer.amount, idempotency_key, v_sender,
+          mycelium_private.caller_role())
+  on conflict (retry_key) where retry_key is not null do nothing
+  returning t.id, t.created_at into v_movement, v_at;
+  if v_movement is null then
+    return jsonb_build_object('replayed', true);
+  end if;
+  if v_sender > recipient then
+    update public.credit_accounts a set balance = a.balance + ledger_transfer.amount, updated_at = now()
+    where a.user_id = recipient returning a.balance into v_to;
+  end if;
+  update public.credit_accounts a set balance = a.balance - ledger_transfer.amount, updated_at = now()
+  where a.user_id = v_sender and a.expiring = 0 and a.balance >= ledger_transfer.amount
+  returning a.balance into v_from;
+  if not found then
+    raise exception 'insufficient credits';
+  end if;
+  if v_sender < recipient then
+    update public.credit_accounts a set balance = a.balance + ledger_transfer.amount, updated_at = now()
+    where a.user_id = recipient returning a.balance into v_to;
+  end if;
+  insert into public.credit_transactions
+    (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
+  values
+    (v_movement, v_sender, -ledger_transfer.amount, 'transfer_out', v_from, recipient, null, idempotency_key),
+    (v_movement, recipient, ledger_transfer.amount, 'transfer_in', v_to, v_sender, null, null);
+  return jsonb_build_object('transfer_id', v_movement, 'created_at', v_at, 'from_balance', v_from);
+end;
+$$;
+
+create function mycelium_bench.send_balance() returns trigger
+language plpgsql security definer set search_path = '' as $$
+begin
+  perform realtime.send(jsonb_build_object('user_id', new.user_id, 'balance', new.balance),
+    'balance_changed', 'balance:' || new.user_id::text, true);
+  return null;
+end;
+$$;
+create trigger {BOUNDS_BROADCAST} after update of balance on mycelium_bench.accounts
+  for each row execute function mycelium_bench.send_balance();
+alter table mycelium_bench.accounts disable trigger {BOUNDS_BROADCAST};
+
+grant usage on schema mycelium_bench to authenticated;
+grant execute on function mycelium_bench.nothing(uuid, numeric),
+  mycelium_bench.least_transfer(uuid, numeric, text), mycelium_bench.ledger_transfer(uuid, numeric, text)
+  to authenticated;
+"""
+
+
+def install_bounds(conn: psycopg.Connection[Any]) -> None:
+    """BOUNDS in mycelium_bench (after number_users), for rest_transfer(function=..., schema=
+    "mycelium_bench")."""
+    conn.execute(BOUNDS_SQL.encode())
+
+
+# What would make a bound's rate a false one, counted: an account whose balance is not its
+# starting one plus its entries, a movement without exactly two entries summing to zero.
+BOUNDS_PROBLEMS = f"""
+select (select count(*) from mycelium_bench.accounts a
+        left join (select e.user_id, sum(e.amount) as moved
+                   from mycelium_bench.entries e group by e.user_id) e on e.user_id = a.user_id
+        where a.balance <> {BOUNDS_BALANCE} + coalesce(e.moved, 0))
+     + (select count(*) from (
+          select m.id from mycelium_bench.movements m
+          left join mycelium_bench.entries e on e.movement_id = m.id
+          group by m.id having count(e.id) <> 2 or coalesce(sum(e.amount), 0) <> 0) as unbalanced)
+     + (select count(*) from mycelium_bench.entries e
+        where e.movement_id is not null
+          and not exists (select 1 from mycelium_bench.movements m where m.id = e.movement_id))
+"""
+
+
+def bounds_problems(conn: psycopg.Connection[Any]) -> int:
+    """BOUNDS_PROBLEMS' count: 0 when the bounds moved credits as a ledger must."""
+    row = conn.execute(BOUNDS_PROBLEMS.encode()).fetchone()
+    assert row is not None
+    return int(row[0])

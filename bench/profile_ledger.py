@@ -14,7 +14,12 @@ It prints, for each workload run alone for --seconds by 8 clients:
 - what each optional part costs in throughput: the transfer without its broadcast trigger, without
   its idempotency key, without the pre-request, each against the whole transfer in cycles
   (bench/_cycles.py), as a ratio of rates measured in the same run; with --compare FILE, also with
-  the functions FILE defines installed instead of the stack's own (a change's before and after).
+  the functions FILE defines installed instead of the stack's own (a change's before and after);
+- bounds, in the same cycles and the same PostgREST shape, each against tpcb-like: a call that does
+  nothing, then the least double-entry transfer with one guarantee added at a time, then the same
+  steps on the ledger's own tables (bench/_ledger.py, BOUNDS_SQL): what any transfer could reach;
+- the books: the bounds' own (every balance its entries, every movement two entries summing to
+  zero) and audit_ledger()'s; a problem in either fails the run (exit status 1).
 docs/performance.md reads these figures.
 """
 
@@ -31,7 +36,14 @@ from typing import Any
 import psycopg
 
 from bench._cycles import cycled_rates, yardstick_name
-from bench._ledger import number_users, rest_transfer, script
+from bench._ledger import (
+    BOUNDS_BROADCAST,
+    bounds_problems,
+    install_bounds,
+    number_users,
+    rest_transfer,
+    script,
+)
 from bench._load import WORKERS, pgbench_database, script_rate, tpcb_rate
 from bench._results import run_benchmark
 from bench._stack import fresh_stack
@@ -151,13 +163,15 @@ def profiled_stack(start_port: int) -> Iterator[LocalStack]:
 
 
 @contextmanager
-def broadcast_off(admin_url: str) -> Iterator[None]:
+def trigger_switched(admin_url: str, table: str, trigger: str, enabled: bool) -> Iterator[None]:
+    """`trigger` on `table` enabled (or disabled) for the block, then switched back."""
+    switch = {True: "enable", False: "disable"}
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"alter table public.credit_accounts disable trigger {BROADCAST_TRIGGER}")
+        conn.execute(f"alter table {table} {switch[enabled]} trigger {trigger}")
         try:
             yield
         finally:
-            conn.execute(f"alter table public.credit_accounts enable trigger {BROADCAST_TRIGGER}")
+            conn.execute(f"alter table {table} {switch[not enabled]} trigger {trigger}")
 
 
 def compared(
@@ -201,6 +215,7 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
             users = create_users(conn, ACCOUNTS)
             fund(conn, users, "1000000")
             number_users(conn, users)
+            install_bounds(conn)
             with pgbench_database(admin_url, args.pgbench_scale) as yardstick:
                 runs = {
                     "tpcb-like": (
@@ -236,28 +251,55 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
             conn.execute("alter system set pg_stat_statements.track = 'none'")
             conn.execute("select pg_reload_conf()")
 
-        def without_broadcast() -> float:
-            with broadcast_off(admin_url):
-                return script_rate(db_url, rest_transfer("prepared"), {"accounts": ACCOUNTS}, args.slice)
-
-        def variant(**left_out: bool) -> Callable[[], float]:
+        def variant(**shape: Any) -> Callable[[], float]:
             return partial(
-                script_rate, db_url, rest_transfer("prepared", **left_out), {"accounts": ACCOUNTS}, args.slice
+                script_rate, db_url, rest_transfer("prepared", **shape), {"accounts": ACCOUNTS}, args.slice
             )
+
+        def switched(
+            table: str, trigger: str, enabled: bool, measure: Callable[[], float]
+        ) -> Callable[[], float]:
+            def run() -> float:
+                with trigger_switched(admin_url, table, trigger, enabled):
+                    return measure()
+
+            return run
+
+        def bound(function: str, with_key: bool = False) -> Callable[[], float]:
+            return variant(with_key=with_key, function=function, schema="mycelium_bench")
 
         parts = {
             "transfer": variant(),
-            "no_broadcast": without_broadcast,
+            "no_broadcast": switched("public.credit_accounts", BROADCAST_TRIGGER, False, variant()),
             "no_key": variant(with_key=False),
             "no_pre_request": variant(with_pre_request=False),
+            "nothing": bound("nothing"),
+            "least": bound("least_transfer"),
+            "least_keyed": bound("least_transfer", with_key=True),
+            "least_keyed_broadcast": switched(
+                "mycelium_bench.accounts", BOUNDS_BROADCAST, True, bound("least_transfer", with_key=True)
+            ),
+            "ledger_rows": bound("ledger_transfer", with_key=True),
+            "ledger_rows_unbroadcast": switched(
+                "public.credit_accounts", BROADCAST_TRIGGER, False, bound("ledger_transfer", with_key=True)
+            ),
         }
         if args.compare:
             parts |= compared(admin_url, args.compare.read(), parts)
         rates = cycled_rates(admin_url, args.pgbench_scale, args.cycles, args.slice, parts, ("prepared",))
-    whole = rates["transfer"]
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            audit = conn.execute("select count(*) from public.audit_ledger()").fetchone()
+            problems = {"bounds": bounds_problems(conn), "ledger": int(audit[0]) if audit else -1}
+    whole, tpcb = rates["transfer"], rates[yardstick_name("prepared")]
     rows = [
-        RateRow("pgbench tpcb-like, prepared (tps)", rates[yardstick_name("prepared")]),
-        RateRow("PostgREST-shaped transfers", whole, rates[yardstick_name("prepared")]),
+        RateRow("pgbench tpcb-like, prepared (tps)", tpcb),
+        RateRow("PostgREST-shaped transfers", whole, tpcb),
+        RateRow("  bound: the shape calling nothing", rates["nothing"], tpcb),
+        RateRow("  bound: the shape, the least double-entry transfer", rates["least"], tpcb),
+        RateRow("  bound: that, and an idempotency key", rates["least_keyed"], tpcb),
+        RateRow("  bound: that, and the balances broadcast", rates["least_keyed_broadcast"], tpcb),
+        RateRow("  bound: that, on the ledger's tables, with their rows", rates["ledger_rows"], tpcb),
+        RateRow("  bound: that, without the ledger's broadcast", rates["ledger_rows_unbroadcast"], tpcb),
         RateRow("  without the broadcast trigger", rates["no_broadcast"], whole),
         RateRow("  without the idempotency key", rates["no_key"], whole),
         RateRow("  without the pre-request", rates["no_pre_request"], whole),
@@ -267,7 +309,11 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> int:
     print()
     print_rates(rows)
     results["parts"] = [row.as_dict() for row in rows]
-    return 0
+    # A bound that moved credits wrongly, or a ledger the bounds' rows left unsound, is no bound.
+    print(f"\nbooks: {problems['bounds']} problems in the bounds' own, {problems['ledger']} in the audit's")
+    results["books_problems"] = problems
+    results["targets_missed"] = sum(1 for count in problems.values() if count)
+    return 1 if results["targets_missed"] else 0
 
 
 def main() -> int:
