@@ -14,7 +14,8 @@ BOUNDS = [
     "bound: the shape, the least double-entry transfer",
     "bound: that, and an idempotency key",
     "bound: that, and the balances broadcast",
-    "bound: that, on the ledger's tables, with their rows",
+    "bound: that, one row a movement instead of three",
+    "bound: the keyed steps on the ledger's tables",
     "bound: that, without the ledger's broadcast",
 ]
 PARTS = ["without the broadcast trigger", "without the idempotency key", "without the pre-request"]
