@@ -181,6 +181,27 @@ def number_users(conn: psycopg.Connection[Any], users: list[str]) -> None:
     conn.execute("grant select, update on mycelium_bench.chain_floor to postgres")
 
 
+def balances_moved(function: str, accounts: str = "mycelium_bench.accounts", ledger: bool = False) -> str:
+    """The PL/pgSQL that moves `function`'s amount from v_sender to recipient on `accounts`, in
+    user_id order, into v_from and v_to: each bound's shared middle. `ledger`: as create_transfer
+    does it on the ledger's accounts (their updated_at, a sender without expiring credits)."""
+    touched = ", updated_at = now()" if ledger else ""
+    plain = " and a.expiring = 0" if ledger else ""
+    credit = f"""update {accounts} a set balance = a.balance + {function}.amount{touched}
+    where a.user_id = recipient returning a.balance into v_to;"""
+    return f"""if v_sender > recipient then
+    {credit}
+  end if;
+  update {accounts} a set balance = a.balance - {function}.amount{touched}
+  where a.user_id = v_sender{plain} and a.balance >= {function}.amount returning a.balance into v_from;
+  if not found then
+    raise exception 'insufficient credits';
+  end if;
+  if v_sender < recipient then
+    {credit}
+  end if;"""
+
+
 # Bounds, not products: what PostgREST's shape leaves a transfer at most (bench/profile_ledger.py).
 # Each is called like transfer_credits (security definer, search_path pinned, as `authenticated`
 # with the pre-request), so that only what the call does differs:
@@ -253,19 +274,7 @@ begin
               where m.retry_key = v_sender::text || ':' || idempotency_key);
     end if;
   end if;
-  if v_sender > recipient then
-    update mycelium_bench.accounts a set balance = a.balance + least_transfer.amount
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
-  update mycelium_bench.accounts a set balance = a.balance - least_transfer.amount
-  where a.user_id = v_sender and a.balance >= least_transfer.amount returning a.balance into v_from;
-  if not found then
-    raise exception 'insufficient credits';
-  end if;
-  if v_sender < recipient then
-    update mycelium_bench.accounts a set balance = a.balance + least_transfer.amount
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
+  {balances_moved("least_transfer")}
   insert into mycelium_bench.entries (movement_id, user_id, amount, balance_after)
   values (v_movement, v_sender, -least_transfer.amount, v_from),
          (v_movement, recipient, least_transfer.amount, v_to);
@@ -287,19 +296,7 @@ begin
     return (select jsonb_build_object('replayed', m.id)
             from mycelium_bench.movement_rows m where m.retry_key = v_key);
   end if;
-  if v_sender > recipient then
-    update mycelium_bench.accounts a set balance = a.balance + one_row_transfer.amount
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
-  update mycelium_bench.accounts a set balance = a.balance - one_row_transfer.amount
-  where a.user_id = v_sender and a.balance >= one_row_transfer.amount returning a.balance into v_from;
-  if not found then
-    raise exception 'insufficient credits';
-  end if;
-  if v_sender < recipient then
-    update mycelium_bench.accounts a set balance = a.balance + one_row_transfer.amount
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
+  {balances_moved("one_row_transfer")}
   -- A concurrent retry with the same key fails here (unique violation) and moves nothing; retried
   -- again, it finds this movement above.
   insert into mycelium_bench.movement_rows (retry_key, from_user, to_user, amount, from_balance, to_balance)
@@ -328,20 +325,7 @@ begin
   if v_movement is null then
     return jsonb_build_object('replayed', true);
   end if;
-  if v_sender > recipient then
-    update public.credit_accounts a set balance = a.balance + ledger_transfer.amount, updated_at = now()
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
-  update public.credit_accounts a set balance = a.balance - ledger_transfer.amount, updated_at = now()
-  where a.user_id = v_sender and a.expiring = 0 and a.balance >= ledger_transfer.amount
-  returning a.balance into v_from;
-  if not found then
-    raise exception 'insufficient credits';
-  end if;
-  if v_sender < recipient then
-    update public.credit_accounts a set balance = a.balance + ledger_transfer.amount, updated_at = now()
-    where a.user_id = recipient returning a.balance into v_to;
-  end if;
+  {balances_moved("ledger_transfer", "public.credit_accounts", ledger=True)}
   insert into public.credit_transactions
     (transfer_id, user_id, amount, kind, balance_after, counterparty_id, memo, reference)
   values
